@@ -1,0 +1,67 @@
+"""The `pocketlm` command: one entry point, lazily importing each command's library code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pocketlm import __version__
+from pocketlm.cli import data_cmd, inspect_cmd, quickstart_cmd, tokenizer_cmd
+from pocketlm.cli.options import HelpFormatter
+
+_DESCRIPTION = """\
+PocketLM builds, shrinks and runs small language models on your own hardware, offline.
+
+The life of a model, one command per stage (each writes a directory with a manifest.json):
+  data build       text files / folders / 'stdlib' / HF datasets -> clean, deduplicated corpus
+  tokenizer train  corpus -> byte-level BPE tokenizer
+  data encode      corpus + tokenizer -> token shards
+  inspect          what an artifact is, how it was made, from which parents
+
+Start here:  pocketlm quickstart      (the whole pipeline on Python's own stdlib text)
+"""
+
+_EPILOG = """\
+Every command takes --help. Settings come from flags, a --config TOML file and --set key=value.
+Docs: README.md and docs/ in the PocketLM repository.
+"""
+
+_COMMANDS = (quickstart_cmd, data_cmd, tokenizer_cmd, inspect_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (cheap: no heavy imports)."""
+    parser = argparse.ArgumentParser(
+        prog="pocketlm", description=_DESCRIPTION, epilog=_EPILOG, formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"pocketlm {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for module in _COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; user errors print one clear message and exit 2 (no traceback)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    from pocketlm.common.errors import PocketLMError
+    from pocketlm.common.log import setup_logging
+
+    setup_logging(-1 if args.quiet else args.verbose)
+    try:
+        return int(args.handler(args) or 0)
+    except PocketLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,71 @@
+"""Shared CLI option helpers: --config/--set/--overwrite and mapping flags onto config keys."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the hand-written layout of descriptions and examples; shows defaults."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" not in text and action.default not in (None, False, argparse.SUPPRESS, []):
+            text += " (default: %(default)s)"
+        return text
+
+
+def add_parser(
+    subparsers, name: str, *, help: str, description: str, examples: str = ""
+) -> argparse.ArgumentParser:
+    """A subcommand parser with our formatter and an 'examples:' epilog."""
+    epilog = "examples:\n" + examples.rstrip() if examples else None
+    return subparsers.add_parser(
+        name, help=help, description=description, epilog=epilog, formatter_class=HelpFormatter
+    )
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """--config FILE.toml, --set key.sub=value (repeatable), --overwrite."""
+    group = parser.add_argument_group("configuration")
+    group.add_argument(
+        "--config", metavar="FILE", help="TOML file with settings (CLI flags and --set override it)"
+    )
+    group.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one setting, e.g. --set clean.min_chars=200 (repeatable)",
+    )
+    group.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it already exists"
+    )
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, flag_keys: Mapping[str, str]) -> T:
+    """Build config `cls` from --config, the flags named in flag_keys (dest -> dotted key) and --set."""
+    from pocketlm.common.config import load_config
+
+    flags: dict[str, Any] = {
+        key: getattr(args, dest)
+        for dest, key in flag_keys.items()
+        if getattr(args, dest, None) is not None
+    }
+    return load_config(cls, file=args.config, flags=flags, overrides=args.set)
+
+
+def command_line() -> list[str]:
+    """The command as typed, recorded in manifests."""
+    return ["pocketlm", *sys.argv[1:]]
+
+
+def done(path: object) -> int:
+    """Print the artifact path on stdout (the one line scripts can capture) and succeed."""
+    print(path)
+    return 0

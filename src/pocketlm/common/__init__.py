@@ -1,0 +1,1 @@
+"""Shared foundations: config, artifacts and manifests, units, devices, logging. Imports nothing else of ours."""

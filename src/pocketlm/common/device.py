@@ -1,0 +1,78 @@
+"""Device and precision resolution. Imports torch lazily: nothing is detected at import time."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pocketlm.common.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu; validates explicit choices."""
+    import torch
+
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is visible to PyTorch")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' requested but the MPS backend is not available")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this x86 CPU has native bf16 dot products (AVX512-BF16 or AMX)."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = _cpu_flags()
+    if flags:
+        return bool({"avx512_bf16", "amx_bf16"} & flags)
+    return capability in ("AVX512_BF16", "AMX")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 on CUDA with bf16 support, fp32 elsewhere; checks explicit choices."""
+    import torch
+
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("fp16 autocast is not supported on CPU; use bf16 or fp32")
+    return precision
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    """'fp32' | 'bf16' | 'fp16' -> torch dtype."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

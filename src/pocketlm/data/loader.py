@@ -1,0 +1,128 @@
+"""Resumable, seekable batch loader over a token split.
+
+The split is cut into non-overlapping windows of ctx+1 tokens; each epoch visits all windows in
+a seeded permutation. A batch is a pure function of (seed, step, rank), so the loader's whole
+state is the step counter: resuming or seeking is exact, and ranks never overlap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from pocketlm.common.errors import InputError
+from pocketlm.data.token_shards import TokenSplit
+
+
+class BatchLoader:
+    """Yields (inputs, targets), each int64 of shape (batch_size, ctx)."""
+
+    def __init__(
+        self,
+        split: TokenSplit,
+        batch_size: int,
+        ctx: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ) -> None:
+        if batch_size < 1 or ctx < 1:
+            raise InputError(f"batch_size and ctx must be >= 1, got {batch_size} and {ctx}")
+        self.split = split
+        self.batch_size = batch_size
+        self.ctx = ctx
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
+        self.num_windows = (len(split) - 1) // ctx
+        if self.num_windows < 1:
+            raise InputError(
+                f"the {split.name} split has {len(split):,} tokens, fewer than one window of ctx+1 = {ctx + 1}",
+                hint="use a smaller --ctx or more data",
+            )
+        self.step = 0
+        self._perms: dict[int, np.ndarray] = {}
+        self._offsets = np.arange(ctx + 1, dtype=np.int64)
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens consumed per step across all ranks."""
+        return self.batch_size * self.ctx * self.world_size
+
+    @property
+    def epoch(self) -> float:
+        """Epochs completed (fractional) at the current step."""
+        return self.step * self.batch_size * self.world_size / self.num_windows
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) >= 2:
+                self._perms.pop(min(self._perms))
+            if self.shuffle:
+                rng = np.random.default_rng([self.seed, epoch])
+                self._perms[epoch] = rng.permutation(self.num_windows)
+            else:
+                self._perms[epoch] = np.arange(self.num_windows)
+        return self._perms[epoch]
+
+    def batch_at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """The batch this rank sees at `step` (pure function of seed, step, rank)."""
+        first = (step * self.world_size + self.rank) * self.batch_size
+        ks = first + np.arange(self.batch_size, dtype=np.int64)  # (batch,) global window counters
+        epochs, positions = np.divmod(ks, self.num_windows)
+        windows = np.empty(self.batch_size, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            sel = epochs == epoch
+            windows[sel] = self._perm(int(epoch))[positions[sel]]
+        rows = np.asarray(
+            self.split.tokens[(windows * self.ctx)[:, None] + self._offsets[None, :]],
+            dtype=np.int64,
+        )  # (batch, ctx+1)
+        return rows[:, :-1], rows[:, 1:]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        batch = self.batch_at(self.step)
+        self.step += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable position (plus the settings it is valid for)."""
+        return {
+            "step": self.step,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "ctx": self.ctx,
+            "world_size": self.world_size,
+            "num_windows": self.num_windows,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the position; refuses a state saved with other settings."""
+        for key in ("seed", "batch_size", "ctx", "world_size", "num_windows"):
+            if state.get(key) != getattr(self, key):
+                raise InputError(
+                    f"cannot resume the data loader: {key} was {state.get(key)}, now {getattr(self, key)}"
+                )
+        self.step = int(state["step"])
+
+
+def eval_windows(
+    split: TokenSplit, batch_size: int, ctx: int, max_tokens: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Deterministic evaluation batches: consecutive windows from the start of the split."""
+    n_windows = min((len(split) - 1) // ctx, max(1, max_tokens // ctx))
+    offsets = np.arange(ctx + 1, dtype=np.int64)
+    for first in range(0, n_windows, batch_size):
+        starts = np.arange(first, min(first + batch_size, n_windows), dtype=np.int64) * ctx
+        rows = np.asarray(
+            split.tokens[starts[:, None] + offsets[None, :]], dtype=np.int64
+        )  # (b, ctx+1)
+        yield rows[:, :-1], rows[:, 1:]

@@ -1,0 +1,1 @@
+"""Byte-level BPE tokenizer: training, loading, special tokens and THE chat template."""
