@@ -2,8 +2,8 @@
 
 Streaming with bounded memory: documents are read lazily, processed in batches by worker
 processes (normalise, PII, filters, hashes, MinHash), and written as they arrive. What grows
-with the corpus is only the dedup index: about 16 bytes per document for exact hashes and one
-set entry per LSH band for near-duplicates.
+with the corpus is only the dedup index, in numpy arrays: about 0.6 KB per kept document
+(exact hashes, 16-bit MinHash signatures, LSH band keys), never the text.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pocketlm.common.manifest import ArtifactWriter
 from pocketlm.common.parallel import ordered_map, resolve_workers
 from pocketlm.common.progress import progress_bar
 from pocketlm.data.config import CleanConfig, CorpusConfig, DedupConfig
-from pocketlm.data.dedup import LSHIndex, MinHasher, content_hash
+from pocketlm.data.dedup import IntTable, LSHIndex, MinHasher, content_hash
 from pocketlm.data.filters import check_document
 from pocketlm.data.ngrams import word_arrays
 from pocketlm.data.normalize import normalize_text
@@ -156,7 +156,7 @@ def build_corpus(
     removed = RemovalStats()
     pii_total: Counter = Counter()
     histogram = LengthHistogram()
-    seen_hashes: set[int] = set()
+    seen_hashes = IntTable()  # exact-duplicate hashes: 12-24 bytes per document
     lsh = LSHIndex(config.dedup.threshold, config.dedup.num_perm) if config.dedup.near else None
     docs_read = 0
     bytes_read = 0
@@ -195,10 +195,9 @@ def build_corpus(
                     removed.add(item.reason, item.raw_bytes)
                     continue
                 if config.dedup.exact:
-                    if item.digest in seen_hashes:
+                    if not seen_hashes.put_if_absent(item.digest, 0):
                         removed.add("exact_duplicate", item.raw_bytes)
                         continue
-                    seen_hashes.add(item.digest)
                 if lsh is not None and not lsh.add_if_new(item.signature):
                     removed.add("near_duplicate", item.raw_bytes)
                     continue

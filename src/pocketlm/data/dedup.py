@@ -85,19 +85,29 @@ def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.5) -> tuple
     return best[1], best[2]
 
 
-class _IntTable:
-    """Open-addressing hash table uint64 -> uint32 in two numpy arrays (about 24 bytes per entry)."""
+class IntTable:
+    """Open-addressing hash table uint64 -> uint32 in two numpy arrays (12 bytes a slot, load <= 1/2)."""
 
     _EMPTY = 0xFFFFFFFF
+    _MULT = np.uint64(0x9E3779B97F4A7C15)
 
     def __init__(self, capacity: int = 1 << 12) -> None:
         self._keys = np.zeros(capacity, dtype=np.uint64)
         self._vals = np.full(capacity, self._EMPTY, dtype=np.uint32)
         self._size = 0
 
+    def __len__(self) -> int:
+        return self._size
+
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return ((keys * self._MULT) >> np.uint64(40)).astype(np.int64) & (
+                self._keys.shape[0] - 1
+            )
+
     def _slot(self, key: int) -> int:
         mask = self._keys.shape[0] - 1
-        slot = (((key * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 40) & mask
+        slot = int(self._home(np.array([key], dtype=np.uint64))[0])
         while self._vals[slot] != self._EMPTY and int(self._keys[slot]) != key:
             slot = (slot + 1) & mask
         return slot
@@ -107,24 +117,38 @@ class _IntTable:
         value = int(self._vals[self._slot(key)])
         return None if value == self._EMPTY else value
 
-    def put_if_absent(self, key: int, value: int) -> None:
-        """Store key -> value unless the key is present (first writer wins)."""
+    def put_if_absent(self, key: int, value: int) -> bool:
+        """Store key -> value unless the key is present (first writer wins); True if stored."""
         if 2 * (self._size + 1) > self._keys.shape[0]:
             self._grow()
         slot = self._slot(key)
-        if self._vals[slot] == self._EMPTY:
-            self._keys[slot] = key
-            self._vals[slot] = value
-            self._size += 1
+        if self._vals[slot] != self._EMPTY:
+            return False
+        self._keys[slot] = key
+        self._vals[slot] = value
+        self._size += 1
+        return True
 
     def _grow(self) -> None:
-        keys, vals = self._keys, self._vals
-        live = vals != self._EMPTY
-        self._keys = np.zeros(keys.shape[0] * 2, dtype=np.uint64)
-        self._vals = np.full(keys.shape[0] * 2, self._EMPTY, dtype=np.uint32)
-        self._size = 0
-        for k, v in zip(keys[live].tolist(), vals[live].tolist()):
-            self.put_if_absent(k, v)
+        live = self._vals != self._EMPTY
+        keys, vals = self._keys[live], self._vals[live]
+        capacity = self._keys.shape[0] * 2
+        self._keys = np.zeros(capacity, dtype=np.uint64)
+        self._vals = np.full(capacity, self._EMPTY, dtype=np.uint32)
+        # Vectorised linear probing: each round, the first claimant of every free slot takes it.
+        slots = self._home(keys)
+        pending = np.arange(keys.shape[0])
+        while pending.size:
+            target = slots[pending]
+            free = self._vals[target] == self._EMPTY
+            _, first = np.unique(target, return_index=True)
+            winners = np.zeros(pending.size, dtype=bool)
+            winners[first] = True
+            place = free & winners
+            self._keys[target[place]] = keys[pending[place]]
+            self._vals[target[place]] = vals[pending[place]]
+            pending = pending[~place]
+            slots[pending] = (slots[pending] + 1) & (capacity - 1)
 
     @property
     def nbytes(self) -> int:
@@ -136,7 +160,7 @@ class LSHIndex:
 
     Bands are tuned for recall (few missed pairs at the threshold); each candidate is then
     checked by its estimated Jaccard similarity, so the threshold means what it says.
-    Memory per kept document: its signature (4 bytes x num_perm) plus ~48 bytes per band.
+    Memory per kept document: its signature (2 bytes x num_perm) plus 12-24 bytes per band.
     """
 
     def __init__(self, threshold: float, num_perm: int) -> None:
@@ -148,8 +172,9 @@ class LSHIndex:
             1, 2**63, size=(self.bands, self.rows), dtype=np.uint64
         ) | np.uint64(1)
         self._salt = rng.integers(0, 2**63, size=self.bands, dtype=np.uint64)
-        self._table = _IntTable()
-        self._sigs = np.zeros((1024, num_perm), dtype=np.uint32)  # (capacity, num_perm)
+        self._table = IntTable()
+        # Signatures are kept as their low 16 bits: chance agreement 1/65536 barely moves the estimate.
+        self._sigs = np.zeros((1024, num_perm), dtype=np.uint16)  # (capacity, num_perm)
         self._count = 0
 
     def band_keys(self, signature: np.ndarray) -> list[int]:
@@ -169,7 +194,7 @@ class LSHIndex:
             doc = self._table.get(key)
             if doc is not None and doc not in checked:
                 checked.add(doc)
-                if estimate_jaccard(signature, self._sigs[doc]) >= self.threshold:
+                if estimate_jaccard(signature.astype(np.uint16), self._sigs[doc]) >= self.threshold:
                     return False
         if self._count == self._sigs.shape[0]:
             self._sigs = np.concatenate([self._sigs, np.zeros_like(self._sigs)])

@@ -3,6 +3,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -114,3 +115,28 @@ def test_content_hash_is_stable_across_runs():
     # blake2b-64 of the UTF-8 bytes: the same on every machine and Python process (no hash seed).
     assert content_hash("hello") == 0x7D34E501A8EDB6A7
     assert content_hash("hello") != content_hash("hello!")
+
+
+def test_int_table_survives_growth_and_keeps_first_writer():
+    from pocketlm.data.dedup import IntTable
+
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 2**63, size=20_000, dtype=np.uint64)).tolist()
+    table = IntTable(capacity=16)
+    for i, k in enumerate(keys):
+        assert table.put_if_absent(k, i)
+    assert len(table) == len(keys)
+    assert all(table.get(k) == i for i, k in enumerate(keys))
+    assert not table.put_if_absent(keys[5], 999) and table.get(keys[5]) == 5
+    assert table.get(12345) is None
+
+
+def test_lsh_memory_per_document_is_small():
+    r = random.Random(11)
+    hasher = MinHasher()
+    index = LSHIndex(threshold=0.8, num_perm=hasher.num_perm)
+    for _ in range(3000):
+        index.add_if_new(
+            hasher.signature(word_arrays(" ".join(r.choice(WORDS) for _ in range(50))))
+        )
+    assert index.nbytes / len(index) < 1500

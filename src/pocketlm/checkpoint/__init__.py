@@ -1,0 +1,1 @@
+"""Checkpoints: safetensors weights + model config + tokenizer + manifest; train state for exact resume."""

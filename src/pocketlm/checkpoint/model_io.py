@@ -1,0 +1,187 @@
+"""Save and load model artifacts (kind 'model'): safetensors weights, config, tokenizer, manifest.
+
+Writes go through ArtifactWriter (temp dir + rename), so a crash or a full disk never leaves a
+half-written checkpoint under its final name. Nothing here unpickles: pickle-based weight files
+are refused with a message saying how to convert them.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pocketlm.common.errors import ArtifactError, PocketLMError
+from pocketlm.common.manifest import ArtifactWriter, read_manifest
+from pocketlm.model.config import ModelConfig
+from pocketlm.model.transformer import CausalLM, materialize
+from pocketlm.tokenizer.tokenizer import TOKENIZER_FILES, Tokenizer
+
+MODEL_KIND = "model"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to use, with everything that describes it."""
+
+    model: CausalLM
+    config: ModelConfig
+    tokenizer: Tokenizer
+    directory: Path
+    manifest: dict[str, Any]
+
+
+def weights_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict for saving: tied lm_head dropped (as in HF), tensors contiguous and on CPU."""
+    state = model.state_dict()
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "tie_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def save_model(
+    out: str | Path,
+    model: CausalLM,
+    tokenizer_dir: str | Path,
+    *,
+    parents: Sequence[dict] = (),
+    config: dict | None = None,
+    summary: dict | None = None,
+    command: Sequence[str] | None = None,
+    overwrite: bool = False,
+    extra: Callable[[ArtifactWriter], None] | None = None,
+) -> Path:
+    """Write a model artifact; `extra(art)` may add files (e.g. train state) before the commit."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    try:
+        with ArtifactWriter(
+            out,
+            MODEL_KIND,
+            config=config or {},
+            parents=parents,
+            command=command,
+            overwrite=overwrite,
+        ) as art:
+            save_file(
+                weights_state_dict(model),
+                str(art.path(WEIGHTS_FILE)),
+                metadata={"format": "pt", "producer": "pocketlm"},
+            )
+            model.config.save(art.path(CONFIG_FILE))
+            for name in TOKENIZER_FILES:
+                shutil.copyfile(Path(tokenizer_dir) / name, art.path(name))
+            if extra is not None:
+                extra(art)
+            base = {"params": model.num_params(), "model": model.config.to_dict()}
+            return art.commit({**base, **(summary or {})})
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise PocketLMError(
+                f"out of disk space while saving {out}: nothing was replaced, earlier checkpoints are intact; "
+                "free some space (or keep fewer checkpoints with --set train.keep_checkpoints=1) and resume"
+            ) from exc
+        raise
+
+
+def refuse_pickles(directory: Path) -> None:
+    """Raise for pickle-based weight files: loading them can run arbitrary code."""
+    for p in directory.iterdir():
+        if p.suffix in PICKLE_SUFFIXES and p.is_file():
+            raise ArtifactError(
+                f"{p}: refusing to load a pickle-based file (it can run arbitrary code). "
+                "PocketLM loads safetensors only; convert it with safetensors.torch.save_file in a trusted environment"
+            )
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model artifact dir from: the dir itself, a training run (its final model or latest checkpoint)."""
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"{p}: no such model directory")
+    if (p / "manifest.json").is_file():
+        kind = read_manifest(p)["kind"]
+        if kind == MODEL_KIND:
+            return p
+        raise ArtifactError(f"{p} is a '{kind}' artifact, not a model")
+    if (p / "model" / "manifest.json").is_file():
+        return p / "model"
+    from pocketlm.checkpoint.run_checkpoints import latest_checkpoint
+
+    latest = latest_checkpoint(p / "checkpoints")
+    if latest is not None:
+        return latest
+    refuse_pickles(p)
+    raise ArtifactError(
+        f"{p}: no PocketLM model here (no manifest.json, no model/ or checkpoints/)"
+    )
+
+
+def load_model(
+    path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> LoadedModel:
+    """Load a model artifact (or a run's final model / latest checkpoint) onto `device`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = resolve_model_dir(path)
+    refuse_pickles(directory)
+    manifest = read_manifest(directory, kind=MODEL_KIND)
+    weights = directory / WEIGHTS_FILE
+    listed = manifest.get("files", {}).get(WEIGHTS_FILE)
+    if not weights.is_file():
+        raise ArtifactError(f"{directory}: missing {WEIGHTS_FILE}")
+    if listed and weights.stat().st_size != listed["bytes"]:
+        raise ArtifactError(
+            f"{weights}: {weights.stat().st_size} bytes but the manifest says {listed['bytes']}: the checkpoint is truncated or corrupt"
+        )
+    config = ModelConfig.load(directory / CONFIG_FILE)
+    tokenizer = Tokenizer.load(directory)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ArtifactError(
+            f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {config.vocab_size}"
+        )
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(
+            f"{weights}: cannot read the weights ({exc}); the checkpoint is corrupt"
+        ) from exc
+    with torch.device("meta"):
+        model = CausalLM(config)
+    model = build_model_from_state(model, config, state, directory)
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    model.eval()
+    return LoadedModel(model, config, tokenizer, directory, manifest)
+
+
+def build_model_from_state(
+    meta_model: CausalLM, config: ModelConfig, state: dict[str, torch.Tensor], where: Path
+) -> CausalLM:
+    """Materialise a meta-device model from a state dict, with clear errors for mismatches."""
+    expected = {
+        k for k in meta_model.state_dict() if not (config.tie_embeddings and k == "lm_head.weight")
+    }
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{where}: weights do not match the config (missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
+        )
+    model = materialize(meta_model)
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ArtifactError(
+            f"{where}: weight shapes do not match the config ({str(exc).splitlines()[-1].strip()})"
+        ) from exc
+    return model

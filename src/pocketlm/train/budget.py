@@ -1,0 +1,56 @@
+"""Training budgets: wall-clock time, tokens or optimizer steps."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pocketlm.common.errors import ConfigError
+from pocketlm.common.units import parse_count, parse_duration
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to train: kind and amount (seconds, tokens or steps)."""
+
+    kind: Literal["time", "tokens", "steps"]
+    amount: float
+
+    def describe(self) -> str:
+        if self.kind == "time":
+            from pocketlm.common.units import format_duration
+
+            return format_duration(self.amount)
+        from pocketlm.common.units import format_count
+
+        return f"{format_count(self.amount)} {self.kind}"
+
+
+def parse_budget(text: str) -> Budget:
+    """'5m' / '90s' -> time; '20M tokens' / '20Mtok' -> tokens; '500 steps' -> steps."""
+    s = text.strip().lower()
+    m = re.fullmatch(r"(.+?)\s*(tokens?|tok|steps?)", s)
+    if m:
+        kind = "tokens" if m.group(2).startswith("tok") else "steps"
+        amount = parse_count(m.group(1).strip())
+        if amount <= 0:
+            raise ConfigError(f"budget must be positive, got {text!r}")
+        return Budget(kind, float(amount))
+    try:
+        return Budget("time", parse_duration(s))
+    except ConfigError:
+        raise ConfigError(
+            f"cannot read budget {text!r}: use a time (5m, 1h), tokens (20M tokens) or steps (500 steps)"
+        ) from None
+
+
+def steps_for(budget: Budget, tokens_per_step: int, seconds_per_step: float | None = None) -> int:
+    """Optimizer steps the budget allows (time budgets need a measured seconds_per_step)."""
+    if budget.kind == "steps":
+        return int(budget.amount)
+    if budget.kind == "tokens":
+        return max(1, int(budget.amount // tokens_per_step))
+    if seconds_per_step is None or seconds_per_step <= 0:
+        raise ValueError("a time budget needs the measured seconds per step")
+    return int(budget.amount // seconds_per_step)

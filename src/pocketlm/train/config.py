@@ -1,0 +1,66 @@
+"""Training configuration: optimizer, schedule, batch, budget, evaluation, checkpoints, precision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW (and Muon for hidden matrices when kind='muon')."""
+
+    kind: Literal["adamw", "muon"] = "adamw"
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+    betas: tuple[float, ...] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # on matrices only; norms, biases and embeddings are not decayed
+    grad_clip: float = 1.0  # 0 turns clipping off
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError("optim.lr must be > 0")
+        if len(self.betas) != 2:
+            raise ValueError("optim.betas needs two values")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Warm-up, then cosine decay or warmup-stable-decay (WSD)."""
+
+    kind: Literal["cosine", "wsd", "constant"] = "wsd"
+    warmup_steps: int = 0  # 0 = warmup_fraction of the run
+    warmup_fraction: float = 0.02
+    decay_fraction: float = 0.3  # WSD: the last 30% of steps decay to min_lr
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one run of the training loop needs besides the task."""
+
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    batch_size: int = 16  # sequences per micro-batch
+    grad_accum: int = 1
+    ctx: int = 256
+    budget: str = "5m"  # wall-clock ("5m", "1h"), tokens ("20M tokens") or steps ("1000 steps")
+    eval_every: int = 0  # steps between evaluations; 0 = about 8 evaluations per run
+    eval_tokens: int = 65536  # validation tokens per evaluation
+    checkpoint_every_s: float = 300.0  # wall-clock seconds between checkpoints (and one at the end)
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = use checkpoint_every_s
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    compile: bool = False
+    threads: int = 0  # CPU threads for torch; 0 = all cores
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.grad_accum < 1 or self.ctx < 2:
+            raise ValueError("batch_size and grad_accum must be >= 1 and ctx >= 2")
+        if self.keep_checkpoints < 1:
+            raise ValueError("keep_checkpoints must be >= 1")

@@ -1,0 +1,74 @@
+"""Optimizers: AdamW with decoupled weight decay on matrices only; optional Muon for hidden matrices."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from pocketlm.train.config import OptimConfig
+
+
+def _is_decayed(name: str, param: torch.Tensor) -> bool:
+    return param.ndim >= 2 and "embed_tokens" not in name and "norm" not in name
+
+
+def build_optimizers(
+    named_params: Iterable[tuple[str, nn.Parameter]], config: OptimConfig, device: torch.device
+) -> list[torch.optim.Optimizer]:
+    """Optimizers over the trainable parameters (tied weights counted once)."""
+    unique: dict[int, tuple[str, nn.Parameter]] = {}
+    for name, p in named_params:
+        if p.requires_grad and id(p) not in unique:
+            unique[id(p)] = (name, p)
+    params = list(unique.values())
+    if not params:
+        raise ValueError("no trainable parameters")
+    kwargs: dict = {}
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    else:
+        kwargs["foreach"] = True
+    optimizers: list[torch.optim.Optimizer] = []
+    if config.kind == "muon":
+        # Muon orthogonalises updates of hidden 2-D matrices; embeddings and the head stay on AdamW.
+        hidden = [
+            p for n, p in params if p.ndim == 2 and "embed_tokens" not in n and "lm_head" not in n
+        ]
+        hidden_ids = {id(p) for p in hidden}
+        params = [(n, p) for n, p in params if id(p) not in hidden_ids]
+        optimizers.append(
+            torch.optim.Muon(
+                hidden,
+                lr=config.muon_lr,
+                momentum=config.muon_momentum,
+                weight_decay=config.weight_decay,
+                adjust_lr_fn="match_rms_adamw",
+            )
+        )
+    decay = [p for n, p in params if _is_decayed(n, p)]
+    no_decay = [p for n, p in params if not _is_decayed(n, p)]
+    groups = [
+        g
+        for g in (
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        )
+        if g["params"]
+    ]
+    optimizers.append(
+        torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps, **kwargs)
+    )
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["peak_lr"] = group["lr"]
+    return optimizers
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> float:
+    """Scale every group's peak lr by `multiplier`; returns the AdamW lr for logging."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["peak_lr"] * multiplier
+    return optimizers[-1].param_groups[0]["lr"]

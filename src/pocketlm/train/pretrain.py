@@ -1,0 +1,189 @@
+"""Pretraining: next-token prediction on a tokens artifact, through the one training loop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pocketlm.checkpoint.model_io import save_model
+from pocketlm.common.config import to_dict
+from pocketlm.common.env import dist_env
+from pocketlm.common.errors import ConfigError, InputError
+from pocketlm.common.manifest import parent_ref
+from pocketlm.data.loader import BatchLoader
+from pocketlm.data.token_shards import TokenShards
+from pocketlm.evals.bpb import evaluate_bpb, token_byte_lengths
+from pocketlm.model.config import ModelConfig
+from pocketlm.model.presets import preset_config
+from pocketlm.model.transformer import build_model
+from pocketlm.tokenizer.tokenizer import Tokenizer
+from pocketlm.train.config import TrainConfig
+from pocketlm.train.loop import RunResult, train
+from pocketlm.train.task import TrainTask
+
+
+@dataclass(frozen=True)
+class ShapeConfig:
+    """The model's shape: a preset, and/or explicit dimensions (0 = take it from the preset)."""
+
+    preset: str = ""
+    dim: int = 0
+    n_layers: int = 0
+    n_heads: int = 0
+    n_kv_heads: int = 0
+    ffn_dim: int = 0
+    tie_embeddings: bool = True
+    qkv_bias: bool = False
+    rope_theta: float = 10000.0
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """`pocketlm pretrain` settings: model shape + the training loop's settings."""
+
+    model: ShapeConfig = field(default_factory=ShapeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def resolve_model_config(shape: ShapeConfig, vocab_size: int, ctx: int) -> ModelConfig:
+    """ModelConfig from a preset and/or explicit dims; vocabulary from the tokenizer, context from the run."""
+    explicit = {
+        k: getattr(shape, k)
+        for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim")
+        if getattr(shape, k)
+    }
+    common = dict(
+        vocab_size=vocab_size,
+        max_seq_len=ctx,
+        tie_embeddings=shape.tie_embeddings,
+        qkv_bias=shape.qkv_bias,
+        rope_theta=shape.rope_theta,
+    )
+    if shape.preset:
+        return preset_config(shape.preset, **common, **explicit)
+    missing = [k for k in ("dim", "n_layers", "n_heads") if k not in explicit]
+    if missing:
+        raise ConfigError(
+            f"choose a model: --model PRESET, or all of --layers, --dim, --heads (missing: {', '.join(missing)})"
+        )
+    explicit.setdefault("n_kv_heads", explicit["n_heads"])
+    return ModelConfig(**common, **explicit)
+
+
+def pretrain_task(
+    tokens_dir: str | Path,
+    config: PretrainConfig,
+    *,
+    command: Sequence[str] | None = None,
+    model_config: ModelConfig | None = None,
+) -> TrainTask:
+    """The pretraining TrainTask over a tokens artifact."""
+    tokens_dir = Path(tokens_dir)
+    shards = TokenShards(tokens_dir)
+    tokenizer = Tokenizer.load(shards.tokenizer_dir)
+    tc = config.train
+    model_config = model_config or resolve_model_config(config.model, shards.vocab_size, tc.ctx)
+    if model_config.vocab_size < shards.vocab_size:
+        raise InputError(
+            f"the model's vocabulary ({model_config.vocab_size}) is smaller than the tokenizer's ({shards.vocab_size}) in {tokens_dir}"
+        )
+    if model_config.max_seq_len < tc.ctx:
+        raise ConfigError(f"ctx {tc.ctx} exceeds the model's context {model_config.max_seq_len}")
+    dist = dist_env()
+    batches = BatchLoader(
+        shards.split("train"),
+        tc.batch_size,
+        tc.ctx,
+        seed=tc.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+    model = build_model(model_config, seed=tc.seed)
+    byte_lengths = token_byte_lengths(tokenizer, model_config.vocab_size)
+    has_val = shards.has_split("val")
+    eval_split = shards.split("val" if has_val else "train")
+
+    def loss(
+        m: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, int]:
+        x, y = batch
+        logits = m(x)  # (B, T, vocab)
+        return F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1)
+        ), y.numel()
+
+    def to_device(
+        batch: tuple[np.ndarray, np.ndarray], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        return torch.from_numpy(x).to(device, non_blocking=True), torch.from_numpy(y).to(
+            device, non_blocking=True
+        )
+
+    def evaluate(m: torch.nn.Module, *, device: torch.device, autocast: Any) -> dict[str, float]:
+        r = evaluate_bpb(
+            m,
+            eval_split,
+            byte_lengths,
+            ctx=tc.ctx,
+            batch_size=tc.batch_size,
+            max_tokens=tc.eval_tokens,
+            device=device,
+            autocast=autocast,
+        )
+        return {"val_loss": r.loss, "val_bpb": r.bpb}
+
+    parents = [parent_ref(tokens_dir)]
+
+    def save(
+        m: torch.nn.Module, out: Path, extra: Any, summary: dict[str, Any], overwrite: bool = False
+    ) -> Path:
+        return save_model(
+            out,
+            m,
+            shards.tokenizer_dir,
+            parents=parents,
+            config=to_dict(config),
+            summary={**summary, "bytes_per_token": shards.bytes_per_token},
+            command=command,
+            overwrite=overwrite,
+            extra=extra,
+        )
+
+    return TrainTask(
+        name="pretrain",
+        model=model,
+        batches=batches,
+        loss=loss,
+        to_device=to_device,
+        tokens_per_batch=tc.batch_size * tc.ctx * dist.world_size,
+        save=save,
+        evaluate=evaluate,
+        flops_per_token=model_config.flops_per_token(tc.ctx, training=True),
+        describe={
+            "model": model_config.to_dict(),
+            "params": model_config.num_params(),
+            "tokens_dir": str(tokens_dir),
+            "validation": "val" if has_val else "train (no val split)",
+        },
+    )
+
+
+def pretrain(
+    tokens_dir: str | Path,
+    out: str | Path,
+    config: PretrainConfig | None = None,
+    *,
+    resume: bool = False,
+    command: Sequence[str] | None = None,
+) -> RunResult:
+    """Pretrain a model on `tokens_dir` into the run directory `out`."""
+    config = config or PretrainConfig()
+    task = pretrain_task(tokens_dir, config, command=command)
+    return train(task, config.train, out, resume=resume, command=command)
