@@ -194,10 +194,9 @@ def build_corpus(
                 if item.reason is not None:
                     removed.add(item.reason, item.raw_bytes)
                     continue
-                if config.dedup.exact:
-                    if not seen_hashes.put_if_absent(item.digest, 0):
-                        removed.add("exact_duplicate", item.raw_bytes)
-                        continue
+                if config.dedup.exact and not seen_hashes.put_if_absent(item.digest, 0):
+                    removed.add("exact_duplicate", item.raw_bytes)
+                    continue
                 if lsh is not None and not lsh.add_if_new(item.signature):
                     removed.add("near_duplicate", item.raw_bytes)
                     continue
