@@ -7,7 +7,16 @@ import sys
 from collections.abc import Sequence
 
 from pocketlm import __version__
-from pocketlm.cli import data_cmd, inspect_cmd, quickstart_cmd, tokenizer_cmd
+from pocketlm.cli import (
+    data_cmd,
+    eval_cmd,
+    export_cmd,
+    generate_cmd,
+    inspect_cmd,
+    pretrain_cmd,
+    quickstart_cmd,
+    tokenizer_cmd,
+)
 from pocketlm.cli.options import HelpFormatter
 
 _DESCRIPTION = """\
@@ -17,6 +26,10 @@ The life of a model, one command per stage (each writes a directory with a manif
   data build       text files / folders / 'stdlib' / HF datasets -> clean, deduplicated corpus
   tokenizer train  corpus -> byte-level BPE tokenizer
   data encode      corpus + tokenizer -> token shards
+  pretrain         token shards -> a Llama-compatible model (checkpoints, metrics, loss plot)
+  generate         stream text from a model
+  eval             validation loss and bits per byte
+  export hf        a directory transformers loads as is
   inspect          what an artifact is, how it was made, from which parents
 
 Start here:  pocketlm quickstart      (the whole pipeline on Python's own stdlib text)
@@ -27,7 +40,16 @@ Every command takes --help. Settings come from flags, a --config TOML file and -
 Docs: README.md and docs/ in the PocketLM repository.
 """
 
-_COMMANDS = (quickstart_cmd, data_cmd, tokenizer_cmd, inspect_cmd)
+_COMMANDS = (
+    quickstart_cmd,
+    data_cmd,
+    tokenizer_cmd,
+    pretrain_cmd,
+    generate_cmd,
+    eval_cmd,
+    export_cmd,
+    inspect_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

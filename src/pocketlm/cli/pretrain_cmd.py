@@ -1,0 +1,98 @@
+"""`pocketlm pretrain`."""
+
+from __future__ import annotations
+
+import argparse
+
+from pocketlm.cli.options import add_config_options, add_parser, command_line, config_from_args
+
+_FLAGS = {
+    "preset": "model.preset",
+    "layers": "model.n_layers",
+    "dim": "model.dim",
+    "heads": "model.n_heads",
+    "kv_heads": "model.n_kv_heads",
+    "ffn_dim": "model.ffn_dim",
+    "ctx": "train.ctx",
+    "batch_size": "train.batch_size",
+    "grad_accum": "train.grad_accum",
+    "lr": "train.optim.lr",
+    "budget": "train.budget",
+    "precision": "train.precision",
+    "device": "train.device",
+    "seed": "train.seed",
+    "compile": "train.compile",
+}
+
+
+def register(subparsers) -> None:
+    p = add_parser(
+        subparsers,
+        "pretrain",
+        help="pretrain a Llama-compatible model on token shards",
+        description=(
+            "Train a decoder (RMSNorm, RoPE, SwiGLU, GQA, tied embeddings) by next-token prediction.\n"
+            "Choose a size with --model PRESET or --layers/--dim/--heads/--kv-heads, and a budget:\n"
+            "wall-clock (--budget 5m; evaluation and compilation count against it), tokens\n"
+            "(--max-tokens 20M) or steps (--max-steps 1000). The run directory gets\n"
+            "checkpoints/ (atomic, keep-last-N, exact resume with --resume), metrics.jsonl (step,\n"
+            "tokens, loss, lr, tokens_per_s; val_loss and val_bpb on evaluation steps), loss.png\n"
+            "and model/ (the final model).\n\n"
+            "presets: pico-1m nano-3m micro-6m mini-15m small-30m base-50m medium-85m smollm2-135m large-150m"
+        ),
+        examples=(
+            "  pocketlm pretrain --tokens runs/tokens --model micro-6m --budget 10m --out runs/pretrain\n"
+            "  pocketlm pretrain --tokens runs/tokens --layers 6 --dim 256 --heads 8 --kv-heads 4 --max-tokens 5M --out runs/p2\n"
+            "  pocketlm pretrain --tokens runs/tokens --model micro-6m --budget 10m --out runs/pretrain --resume"
+        ),
+    )
+    p.add_argument("--tokens", required=True, help="tokens directory from `pocketlm data encode`")
+    p.add_argument("--out", required=True, help="run directory")
+    shape = p.add_argument_group("model shape")
+    shape.add_argument("--model", dest="preset", metavar="PRESET", help="a named size (see above)")
+    shape.add_argument("--layers", type=int, help="number of decoder layers")
+    shape.add_argument("--dim", type=int, help="hidden size")
+    shape.add_argument("--heads", type=int, help="attention heads")
+    shape.add_argument(
+        "--kv-heads", type=int, help="key/value heads (grouped-query attention; default: --heads)"
+    )
+    shape.add_argument("--ffn-dim", type=int, help="SwiGLU inner size (default: 8/3 x dim)")
+    run = p.add_argument_group("training")
+    run.add_argument("--ctx", type=int, help="context length in tokens (default: 256)")
+    run.add_argument("--batch-size", type=int, help="sequences per micro-batch (default: 16)")
+    run.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default: 1)")
+    run.add_argument("--lr", type=float, help="peak learning rate")
+    budget = run.add_mutually_exclusive_group()
+    budget.add_argument("--budget", help="wall-clock budget, e.g. 5m, 90s, 1h (default: 5m)")
+    budget.add_argument("--max-tokens", help="token budget, e.g. 20M")
+    budget.add_argument("--max-steps", type=int, help="optimizer-step budget")
+    run.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast precision (default: auto)",
+    )
+    run.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
+    run.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    run.add_argument("--seed", type=int, help="seed for weights and data order")
+    run.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    add_config_options(p)
+    p.set_defaults(handler=_pretrain)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from pocketlm.train.pretrain import PretrainConfig, pretrain
+
+    if args.max_tokens:
+        args.budget = f"{args.max_tokens} tokens"
+    elif args.max_steps:
+        args.budget = f"{args.max_steps} steps"
+    config = config_from_args(PretrainConfig, args, _FLAGS)
+    result = pretrain(args.tokens, args.out, config, resume=args.resume, command=command_line())
+    if result.final:
+        print(
+            f"val loss {result.final.get('val_loss', float('nan')):.4f}, val bpb {result.final.get('val_bpb', float('nan')):.4f}"
+        )
+    print(result.model_dir)
+    return 0
