@@ -172,3 +172,22 @@ def synthetic_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
     tok = train_tokenizer(corpus, base / "tokenizer", TokenizerConfig(vocab_size=512))
     tokens = encode_corpus(corpus, tok, base / "tokens")
     return {"src": src, "corpus": corpus, "tokenizer": tok, "tokens": tokens}
+
+
+def tiny_pretrain_config(budget: str = "12 steps", **train_overrides):
+    """A PretrainConfig for a ~30k-parameter model that trains in milliseconds per step."""
+    from pocketlm.train.config import ScheduleConfig, TrainConfig
+    from pocketlm.train.pretrain import PretrainConfig, ShapeConfig
+
+    train = dict(budget=budget, batch_size=4, ctx=32, log_every=1, eval_tokens=512, checkpoint_every=3, precision="fp32", device="cpu", schedule=ScheduleConfig(kind="cosine", warmup_steps=2))
+    train.update(train_overrides)
+    return PretrainConfig(model=ShapeConfig(dim=32, n_layers=2, n_heads=2, n_kv_heads=1), train=TrainConfig(**train))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(synthetic_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained (a few steps) tiny model artifact on the synthetic tokens."""
+    from pocketlm.train.pretrain import pretrain
+
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    return pretrain(synthetic_pipeline["tokens"], run, tiny_pretrain_config("6 steps")).model_dir

@@ -81,17 +81,12 @@ def _restore_rng(state: dict[str, torch.Tensor], device: torch.device) -> None:
 
 
 def _load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
-    from safetensors.torch import load_file
+    from pocketlm.checkpoint.model_io import read_weights
 
-    from pocketlm.checkpoint.model_io import WEIGHTS_FILE
-
-    state = load_file(str(checkpoint / WEIGHTS_FILE), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(read_weights(checkpoint), strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
-        raise ArtifactError(
-            f"{checkpoint}: weights do not match this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+        raise ArtifactError(f"{checkpoint}: weights do not match this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def train(

@@ -175,6 +175,15 @@ def pretrain_task(
     )
 
 
+def _check_resume_tokenizer(run_dir: Path, shards: TokenShards) -> None:
+    from pocketlm.checkpoint.run_checkpoints import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    if latest is not None:
+        saved = Tokenizer.load(latest)
+        shards.check_tokenizer(saved.fingerprint, saved.vocab_size, f"the run being resumed ({latest})")
+
+
 def pretrain(
     tokens_dir: str | Path,
     out: str | Path,
@@ -185,5 +194,7 @@ def pretrain(
 ) -> RunResult:
     """Pretrain a model on `tokens_dir` into the run directory `out`."""
     config = config or PretrainConfig()
+    if resume:
+        _check_resume_tokenizer(Path(out), TokenShards(tokens_dir))
     task = pretrain_task(tokens_dir, config, command=command)
     return train(task, config.train, out, resume=resume, command=command)

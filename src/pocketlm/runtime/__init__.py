@@ -1,0 +1,1 @@
+"""Running models: sampling, ONE generation engine over pluggable forward backends."""
