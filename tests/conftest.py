@@ -179,9 +179,21 @@ def tiny_pretrain_config(budget: str = "12 steps", **train_overrides):
     from pocketlm.train.config import ScheduleConfig, TrainConfig
     from pocketlm.train.pretrain import PretrainConfig, ShapeConfig
 
-    train = dict(budget=budget, batch_size=4, ctx=32, log_every=1, eval_tokens=512, checkpoint_every=3, precision="fp32", device="cpu", schedule=ScheduleConfig(kind="cosine", warmup_steps=2))
+    train = dict(
+        budget=budget,
+        batch_size=4,
+        ctx=32,
+        log_every=1,
+        eval_tokens=512,
+        checkpoint_every=3,
+        precision="fp32",
+        device="cpu",
+        schedule=ScheduleConfig(kind="cosine", warmup_steps=2),
+    )
     train.update(train_overrides)
-    return PretrainConfig(model=ShapeConfig(dim=32, n_layers=2, n_heads=2, n_kv_heads=1), train=TrainConfig(**train))
+    return PretrainConfig(
+        model=ShapeConfig(dim=32, n_layers=2, n_heads=2, n_kv_heads=1), train=TrainConfig(**train)
+    )
 
 
 @pytest.fixture(scope="session")

@@ -139,14 +139,20 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         raise ArtifactError(f"{directory}: missing {WEIGHTS_FILE}")
     listed = manifest.get("files", {}).get(WEIGHTS_FILE)
     if listed and weights.stat().st_size != listed["bytes"]:
-        raise ArtifactError(f"{weights}: {weights.stat().st_size} bytes but the manifest says {listed['bytes']}: the checkpoint is truncated or corrupt")
+        raise ArtifactError(
+            f"{weights}: {weights.stat().st_size} bytes but the manifest says {listed['bytes']}: the checkpoint is truncated or corrupt"
+        )
     try:
         return load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ArtifactError(f"{weights}: cannot read the weights ({exc}); the checkpoint is corrupt") from exc
+        raise ArtifactError(
+            f"{weights}: cannot read the weights ({exc}); the checkpoint is corrupt"
+        ) from exc
 
 
-def load_model(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
+def load_model(
+    path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> LoadedModel:
     """Load a model artifact (or a run's final model / latest checkpoint) onto `device`."""
     directory = resolve_model_dir(path)
     state = read_weights(directory)
@@ -154,7 +160,9 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu", dtype: t
     config = ModelConfig.load(directory / CONFIG_FILE)
     tokenizer = Tokenizer.load(directory)
     if tokenizer.vocab_size > config.vocab_size:
-        raise ArtifactError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {config.vocab_size}")
+        raise ArtifactError(
+            f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {config.vocab_size}"
+        )
     with torch.device("meta"):
         model = CausalLM(config)
     model = build_model_from_state(model, config, state, directory)

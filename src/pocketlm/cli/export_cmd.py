@@ -1,7 +1,87 @@
-"""Placeholder: filled in by the runtime / export work."""
+"""`pocketlm export FORMAT`: a model as a directory another tool loads as is.
+
+Each format is one subcommand registered by a function in `_FORMATS`. To add one (gguf, onnx),
+write `register(subparsers)` in its own module (e.g. cli/export_gguf_cmd.py), building its parser
+with `add_format_parser` so every format shares --model/--out/--overwrite, and append that
+function to `_FORMATS`.
+"""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+
+from pocketlm.cli.options import add_parser, command_line, done
+
+
+def add_format_parser(
+    subparsers, name: str, *, help: str, description: str, examples: str
+) -> argparse.ArgumentParser:
+    """An `export NAME` parser with the options every format takes: --model, --out, --overwrite."""
+    p = add_parser(subparsers, name, help=help, description=description, examples=examples)
+    p.add_argument(
+        "--model", required=True, help="model directory (or a training run: its final model)"
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
+    return p
+
+
+def register_hf(subparsers) -> None:
+    """`pocketlm export hf`."""
+    p = add_format_parser(
+        subparsers,
+        "hf",
+        help="a directory transformers loads as is (LlamaForCausalLM)",
+        description=(
+            "Write a model as a Hugging Face `transformers` directory: config.json\n"
+            "(LlamaForCausalLM), generation_config.json (stops at <|endoftext|> and <|end|>),\n"
+            "model.safetensors, the tokenizer files with the chat template, and a README.md model\n"
+            "card. AutoModelForCausalLM / AutoTokenizer.from_pretrained(DIR) load it offline and\n"
+            "give the same logits and token ids as PocketLM. Models transformers cannot represent\n"
+            "exactly are refused."
+        ),
+        examples=(
+            "  pocketlm export hf --model runs/pretrain --out runs/hf\n"
+            "  pocketlm export hf --model runs/pretrain/model --out runs/hf-bf16 --dtype bf16"
+        ),
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="weight precision in model.safetensors",
+    )
+    p.set_defaults(handler=_hf)
+
+
+# One registration function per export format; `pocketlm export --help` lists them in this order.
+_FORMATS: tuple[Callable[..., None], ...] = (register_hf,)
+
 
 def register(subparsers) -> None:
-    """Not yet available."""
+    """`pocketlm export` and its format subcommands."""
+    group = add_parser(
+        subparsers,
+        "export",
+        help="write a model in another tool's format (hf)",
+        description="Export a model directory for other tools; one subcommand per format.",
+        examples="  pocketlm export hf --model runs/pretrain --out runs/hf",
+    )
+    sub = group.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
+    for register_format in _FORMATS:
+        register_format(sub)
+
+
+def _hf(args: argparse.Namespace) -> int:
+    from pocketlm.export.hf import export_hf
+
+    return done(
+        export_hf(
+            args.model,
+            args.out,
+            dtype=args.dtype,
+            command=command_line(),
+            overwrite=args.overwrite,
+        )
+    )

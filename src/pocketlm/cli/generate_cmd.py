@@ -1,7 +1,109 @@
-"""Placeholder: filled in by the runtime / export work."""
+"""`pocketlm generate`: stream text from a model."""
 
 from __future__ import annotations
 
+import argparse
+import sys
+
+from pocketlm.cli.options import add_parser
+
 
 def register(subparsers) -> None:
-    """Not yet available."""
+    p = add_parser(
+        subparsers,
+        "generate",
+        help="stream text from a model",
+        description=(
+            "Continue a prompt with a model, printing the text as it is generated. Sampling:\n"
+            "repetition penalty, then temperature (0 = greedy), top-k, top-p (nucleus) and min-p.\n"
+            "Generation stops at the end-of-text or end-of-turn token, at a --stop string (not\n"
+            "printed) or after --max-new-tokens. A one-line summary (tokens, speed) goes to stderr.\n"
+            "The same --seed gives the same text on the same device and precision."
+        ),
+        examples=(
+            '  pocketlm generate --model runs/pretrain --prompt "Once upon a time"\n'
+            '  pocketlm generate --model runs/pretrain/model --prompt "The cat" --temperature 0 --max-new-tokens 40\n'
+            "  pocketlm generate --model runs/pretrain --prompt 'def add(' --top-p 0.9 --seed 1 --stop $'\\n\\n'"
+        ),
+    )
+    p.add_argument(
+        "--model", required=True, help="model directory (or a training run: its final model)"
+    )
+    p.add_argument("--prompt", required=True, help="text to continue")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate")
+    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (argmax)")
+    s.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    s.add_argument(
+        "--top-p", type=float, default=1.0, help="keep the smallest set with this mass (1 = off)"
+    )
+    s.add_argument(
+        "--min-p",
+        type=float,
+        default=0.0,
+        help="drop tokens less likely than this times the top one (0 = off)",
+    )
+    s.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="> 1 discourages tokens already seen (1 = off)",
+    )
+    s.add_argument("--seed", type=int, help="seed for reproducible sampling (default: random)")
+    s.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="stop before this text (repeatable)",
+    )
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    r.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="weights and compute precision (auto: bf16 on CUDA, fp32 elsewhere)",
+    )
+    p.set_defaults(handler=_generate)
+
+
+def _write(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:  # a terminal that cannot show some character
+        encoding = sys.stdout.encoding or "ascii"
+        sys.stdout.write(text.encode(encoding, errors="replace").decode(encoding))
+    sys.stdout.flush()
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from pocketlm.runtime.load import load_engine
+    from pocketlm.runtime.sampling import SamplingParams
+
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
+    engine = load_engine(args.model, device=args.device, precision=args.precision)
+    last = None
+    for chunk in engine.generate(args.prompt, params):
+        if chunk.text:
+            _write(chunk.text)
+        last = chunk
+    _write("\n")
+    if last is not None and last.timings is not None and not getattr(args, "quiet", False):
+        t = last.timings
+        print(
+            f"[{t.generated_tokens} tokens, prompt {t.prompt_tokens} tokens, "
+            f"prefill {t.prefill_s:.3f}s, {t.decode_tokens_per_s:.1f} tokens/s, "
+            f"finish: {last.finish_reason}]",
+            file=sys.stderr,
+        )
+    return 0

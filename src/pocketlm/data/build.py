@@ -158,6 +158,7 @@ def build_corpus(
     histogram = LengthHistogram()
     seen_hashes = IntTable()  # exact-duplicate hashes: 12-24 bytes per document
     lsh = LSHIndex(config.dedup.threshold, config.dedup.num_perm) if config.dedup.near else None
+    held: list[_Processed] = []
     docs_read = 0
     bytes_read = 0
     size_change = 0
@@ -205,12 +206,31 @@ def build_corpus(
                     if is_validation(item.digest, config.val_fraction, config.split_seed)
                     else "train"
                 )
-                writers[split].write(item.text, item.source, item.origin, item.clean_bytes)
+                if split == "train" and config.min_val_docs and config.val_fraction > 0:
+                    # Hold the latest train documents back: if the hash split leaves the validation
+                    # split short (a small corpus), they move there at the end. Bounded: min_val_docs docs.
+                    held.append(item)
+                    if len(held) > config.min_val_docs:
+                        old = held.pop(0)
+                        writers["train"].write(old.text, old.source, old.origin, old.clean_bytes)
+                else:
+                    writers[split].write(item.text, item.source, item.origin, item.clean_bytes)
                 size_change += item.clean_bytes - item.raw_bytes
                 kept_per_source[item.source]["docs"] += 1
                 kept_per_source[item.source]["bytes"] += item.clean_bytes
                 histogram.add(len(item.text))
         bar.close()
+        short = max(0, config.min_val_docs - writers["val"].docs)
+        move = min(short, len(held) - 1) if writers["train"].docs == 0 else min(short, len(held))
+        for i, item in enumerate(held):
+            target = "val" if i >= len(held) - move else "train"
+            writers[target].write(item.text, item.source, item.origin, item.clean_bytes)
+        if move:
+            _log.info(
+                "moved %d documents to the validation split (min_val_docs=%d)",
+                move,
+                config.min_val_docs,
+            )
         files = {split: w.close() for split, w in writers.items()}
         docs_dir.joinpath(".keep").unlink(missing_ok=True)
 

@@ -70,6 +70,9 @@ class CorpusConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     val_fraction: float = 0.01  # share of documents (by content hash) held out for validation
     split_seed: int = 0
+    min_val_docs: int = (
+        2  # if the hash split gives fewer, the last kept documents move to validation
+    )
     on_bad_record: OnBadRecord = "error"
     workers: int = 0  # 0 = one per CPU core
     shard_bytes: int = 256_000_000  # text bytes per output shard

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from pocketlm.common.errors import ArtifactError
 
 LAYER = "{layer}"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,13 +70,14 @@ _QKV_BIAS_LAYER = {
 
 # transformers' LlamaForCausalLM (no biases anywhere).
 HF_LLAMA = NameMap("hf-llama", _LLAMA_TOP, _LLAMA_LAYER)
-# transformers' Qwen2ForCausalLM: Llama plus biases on q/k/v (never on o).
-HF_QWEN2 = HF_LLAMA.with_entries("hf-qwen2", per_layer=_QKV_BIAS_LAYER)
+# LlamaForCausalLM with attention_bias=True, for models with q/k/v biases. (transformers' Llama
+# then also has an o_proj bias, which PocketLM lacks: the HF exporter writes it as zeros.)
+HF_LLAMA_QKV_BIAS = HF_LLAMA.with_entries("hf-llama (attention_bias)", per_layer=_QKV_BIAS_LAYER)
 
 
 def rename_state(
-    state: Mapping[str, object], name_map: NameMap, n_layers: int, *, omit: Iterable[str] = ()
-) -> dict[str, object]:
+    state: Mapping[str, T], name_map: NameMap, n_layers: int, *, omit: Iterable[str] = ()
+) -> dict[str, T]:
     """State dict under target names; raises ArtifactError for unmapped or missing tensors.
 
     `omit` lists target names that must not be written (e.g. a tied lm_head).

@@ -51,13 +51,9 @@ class Tokenizer:
             backend = Backend.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
             raise ArtifactError(f"{path}: cannot load tokenizer ({exc})") from exc
-        template = CHAT_TEMPLATE
-        config_path = Path(directory) / TOKENIZER_CONFIG_FILE
-        if config_path.is_file():
-            template = json.loads(config_path.read_text(encoding="utf-8")).get(
-                "chat_template", CHAT_TEMPLATE
-            )
-        return cls(backend, template)
+        # One chat template for every PocketLM model (render_chat); tokenizer_config.json carries
+        # the same text for transformers.
+        return cls(backend)
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
         """Token ids of `text` (no special tokens added unless add_bos)."""
@@ -97,17 +93,22 @@ class StreamDecoder:
         self.skip_special = skip_special
         self._ids: list[int] = []
         self._emitted = 0  # characters of the decoded buffer already returned
+        self._waiting = 0  # tokens pushed since text was last returned
 
     def push(self, token_id: int) -> str:
         """Add one token; return the new printable text (may be '' while a character is incomplete)."""
         self._ids.append(token_id)
+        self._waiting += 1
         text = self.tokenizer.decode(self._ids, skip_special=self.skip_special)
-        if text.endswith("\ufffd"):
-            return ""  # the last token ends inside a multi-byte character: wait for more
+        # A UTF-8 character spans at most 4 bytes, so at most 3 more tokens can complete it;
+        # after that the bytes are invalid for good and are emitted as U+FFFD.
+        if text.endswith("\ufffd") and self._waiting < 4:
+            return ""
         new = text[self._emitted :]
         self._emitted = len(text)
+        self._waiting = 0
         if len(self._ids) > 64:
-            # Keep the buffer short: restart from the current boundary (byte-level BPE is prefix-free).
+            # Keep the buffer short: restart at this character boundary (byte-level BPE concatenates).
             self._ids, self._emitted = [], 0
         return new
 
@@ -115,7 +116,7 @@ class StreamDecoder:
         """Whatever is left (an incomplete character becomes U+FFFD)."""
         text = self.tokenizer.decode(self._ids, skip_special=self.skip_special)
         new = text[self._emitted :]
-        self._ids, self._emitted = [], 0
+        self._ids, self._emitted, self._waiting = [], 0, 0
         return new
 
 

@@ -86,7 +86,9 @@ def _load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     missing, unexpected = model.load_state_dict(read_weights(checkpoint), strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
-        raise ArtifactError(f"{checkpoint}: weights do not match this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ArtifactError(
+            f"{checkpoint}: weights do not match this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
 
 
 def train(

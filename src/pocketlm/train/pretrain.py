@@ -181,7 +181,9 @@ def _check_resume_tokenizer(run_dir: Path, shards: TokenShards) -> None:
     latest = latest_checkpoint(run_dir / "checkpoints")
     if latest is not None:
         saved = Tokenizer.load(latest)
-        shards.check_tokenizer(saved.fingerprint, saved.vocab_size, f"the run being resumed ({latest})")
+        shards.check_tokenizer(
+            saved.fingerprint, saved.vocab_size, f"the run being resumed ({latest})"
+        )
 
 
 def pretrain(

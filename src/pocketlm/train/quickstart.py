@@ -1,18 +1,44 @@
-"""The quickstart pipeline: corpus -> tokenizer -> tokens (-> model, in a later stage of the project)."""
+"""The quickstart: corpus -> tokenizer -> tokens -> plan -> pretrain -> eval -> samples -> report.md.
+
+Each stage writes its own artifact under `out/` and is reused on the next run when its inputs
+are unchanged; an interrupted training run is resumed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pocketlm.common.errors import ArtifactError
 from pocketlm.common.log import get_logger
 from pocketlm.common.manifest import read_manifest
+from pocketlm.common.units import format_count, format_duration
 
 _log = get_logger("pocketlm.quickstart")
+STATE_FILE = "quickstart.json"
+PYTHON_PROMPTS = ("def ", "class ", "import ", "    def __init__(self", "# ")
 
 
-def _finished(path: Path, kind: str) -> bool:
+@dataclass(frozen=True)
+class QuickstartConfig:
+    """What the quickstart builds."""
+
+    corpus: tuple[str, ...] = ("stdlib",)
+    budget: str = "5m"
+    vocab_size: int = 4096
+    ctx: int = 256
+    batch_size: int = 16
+    model: str = ""  # a preset; "" = let the planner choose for the budget
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+
+
+def _complete(path: Path, kind: str) -> bool:
     try:
         read_manifest(path, kind=kind)
         return True
@@ -20,30 +46,215 @@ def _finished(path: Path, kind: str) -> bool:
         return False
 
 
-def run_quickstart(corpus: Sequence[str], out: str | Path, *, vocab_size: int = 4096) -> Path:
-    """Run (or resume) every stage under `out`; returns `out`."""
+def run_quickstart(
+    config: QuickstartConfig,
+    out: str | Path,
+    *,
+    command: Sequence[str] | None = None,
+    echo: Callable[[str], None] = print,
+) -> Path:
+    """Run (or resume) every stage under `out`; returns the path of report.md."""
+    from pocketlm.common.device import resolve_device, resolve_precision
     from pocketlm.data.build import build_corpus
     from pocketlm.data.encode import encode_corpus
     from pocketlm.tokenizer.train import TokenizerConfig, train_tokenizer
 
     out = Path(out)
-    corpus_dir, tok_dir, tokens_dir = out / "corpus", out / "tokenizer", out / "tokens"
-    if _finished(corpus_dir, "corpus"):
-        print(f"[1/3] corpus: reusing {corpus_dir}")
-    else:
-        print(f"[1/3] corpus: building from {', '.join(corpus)}")
-        build_corpus(corpus, corpus_dir, overwrite=True)
-    if _finished(tok_dir, "tokenizer"):
-        print(f"[2/3] tokenizer: reusing {tok_dir}")
-    else:
-        print(f"[2/3] tokenizer: training (vocab {vocab_size})")
-        train_tokenizer(corpus_dir, tok_dir, TokenizerConfig(vocab_size=vocab_size), overwrite=True)
-    if _finished(tokens_dir, "tokens"):
-        print(f"[3/3] tokens: reusing {tokens_dir}")
-    else:
-        print("[3/3] tokens: encoding")
-        encode_corpus(corpus_dir, tok_dir, tokens_dir, overwrite=True)
-    print(f"\nDone. Corpus report: {corpus_dir / 'data_report.md'}")
-    print("Next: inspect what was made with")
-    print(f"  pocketlm inspect {tokens_dir}")
-    return out
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE_FILE
+    previous = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {}
+    signatures = {
+        "corpus": {"sources": list(config.corpus)},
+        "tokenizer": {"vocab_size": config.vocab_size},
+        "tokens": {},
+        "pretrain": {
+            "budget": config.budget,
+            "model": config.model,
+            "ctx": config.ctx,
+            "batch_size": config.batch_size,
+            "precision": config.precision,
+            "seed": config.seed,
+        },
+    }
+    reuse = True
+    state: dict[str, Any] = {}
+
+    def stage(index: int, name: str, kind: str, path: Path, build: Callable[[], Any]) -> None:
+        nonlocal reuse
+        same = previous.get(name) == signatures[name]
+        if reuse and same and _complete(path, kind):
+            echo(f"[{index}/6] {name}: reusing {path}")
+        else:
+            reuse = False
+            t0 = time.perf_counter()
+            echo(f"[{index}/6] {name}: building {path}")
+            build()
+            echo(f"        done in {format_duration(time.perf_counter() - t0)}")
+        state[name] = signatures[name]
+        state_path.write_text(json.dumps({**previous, **state}, indent=2), encoding="utf-8")
+
+    corpus_dir, tok_dir, tokens_dir, run_dir = (
+        out / "corpus",
+        out / "tokenizer",
+        out / "tokens",
+        out / "pretrain",
+    )
+    stage(
+        1,
+        "corpus",
+        "corpus",
+        corpus_dir,
+        lambda: build_corpus(list(config.corpus), corpus_dir, command=command, overwrite=True),
+    )
+    stage(
+        2,
+        "tokenizer",
+        "tokenizer",
+        tok_dir,
+        lambda: train_tokenizer(
+            corpus_dir,
+            tok_dir,
+            TokenizerConfig(vocab_size=config.vocab_size),
+            command=command,
+            overwrite=True,
+        ),
+    )
+    stage(
+        3,
+        "tokens",
+        "tokens",
+        tokens_dir,
+        lambda: encode_corpus(corpus_dir, tok_dir, tokens_dir, command=command, overwrite=True),
+    )
+
+    upstream_reused = reuse
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    chosen: dict[str, Any] = {}
+
+    def train_model() -> None:
+        from pocketlm.common.config import replace
+        from pocketlm.train.pretrain import PretrainConfig, pretrain
+
+        preset = config.model or _plan(config, tokens_dir, device, precision, echo)
+        chosen["preset"] = preset
+        pc = replace(
+            PretrainConfig(),
+            **{
+                "model.preset": preset,
+                "train.budget": config.budget,
+                "train.ctx": config.ctx,
+                "train.batch_size": config.batch_size,
+                "train.precision": precision,
+                "train.device": config.device,
+                "train.seed": config.seed,
+            },
+        )
+        resume = (
+            upstream_reused
+            and (run_dir / "checkpoints").exists()
+            and previous.get("pretrain") == signatures["pretrain"]
+        )
+        if not resume and run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        echo(
+            f"        training {preset} for {config.budget}"
+            + (" (resuming)" if resume else "")
+            + f" — progress, loss and tokens/s below; metrics in {run_dir / 'metrics.jsonl'}"
+        )
+        pretrain(tokens_dir, run_dir, pc, resume=resume, command=command)
+
+    stage(4, "pretrain", "model", run_dir / "model", train_model)
+    report = _report(config, out, tokens_dir, run_dir, echo)
+    echo(f"\nReport: {report}")
+    echo("Next, try:")
+    echo(f"  pocketlm generate --model {run_dir} --prompt 'def fibonacci(n):'")
+    echo(f"  pocketlm eval --model {run_dir} --tokens {tokens_dir}")
+    echo(f"  pocketlm export hf --model {run_dir} --out {out / 'hf'}")
+    echo(f"  pocketlm inspect {run_dir / 'model'}")
+    return report
+
+
+def _plan(
+    config: QuickstartConfig,
+    tokens_dir: Path,
+    device: Any,
+    precision: str,
+    echo: Callable[[str], None],
+) -> str:
+    from pocketlm.data.token_shards import TokenShards
+    from pocketlm.train.budget import parse_budget
+    from pocketlm.train.plan import plan_sizes, recommend
+
+    vocab = TokenShards(tokens_dir).vocab_size
+    echo("        measuring candidate sizes on this machine ...")
+    budget = parse_budget(config.budget)
+    rows = plan_sizes(vocab, config.ctx, config.batch_size, device, precision, budget=budget)
+    best = recommend(rows, budget)
+    for r in rows:
+        mark = "  <- chosen" if r is best else ""
+        echo(
+            f"        {r.name:<12} {format_count(r.config.num_params()):>6} params  {format_count(r.tokens_per_s):>6} tok/s  {format_count(r.tokens_in(budget)):>6} tokens in budget{mark}"
+        )
+    return best.name
+
+
+def _samples(model_dir: Path, prompts: Sequence[str], device: str) -> list[tuple[str, str]]:
+    from pocketlm.runtime.load import load_engine
+    from pocketlm.runtime.sampling import SamplingParams
+
+    engine = load_engine(model_dir, device=device)
+    return [
+        (
+            p,
+            engine.complete(
+                p, SamplingParams(max_new_tokens=80, temperature=0.7, top_p=0.95, seed=i)
+            ).text,
+        )
+        for i, p in enumerate(prompts)
+    ]
+
+
+def _report(
+    config: QuickstartConfig,
+    out: Path,
+    tokens_dir: Path,
+    run_dir: Path,
+    echo: Callable[[str], None],
+) -> Path:
+    model_manifest = read_manifest(run_dir / "model", kind="model")
+    s = model_manifest["summary"]
+    prompts = PYTHON_PROMPTS if "stdlib" in config.corpus else ("The ", "In ", "A ", "We ", "It ")
+    samples = _samples(run_dir / "model", prompts, config.device)
+    run_cfg = json.loads((run_dir / "run_config.json").read_text(encoding="utf-8"))
+    model = run_cfg["model"]
+    lines = [
+        "# PocketLM quickstart report",
+        "",
+        f"Corpus: {', '.join(config.corpus)} — see [corpus/data_report.md](corpus/data_report.md).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| model | {model['n_layers']} layers × {model['dim']} dim, {model['n_heads']}/{model['n_kv_heads']} heads, ffn {model.get('ffn_dim') or 'auto'}, vocab {model['vocab_size']} |",
+        f"| parameters | {format_count(s['params'])} |",
+        f"| tokens seen | {format_count(s['tokens'])} in {format_duration(s['train_seconds'])} |",
+        f"| throughput | {format_count(s['tokens_per_s'])} tokens/s |",
+        f"| validation loss | {s.get('val_loss', float('nan')):.4f} nats/token |",
+        f"| **validation bits per byte** | **{s.get('val_bpb', float('nan')):.4f}** |",
+        "",
+        "![loss curve](pretrain/loss.png)",
+        "",
+        "## Samples (temperature 0.7, top-p 0.95)",
+        "",
+    ]
+    for prompt, completion in samples:
+        lines += ["```", prompt + completion, "```", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    echo(
+        f"\nval bpb {s.get('val_bpb', float('nan')):.4f} after {format_count(s['tokens'])} tokens ({format_count(s['params'])} params)"
+    )
+    echo("Sample:\n" + samples[0][0] + samples[0][1])
+    return report

@@ -7,14 +7,30 @@ import pytest
 import torch
 
 from pocketlm.checkpoint.model_io import WEIGHTS_FILE, load_model, resolve_model_dir, save_model
-from pocketlm.checkpoint.run_checkpoints import checkpoint_name, latest_checkpoint, list_checkpoints, prune_checkpoints
+from pocketlm.checkpoint.run_checkpoints import (
+    checkpoint_name,
+    latest_checkpoint,
+    list_checkpoints,
+    prune_checkpoints,
+)
 from pocketlm.common.errors import ArtifactError, PocketLMError
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
 
 
 def _tiny(vocab=512, tie=True):
-    return build_model(ModelConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=32, tie_embeddings=tie), seed=3)
+    return build_model(
+        ModelConfig(
+            vocab_size=vocab,
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            n_kv_heads=1,
+            max_seq_len=32,
+            tie_embeddings=tie,
+        ),
+        seed=3,
+    )
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -51,11 +67,15 @@ def test_pickle_files_are_refused(synthetic_pipeline, tmp_path):
 
 def test_tokenizer_larger_than_model_vocabulary_is_refused(synthetic_pipeline, tmp_path):
     out = save_model(tmp_path / "m", _tiny(vocab=300), synthetic_pipeline["tokenizer"])
-    with pytest.raises(ArtifactError, match="tokenizer has 512 tokens but the model's vocabulary is 300"):
+    with pytest.raises(
+        ArtifactError, match="tokenizer has 512 tokens but the model's vocabulary is 300"
+    ):
         load_model(out)
 
 
-def test_out_of_disk_during_save_keeps_the_previous_checkpoint(synthetic_pipeline, tmp_path, monkeypatch):
+def test_out_of_disk_during_save_keeps_the_previous_checkpoint(
+    synthetic_pipeline, tmp_path, monkeypatch
+):
     ckpts = tmp_path / "checkpoints"
     good = save_model(ckpts / checkpoint_name(1), _tiny(), synthetic_pipeline["tokenizer"])
     import safetensors.torch
@@ -77,12 +97,17 @@ def test_out_of_disk_during_save_keeps_the_previous_checkpoint(synthetic_pipelin
 def test_checkpoint_listing_pruning_and_run_resolution(synthetic_pipeline, tmp_path):
     run = tmp_path / "run"
     for step in (3, 6, 9):
-        save_model(run / "checkpoints" / checkpoint_name(step), _tiny(), synthetic_pipeline["tokenizer"])
+        save_model(
+            run / "checkpoints" / checkpoint_name(step), _tiny(), synthetic_pipeline["tokenizer"]
+        )
     (run / "checkpoints" / ".step-0000012.tmp-1").mkdir()  # a crashed save
     assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [3, 6, 9]
     assert resolve_model_dir(run).name == checkpoint_name(9)
     prune_checkpoints(run / "checkpoints", keep=2)
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [checkpoint_name(6), checkpoint_name(9)]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        checkpoint_name(6),
+        checkpoint_name(9),
+    ]
     save_model(run / "model", _tiny(), synthetic_pipeline["tokenizer"])
     assert resolve_model_dir(run) == run / "model"
     shutil.rmtree(run / "model")

@@ -101,3 +101,19 @@ def test_stdlib_source_builds(tmp_path):
     s = read_manifest(out)["summary"]
     assert s["splits"]["train"]["bytes"] > 5_000_000
     assert s["sources"]["stdlib"]["files"] > 100
+
+
+def test_small_corpus_still_gets_validation_documents(tmp_path):
+    import random
+
+    from tests.conftest import make_document
+
+    src = tmp_path / "s"
+    src.mkdir()
+    r = random.Random(2)
+    for i in range(6):
+        (src / f"{i}.txt").write_text(make_document(r, 8))
+    out = build_corpus([str(src)], tmp_path / "o", CorpusConfig(val_fraction=0.001, min_val_docs=2))
+    assert len(_texts(out, "val")) == 2 and len(_texts(out, "train")) == 4
+    none = build_corpus([str(src)], tmp_path / "o2", CorpusConfig(val_fraction=0.0))
+    assert len(_texts(none, "val")) == 0 and len(_texts(none, "train")) == 6

@@ -28,7 +28,9 @@ class _Interrupt(Exception):
     pass
 
 
-def test_resume_after_interruption_matches_uninterrupted_run_bit_for_bit(synthetic_pipeline, tmp_path):
+def test_resume_after_interruption_matches_uninterrupted_run_bit_for_bit(
+    synthetic_pipeline, tmp_path
+):
     tokens = synthetic_pipeline["tokens"]
     config = tiny_pretrain_config("12 steps")
     full = pretrain(tokens, tmp_path / "full", config)
@@ -56,7 +58,9 @@ def test_resume_after_interruption_matches_uninterrupted_run_bit_for_bit(synthet
     assert [s for s, _ in list_checkpoints(tmp_path / "cut" / "checkpoints")] == [3, 6]
     resumed = pretrain(tokens, tmp_path / "cut", config, resume=True)
 
-    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")  # exact float equality, every step
+    assert _losses(tmp_path / "cut") == _losses(
+        tmp_path / "full"
+    )  # exact float equality, every step
     assert resumed.steps == full.steps == 12
     from safetensors.torch import load_file
 
@@ -67,13 +71,51 @@ def test_resume_after_interruption_matches_uninterrupted_run_bit_for_bit(synthet
 
 def test_resume_after_sigkill_matches_uninterrupted_run(synthetic_pipeline, tmp_path):
     tokens = str(synthetic_pipeline["tokens"])
-    args = ["--tokens", tokens, "--layers", "2", "--dim", "32", "--heads", "2", "--kv-heads", "1", "--ctx", "32", "--batch-size", "4",
-            "--max-steps", "40", "--precision", "fp32", "--device", "cpu", "--set", "train.checkpoint_every=5", "--set", "train.log_every=1",
-            "--set", "train.eval_tokens=256", "--set", "train.threads=1"]
+    args = [
+        "--tokens",
+        tokens,
+        "--layers",
+        "2",
+        "--dim",
+        "32",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--ctx",
+        "32",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "40",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--set",
+        "train.checkpoint_every=5",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.eval_tokens=256",
+        "--set",
+        "train.threads=1",
+    ]
     env = {**os.environ, "POCKETLM_NO_PROGRESS": "1"}
-    ref = subprocess.run([sys.executable, "-m", "pocketlm", "pretrain", *args, "--out", str(tmp_path / "ref")], capture_output=True, text=True, env=env, timeout=600)
+    ref = subprocess.run(
+        [sys.executable, "-m", "pocketlm", "pretrain", *args, "--out", str(tmp_path / "ref")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert ref.returncode == 0, ref.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "pocketlm", "pretrain", *args, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pocketlm", "pretrain", *args, "--out", str(tmp_path / "killed")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     ckpts = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and not any(s >= 10 for s, _ in list_checkpoints(ckpts)):
@@ -83,12 +125,29 @@ def test_resume_after_sigkill_matches_uninterrupted_run(synthetic_pipeline, tmp_
     assert proc.returncode == -signal.SIGKILL
     done = [s for s, _ in list_checkpoints(ckpts)]
     assert done and max(done) < 40, f"the kill came too late to test anything ({done})"
-    res = subprocess.run([sys.executable, "-m", "pocketlm", "pretrain", *args, "--out", str(tmp_path / "killed"), "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pocketlm",
+            "pretrain",
+            *args,
+            "--out",
+            str(tmp_path / "killed"),
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     assert _losses(tmp_path / "killed") == _losses(tmp_path / "ref")
 
 
-def test_nan_guard_stops_before_the_optimizer_step_and_saves_nothing_after(synthetic_pipeline, tmp_path):
+def test_nan_guard_stops_before_the_optimizer_step_and_saves_nothing_after(
+    synthetic_pipeline, tmp_path
+):
     config = tiny_pretrain_config("12 steps")
     task = pretrain_task(synthetic_pipeline["tokens"], config)
     good_loss = task.loss
@@ -100,7 +159,10 @@ def test_nan_guard_stops_before_the_optimizer_step_and_saves_nothing_after(synth
         return (loss * float("nan"), n) if calls["n"] >= 5 else (loss, n)
 
     task.loss = poisoned
-    with pytest.raises(TrainingDiverged, match=r"loss became nan .* at step 5; stopped before the optimizer step.*step-0000003"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"loss became nan .* at step 5; stopped before the optimizer step.*step-0000003",
+    ):
         train(task, config.train, tmp_path / "run")
     assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [3]
     assert max(r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")) == 4
@@ -114,7 +176,11 @@ def test_budget_too_small_for_one_step(synthetic_pipeline, tmp_path):
 
 def test_time_budget_is_respected(synthetic_pipeline, tmp_path):
     t0 = time.perf_counter()
-    result = pretrain(synthetic_pipeline["tokens"], tmp_path / "run", tiny_pretrain_config("3s", checkpoint_every=0))
+    result = pretrain(
+        synthetic_pipeline["tokens"],
+        tmp_path / "run",
+        tiny_pretrain_config("3s", checkpoint_every=0),
+    )
     wall = time.perf_counter() - t0
     assert result.steps > 3
     assert result.seconds <= 3.0 + 1.0  # the loop stops at the budget (one step of slack)
@@ -141,23 +207,36 @@ def test_existing_run_needs_resume_flag(synthetic_pipeline, tmp_path):
     with pytest.raises(ArtifactError, match="pass --resume"):
         pretrain(synthetic_pipeline["tokens"], tmp_path / "run", tiny_pretrain_config("3 steps"))
     with pytest.raises(ArtifactError, match="nothing to resume"):
-        pretrain(synthetic_pipeline["tokens"], tmp_path / "other", tiny_pretrain_config("3 steps"), resume=True)
+        pretrain(
+            synthetic_pipeline["tokens"],
+            tmp_path / "other",
+            tiny_pretrain_config("3 steps"),
+            resume=True,
+        )
 
 
-def test_unknown_preset_and_tokens_from_another_tokenizer(synthetic_pipeline, tmp_path, tiny_model_dir):
+def test_unknown_preset_and_tokens_from_another_tokenizer(
+    synthetic_pipeline, tmp_path, tiny_model_dir
+):
     from pocketlm.common.config import replace
 
     config = replace(tiny_pretrain_config(), **{"model.preset": "micro-6n"})
-    with pytest.raises(ConfigError, match="unknown model preset 'micro-6n'; did you mean 'micro-6m'"):
+    with pytest.raises(
+        ConfigError, match="unknown model preset 'micro-6n'; did you mean 'micro-6m'"
+    ):
         pretrain(synthetic_pipeline["tokens"], tmp_path / "run", config)
     # A tokens dir from another tokenizer: same corpus, a different vocabulary.
     from pocketlm.data.encode import encode_corpus
     from pocketlm.evals.evaluate import evaluate_model
     from pocketlm.tokenizer.train import TokenizerConfig, train_tokenizer
 
-    other_tok = train_tokenizer(synthetic_pipeline["corpus"], tmp_path / "tok2", TokenizerConfig(vocab_size=600))
+    other_tok = train_tokenizer(
+        synthetic_pipeline["corpus"], tmp_path / "tok2", TokenizerConfig(vocab_size=600)
+    )
     other_tokens = encode_corpus(synthetic_pipeline["corpus"], other_tok, tmp_path / "tokens2")
-    with pytest.raises(InputError, match="was encoded with tokenizer .* but the model in .* uses tokenizer"):
+    with pytest.raises(
+        InputError, match="was encoded with tokenizer .* but the model in .* uses tokenizer"
+    ):
         evaluate_model(tiny_model_dir, other_tokens, device="cpu")
     run = tmp_path / "run2"
     pretrain(synthetic_pipeline["tokens"], run, tiny_pretrain_config("3 steps"))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from pocketlm.common.errors import ConfigError
@@ -12,7 +14,7 @@ def test_warmup_then_cosine_reaches_min():
     cfg = ScheduleConfig(kind="cosine", warmup_steps=10)
     mults = [lr_multiplier(s, 100, cfg, 0.1) for s in range(100)]
     assert mults[0] == pytest.approx(0.1) and mults[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(mults[10:], mults[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(mults[10:]))
     assert mults[-1] == pytest.approx(0.1, abs=1e-3)
 
 

@@ -1,0 +1,242 @@
+"""THE generation engine: prompt -> streamed text chunks, over any ForwardBackend.
+
+The per-sequence logic (sampling, stop tokens, stop strings, incremental detokenisation) lives
+in `SequenceState`, which knows nothing about how logits are computed: the engine drives it with
+one backend today; a batched scheduler can drive many of them later.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from pocketlm.common.errors import InputError, PocketLMError
+from pocketlm.runtime.backends import ForwardBackend
+from pocketlm.runtime.sampling import SamplingParams, make_generator, sample_next
+from pocketlm.tokenizer.tokenizer import StreamDecoder, Tokenizer
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where the time went: prompt processing and token-by-token decoding (engine time only)."""
+
+    prompt_tokens: int
+    generated_tokens: int
+    prefill_s: float  # prompt forward + first token sampled
+    decode_s: float  # every later token: forward + sampling
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens generated per second after the first one (0 when only one was generated)."""
+        steps = self.generated_tokens - 1
+        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """One generated token's worth of output: new complete text and the token id(s) behind it.
+
+    `text` may be '' while a multi-byte character is incomplete or text that may begin a stop
+    string is held back. The last chunk has `finish_reason` and `timings`. Token ids include the
+    terminating eos / end-of-turn token and the tokens of a stop string; the text never does.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason | None = None
+    timings: Timings | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A whole generation: its text, token ids, why it ended and how long it took."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    timings: Timings
+
+
+def held_back_length(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of text that is a proper prefix of some stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
+
+
+class SequenceState:
+    """One sequence's sampling and stopping: feed it logits, get chunks, until it finishes."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        params: SamplingParams,
+        prompt_ids: Sequence[int],
+        *,
+        device: torch.device,
+        max_new_tokens: int,
+    ) -> None:
+        self.params = params
+        self.stop_ids = frozenset({tokenizer.eos_id, tokenizer.end_of_turn_id})
+        self.max_new_tokens = max_new_tokens  # the params' limit, capped by the room in context
+        self.generator = make_generator(params.seed, device)
+        self.decoder = StreamDecoder(tokenizer, skip_special=True)
+        self.seen: list[int] = list(prompt_ids) if params.repetition_penalty != 1.0 else []
+        self.generated: list[int] = []
+        self.pending = ""  # decoded text not yet emitted (it may begin a stop string)
+        self.finish_reason: FinishReason | None = None
+
+    def step(self, logits: torch.Tensor) -> tuple[int, GenerationChunk]:
+        """Sample the next token from logits (V,) and return it with the chunk it produces."""
+        if self.finish_reason is not None:
+            raise PocketLMError("this sequence has already finished")
+        previous = self.seen if self.params.repetition_penalty != 1.0 else ()
+        try:
+            token = int(sample_next(logits, self.params, self.generator, previous))
+        except RuntimeError as exc:  # multinomial on NaN/inf probabilities
+            raise PocketLMError(
+                f"the model produced invalid logits ({exc}); try --precision fp32"
+            ) from exc
+        self.generated.append(token)
+        if self.params.repetition_penalty != 1.0:
+            self.seen.append(token)
+        if token in self.stop_ids:
+            return token, self._finish(token, "stop", self.decoder.flush())
+        text = self.pending + self.decoder.push(token)
+        cut = self._first_stop(text)
+        if cut is not None:
+            self.finish_reason = "stop"
+            return token, GenerationChunk(text[:cut], (token,), "stop")
+        if len(self.generated) >= self.max_new_tokens:
+            return token, self._finish(token, "length", self.decoder.flush(), text)
+        hold = held_back_length(text, self.params.stop)
+        self.pending = text[len(text) - hold :]
+        return token, GenerationChunk(text[: len(text) - hold], (token,))
+
+    def _first_stop(self, text: str) -> int | None:
+        hits = [i for i in (text.find(s) for s in self.params.stop) if i >= 0]
+        return min(hits) if hits else None
+
+    def _finish(
+        self, token: int, reason: FinishReason, tail: str, text: str | None = None
+    ) -> GenerationChunk:
+        text = (self.pending if text is None else text) + tail
+        cut = self._first_stop(text)
+        self.finish_reason = "stop" if cut is not None else reason
+        self.pending = ""
+        return GenerationChunk(text if cut is None else text[:cut], (token,), self.finish_reason)
+
+
+class GenerationEngine:
+    """Prompt in, streamed text out: sampling and stopping over one ForwardBackend."""
+
+    def __init__(self, backend: ForwardBackend, tokenizer: Tokenizer) -> None:
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self._active = 0  # id of the generation that owns the backend's context
+
+    def encode_prompt(self, prompt: str | Sequence[int], *, add_bos: bool = True) -> list[int]:
+        """Token ids of a prompt: text is encoded (one bos prepended if add_bos), ids are used as given."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+            if add_bos and (not ids or ids[0] != self.tokenizer.bos_id):
+                ids = [self.tokenizer.bos_id, *ids]  # a rendered chat already starts with bos
+        else:
+            ids = [int(i) for i in prompt]
+            bad = [i for i in ids if not 0 <= i < self.backend.vocab_size]
+            if bad:
+                raise InputError(
+                    f"prompt token id {bad[0]} is outside the vocabulary of {self.backend.vocab_size}"
+                )
+        if not ids:
+            raise InputError("the prompt is empty: give some text (or keep add_bos)")
+        context = self.backend.context_length
+        if len(ids) > context:
+            raise InputError(
+                f"the prompt has {len(ids)} tokens but the model's context is {context} tokens",
+                hint="shorten the prompt",
+            )
+        return ids
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams | None = None,
+        *,
+        add_bos: bool = True,
+    ) -> Iterator[GenerationChunk]:
+        """Stream chunks (one per generated token) until a stop token/string or the length limit.
+
+        The prompt is checked immediately (InputError when empty or longer than the context); a
+        new generate() on the same engine supersedes an unfinished earlier one.
+        """
+        params = params or SamplingParams()
+        ids = self.encode_prompt(prompt, add_bos=add_bos)
+        self._active += 1
+        return self._stream(ids, params, self._active)
+
+    def _stream(
+        self, ids: list[int], params: SamplingParams, run: int
+    ) -> Iterator[GenerationChunk]:
+        backend = self.backend
+        room = backend.context_length - len(ids) + 1  # the last token never needs a cache slot
+        state = SequenceState(
+            self.tokenizer,
+            params,
+            ids,
+            device=backend.device,
+            max_new_tokens=min(params.max_new_tokens, room),
+        )
+        start = time.perf_counter()
+        backend.reset()
+        logits = backend.prefill(ids)
+        token, chunk = state.step(logits)
+        prefill_s = time.perf_counter() - start
+        decode_s = 0.0
+        while chunk.finish_reason is None:
+            yield chunk
+            if self._active != run:
+                raise PocketLMError(
+                    "this generation was superseded by a newer generate() on the same engine"
+                )
+            start = time.perf_counter()
+            logits = backend.decode(token)
+            token, chunk = state.step(logits)
+            decode_s += time.perf_counter() - start
+        timings = Timings(len(ids), len(state.generated), prefill_s, decode_s)
+        yield GenerationChunk(chunk.text, chunk.token_ids, chunk.finish_reason, timings)
+
+    def complete(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams | None = None,
+        *,
+        add_bos: bool = True,
+    ) -> GenerationResult:
+        """Generate to the end and return the whole text, token ids, finish reason and timings."""
+        texts: list[str] = []
+        token_ids: list[int] = []
+        last: GenerationChunk | None = None
+        for chunk in self.generate(prompt, params, add_bos=add_bos):
+            texts.append(chunk.text)
+            token_ids.extend(chunk.token_ids)
+            last = chunk
+        assert last is not None and last.finish_reason is not None and last.timings is not None
+        return GenerationResult(
+            "".join(texts),
+            token_ids,
+            last.finish_reason,
+            last.timings.prompt_tokens,
+            last.timings,
+        )

@@ -1,0 +1,123 @@
+"""Plan a run: measure step time of candidate sizes on this machine and pick the size for a budget."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pocketlm.model.config import ModelConfig
+from pocketlm.model.presets import preset_config
+from pocketlm.model.transformer import build_model
+from pocketlm.train.budget import Budget
+from pocketlm.train.loop import autocast_context
+
+DEFAULT_CANDIDATES = ("pico-1m", "nano-3m", "micro-6m", "mini-15m", "small-30m")
+# Short CPU budgets reward small models: pick the largest size that still sees this many
+# training tokens per non-embedding parameter within the budget.
+TOKENS_PER_PARAM = 10.0
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One candidate size: its shape, measured speed and what the budget buys."""
+
+    name: str
+    config: ModelConfig
+    seconds_per_step: float
+    tokens_per_step: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_step / self.seconds_per_step
+
+    def tokens_in(self, budget: Budget) -> float:
+        """Training tokens reachable in the budget (time budgets lose ~10% to evaluation)."""
+        if budget.kind == "tokens":
+            return budget.amount
+        if budget.kind == "steps":
+            return budget.amount * self.tokens_per_step
+        return 0.9 * budget.amount * self.tokens_per_s
+
+
+def measure_step_seconds(
+    config: ModelConfig,
+    *,
+    batch_size: int,
+    ctx: int,
+    device: torch.device,
+    precision: str,
+    steps: int = 2,
+) -> float:
+    """Seconds per optimizer step of a fresh model (best of `steps`, after one warm-up step)."""
+    model = build_model(config, device=device)
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=1e-4,
+        foreach=device.type != "cuda",
+        fused=device.type == "cuda" or None,
+    )
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, config.vocab_size, (batch_size, ctx), generator=gen).to(device)
+    y = torch.randint(0, config.vocab_size, (batch_size, ctx), generator=gen).to(device)
+    autocast = autocast_context(device, precision)
+    best = float("inf")
+    for i in range(steps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        with autocast:
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().reshape(-1, config.vocab_size), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i > 0:
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def plan_sizes(
+    vocab_size: int,
+    ctx: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES,
+    budget: Budget | None = None,
+) -> list[PlanRow]:
+    """Measure candidate presets, smallest first; stop at the first one the budget cannot feed."""
+    rows = []
+    for name in candidates:
+        config = preset_config(name, vocab_size=vocab_size, max_seq_len=ctx)
+        seconds = measure_step_seconds(
+            config, batch_size=batch_size, ctx=ctx, device=device, precision=precision
+        )
+        row = PlanRow(name, config, seconds, batch_size * ctx)
+        rows.append(row)
+        starved = budget is not None and row.tokens_in(
+            budget
+        ) < TOKENS_PER_PARAM * config.num_params(include_embeddings=False)
+        if starved or seconds > 5.0:
+            break  # larger models are slower still: they cannot fit either
+    return rows
+
+
+def recommend(
+    rows: list[PlanRow], budget: Budget, tokens_per_param: float = TOKENS_PER_PARAM
+) -> PlanRow:
+    """The largest size that sees at least `tokens_per_param` tokens per non-embedding parameter."""
+    fitting = [
+        r
+        for r in rows
+        if r.tokens_in(budget) >= tokens_per_param * r.config.num_params(include_embeddings=False)
+    ]
+    return (
+        max(fitting, key=lambda r: r.config.num_params())
+        if fitting
+        else min(rows, key=lambda r: r.config.num_params())
+    )

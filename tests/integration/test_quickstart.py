@@ -1,0 +1,56 @@
+"""The quickstart end to end with a seconds-long budget, and reuse of finished stages."""
+
+from __future__ import annotations
+
+import pytest
+
+from pocketlm.train.quickstart import QuickstartConfig, run_quickstart
+
+
+@pytest.mark.timeout(600)
+def test_quickstart_runs_end_to_end_and_reuses_stages(text_folder, tmp_path):
+    lines: list[str] = []
+    config = QuickstartConfig(
+        corpus=(str(text_folder),), budget="6s", vocab_size=320, ctx=64, batch_size=4
+    )
+    report = run_quickstart(config, tmp_path / "qs", echo=lines.append)
+    text = report.read_text()
+    for needle in (
+        "parameters",
+        "tokens seen",
+        "tokens/s",
+        "validation bits per byte",
+        "loss.png",
+        "## Samples",
+    ):
+        assert needle in text
+    assert text.count("```") == 10  # five sample completions
+    assert (tmp_path / "qs" / "pretrain" / "loss.png").exists()
+    assert any("<- chosen" in line for line in lines)
+    assert any(line.strip().startswith("pocketlm generate --model") for line in lines)
+
+    again: list[str] = []
+    run_quickstart(config, tmp_path / "qs", echo=again.append)
+    assert sum("reusing" in line for line in again) == 4
+
+    changed: list[str] = []
+    run_quickstart(
+        QuickstartConfig(
+            corpus=(str(text_folder),), budget="6s", vocab_size=300, ctx=64, batch_size=4
+        ),
+        tmp_path / "qs",
+        echo=changed.append,
+    )
+    assert (
+        sum("reusing" in line for line in changed) == 1
+    )  # the corpus; the tokenizer changed, so all after it rebuild
+
+
+@pytest.mark.timeout(600)
+def test_quickstart_on_stdlib_with_a_tiny_budget(tmp_path):
+    report = run_quickstart(
+        QuickstartConfig(budget="8s", model="pico-1m", ctx=128, batch_size=8),
+        tmp_path / "std",
+        echo=lambda s: None,
+    )
+    assert "validation bits per byte" in report.read_text()
