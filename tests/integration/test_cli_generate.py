@@ -42,7 +42,7 @@ def test_generate_is_reproducible_with_a_seed(random_model_dir):
     assert second.returncode == 0, second.stderr
     assert first.stdout == second.stdout and first.stdout.endswith("\n")
     assert "tokens/s" in first.stderr and "prompt" in first.stderr
-    assert "finish: " in first.stderr
+    assert "finish: " in first.stderr and "backend " in first.stderr
 
 
 def test_over_long_prompt_exits_2_with_a_clear_message(random_model_dir):
@@ -81,6 +81,18 @@ def test_bad_params_exit_2_naming_the_flag(random_model_dir, cli):
         "generate", "--model", str(random_model_dir.parent / "nope"), "--prompt", "x"
     )
     assert code == 2 and "no such model directory" in err
+    code, _, err = cli(
+        "generate",
+        "--model",
+        str(random_model_dir),
+        "--prompt",
+        "x",
+        "--backend",
+        "native",
+        "--device",
+        "cuda",
+    )
+    assert code == 2 and "CPU only" in err
 
 
 def test_stop_string_cuts_the_output(random_model_dir, cli):
@@ -106,6 +118,8 @@ def test_generate_from_a_training_run_dir(tiny_model_dir, cli):
         "4",
         "--seed",
         "0",
+        "--backend",
+        "torch",
     )
     assert code == 0, err
-    assert out.endswith("\n") and "tokens/s" in err
+    assert out.endswith("\n") and "tokens/s" in err and "backend torch" in err

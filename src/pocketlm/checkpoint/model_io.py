@@ -8,6 +8,7 @@ are refused with a message saying how to convert them.
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,16 +17,31 @@ from typing import Any
 
 import torch
 
+from pocketlm.checkpoint.layout import (
+    CONFIG_FILE,
+    MODEL_KIND,
+    QUANT_FILE,
+    WEIGHTS_FILE,
+    refuse_pickles,
+    resolve_model_dir,
+)
 from pocketlm.common.errors import ArtifactError, PocketLMError
 from pocketlm.common.manifest import ArtifactWriter, read_manifest
 from pocketlm.model.config import ModelConfig
+from pocketlm.model.quantized import quantize_modules
 from pocketlm.model.transformer import CausalLM, materialize
-from pocketlm.tokenizer.tokenizer import TOKENIZER_FILES, Tokenizer
+from pocketlm.tokenizer.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILES, Tokenizer
 
-MODEL_KIND = "model"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model_config.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+__all__ = [
+    "CONFIG_FILE",
+    "MODEL_KIND",
+    "WEIGHTS_FILE",
+    "LoadedModel",
+    "load_model",
+    "read_weights",
+    "resolve_model_dir",
+    "save_model",
+]
 
 
 @dataclass
@@ -40,11 +56,11 @@ class LoadedModel:
 
 
 def weights_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """State dict for saving: tied lm_head dropped (as in HF), tensors contiguous and on CPU."""
+    """State dict for saving: a tied LM head is dropped (as in HF), tensors contiguous and on CPU."""
     state = model.state_dict()
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_embeddings", False):
-        state.pop("lm_head.weight", None)
+        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
@@ -81,6 +97,7 @@ def save_model(
             model.config.save(art.path(CONFIG_FILE))
             for name in TOKENIZER_FILES:
                 shutil.copyfile(Path(tokenizer_dir) / name, art.path(name))
+            _set_model_max_length(art.path(TOKENIZER_CONFIG_FILE), model.config.max_seq_len)
             if extra is not None:
                 extra(art)
             base = {"params": model.num_params(), "model": model.config.to_dict()}
@@ -94,37 +111,11 @@ def save_model(
         raise
 
 
-def refuse_pickles(directory: Path) -> None:
-    """Raise for pickle-based weight files: loading them can run arbitrary code."""
-    for p in directory.iterdir():
-        if p.suffix in PICKLE_SUFFIXES and p.is_file():
-            raise ArtifactError(
-                f"{p}: refusing to load a pickle-based file (it can run arbitrary code). "
-                "PocketLM loads safetensors only; convert it with safetensors.torch.save_file in a trusted environment"
-            )
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A model artifact dir from: the dir itself, a training run (its final model or latest checkpoint)."""
-    p = Path(path)
-    if not p.exists():
-        raise ArtifactError(f"{p}: no such model directory")
-    if (p / "manifest.json").is_file():
-        kind = read_manifest(p)["kind"]
-        if kind == MODEL_KIND:
-            return p
-        raise ArtifactError(f"{p} is a '{kind}' artifact, not a model")
-    if (p / "model" / "manifest.json").is_file():
-        return p / "model"
-    from pocketlm.checkpoint.run_checkpoints import latest_checkpoint
-
-    latest = latest_checkpoint(p / "checkpoints")
-    if latest is not None:
-        return latest
-    refuse_pickles(p)
-    raise ArtifactError(
-        f"{p}: no PocketLM model here (no manifest.json, no model/ or checkpoints/)"
-    )
+def _set_model_max_length(path: Path, max_len: int) -> None:
+    """transformers truncates and warns by tokenizer_config's model_max_length: make it the model's."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["model_max_length"] = max_len
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -163,12 +154,28 @@ def load_model(
         raise ArtifactError(
             f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {config.vocab_size}"
         )
+    quant = read_quantization(directory)
     with torch.device("meta"):
         model = CausalLM(config)
+        if quant["scheme"] in ("int8", "int4"):
+            quantize_modules(model, quant["scheme"], quant.get("group_size", 32), empty=True)
     model = build_model_from_state(model, config, state, directory)
+    if quant["scheme"] in ("int8", "int4"):
+        dtype = None  # integer weights stay as stored; activations run in fp32
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     model.eval()
     return LoadedModel(model, config, tokenizer, directory, manifest)
+
+
+def read_quantization(directory: Path) -> dict[str, Any]:
+    """The artifact's quantization.json ({'scheme': 'none'} for a float model)."""
+    path = directory / QUANT_FILE
+    if not path.is_file():
+        return {"scheme": "none"}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: corrupt ({exc})") from exc
 
 
 def build_model_from_state(
@@ -176,7 +183,9 @@ def build_model_from_state(
 ) -> CausalLM:
     """Materialise a meta-device model from a state dict, with clear errors for mismatches."""
     expected = {
-        k for k in meta_model.state_dict() if not (config.tie_embeddings and k == "lm_head.weight")
+        k
+        for k in meta_model.state_dict()
+        if not (config.tie_embeddings and k.startswith("lm_head."))
     }
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:

@@ -55,8 +55,55 @@ def register_hf(subparsers) -> None:
     p.set_defaults(handler=_hf)
 
 
+def register_gguf(subparsers) -> None:
+    """`pocketlm export gguf`."""
+    p = add_parser(
+        subparsers,
+        "gguf",
+        help="one .gguf file for llama.cpp / Ollama, plus a Modelfile",
+        description=(
+            "Write a model as a single GGUF file (architecture llama, tokenizer gpt2 with pre-tokenizer\n"
+            "gpt-2, chat template and special tokens in the metadata) that llama.cpp and Ollama run\n"
+            "unchanged, and an Ollama Modelfile beside it. --type picks the weight format; an int4 model\n"
+            "exports to q4_0 exactly."
+        ),
+        examples=(
+            "  pocketlm export gguf --model runs/pretrain --out runs/model.gguf\n"
+            "  pocketlm export gguf --model runs/q4 --out runs/model-q4_0.gguf --type q4_0\n"
+            "  cd runs && ollama create pocket -f Modelfile && ollama run pocket"
+        ),
+    )
+    p.add_argument(
+        "--model", required=True, help="model directory (or a training run: its final model)"
+    )
+    p.add_argument("--out", required=True, help="output .gguf file")
+    p.add_argument(
+        "--type",
+        dest="gguf_type",
+        choices=["f32", "f16", "bf16", "q8_0", "q4_0"],
+        default="f32",
+        help="weight format",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(handler=_gguf)
+
+
+def _gguf(args: argparse.Namespace) -> int:
+    from pocketlm.export.gguf_export import export_gguf
+
+    return done(
+        export_gguf(
+            args.model,
+            args.out,
+            out_type=args.gguf_type,
+            command=command_line(),
+            overwrite=args.overwrite,
+        )
+    )
+
+
 # One registration function per export format; `pocketlm export --help` lists them in this order.
-_FORMATS: tuple[Callable[..., None], ...] = (register_hf,)
+_FORMATS: tuple[Callable[..., None], ...] = (register_hf, register_gguf)
 
 
 def register(subparsers) -> None:
@@ -64,7 +111,7 @@ def register(subparsers) -> None:
     group = add_parser(
         subparsers,
         "export",
-        help="write a model in another tool's format (hf)",
+        help="write a model in another tool's format (hf, gguf)",
         description="Export a model directory for other tools; one subcommand per format.",
         examples="  pocketlm export hf --model runs/pretrain --out runs/hf",
     )

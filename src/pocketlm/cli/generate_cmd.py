@@ -17,8 +17,9 @@ def register(subparsers) -> None:
             "Continue a prompt with a model, printing the text as it is generated. Sampling:\n"
             "repetition penalty, then temperature (0 = greedy), top-k, top-p (nucleus) and min-p.\n"
             "Generation stops at the end-of-text or end-of-turn token, at a --stop string (not\n"
-            "printed) or after --max-new-tokens. A one-line summary (tokens, speed) goes to stderr.\n"
-            "The same --seed gives the same text on the same device and precision."
+            "printed) or after --max-new-tokens. A one-line summary (tokens, speed, backend) goes\n"
+            "to stderr. The same --seed gives the same text on the same backend, device and\n"
+            "precision."
         ),
         examples=(
             '  pocketlm generate --model runs/pretrain --prompt "Once upon a time"\n'
@@ -65,6 +66,13 @@ def register(subparsers) -> None:
         choices=["auto", "fp32", "bf16", "fp16"],
         help="weights and compute precision (auto: bf16 on CUDA, fp32 elsewhere)",
     )
+    r.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "native"],
+        help="forward passes in PyTorch or the native C loop (CPU only); auto: native on the "
+        "CPU when it can run the model, else torch",
+    )
     p.set_defaults(handler=_generate)
 
 
@@ -91,7 +99,9 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=tuple(args.stop),
     )
-    engine = load_engine(args.model, device=args.device, precision=args.precision)
+    engine = load_engine(
+        args.model, device=args.device, precision=args.precision, backend=args.backend
+    )
     last = None
     for chunk in engine.generate(args.prompt, params):
         if chunk.text:
@@ -103,7 +113,7 @@ def _generate(args: argparse.Namespace) -> int:
         print(
             f"[{t.generated_tokens} tokens, prompt {t.prompt_tokens} tokens, "
             f"prefill {t.prefill_s:.3f}s, {t.decode_tokens_per_s:.1f} tokens/s, "
-            f"finish: {last.finish_reason}]",
+            f"backend {engine.name}, finish: {last.finish_reason}]",
             file=sys.stderr,
         )
     return 0

@@ -13,6 +13,7 @@ from pocketlm.cli import (
     export_cmd,
     generate_cmd,
     inspect_cmd,
+    plan_cmd,
     pretrain_cmd,
     quickstart_cmd,
     tokenizer_cmd,
@@ -26,9 +27,12 @@ The life of a model, one command per stage (each writes a directory with a manif
   data build       text files / folders / 'stdlib' / HF datasets -> clean, deduplicated corpus
   tokenizer train  corpus -> byte-level BPE tokenizer
   data encode      corpus + tokenizer -> token shards
+  plan             what each model size costs (memory, step time) and buys in a budget
   pretrain         token shards -> a Llama-compatible model (checkpoints, metrics, loss plot)
   generate         stream text from a model
   eval             validation loss and bits per byte
+  quantize         bf16 / int8 / int4 weights, with the quality cost measured
+  bench            prefill/decode tokens/s, time to first token, memory
   export hf        a directory transformers loads as is
   inspect          what an artifact is, how it was made, from which parents
 
@@ -44,6 +48,7 @@ _COMMANDS = (
     quickstart_cmd,
     data_cmd,
     tokenizer_cmd,
+    plan_cmd,
     pretrain_cmd,
     generate_cmd,
     eval_cmd,

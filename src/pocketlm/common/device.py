@@ -65,6 +65,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return "bf16"
+        if device.type == "cpu" and cpu_supports_bf16():
+            return "bf16"  # AVX512-BF16 / AMX: bf16 matmuls run ~1.5-3x faster than fp32
         return "fp32"
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("fp16 autocast is not supported on CPU; use bf16 or fp32")

@@ -39,7 +39,9 @@ class BatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.shuffle = shuffle
-        self.num_windows = (len(split) - 1) // ctx
+        # Each epoch shifts all windows by a seeded offset in [0, ctx): over several epochs the
+        # model sees every token in many positions, not the same ctx-aligned windows again.
+        self.num_windows = (len(split) - 1) // ctx - (1 if shuffle else 0)
         if self.num_windows < 1:
             raise InputError(
                 f"the {split.name} split has {len(split):,} tokens, fewer than one window of ctx+1 = {ctx + 1}",
@@ -59,15 +61,19 @@ class BatchLoader:
         """Epochs completed (fractional) at the current step."""
         return self.step * self.batch_size * self.world_size / self.num_windows
 
-    def _perm(self, epoch: int) -> np.ndarray:
+    def _perm(self, epoch: int) -> tuple[np.ndarray, int]:
+        """(window order, token offset) of an epoch."""
         if epoch not in self._perms:
             if len(self._perms) >= 2:
                 self._perms.pop(min(self._perms))
             if self.shuffle:
                 rng = np.random.default_rng([self.seed, epoch])
-                self._perms[epoch] = rng.permutation(self.num_windows)
+                self._perms[epoch] = (
+                    rng.permutation(self.num_windows),
+                    int(rng.integers(0, self.ctx)),
+                )
             else:
-                self._perms[epoch] = np.arange(self.num_windows)
+                self._perms[epoch] = (np.arange(self.num_windows), 0)
         return self._perms[epoch]
 
     def batch_at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,13 +81,13 @@ class BatchLoader:
         first = (step * self.world_size + self.rank) * self.batch_size
         ks = first + np.arange(self.batch_size, dtype=np.int64)  # (batch,) global window counters
         epochs, positions = np.divmod(ks, self.num_windows)
-        windows = np.empty(self.batch_size, dtype=np.int64)
+        starts = np.empty(self.batch_size, dtype=np.int64)  # (batch,) first token of each row
         for epoch in np.unique(epochs):
             sel = epochs == epoch
-            windows[sel] = self._perm(int(epoch))[positions[sel]]
+            order, shift = self._perm(int(epoch))
+            starts[sel] = order[positions[sel]] * self.ctx + shift
         rows = np.asarray(
-            self.split.tokens[(windows * self.ctx)[:, None] + self._offsets[None, :]],
-            dtype=np.int64,
+            self.split.tokens[starts[:, None] + self._offsets[None, :]], dtype=np.int64
         )  # (batch, ctx+1)
         return rows[:, :-1], rows[:, 1:]
 

@@ -27,6 +27,7 @@ from pocketlm.common.errors import ArtifactError, ConfigError
 from pocketlm.common.manifest import ArtifactWriter, parent_ref
 from pocketlm.export.name_maps import HF_LLAMA, HF_LLAMA_QKV_BIAS, NameMap, rename_state
 from pocketlm.model.config import ModelConfig
+from pocketlm.model.quantized import dequantize_modules, is_quantized
 from pocketlm.tokenizer.tokenizer import TOKENIZER_FILES, Tokenizer
 
 HF_EXPORT_KIND = "hf_export"
@@ -267,6 +268,10 @@ def export_hf(
     loaded = load_model(model_dir)
     config, tokenizer = loaded.config, loaded.tokenizer
     check_representable(config)
+    if is_quantized(loaded.model):
+        # transformers has no int8-per-row / int4-group format of ours: write the weights the
+        # quantized model actually computes with, as floats (same logits as the quantized model).
+        dequantize_modules(loaded.model)
     state = hf_state_dict(weights_state_dict(loaded.model), config, dtype)
     params = loaded.model.num_params()
     missing = [name for name in TOKENIZER_FILES if not (loaded.directory / name).is_file()]

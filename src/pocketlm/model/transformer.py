@@ -249,8 +249,18 @@ def materialize(model: CausalLM, device: torch.device | str = "cpu") -> CausalLM
     cos, sin = rope_tables(config.resolved_head_dim, config.max_seq_len, config.rope_theta)
     model.model.rope_cos, model.model.rope_sin = cos.to(device), sin.to(device)
     if config.tie_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+        retie(model)
     return model
+
+
+def retie(model: CausalLM) -> None:
+    """Make the LM head share the embedding's storage again (after to_empty / surgery)."""
+    emb = model.model.embed_tokens
+    if isinstance(emb, nn.Embedding):
+        model.lm_head.weight = emb.weight
+    else:  # quantized: the head's qweight/scales buffers are the embedding table's
+        model.lm_head.qweight = emb.qweight
+        model.lm_head.scales = emb.scales
 
 
 def build_model(

@@ -2,7 +2,8 @@
 
 The per-sequence logic (sampling, stop tokens, stop strings, incremental detokenisation) lives
 in `SequenceState`, which knows nothing about how logits are computed: the engine drives it with
-one backend today; a batched scheduler can drive many of them later.
+one backend today; a batched scheduler can drive many of them later. Logits are numpy arrays:
+nothing here imports torch, so a native backend starts without it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
+import numpy as np
 
 from pocketlm.common.errors import InputError, PocketLMError
 from pocketlm.runtime.backends import ForwardBackend
@@ -75,6 +76,18 @@ def held_back_length(text: str, stops: Sequence[str]) -> int:
     return longest
 
 
+def _check_logits(logits: np.ndarray) -> None:
+    """Raise PocketLMError for NaN or +inf logits, or when every token is -inf."""
+    if np.isfinite(logits).all():
+        return
+    nan, pos_inf = int(np.isnan(logits).sum()), int(np.isposinf(logits).sum())
+    if nan or pos_inf or not (logits > -np.inf).any():
+        raise PocketLMError(
+            f"the model produced invalid logits ({nan} NaN, {pos_inf} +inf of {logits.size}, "
+            f"finite: {int(np.isfinite(logits).sum())}); try --precision fp32"
+        )
+
+
 class SequenceState:
     """One sequence's sampling and stopping: feed it logits, get chunks, until it finishes."""
 
@@ -84,29 +97,31 @@ class SequenceState:
         params: SamplingParams,
         prompt_ids: Sequence[int],
         *,
-        device: torch.device,
         max_new_tokens: int,
     ) -> None:
         self.params = params
         self.stop_ids = frozenset({tokenizer.eos_id, tokenizer.end_of_turn_id})
         self.max_new_tokens = max_new_tokens  # the params' limit, capped by the room in context
-        self.generator = make_generator(params.seed, device)
+        self.generator = make_generator(params.seed)
         self.decoder = StreamDecoder(tokenizer, skip_special=True)
         self.seen: list[int] = list(prompt_ids) if params.repetition_penalty != 1.0 else []
         self.generated: list[int] = []
         self.pending = ""  # decoded text not yet emitted (it may begin a stop string)
         self.finish_reason: FinishReason | None = None
 
-    def step(self, logits: torch.Tensor) -> tuple[int, GenerationChunk]:
-        """Sample the next token from logits (V,) and return it with the chunk it produces."""
+    def step(self, logits: np.ndarray) -> tuple[int, GenerationChunk]:
+        """Sample the next token from float32 logits (V,) and return it with the chunk it produces."""
         if self.finish_reason is not None:
             raise PocketLMError("this sequence has already finished")
+        logits = np.asarray(logits, dtype=np.float32)
+        _check_logits(logits)
         previous = self.seen if self.params.repetition_penalty != 1.0 else ()
         try:
             token = int(sample_next(logits, self.params, self.generator, previous))
-        except RuntimeError as exc:  # multinomial on NaN/inf probabilities
+        except ValueError as exc:  # e.g. a tiny temperature overflowing float32
             raise PocketLMError(
-                f"the model produced invalid logits ({exc}); try --precision fp32"
+                f"the logits give no valid distribution to sample from ({exc}); "
+                "try a higher --temperature or --precision fp32"
             ) from exc
         self.generated.append(token)
         if self.params.repetition_penalty != 1.0:
@@ -145,6 +160,11 @@ class GenerationEngine:
         self.backend = backend
         self.tokenizer = tokenizer
         self._active = 0  # id of the generation that owns the backend's context
+
+    @property
+    def name(self) -> str:
+        """The backend's short name ("torch", "native"), or its class name when it has none."""
+        return str(getattr(self.backend, "name", type(self.backend).__name__))
 
     def encode_prompt(self, prompt: str | Sequence[int], *, add_bos: bool = True) -> list[int]:
         """Token ids of a prompt: text is encoded (one bos prepended if add_bos), ids are used as given."""
@@ -195,7 +215,6 @@ class GenerationEngine:
             self.tokenizer,
             params,
             ids,
-            device=backend.device,
             max_new_tokens=min(params.max_new_tokens, room),
         )
         start = time.perf_counter()

@@ -1,13 +1,23 @@
-"""Open a saved model as a ready-to-use GenerationEngine (the library side of `pocketlm generate`)."""
+"""Open a saved model as a ready-to-use GenerationEngine (the library side of `pocketlm generate`).
+
+Two backends: "torch" (any device and precision PyTorch drives) and "native" (the C decode loop
+on the CPU, which starts without importing torch). "auto" takes the native one when the model
+runs on the CPU in full precision and it can open the model, else torch.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from pocketlm.checkpoint.model_io import load_model
-from pocketlm.common.device import resolve_device, resolve_precision, torch_dtype
-from pocketlm.runtime.backends import TorchBackend
+from pocketlm.common.errors import ConfigError, PocketLMError
+from pocketlm.common.log import get_logger
+from pocketlm.runtime.backends import ForwardBackend
 from pocketlm.runtime.engine import GenerationEngine
+from pocketlm.tokenizer.tokenizer import Tokenizer
+
+BACKENDS = ("auto", "torch", "native")
+_log = get_logger("pocketlm.runtime")
 
 
 def load_engine(
@@ -16,10 +26,102 @@ def load_engine(
     device: str = "auto",
     precision: str = "auto",
     max_len: int | None = None,
+    backend: str = "auto",
+    threads: int = 0,
 ) -> GenerationEngine:
-    """An engine over a model dir (or a training run's final model / latest checkpoint)."""
+    """An engine over a model dir (or a training run's final model / latest checkpoint).
+
+    backend: "torch", "native" (CPU only; a PocketLMError says why when it cannot run) or
+    "auto" (native when the device is the CPU and precision auto/fp32, falling back to torch).
+    threads: native backend threads (0 = its default).
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
+    if backend == "native":
+        _check_native_settings(device, precision)
+    if backend == "native" or (backend == "auto" and _native_fits(device, precision)):
+        opened = _open_native(model, threads=threads, max_len=max_len, required=backend == "native")
+        if opened is not None:
+            return GenerationEngine(*opened)
+    return _load_torch(model, device=device, precision=precision, max_len=max_len)
+
+
+def _load_torch(
+    model: str | Path, *, device: str, precision: str, max_len: int | None
+) -> GenerationEngine:
+    from pocketlm.checkpoint.model_io import load_model
+    from pocketlm.common.device import resolve_device, resolve_precision, torch_dtype
+    from pocketlm.runtime.torch_backend import TorchBackend
+
     dev = resolve_device(device)
     dtype = torch_dtype(resolve_precision(precision, dev))
     loaded = load_model(model, device=dev, dtype=dtype)
     backend = TorchBackend(loaded.model, device=dev, dtype=dtype, max_len=max_len)
     return GenerationEngine(backend, loaded.tokenizer)
+
+
+def _check_native_settings(device: str, precision: str) -> None:
+    if device.strip().lower() not in ("auto", "cpu"):
+        raise ConfigError(
+            f"the native backend runs on the CPU only, not on device {device!r}: "
+            "use --device cpu (or auto), or --backend torch"
+        )
+    if precision not in ("auto", "fp32"):
+        raise ConfigError(
+            f"the native backend chooses its own precision; --precision {precision} needs "
+            "--backend torch (or use --precision auto)"
+        )
+
+
+def _native_fits(device: str, precision: str) -> bool:
+    """True when "auto" should try the native backend: the model would run on the CPU in fp32."""
+    if precision not in ("auto", "fp32"):
+        return False
+    spec = device.strip().lower()
+    if spec == "cpu":
+        return True
+    if spec != "auto":
+        return False
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return True  # no torch: the CPU is all there is
+    if "torch" not in sys.modules and not _gpu_may_be_present():
+        return True  # no GPU device nodes: resolving would import torch only to pick the CPU
+    from pocketlm.common.device import resolve_device
+
+    return resolve_device("auto").type == "cpu"
+
+
+def _gpu_may_be_present() -> bool:
+    """False only when no CUDA/ROCm device node exists and the OS has no MPS (no torch import)."""
+    if sys.platform == "darwin":
+        return True
+    if not sys.platform.startswith("linux"):
+        return True  # unknown: let torch decide
+    return any(
+        Path(node).exists() for node in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+    )
+
+
+def _open_native(
+    model: str | Path, *, threads: int, max_len: int | None, required: bool
+) -> tuple[ForwardBackend, Tokenizer] | None:
+    """The native backend and tokenizer, or None (logged) when it cannot run and is not required."""
+    try:
+        from pocketlm.runtime.native_backend import NativeUnavailable, open_native_backend
+    except ImportError as exc:
+        return _native_failed(f"it is not available in this install ({exc})", required)
+    try:
+        return open_native_backend(model, threads=threads, max_len=max_len)
+    except NativeUnavailable as exc:
+        return _native_failed(str(exc), required)
+
+
+def _native_failed(reason: str, required: bool) -> None:
+    if required:
+        raise PocketLMError(
+            f"the native backend cannot run this model: {reason}; use --backend torch (or auto)"
+        )
+    _log.debug("native backend not used (%s); using torch", reason)
+    return None

@@ -2,7 +2,8 @@
 
 Order of operations (as in `transformers`): repetition penalty, then greedy argmax when
 temperature is 0, else temperature, top-k, top-p, min-p, and one draw from the remaining
-distribution with an explicit `torch.Generator`. Every function works on any leading batch shape.
+distribution with an explicit `numpy.random.Generator`. Every function takes numpy float32
+logits of any leading batch shape and never modifies its input; nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 from pocketlm.common.errors import ConfigError
+
+_NEG_INF = np.float32(-np.inf)
 
 
 @dataclass(frozen=True)
@@ -66,66 +69,90 @@ def _check_float(name: str, value: object, in_range: bool, expected: str) -> Non
         raise ConfigError(f"sampling.{name} must be a finite number {expected}, got {value}")
 
 
+def _softmax64(logits: np.ndarray) -> np.ndarray:
+    """Float64 probabilities (..., V), computed in float64; -inf logits get probability 0."""
+    x = logits.astype(np.float64)
+    exp = np.exp(x - x.max(axis=-1, keepdims=True))  # (..., V), max 1
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _probs32(logits: np.ndarray) -> np.ndarray:
+    """Float32 probabilities (..., V), correctly rounded from a float64 softmax."""
+    return _softmax64(logits).astype(np.float32)
+
+
 def apply_repetition_penalty(
-    logits: torch.Tensor, token_ids: torch.Tensor | Sequence[int], penalty: float
-) -> torch.Tensor:
+    logits: np.ndarray, token_ids: np.ndarray | Sequence[int], penalty: float
+) -> np.ndarray:
     """Penalise tokens in token_ids (..., N): positive logits divided by penalty, negative multiplied."""
     if penalty == 1.0:
         return logits
-    ids = torch.as_tensor(token_ids, dtype=torch.long, device=logits.device)
-    if ids.numel() == 0:
+    ids = np.asarray(token_ids, dtype=np.int64)
+    if ids.size == 0:
         return logits
-    if ids.dim() == 1 and logits.dim() > 1:
-        ids = ids.expand(*logits.shape[:-1], ids.shape[0])  # (..., N): the same ids for every row
-    score = logits.gather(-1, ids)  # (..., N)
-    score = torch.where(score < 0, score * penalty, score / penalty)
-    return logits.scatter(-1, ids, score)
+    if ids.ndim == 1 and logits.ndim > 1:
+        ids = np.broadcast_to(ids, (*logits.shape[:-1], ids.shape[0]))  # (..., N): same ids per row
+    score = np.take_along_axis(logits, ids, axis=-1)  # (..., N)
+    factor = logits.dtype.type(penalty)
+    score = np.where(score < 0, score * factor, score / factor)
+    out = logits.copy()
+    np.put_along_axis(out, ids, score, axis=-1)  # duplicate ids write the same value
+    return out
 
 
-def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     """Logits divided by temperature (> 0); lower is sharper."""
     if temperature <= 0:
         raise ConfigError(f"sampling.temperature must be > 0 to scale logits, got {temperature}")
-    return logits if temperature == 1.0 else logits / temperature
+    return logits if temperature == 1.0 else logits / logits.dtype.type(temperature)
 
 
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep exactly the k highest logits (ties broken by index), the rest -inf; k = 0 keeps all."""
-    if k <= 0 or k >= logits.shape[-1]:
+def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
+    """Keep exactly the k highest logits (ties broken by lower index), the rest -inf; k = 0 keeps all."""
+    vocab = logits.shape[-1]
+    if k <= 0 or k >= vocab:
         return logits
-    values, indices = torch.topk(logits, k, dim=-1)  # (..., k)
-    return torch.full_like(logits, -math.inf).scatter(-1, indices, values)
+    kth = np.partition(logits, vocab - k, axis=-1)[..., vocab - k : vocab - k + 1]  # (..., 1)
+    above = logits > kth  # (..., V): fewer than k of these
+    ties = logits == kth  # (..., V)
+    room = k - above.sum(axis=-1, keepdims=True)  # (..., 1): ties that still fit, >= 1
+    keep = above | (ties & (np.cumsum(ties, axis=-1) <= room))  # the lowest-index ties win
+    return np.where(keep, logits, _NEG_INF)
 
 
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
     """Nucleus: keep the smallest set of most likely tokens whose probability mass is >= p."""
     if p >= 1.0:
         return logits
-    probs = torch.softmax(logits.float(), dim=-1)
-    sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)  # (..., V)
-    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of the better tokens
-    keep_sorted = mass_before < p
+    probs = _probs32(logits)  # (..., V)
+    order = np.argsort(-probs, axis=-1, kind="stable")  # (..., V): descending, ties by index
+    sorted_probs = np.take_along_axis(probs, order, axis=-1)  # (..., V)
+    cumulative = np.cumsum(sorted_probs, axis=-1, dtype=np.float64).astype(np.float32)
+    mass_before = cumulative - sorted_probs  # mass of the better tokens
+    keep_sorted = mass_before < np.float32(p)
     keep_sorted[..., 0] = True  # the most likely token always stays
-    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)  # back to vocab order
-    return logits.masked_fill(~keep, -math.inf)
+    keep = np.empty_like(keep_sorted)
+    np.put_along_axis(keep, order, keep_sorted, axis=-1)  # back to vocab order
+    return np.where(keep, logits, _NEG_INF)
 
 
-def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+def min_p_filter(logits: np.ndarray, min_p: float) -> np.ndarray:
     """Keep tokens whose probability is >= min_p times the most likely token's; 0 keeps all."""
     if min_p <= 0.0:
         return logits
-    probs = torch.softmax(logits.float(), dim=-1)
-    threshold = min_p * probs.amax(dim=-1, keepdim=True)  # (..., 1)
-    return logits.masked_fill(probs < threshold, -math.inf)
+    probs = _probs32(logits)  # (..., V)
+    threshold = np.float32(min_p) * probs.max(axis=-1, keepdims=True)  # (..., 1)
+    return np.where(probs < threshold, _NEG_INF, logits)
 
 
 def process_logits(
-    logits: torch.Tensor,
+    logits: np.ndarray,
     params: SamplingParams,
-    previous_ids: torch.Tensor | Sequence[int] = (),
-) -> torch.Tensor:
+    previous_ids: np.ndarray | Sequence[int] = (),
+) -> np.ndarray:
     """Float32 logits after penalty, temperature and filters (greedy: after the penalty only)."""
-    out = apply_repetition_penalty(logits.float(), previous_ids, params.repetition_penalty)
+    out = np.asarray(logits, dtype=np.float32)
+    out = apply_repetition_penalty(out, previous_ids, params.repetition_penalty)
     if params.greedy:
         return out
     out = apply_temperature(out, params.temperature)
@@ -135,26 +162,30 @@ def process_logits(
 
 
 def sample_next(
-    logits: torch.Tensor,
+    logits: np.ndarray,
     params: SamplingParams,
-    generator: torch.Generator | None = None,
-    previous_ids: torch.Tensor | Sequence[int] = (),
-) -> torch.Tensor:
-    """Next token ids (...,) long from logits (..., V); the generator makes draws reproducible."""
+    generator: np.random.Generator | None = None,
+    previous_ids: np.ndarray | Sequence[int] = (),
+) -> np.ndarray:
+    """Next token ids (...,) int64 from logits (..., V); the generator makes draws reproducible.
+
+    Raises ValueError when the processed logits give no valid distribution (NaN or +inf).
+    """
     scores = process_logits(logits, params, previous_ids)
     if params.greedy:
-        return scores.argmax(dim=-1)
-    probs = torch.softmax(scores, dim=-1)
-    flat = probs.reshape(-1, probs.shape[-1])  # (rows, V): multinomial wants 2-D
-    drawn = torch.multinomial(flat, 1, generator=generator)  # (rows, 1)
-    return drawn.reshape(probs.shape[:-1])
+        return np.asarray(scores.argmax(axis=-1), dtype=np.int64)  # the first max wins
+    probs = _softmax64(scores).reshape(-1, scores.shape[-1])  # (rows, V)
+    if not np.isfinite(probs).all():
+        raise ValueError("the logits give no valid probability distribution (NaN or inf)")
+    rng = generator if generator is not None else np.random.default_rng()
+    cumulative = np.cumsum(probs, axis=-1)  # (rows, V), non-decreasing
+    u = rng.random(probs.shape[0])[:, None] * cumulative[:, -1:]  # (rows, 1) in [0, total)
+    drawn = (cumulative <= u).sum(axis=-1)  # (rows,): first index whose cumulative mass > u
+    last_possible = probs.shape[-1] - 1 - (probs[:, ::-1] > 0).argmax(axis=-1)  # (rows,)
+    drawn = np.minimum(drawn, last_possible)  # guards rounding at the top end
+    return drawn.reshape(scores.shape[:-1])
 
 
-def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator on `device` seeded with `seed`, or from OS entropy when seed is None."""
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    return generator
+def make_generator(seed: int | None) -> np.random.Generator:
+    """A numpy generator seeded with `seed`, or from OS entropy when seed is None."""
+    return np.random.default_rng(seed)

@@ -17,7 +17,7 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1  # on matrices only; norms, biases and embeddings are not decayed
     grad_clip: float = 1.0  # 0 turns clipping off
-    muon_lr: float = 0.02
+    muon_lr: float = 0.0  # 0 = the same as lr (Muon's update RMS is matched to AdamW's)
     muon_momentum: float = 0.95
 
     def __post_init__(self) -> None:
@@ -55,7 +55,9 @@ class TrainConfig:
     log_every: int = 10
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
-    compile: bool = False
+    compile: Literal["auto", "on", "off"] = (
+        "auto"  # auto: when the budget is long enough to pay back ~30 s
+    )
     threads: int = 0  # CPU threads for torch; 0 = all cores
     seed: int = 0
 

@@ -31,15 +31,15 @@ from pocketlm.common.errors import ArtifactError, ConfigError, PocketLMError
 from pocketlm.common.log import get_logger
 from pocketlm.common.progress import progress_bar
 from pocketlm.common.units import format_count, format_duration
-from pocketlm.train.budget import parse_budget, steps_for
+from pocketlm.train.budget import parse_budget
+from pocketlm.train.clock import RunClock
 from pocketlm.train.config import TrainConfig
 from pocketlm.train.metrics import PLOT_FILE, MetricsLog, plot_losses, read_metrics
 from pocketlm.train.optim import build_optimizers, set_lr
-from pocketlm.train.schedule import decay_start_step, lr_multiplier
+from pocketlm.train.peak import measured_peak_flops
 from pocketlm.train.task import TrainTask
 
 _log = get_logger("pocketlm.train")
-_CALIBRATION_STEPS = 3  # steps timed before a time budget is turned into a step count
 
 
 class TrainingDiverged(PocketLMError):
@@ -64,6 +64,21 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch_dtype(precision))
+
+
+def should_compile(mode: str, budget: Any, device: torch.device) -> bool:
+    """'on'/'off' as asked; 'auto' compiles when the run is long enough to pay back compile time."""
+    if mode in ("on", "off"):
+        return mode == "on"
+    import shutil
+
+    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+        return False  # inductor's CPU backend needs a C++ compiler
+    if device.type == "cuda":
+        return budget.kind != "time" or budget.amount >= 120
+    if budget.kind == "time":
+        return budget.amount >= 240  # ~30 s of compilation returns 1.3-1.5x on the rest
+    return budget.kind == "tokens" and budget.amount >= 50e6
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -108,38 +123,16 @@ def train(
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     budget = parse_budget(config.budget)
+    tokens_per_step = task.tokens_per_batch * config.grad_accum
+    clock = RunClock(
+        budget, tokens_per_step, config.schedule, config.optim.min_lr_ratio, config.eval_tokens
+    )
 
     model = task.model.to(device)
     optimizers = build_optimizers(task.trainable(model), config.optim, device)
-    state: dict[str, Any] = {
-        "step": 0,
-        "tokens": 0,
-        "elapsed_s": 0.0,
-        "total_steps": None,
-        "decay_locked": False,
-    }
+    state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed_s": 0.0}
     if resume:
-        latest = latest_checkpoint(ckpt_dir)
-        if latest is None:
-            raise ArtifactError(
-                f"{run_dir}: nothing to resume (no complete checkpoint in {ckpt_dir})"
-            )
-        _load_weights(model, latest)
-        saved, rng = load_train_state(latest, optimizers)
-        task.batches.load_state_dict(saved.pop("loader"))
-        if saved.get("config") and saved["config"] != to_dict(config):
-            changed = sorted(
-                k for k in to_dict(config) if to_dict(config)[k] != saved["config"].get(k)
-            )
-            _log.warning("resuming with changed settings: %s", ", ".join(changed))
-        state.update({k: saved[k] for k in state if k in saved})
-        _restore_rng(rng, device)
-        _log.info(
-            "resumed from %s (step %d, %s tokens)",
-            latest,
-            state["step"],
-            format_count(state["tokens"]),
-        )
+        _resume(task, model, optimizers, config, ckpt_dir, state, device)
     elif latest_checkpoint(ckpt_dir) is not None:
         raise ArtifactError(
             f"{run_dir} already holds a training run; pass --resume to continue it, or choose another --out"
@@ -147,18 +140,18 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(run_dir, resume_step=state["step"] if resume else None)
     if not resume:
+        describe = {"task": task.name, "train": to_dict(config), **task.describe}
         (run_dir / "run_config.json").write_text(
-            json.dumps({"task": task.name, "train": to_dict(config), **task.describe}, indent=2)
-            + "\n",
-            encoding="utf-8",
+            json.dumps(describe, indent=2) + "\n", encoding="utf-8"
         )
 
-    tokens_per_step = task.tokens_per_batch * config.grad_accum
-    if budget.kind != "time":
-        state["total_steps"] = steps_for(budget, tokens_per_step)
     autocast = autocast_context(device, precision)
     model.train()
-    compiled = torch.compile(model) if config.compile else model
+    loss_fn = task.loss
+    if should_compile(config.compile, budget, device):
+        # Compile model + loss together so the cross-entropy over the logits fuses too.
+        loss_fn = torch.compile(task.loss)
+        _log.info("compiling the training step with torch.compile (the first step takes ~20-40 s)")
 
     def save_checkpoint() -> Path:
         snapshot = {
@@ -180,50 +173,50 @@ def train(
         prune_checkpoints(ckpt_dir, config.keep_checkpoints)
         return path
 
+    # MFU is reported against this machine's measured matmul peak in the autocast dtype.
+    peak_flops = (
+        measured_peak_flops(
+            device.type,
+            "bfloat16" if precision == "bf16" else "float16" if precision == "fp16" else "float32",
+        )
+        if task.flops_per_token
+        else 1.0
+    )
     started = time.perf_counter() - state["elapsed_s"]
     last_ckpt_time = time.perf_counter()
     window_start, window_tokens = time.perf_counter(), 0
-    eval_seconds = 0.0
-    next_eval_fraction = 0.0
+    next_eval = (
+        0.125  # evaluate at each eighth of the run (unless eval_every is set) and at the end
+    )
     last_eval: dict[str, float] = {}
+    params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
     bar = progress_bar(
-        state["total_steps"], desc=task.name, unit="step", initial=state["step"], leave=True
+        clock.fixed_total(), desc=task.name, unit="step", initial=state["step"], leave=True
     )
 
     def elapsed() -> float:
         return time.perf_counter() - started
 
     def run_eval() -> dict[str, float]:
-        nonlocal eval_seconds
         if task.evaluate is None:
             return {}
         t0 = time.perf_counter()
-        result = task.evaluate(compiled, device=device, autocast=autocast)
-        eval_seconds = time.perf_counter() - t0
+        result = task.evaluate(model, device=device, autocast=autocast)
+        clock.eval_seconds = time.perf_counter() - t0
         return result
 
-    while True:
-        total = state["total_steps"]
-        if total is not None and state["step"] >= total:
-            break
-        if budget.kind == "time" and elapsed() >= budget.amount:
-            break
-        mult = lr_multiplier(
-            state["step"], total or 10**9, config.schedule, config.optim.min_lr_ratio
-        )
-        lr = set_lr(optimizers, mult)
+    while not clock.finished(state["step"], elapsed()):
+        lr = set_lr(optimizers, clock.lr_multiplier(state["step"], elapsed()))
+        step_started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         for _ in range(config.grad_accum):
             batch = task.to_device(next(task.batches), device)
             with autocast:
-                loss, _n = task.loss(compiled, batch)
+                loss, _n = loss_fn(model, batch)
             (loss / config.grad_accum).backward()
             loss_sum += loss.detach()
-        trainable = [
-            p for group in (g["params"] for o in optimizers for g in o.param_groups) for p in group
-        ]
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            trainable, config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
+            params, config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
         )
         step_loss = float(loss_sum.item()) / config.grad_accum
         if not math.isfinite(step_loss) or not math.isfinite(float(grad_norm)):
@@ -240,37 +233,18 @@ def train(
         state["step"] += 1
         state["tokens"] += tokens_per_step
         window_tokens += tokens_per_step
+        clock.observe_step(state["step"], time.perf_counter() - step_started)
         state["elapsed_s"] = elapsed()
+        if clock.timed:
+            bar.total = clock.estimated_total(state["step"], state["elapsed_s"])
         bar.update(1)
 
-        if (
-            budget.kind == "time"
-            and not state["decay_locked"]
-            and state["step"] >= _CALIBRATION_STEPS
-        ):
-            # Turn the time left into steps; re-estimate until the lr starts depending on the total.
-            per_step = (
-                state["elapsed_s"] / state["step"]
-            )  # includes evaluation and checkpoint overhead
-            reserve = eval_seconds + 2.0
-            total = state["step"] + steps_for(
-                parse_budget(f"{max(1.0, budget.amount - state['elapsed_s'] - reserve)}s"),
-                tokens_per_step,
-                per_step,
-            )
-            state["total_steps"] = max(state["step"] + 1, total)
-            bar.total = state["total_steps"]
-            state["decay_locked"] = (
-                state["step"] >= decay_start_step(state["total_steps"], config.schedule) - 1
-            )
-
-        total = state["total_steps"] or state["step"]
-        is_last = state["step"] >= total or (budget.kind == "time" and elapsed() >= budget.amount)
-        progress = state["step"] / max(1, total)
+        is_last = clock.finished(state["step"], elapsed())
+        progress = clock.progress(state["step"], elapsed())
         do_eval = task.evaluate is not None and (
             is_last
             or (config.eval_every and state["step"] % config.eval_every == 0)
-            or (not config.eval_every and progress >= next_eval_fraction + 0.125)
+            or (not config.eval_every and progress >= next_eval)
         )
         if state["step"] % config.log_every == 0 or do_eval or state["step"] == 1:
             now = time.perf_counter()
@@ -287,9 +261,10 @@ def train(
             }
             if task.flops_per_token:
                 row["tflops"] = round(tps * task.flops_per_token / 1e12, 4)
+                row["mfu"] = round(tps * task.flops_per_token / peak_flops, 4)
             if do_eval:
                 last_eval = run_eval()
-                next_eval_fraction = math.floor(progress * 8) / 8
+                next_eval = (math.floor(progress * 8) + 1) / 8
                 row.update({k: round(v, 6) for k, v in last_eval.items()})
                 window_start = time.perf_counter()
             metrics.write(row)
@@ -317,13 +292,22 @@ def train(
         run_dir / PLOT_FILE,
         title=f"{task.name}: {format_count(state['tokens'])} tokens in {format_duration(state['elapsed_s'])}",
     )
+    mean_tps = state["tokens"] / max(1e-9, state["elapsed_s"])
     summary = {
         "steps": state["step"],
         "tokens": state["tokens"],
         "train_seconds": round(state["elapsed_s"], 2),
-        "tokens_per_s": round(state["tokens"] / max(1e-9, state["elapsed_s"]), 1),
+        "tokens_per_s": round(mean_tps, 1),
+        "precision": precision,
         **last_eval,
     }
+    if task.flops_per_token:
+        summary.update(
+            {
+                "peak_tflops_measured": round(peak_flops / 1e12, 4),
+                "mfu": round(mean_tps * task.flops_per_token / peak_flops, 4),
+            }
+        )
     model_dir = task.save(model, run_dir / "model", None, summary, overwrite=True)
     _log.info(
         "trained %d steps, %s tokens in %s -> %s (checkpoint %s)",
@@ -341,4 +325,32 @@ def train(
         state["elapsed_s"],
         summary["tokens_per_s"],
         last_eval,
+    )
+
+
+def _resume(
+    task: TrainTask,
+    model: torch.nn.Module,
+    optimizers: list,
+    config: TrainConfig,
+    ckpt_dir: Path,
+    state: dict[str, Any],
+    device: torch.device,
+) -> None:
+    """Restore weights, optimizer, loader position, counters and RNG from the latest checkpoint."""
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is None:
+        raise ArtifactError(
+            f"{ckpt_dir.parent}: nothing to resume (no complete checkpoint in {ckpt_dir})"
+        )
+    _load_weights(model, latest)
+    saved, rng = load_train_state(latest, optimizers)
+    task.batches.load_state_dict(saved.pop("loader"))
+    if saved.get("config") and saved["config"] != to_dict(config):
+        changed = sorted(k for k in to_dict(config) if to_dict(config)[k] != saved["config"].get(k))
+        _log.warning("resuming with changed settings: %s", ", ".join(changed))
+    state.update({k: saved[k] for k in state if k in saved})
+    _restore_rng(rng, device)
+    _log.info(
+        "resumed from %s (step %d, %s tokens)", latest, state["step"], format_count(state["tokens"])
     )

@@ -41,7 +41,7 @@ def build_optimizers(
         optimizers.append(
             torch.optim.Muon(
                 hidden,
-                lr=config.muon_lr,
+                lr=config.muon_lr or config.lr,
                 momentum=config.muon_momentum,
                 weight_decay=config.weight_decay,
                 adjust_lr_fn="match_rms_adamw",

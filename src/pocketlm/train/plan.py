@@ -1,4 +1,5 @@
-"""Plan a run: measure step time of candidate sizes on this machine and pick the size for a budget."""
+"""Plan a run: memory estimate, measured step time on this machine, tokens a budget buys, and the
+recommended model size. The quickstart uses the recommendation; `pocketlm plan` prints it all."""
 
 from __future__ import annotations
 
@@ -121,3 +122,46 @@ def recommend(
         if fitting
         else min(rows, key=lambda r: r.config.num_params())
     )
+
+
+def memory_estimate(
+    config: ModelConfig, *, batch_size: int, ctx: int, optimizer: str = "adamw"
+) -> dict[str, int]:
+    """Training memory in bytes (fp32 weights and AdamW, eager PyTorch on CPU), by component.
+
+    weights + grads 4 bytes each per parameter, AdamW 8 (Muon ~4 on matrices); activations kept
+    for backward ~ (14 x dim + 4 x ffn) floats per token per layer, plus ~6 floats per token per
+    vocabulary entry for the logits, their softmax and gradient (calibrated against peak RSS).
+    """
+    n = config.num_params()
+    tokens = batch_size * ctx
+    weights = grads = 4 * n
+    optim = 8 * n if optimizer == "adamw" else 4 * n + 4 * config.vocab_size * config.dim
+    activations = (
+        4
+        * tokens
+        * (
+            config.n_layers * (14 * config.dim + 4 * config.resolved_ffn_dim)
+            + 6 * config.vocab_size
+        )
+    )
+    return {
+        "weights": weights,
+        "grads": grads,
+        "optimizer": optim,
+        "activations": activations,
+        "total": weights + grads + optim + activations,
+    }
+
+
+def runtime_baseline_bytes() -> int:
+    """Resident memory of this process now (Python, torch and the rest), added to estimates."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            import os
+
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -240,7 +240,13 @@ def _report(
         f"| model | {model['n_layers']} layers × {model['dim']} dim, {model['n_heads']}/{model['n_kv_heads']} heads, ffn {model.get('ffn_dim') or 'auto'}, vocab {model['vocab_size']} |",
         f"| parameters | {format_count(s['params'])} |",
         f"| tokens seen | {format_count(s['tokens'])} in {format_duration(s['train_seconds'])} |",
-        f"| throughput | {format_count(s['tokens_per_s'])} tokens/s |",
+        f"| throughput | {format_count(s['tokens_per_s'])} tokens/s"
+        + (
+            f", MFU {s['mfu']:.0%} of the measured {s['peak_tflops_measured'] * 1000:.0f} GFLOP/s matmul peak ({s.get('precision', 'fp32')})"
+            if "mfu" in s
+            else ""
+        )
+        + " |",
         f"| validation loss | {s.get('val_loss', float('nan')):.4f} nats/token |",
         f"| **validation bits per byte** | **{s.get('val_bpb', float('nan')):.4f}** |",
         "",

@@ -73,7 +73,7 @@ def test_ranks_see_disjoint_windows_and_an_epoch_covers_everything(synthetic_pip
         for step in range(n // 4):
             first = (step * 2 + ld.rank) * 2
             for k in range(first, first + 2):
-                starts.add(int(ld._perm(0)[k]))
+                starts.add(int(ld._perm(0)[0][k]))
     assert len(starts) == (n // 4) * 4  # no window twice within the epoch
 
 

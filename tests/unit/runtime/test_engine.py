@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 import torch
 
 from pocketlm.common.errors import InputError, PocketLMError
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
-from pocketlm.runtime.backends import ForwardBackend, TorchBackend
+from pocketlm.runtime.backends import ForwardBackend
 from pocketlm.runtime.engine import GenerationEngine, held_back_length
 from pocketlm.runtime.sampling import SamplingParams
+from pocketlm.runtime.torch_backend import TorchBackend
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=200)
@@ -26,32 +30,39 @@ def tok(synthetic_pipeline) -> Tokenizer:
 class ScriptedBackend:
     """A backend (no model) whose logits make greedy decoding emit a fixed script of tokens."""
 
-    def __init__(self, script: Sequence[int], vocab_size: int = 512, context: int = 256) -> None:
+    def __init__(
+        self,
+        script: Sequence[int],
+        vocab_size: int = 512,
+        context: int = 256,
+        fill: float = 0.0,
+    ) -> None:
         self.script, self._vocab, self._context = list(script), vocab_size, context
+        self.fill = fill  # the logit of every token off the script
         self._position, self._emitted = 0, 0
         self.prefills: list[list[int]] = []
 
     context_length = property(lambda self: self._context)
     vocab_size = property(lambda self: self._vocab)
-    device = property(lambda self: torch.device("cpu"))
+    device = property(lambda self: "cpu")
     position = property(lambda self: self._position)
 
     def reset(self) -> None:
         self._position, self._emitted = 0, 0
 
-    def _next(self) -> torch.Tensor:
-        logits = torch.zeros(self._vocab)
+    def _next(self) -> np.ndarray:
+        logits = np.full(self._vocab, self.fill, dtype=np.float32)
         logits[self.script[self._emitted % len(self.script)]] = 10.0
         self._emitted += 1
         return logits
 
-    def prefill(self, token_ids: Sequence[int]) -> torch.Tensor:
+    def prefill(self, token_ids: Sequence[int]) -> np.ndarray:
         self.prefills.append(list(token_ids))
         self._position += len(token_ids)
         assert self._position <= self._context
         return self._next()
 
-    def decode(self, token_id: int) -> torch.Tensor:
+    def decode(self, token_id: int) -> np.ndarray:
         self._position += 1
         assert self._position <= self._context
         return self._next()
@@ -185,6 +196,35 @@ def test_a_new_generation_supersedes_an_unfinished_one(tok):
         next(old)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_invalid_logits_suggest_fp32(tok, bad, temperature):
+    engine = scripted(tok, tok.encode("the cat"), fill=bad)
+    params = SamplingParams(temperature=temperature, max_new_tokens=4, seed=0)
+    with pytest.raises(PocketLMError, match="--precision fp32"):
+        engine.complete("hi", params)
+
+
+def test_masked_tokens_are_fine_and_the_engine_names_its_backend(tok):
+    engine = scripted(tok, tok.encode("the cat"), fill=-np.inf)  # only the script is possible
+    result = engine.complete("hi", SamplingParams(temperature=1.0, max_new_tokens=2, seed=0))
+    assert result.token_ids == tok.encode("the cat")[:2]
+    assert engine.name == "ScriptedBackend"
+
+
+def test_engine_and_sampling_import_without_torch():
+    code = (
+        "import sys\n"
+        "import pocketlm.runtime.engine, pocketlm.runtime.sampling, pocketlm.runtime.backends\n"
+        "import pocketlm.runtime.load\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert proc.stdout.split() == ["NO-TORCH"], proc.stdout + proc.stderr
+
+
 # --- a real (random) model through TorchBackend -------------------------------------------
 
 
@@ -200,7 +240,9 @@ def model_engine(tok):
         init_std=0.1,
     )
     model = build_model(config, seed=3)
-    return model, GenerationEngine(TorchBackend(model), tok)
+    engine = GenerationEngine(TorchBackend(model), tok)
+    assert engine.name == "torch"
+    return model, engine
 
 
 def test_same_seed_same_text_and_different_seeds_differ(model_engine):

@@ -1,11 +1,11 @@
-"""Sampling: the filters' exact semantics, greedy, seeded draws and parameter validation."""
+"""Sampling on numpy logits: the filters' exact semantics, greedy, seeded draws and validation."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,15 +27,20 @@ logits_lists = st.lists(
 )
 
 
-def kept(logits: torch.Tensor) -> set[int]:
-    return set(torch.nonzero(torch.isfinite(logits)).flatten().tolist())
+def kept(logits: np.ndarray) -> set[int]:
+    return set(np.flatnonzero(np.isfinite(logits)).tolist())
+
+
+def f32(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32)
 
 
 @settings(max_examples=60, deadline=None)
 @given(logits_lists, st.integers(min_value=1, max_value=50))
 def test_top_k_keeps_exactly_k_best(values, k):
-    logits = torch.tensor(values)
+    logits = f32(values)
     out = top_k_filter(logits, k)
+    assert out.dtype == np.float32 and out.shape == logits.shape
     keep = kept(out)
     assert len(keep) == min(k, len(values))
     worst_kept = min(values[i] for i in keep)
@@ -44,15 +49,22 @@ def test_top_k_keeps_exactly_k_best(values, k):
 
 
 def test_top_k_zero_keeps_all():
-    logits = torch.tensor([1.0, 2.0, 3.0])
-    assert torch.equal(top_k_filter(logits, 0), logits)
+    logits = f32([1.0, 2.0, 3.0])
+    assert np.array_equal(top_k_filter(logits, 0), logits)
+
+
+def test_top_k_breaks_ties_by_lower_index_per_row():
+    logits = f32([[1.0, 2.0, 2.0, 0.0, 2.0], [5.0, 5.0, 5.0, 5.0, -np.inf]])
+    out = top_k_filter(logits, 2)
+    assert kept(out[0]) == {1, 2} and kept(out[1]) == {0, 1}
+    assert np.array_equal(logits, f32([[1.0, 2.0, 2.0, 0.0, 2.0], [5.0, 5.0, 5.0, 5.0, -np.inf]]))
 
 
 @settings(max_examples=80, deadline=None)
 @given(logits_lists, st.floats(min_value=0.01, max_value=0.999))
 def test_top_p_keeps_smallest_set_with_enough_mass(values, p):
-    logits = torch.tensor(values)
-    probs = torch.softmax(logits, -1).tolist()
+    logits = f32(values)
+    probs = (np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()).tolist()
     keep = kept(top_p_filter(logits, p))
     mass = sum(probs[i] for i in keep)
     assert mass >= p - 1e-5  # enough mass ...
@@ -62,16 +74,18 @@ def test_top_p_keeps_smallest_set_with_enough_mass(values, p):
 
 
 def test_top_p_worked_example():
-    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    logits = np.log(f32([0.5, 0.3, 0.15, 0.05]))
     assert kept(top_p_filter(logits, 0.5)) == {0}
     assert kept(top_p_filter(logits, 0.6)) == {0, 1}
     assert kept(top_p_filter(logits, 0.9)) == {0, 1, 2}
     assert kept(top_p_filter(logits, 0.01)) == {0}
     assert kept(top_p_filter(logits, 1.0)) == {0, 1, 2, 3}
+    batch = top_p_filter(np.stack([logits, logits[::-1]]), 0.6)  # (2, V): rows apart
+    assert kept(batch[0]) == {0, 1} and kept(batch[1]) == {2, 3}
 
 
 def test_min_p_keeps_tokens_relative_to_the_best():
-    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    logits = np.log(f32([0.5, 0.3, 0.15, 0.05]))
     assert kept(min_p_filter(logits, 0.5)) == {0, 1}  # >= 0.25
     assert kept(min_p_filter(logits, 0.3)) == {0, 1, 2}  # >= 0.15
     assert kept(min_p_filter(logits, 0.0)) == {0, 1, 2, 3}
@@ -79,63 +93,76 @@ def test_min_p_keeps_tokens_relative_to_the_best():
 
 
 def test_repetition_penalty_follows_hf():
-    logits = torch.tensor([2.0, -2.0, 1.0, -1.0, 0.5])
+    logits = f32([2.0, -2.0, 1.0, -1.0, 0.5])
     out = apply_repetition_penalty(logits, [0, 1, 1, 4], 2.0)  # duplicates count once
-    assert torch.allclose(out, torch.tensor([1.0, -4.0, 1.0, -1.0, 0.25]))
-    assert torch.equal(apply_repetition_penalty(logits, [0, 1], 1.0), logits)
-    assert torch.equal(apply_repetition_penalty(logits, [], 2.0), logits)
-    batch = torch.stack([logits, logits])  # (2, V) with per-row ids (2, N)
-    out2 = apply_repetition_penalty(batch, torch.tensor([[0], [1]]), 2.0)
+    np.testing.assert_allclose(out, f32([1.0, -4.0, 1.0, -1.0, 0.25]))
+    assert out.dtype == np.float32
+    assert logits[0] == 2.0  # the input is left alone
+    assert np.array_equal(apply_repetition_penalty(logits, [0, 1], 1.0), logits)
+    assert np.array_equal(apply_repetition_penalty(logits, [], 2.0), logits)
+    batch = np.stack([logits, logits])  # (2, V) with per-row ids (2, N)
+    out2 = apply_repetition_penalty(batch, np.array([[0], [1]]), 2.0)
     assert out2[0, 0] == 1.0 and out2[0, 1] == -2.0 and out2[1, 1] == -4.0 and out2[1, 0] == 2.0
+    shared = apply_repetition_penalty(batch, [1], 2.0)  # 1-D ids apply to every row
+    assert shared[0, 1] == shared[1, 1] == -4.0
 
 
 def test_repetition_penalty_matches_transformers():
+    torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    logits = torch.randn(2, 30, generator=torch.Generator().manual_seed(0))
-    ids = torch.tensor([[1, 5, 5, 7], [0, 29, 3, 3]])
-    hf = transformers.RepetitionPenaltyLogitsProcessor(1.3)(ids, logits.clone())
-    assert torch.allclose(apply_repetition_penalty(logits, ids, 1.3), hf)
+    logits = np.random.default_rng(0).standard_normal((2, 30)).astype(np.float32)
+    ids = np.array([[1, 5, 5, 7], [0, 29, 3, 3]])
+    processor = transformers.RepetitionPenaltyLogitsProcessor(1.3)
+    hf = processor(torch.from_numpy(ids), torch.from_numpy(logits.copy())).numpy()
+    np.testing.assert_allclose(apply_repetition_penalty(logits, ids, 1.3), hf, rtol=0, atol=0)
 
 
 def test_temperature_scales_and_zero_is_greedy():
-    logits = torch.tensor([1.0, 3.0, 2.0])
-    assert torch.allclose(apply_temperature(logits, 0.5), logits * 2)
+    logits = f32([1.0, 3.0, 2.0])
+    np.testing.assert_allclose(apply_temperature(logits, 0.5), logits * 2)
     greedy = SamplingParams(temperature=0.0)
     for seed in range(5):
         assert int(sample_next(logits, greedy, make_generator(seed))) == 1
-    batch = torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, 0.0]])
-    assert sample_next(batch, greedy).tolist() == [1, 0]
+    batch = f32([[1.0, 3.0, 2.0], [5.0, 0.0, 0.0], [0.0, 4.0, 4.0]])
+    assert sample_next(batch, greedy).tolist() == [1, 0, 1]  # the first max wins
     with pytest.raises(ConfigError, match="temperature"):
         apply_temperature(logits, 0.0)
 
 
 def test_greedy_sees_the_penalty_but_ignores_filters():
-    logits = torch.tensor([3.0, 2.9, 0.0])
+    logits = f32([3.0, 2.9, 0.0])
     params = SamplingParams(temperature=0, repetition_penalty=2.0, top_k=1)
     assert int(sample_next(logits, params, previous_ids=[0])) == 1
-    assert torch.equal(process_logits(logits, SamplingParams(temperature=0, top_k=1)), logits)
+    assert np.array_equal(process_logits(logits, SamplingParams(temperature=0, top_k=1)), logits)
 
 
 def test_seeded_sampling_reproduces_and_respects_filters():
-    logits = torch.randn(200, generator=torch.Generator().manual_seed(1))
+    logits = np.random.default_rng(1).standard_normal(200).astype(np.float32)
     params = SamplingParams(temperature=1.0, top_k=5)
     draws = [int(sample_next(logits, params, make_generator(7))) for _ in range(3)]
     assert len(set(draws)) == 1
     gen = make_generator(3)
     many = {int(sample_next(logits, params, gen)) for _ in range(200)}
-    assert many <= set(torch.topk(logits, 5).indices.tolist()) and len(many) > 1
-    batch = sample_next(torch.stack([logits] * 4), params, make_generator(0))
-    assert batch.shape == (4,)
+    assert many <= set(np.argsort(-logits)[:5].tolist()) and len(many) > 1
+    batch = sample_next(np.stack([logits] * 4), params, make_generator(0))
+    assert batch.shape == (4,) and batch.dtype == np.int64
+    assert sample_next(logits, params, make_generator(0)).shape == ()
+    assert isinstance(make_generator(None), np.random.Generator)
 
 
 def test_sampling_frequencies_follow_probabilities():
-    probs = torch.tensor([0.6, 0.3, 0.1])
+    probs = np.array([0.6, 0.3, 0.1, 0.0])  # a zero-probability token is never drawn
     gen = make_generator(0)
-    counts = torch.bincount(
-        sample_next(torch.log(probs).expand(4000, 3), SamplingParams(temperature=1.0), gen),
-        minlength=3,
-    )
-    assert torch.allclose(counts / 4000, probs, atol=0.03)
+    with np.errstate(divide="ignore"):
+        logits = np.broadcast_to(np.log(probs).astype(np.float32), (4000, 4))  # (rows, V)
+    counts = np.bincount(sample_next(logits, SamplingParams(temperature=1.0), gen), minlength=4)
+    np.testing.assert_allclose(counts / 4000, probs, atol=0.03)
+    assert counts[3] == 0
+
+
+def test_invalid_distributions_raise():
+    with pytest.raises(ValueError, match="NaN"):
+        sample_next(f32([0.0, np.nan]), SamplingParams(temperature=1.0), make_generator(0))
 
 
 @pytest.mark.parametrize(

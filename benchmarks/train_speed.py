@@ -1,0 +1,258 @@
+"""Training throughput on this machine: PocketLM vs a plain loop over transformers' LlamaForCausalLM
+vs a nanoGPT-style GPT-2 loop, at the issue's two shapes, interleaved so drift hits all alike.
+
+    python benchmarks/train_speed.py                  # both shapes, fp32 (+ bf16 where it pays)
+    python benchmarks/train_speed.py --rounds 5 --steps 6 --json
+
+Shapes (batch 16 x 256 tokens, byte-level BPE vocab 4096, tied embeddings):
+    c1: 4 layers x 128, 4 heads        c2: 6 layers x 256, 8 heads
+PocketLM uses its own model and training-step code (fused/foreach AdamW, grad clipping, the same
+loss as `pocketlm pretrain`), eager and torch.compile'd. "hf" is LlamaForCausalLM with the same
+shape and a plain loop (forward with labels, backward, AdamW). "gpt2-ref" is a GPT-2 model in the
+style of nanoGPT (LayerNorm, GELU MLP 4x, learned positions) written here for an in-run baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SHAPES = {"c1": dict(dim=128, n_layers=4, n_heads=4), "c2": dict(dim=256, n_layers=6, n_heads=8)}
+VOCAB, CTX, BATCH = 4096, 256, 16
+ANCHORS = {
+    "c1": {"nanogpt_fp32": 8600, "nanogpt_bf16": 9500},
+    "c2": {"nanogpt_fp32": 3100, "nanogpt_bf16": 4400},
+}
+
+
+# --- a nanoGPT-style GPT-2 reference (written for this benchmark) ---------------------------------
+class _Block(nn.Module):
+    def __init__(self, d: int, h: int) -> None:
+        super().__init__()
+        self.h = h
+        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=2)
+        q, k, v = (
+            z.view(b, t, self.h, d // self.h).transpose(1, 2) for z in (q, k, v)
+        )  # (B, H, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
+        x = x + self.c_proj(y)
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class GPT2Ref(nn.Module):
+    def __init__(self, d: int, n_layers: int, h: int) -> None:
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(VOCAB, d), nn.Embedding(CTX, d)
+        self.blocks = nn.ModuleList(_Block(d, h) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, VOCAB, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        return F.cross_entropy(logits.view(-1, VOCAB), targets.view(-1))
+
+
+# --- step builders ----------------------------------------------------------------------------------
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, VOCAB, (BATCH, CTX), generator=g), torch.randint(
+        0, VOCAB, (BATCH, CTX), generator=g
+    )
+
+
+def pocketlm_step(shape: str, precision: str, compiled: bool) -> Callable[[], None]:
+    from pocketlm.model.config import ModelConfig
+    from pocketlm.model.transformer import build_model
+    from pocketlm.train.config import OptimConfig
+    from pocketlm.train.loop import autocast_context
+    from pocketlm.train.optim import build_optimizers
+
+    s = SHAPES[shape]
+    config = ModelConfig(vocab_size=VOCAB, max_seq_len=CTX, n_kv_heads=s["n_heads"], **s)
+    model = build_model(config)
+    device = torch.device("cpu")
+    optimizers = build_optimizers(model.named_parameters(), OptimConfig(), device)
+    params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
+    autocast = autocast_context(device, precision)
+    x, y = _batch()
+
+    def loss_fn(
+        m: nn.Module, xy: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:  # as in train.pretrain
+        logits = m(xy[0])
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), xy[1].reshape(-1))
+
+    fn = torch.compile(loss_fn) if compiled else loss_fn
+
+    def step() -> None:
+        with autocast:
+            loss = fn(model, (x, y))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for o in optimizers:
+            o.step()
+            o.zero_grad(set_to_none=True)
+
+    return step
+
+
+def hf_step(shape: str, precision: str) -> Callable[[], None]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pocketlm.model.config import ModelConfig
+
+    s = SHAPES[shape]
+    ffn = ModelConfig(
+        vocab_size=VOCAB, max_seq_len=CTX, n_kv_heads=s["n_heads"], **s
+    ).resolved_ffn_dim
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=s["dim"],
+        intermediate_size=ffn,
+        num_hidden_layers=s["n_layers"],
+        num_attention_heads=s["n_heads"],
+        num_key_value_heads=s["n_heads"],
+        max_position_embeddings=CTX,
+        tie_word_embeddings=True,
+    )
+    cfg._attn_implementation = "sdpa"
+    model = LlamaForCausalLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, _ = _batch()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def gpt2_step(shape: str, precision: str) -> Callable[[], None]:
+    s = SHAPES[shape]
+    model = GPT2Ref(s["dim"], s["n_layers"], s["n_heads"])
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+        lr=1e-3,
+        betas=(0.9, 0.95),
+    )
+    x, y = _batch()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--shapes", nargs="+", default=list(SHAPES))
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
+    p.add_argument(
+        "--bf16", choices=["auto", "yes", "no"], default="auto", help="also measure bf16 autocast"
+    )
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    from pocketlm.common.device import cpu_supports_bf16
+
+    with_bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and cpu_supports_bf16())
+    results: dict[str, dict] = {}
+    for shape in args.shapes:
+        variants: dict[str, Callable[[], None]] = {
+            "pocketlm fp32 (compiled)": pocketlm_step(shape, "fp32", True),
+            "pocketlm fp32 (eager)": pocketlm_step(shape, "fp32", False),
+            "hf llama fp32": hf_step(shape, "fp32"),
+            "gpt2-ref fp32": gpt2_step(shape, "fp32"),
+        }
+        if with_bf16:
+            variants.update(
+                {
+                    "pocketlm bf16 (compiled)": pocketlm_step(shape, "bf16", True),
+                    "hf llama bf16": hf_step(shape, "bf16"),
+                    "gpt2-ref bf16": gpt2_step(shape, "bf16"),
+                }
+            )
+        compile_s = {}
+        for name, step in variants.items():  # warm-up (and compile) before timing anything
+            t0 = time.perf_counter()
+            for _ in range(2):
+                step()
+            compile_s[name] = round(time.perf_counter() - t0, 1)
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, step in variants.items():
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    step()
+                samples[name].append(BATCH * CTX * args.steps / (time.perf_counter() - t0))
+        med = {name: round(statistics.median(v)) for name, v in samples.items()}
+        best_ours = max(v for k, v in med.items() if k.startswith("pocketlm"))
+        hf_best = max(v for k, v in med.items() if k.startswith("hf"))
+        ref_best = max(v for k, v in med.items() if k.startswith("gpt2-ref"))
+        anchor_best = max(ANCHORS[shape].values())
+        results[shape] = {
+            "tokens_per_s": med,
+            "warmup_s": compile_s,
+            "ratio_vs_hf_in_run": round(best_ours / hf_best, 2),
+            "ratio_vs_gpt2_ref_in_run": round(best_ours / ref_best, 2),
+            "ratio_vs_nanogpt_anchor_best": round(best_ours / anchor_best, 2),
+        }
+        if not args.json:
+            print(f"\n{shape}: {SHAPES[shape]}, batch {BATCH}x{CTX}, vocab {VOCAB}")
+            for name, v in med.items():
+                print(f"  {name:<28} {v:>7,} tok/s   (warm-up {compile_s[name]} s)")
+            print(
+                f"  PocketLM best / hf: {results[shape]['ratio_vs_hf_in_run']}x   / gpt2-ref: {results[shape]['ratio_vs_gpt2_ref_in_run']}x   / nanoGPT anchor {anchor_best:,}: {results[shape]['ratio_vs_nanogpt_anchor_best']}x"
+            )
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "bf16_native": cpu_supports_bf16(),
+    }
+    out = {"meta": meta, "results": results}
+    Path(__file__).resolve().parent.joinpath("results").mkdir(exist_ok=True)
+    Path(__file__).resolve().parent.joinpath("results", "train_speed.json").write_text(
+        json.dumps(out, indent=2)
+    )
+    if args.json:
+        print(json.dumps(out, indent=2))
+    _ = math
+
+
+if __name__ == "__main__":
+    main()

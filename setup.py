@@ -1,0 +1,25 @@
+"""Build the optional native CPU kernels (C, no external libraries). If no C compiler is found,
+the package still installs and PocketLM runs on its PyTorch backend."""
+
+from setuptools import Extension, setup
+
+NATIVE = "src/pocketlm/runtime/native/"
+
+setup(
+    ext_modules=[
+        Extension(
+            "pocketlm.runtime._native",
+            sources=[NATIVE + f for f in ("module.c", "model.c", "kernels.c", "threadpool.c")],
+            depends=[NATIVE + "plm.h"],
+            extra_compile_args=[
+                "-O3",
+                "-std=gnu11",
+                "-pthread",
+                "-fno-math-errno",
+                "-Wno-missing-field-initializers",
+            ],
+            extra_link_args=["-pthread"],
+            optional=True,
+        )
+    ]
+)

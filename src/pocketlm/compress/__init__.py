@@ -1,0 +1,1 @@
+"""Compression: quantization (int8 / int4 / bf16) and, later, pruning."""

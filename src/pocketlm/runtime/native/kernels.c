@@ -1,0 +1,483 @@
+/* Matrix-vector (decode) and small matrix-matrix (prefill) kernels, per instruction set.
+ *
+ * Decode is memory-bound: each kernel streams its weights once. The integer kernels quantise the
+ * activation vector to int8 in blocks of 32 (once per vector, shared by every row) and use
+ * AVX-512 VNNI dot products (vpdpbusd) on the raw int8 / int4 weights: no weight is ever
+ * converted to float on the decode path. */
+#if defined(__x86_64__) || defined(__i386__)
+#define PLM_X86 1
+#include <immintrin.h>
+#endif
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plm.h"
+
+#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,avx2,f16c")))
+#define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+/* ---- portable helpers ----------------------------------------------------------------------- */
+float plm_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            int e = -1;
+            do { e++; man <<= 1; } while (!(man & 0x400));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+void plm_quantize_vec(const float *x, int n, plm_qvec *out) {
+    out->n = n;
+    for (int b = 0; b < n / 32; b++) {
+        const float *xb = x + 32 * b;
+        float amax = 0.f;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(xb[i]));
+        float scale = amax / 127.f, inv = scale > 0.f ? 1.f / scale : 0.f;
+        int32_t sum = 0;
+        for (int i = 0; i < 32; i++) {
+            int q = (int)lrintf(xb[i] * inv);
+            q = q > 127 ? 127 : (q < -127 ? -127 : q);
+            out->q[32 * b + i] = (int8_t)q;
+            sum += q;
+        }
+        out->scale[b] = scale;
+        out->bsum[b] = sum;
+    }
+}
+
+void plm_dequant_rows(const plm_matrix *w, int r0, int r1, float *out) {
+    const int cols = w->cols;
+    for (int r = r0; r < r1; r++) {
+        float *o = out + (size_t)(r - r0) * cols;
+        if (w->dtype == PLM_F32) {
+            memcpy(o, (const float *)w->data + (size_t)r * cols, sizeof(float) * cols);
+        } else if (w->dtype == PLM_BF16) {
+            const uint16_t *src = (const uint16_t *)w->data + (size_t)r * cols;
+            for (int c = 0; c < cols; c++) o[c] = bf16_to_f32(src[c]);
+        } else if (w->dtype == PLM_I8) {
+            const int8_t *src = (const int8_t *)w->data + (size_t)r * cols;
+            const float s = w->scale_f32[r];
+            for (int c = 0; c < cols; c++) o[c] = s * (float)src[c];
+        } else {
+            const uint8_t *src = (const uint8_t *)w->data + (size_t)r * (cols / 2);
+            const uint16_t *sc = w->scale_f16 + (size_t)r * (cols / w->group);
+            for (int b = 0; b < cols / 32; b++) {
+                const float d = plm_f16_to_f32(sc[b * 32 / w->group]);
+                for (int j = 0; j < 16; j++) {
+                    o[32 * b + j] = d * (float)((src[16 * b + j] & 0x0f) - 8);
+                    o[32 * b + j + 16] = d * (float)((src[16 * b + j] >> 4) - 8);
+                }
+            }
+        }
+    }
+}
+
+/* ---- scalar kernels (any CPU) ---------------------------------------------------------------- */
+static float dot_scalar(const float *a, const float *b, int n) {
+    float s = 0.f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy_scalar(float *y, const float *x, float a, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static void gemv_f32_scalar(const plm_matrix *w, const float *x, float *y, int r0, int r1) {
+    for (int r = r0; r < r1; r++) y[r] = dot_scalar((const float *)w->data + (size_t)r * w->cols, x, w->cols);
+}
+
+static void gemv_bf16_scalar(const plm_matrix *w, const float *x, float *y, int r0, int r1) {
+    for (int r = r0; r < r1; r++) {
+        const uint16_t *row = (const uint16_t *)w->data + (size_t)r * w->cols;
+        float s = 0.f;
+        for (int c = 0; c < w->cols; c++) s += bf16_to_f32(row[c]) * x[c];
+        y[r] = s;
+    }
+}
+
+static void gemv_i8_scalar(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1) {
+    for (int r = r0; r < r1; r++) {
+        const int8_t *row = (const int8_t *)w->data + (size_t)r * w->cols;
+        float acc = 0.f;
+        for (int b = 0; b < w->cols / 32; b++) {
+            int32_t s = 0;
+            for (int i = 0; i < 32; i++) s += (int32_t)row[32 * b + i] * x->q[32 * b + i];
+            acc += x->scale[b] * (float)s;
+        }
+        y[r] = acc * w->scale_f32[r];
+    }
+}
+
+static void gemv_i4_scalar(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1) {
+    const int blocks = w->cols / 32, per_group = w->group / 32;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * (w->cols / 2);
+        const uint16_t *sc = w->scale_f16 + (size_t)r * (w->cols / w->group);
+        float acc = 0.f;
+        for (int b = 0; b < blocks; b++) {
+            int32_t s = 0;
+            for (int j = 0; j < 16; j++) {
+                s += ((row[16 * b + j] & 0x0f) - 8) * x->q[32 * b + j];
+                s += ((row[16 * b + j] >> 4) - 8) * x->q[32 * b + j + 16];
+            }
+            acc += plm_f16_to_f32(sc[b / per_group]) * x->scale[b] * (float)s;
+        }
+        y[r] = acc;
+    }
+}
+
+static void gemm_f32_scalar(const float *wf, int ldw, const float *x, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols) {
+    for (int r = 0; r < n_rows; r++)
+        for (int t = 0; t < n_tok; t++) y[(size_t)t * ldy + r] = dot_scalar(wf + (size_t)r * ldw, x + (size_t)t * ldx, cols);
+}
+
+#ifdef PLM_X86
+/* ---- AVX2 ------------------------------------------------------------------------------------ */
+TARGET_AVX2 static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+TARGET_AVX2 static float dot_avx2(const float *a, const float *b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    float s = hsum256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+TARGET_AVX2 static void axpy_avx2(float *y, const float *x, float a, int n) {
+    __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+TARGET_AVX2 static void gemv_f32_avx2(const plm_matrix *w, const float *x, float *y, int r0, int r1) {
+    for (int r = r0; r < r1; r++) y[r] = dot_avx2((const float *)w->data + (size_t)r * w->cols, x, w->cols);
+}
+
+TARGET_AVX2 static void gemv_bf16_avx2(const plm_matrix *w, const float *x, float *y, int r0, int r1) {
+    const int n = w->cols;
+    for (int r = r0; r < r1; r++) {
+        const uint16_t *row = (const uint16_t *)w->data + (size_t)r * n;
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+        int c = 0;
+        for (; c + 16 <= n; c += 16) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(row + c));
+            __m256 lo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(raw)), 16));
+            __m256 hi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(raw, 1)), 16));
+            s0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + c), s0);
+            s1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + c + 8), s1);
+        }
+        float s = hsum256(_mm256_add_ps(s0, s1));
+        for (; c < n; c++) s += bf16_to_f32(row[c]) * x[c];
+        y[r] = s;
+    }
+}
+
+TARGET_AVX2 static inline __m256i dot_i8_32_avx2(__m256i w, __m256i xq) {
+    /* sum of w*x over 32 int8 pairs, as 8 int32 lanes: |w| * sign(x, w) keeps maddubs unsigned. */
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xq, w));
+    return _mm256_madd_epi16(p16, ones);
+}
+
+TARGET_AVX2 static void gemv_i8_avx2(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1) {
+    const int blocks = w->cols / 32;
+    for (int r = r0; r < r1; r++) {
+        const int8_t *row = (const int8_t *)w->data + (size_t)r * w->cols;
+        __m256 acc = _mm256_setzero_ps();
+        for (int b = 0; b < blocks; b++) {
+            __m256i d = dot_i8_32_avx2(_mm256_loadu_si256((const __m256i *)(row + 32 * b)), _mm256_loadu_si256((const __m256i *)(x->q + 32 * b)));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(x->scale[b]), _mm256_cvtepi32_ps(d), acc);
+        }
+        y[r] = hsum256(acc) * w->scale_f32[r];
+    }
+}
+
+TARGET_AVX2 static void gemv_i4_avx2(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1) {
+    const int blocks = w->cols / 32, per_group = w->group / 32;
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * (w->cols / 2);
+        const uint16_t *sc = w->scale_f16 + (size_t)r * (w->cols / w->group);
+        __m256 acc = _mm256_setzero_ps();
+        float corr = 0.f;
+        for (int b = 0; b < blocks; b++) {
+            __m128i packed = _mm_loadu_si128((const __m128i *)(row + 16 * b));
+            __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), _mm_and_si128(packed, mask)); /* values 0..31 in order, 0..15 */
+            __m256i xq = _mm256_loadu_si256((const __m256i *)(x->q + 32 * b));
+            __m256i d32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xq), ones);
+            const float ds = _cvtsh_ss(sc[b / per_group]) * x->scale[b];
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(ds), _mm256_cvtepi32_ps(d32), acc);
+            corr += ds * 8.f * (float)x->bsum[b]; /* (q - 8): subtract 8 * sum(x) */
+        }
+        y[r] = hsum256(acc) - corr;
+    }
+}
+
+/* ---- AVX-512 (+VNNI) -------------------------------------------------------------------------- */
+TARGET_AVX512 static float dot_avx512(const float *a, const float *b, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    if (i < n) {
+        __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+        i += 16;
+        if (i < n) {
+            m = (__mmask16)((1u << (n - i)) - 1);
+            s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s1);
+        }
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+TARGET_AVX512 static void axpy_avx512(float *y, const float *x, float a, int n) {
+    __m512 va = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+TARGET_AVX512 static void gemv_f32_avx512(const plm_matrix *w, const float *x, float *y, int r0, int r1) {
+    const int n = w->cols;
+    int r = r0;
+    /* Two rows at a time: each x load feeds two FMAs. */
+    for (; r + 2 <= r1; r += 2) {
+        const float *a = (const float *)w->data + (size_t)r * n, *b = a + n;
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+        int c = 0;
+        for (; c + 32 <= n; c += 32) {
+            __m512 x0 = _mm512_loadu_ps(x + c), x1 = _mm512_loadu_ps(x + c + 16);
+            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + c), x0, s0);
+            s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + c + 16), x1, s1);
+            s2 = _mm512_fmadd_ps(_mm512_loadu_ps(b + c), x0, s2);
+            s3 = _mm512_fmadd_ps(_mm512_loadu_ps(b + c + 16), x1, s3);
+        }
+        float ya = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)), yb = _mm512_reduce_add_ps(_mm512_add_ps(s2, s3));
+        for (; c < n; c++) { ya += a[c] * x[c]; yb += b[c] * x[c]; }
+        y[r] = ya;
+        y[r + 1] = yb;
+    }
+    for (; r < r1; r++) y[r] = dot_avx512((const float *)w->data + (size_t)r * n, x, n);
+}
+
+TARGET_AVX512 static void gemv_bf16_avx512(const plm_matrix *w, const float *x, float *y, int r0, int r1) {
+    const int n = w->cols;
+    for (int r = r0; r < r1; r++) {
+        const uint16_t *row = (const uint16_t *)w->data + (size_t)r * n;
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+        int c = 0;
+        for (; c + 32 <= n; c += 32) {
+            __m512i raw = _mm512_loadu_si512((const void *)(row + c));
+            __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(raw)), 16));
+            __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(raw, 1)), 16));
+            s0 = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + c), s0);
+            s1 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + c + 16), s1);
+        }
+        float s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+        for (; c < n; c++) s += bf16_to_f32(row[c]) * x[c];
+        y[r] = s;
+    }
+}
+
+/* Per-vector tables for the VNNI kernels: block scales repeated over the 8 int32 lanes a block
+ * of 32 int8 products lands in, and scale * block sum (for the +128 / -8 offsets). */
+typedef struct {
+    float *scale8; /* (n/32 * 8,) */
+    float *ssum8;  /* (n/32 * 8,) scale[b] * bsum[b] */
+    int n;
+} vnni_tables;
+
+static __thread float *tls_tables = NULL;
+static __thread int tls_tables_n = 0;
+
+static vnni_tables vnni_prepare(const plm_qvec *x) {
+    const int blocks = x->n / 32;
+    if (tls_tables_n < blocks * 16) {
+        free(tls_tables);
+        tls_tables = (float *)aligned_alloc(64, sizeof(float) * (size_t)((blocks * 16 + 31) / 16 * 16)); /* +16 floats: masked tails read past the end */
+        tls_tables_n = blocks * 16;
+    }
+    vnni_tables t = {tls_tables, tls_tables + blocks * 8, x->n};
+    for (int b = 0; b < blocks; b++)
+        for (int i = 0; i < 8; i++) {
+            t.scale8[8 * b + i] = x->scale[b];
+            t.ssum8[8 * b + i] = x->scale[b] * (float)x->bsum[b];
+        }
+    return t;
+}
+
+TARGET_AVX512 static void gemv_i8_avx512(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1) {
+    const int n = w->cols;
+    const vnni_tables t = vnni_prepare(x);
+    /* w is the unsigned operand: (w ^ 0x80) = w + 128, corrected by 128 * sum_b scale_b * bsum_b. */
+    float corr = 0.f;
+    for (int b = 0; b < n / 32; b++) corr += x->scale[b] * (float)x->bsum[b];
+    corr *= 128.f;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    int r = r0;
+    for (; r + 2 <= r1; r += 2) {
+        const int8_t *a = (const int8_t *)w->data + (size_t)r * n, *b = a + n;
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        for (int c = 0; c < n; c += 64) {
+            const __mmask64 m = c + 64 <= n ? ~(__mmask64)0 : (__mmask64)0xffffffffu; /* a trailing 32-value block */
+            __m512i xq = _mm512_maskz_loadu_epi8(m, (const void *)(x->q + c));
+            __m512 sc = _mm512_loadu_ps(t.scale8 + c / 4);
+            __m512i da = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, (const void *)(a + c)), flip), xq);
+            __m512i db = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, (const void *)(b + c)), flip), xq);
+            acc0 = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(da), acc0);
+            acc1 = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(db), acc1);
+        }
+        y[r] = (_mm512_reduce_add_ps(acc0) - corr) * w->scale_f32[r];
+        y[r + 1] = (_mm512_reduce_add_ps(acc1) - corr) * w->scale_f32[r + 1];
+    }
+    for (; r < r1; r++) {
+        const int8_t *a = (const int8_t *)w->data + (size_t)r * n;
+        __m512 acc0 = _mm512_setzero_ps();
+        for (int c = 0; c < n; c += 64) {
+            const __mmask64 m = c + 64 <= n ? ~(__mmask64)0 : (__mmask64)0xffffffffu;
+            __m512i xq = _mm512_maskz_loadu_epi8(m, (const void *)(x->q + c));
+            __m512i da = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, (const void *)(a + c)), flip), xq);
+            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(t.scale8 + c / 4), _mm512_cvtepi32_ps(da), acc0);
+        }
+        y[r] = (_mm512_reduce_add_ps(acc0) - corr) * w->scale_f32[r];
+    }
+}
+
+TARGET_AVX512 static inline __m512i unpack_q4x64(const uint8_t *p) {
+    /* 32 bytes = two 32-value blocks (Q4_0 layout) -> 64 values 0..15 in order. */
+    const __m256i mask = _mm256_set1_epi8(0x0f);
+    __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    __m256i lo = _mm256_and_si256(v, mask), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); /* [b0lo b1lo b0hi b1hi] */
+    return _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));           /* [b0lo b0hi b1lo b1hi] */
+}
+
+TARGET_AVX512 static void gemv_i4_avx512(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1) {
+    const int n = w->cols, per_group = w->group / 32;
+    const vnni_tables t = vnni_prepare(x);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * (n / 2);
+        const uint16_t *sc = w->scale_f16 + (size_t)r * (n / w->group);
+        __m512 acc = _mm512_setzero_ps();
+        int c = 0;
+        for (; c + 64 <= n; c += 64) {
+            const int b = c / 32;
+            __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_q4x64(row + c / 2), _mm512_loadu_si512((const void *)(x->q + c)));
+            __m512 dw = _mm512_insertf32x8(_mm512_set1_ps(_cvtsh_ss(sc[b / per_group])), _mm256_set1_ps(_cvtsh_ss(sc[(b + 1) / per_group])), 1);
+            /* dw * (scale * dot - scale * bsum) sums to d * scale * (dot - 8 * bsum) over a block's 8 lanes */
+            __m512 v = _mm512_fmsub_ps(_mm512_loadu_ps(t.scale8 + c / 4), _mm512_cvtepi32_ps(d), _mm512_loadu_ps(t.ssum8 + c / 4));
+            acc = _mm512_fmadd_ps(dw, v, acc);
+        }
+        float s = _mm512_reduce_add_ps(acc);
+        for (; c < n; c += 32) { /* one trailing 32-value block */
+            const int b = c / 32;
+            int32_t dot = 0;
+            for (int j = 0; j < 16; j++) dot += ((row[16 * b + j] & 0x0f) - 8) * x->q[c + j] + ((row[16 * b + j] >> 4) - 8) * x->q[c + j + 16];
+            s += _cvtsh_ss(sc[b / per_group]) * x->scale[b] * (float)dot;
+        }
+        y[r] = s;
+    }
+}
+
+/* 4 rows x 4 tokens register tile: 16 accumulators, 8 loads per 16 FMAs. */
+TARGET_AVX512 static void gemm_f32_avx512(const float *wf, int ldw, const float *x, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols) {
+    const int c16 = cols & ~15;
+    const __mmask16 tail = (__mmask16)((1u << (cols - c16)) - 1);
+    int r = 0;
+    for (; r + 4 <= n_rows; r += 4) {
+        const float *w0 = wf + (size_t)r * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+        int t = 0;
+        for (; t + 4 <= n_tok; t += 4) {
+            const float *x0 = x + (size_t)t * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
+            __m512 a[16];
+            for (int i = 0; i < 16; i++) a[i] = _mm512_setzero_ps();
+            for (int c = 0; c <= cols - 16 || (c < cols && tail); c += 16) {
+                const int full = c + 16 <= cols;
+                const __mmask16 m = full ? 0xffff : tail;
+                __m512 vw0 = _mm512_maskz_loadu_ps(m, w0 + c), vw1 = _mm512_maskz_loadu_ps(m, w1 + c);
+                __m512 vw2 = _mm512_maskz_loadu_ps(m, w2 + c), vw3 = _mm512_maskz_loadu_ps(m, w3 + c);
+                __m512 vx0 = _mm512_maskz_loadu_ps(m, x0 + c), vx1 = _mm512_maskz_loadu_ps(m, x1 + c);
+                __m512 vx2 = _mm512_maskz_loadu_ps(m, x2 + c), vx3 = _mm512_maskz_loadu_ps(m, x3 + c);
+                a[0] = _mm512_fmadd_ps(vw0, vx0, a[0]); a[1] = _mm512_fmadd_ps(vw0, vx1, a[1]);
+                a[2] = _mm512_fmadd_ps(vw0, vx2, a[2]); a[3] = _mm512_fmadd_ps(vw0, vx3, a[3]);
+                a[4] = _mm512_fmadd_ps(vw1, vx0, a[4]); a[5] = _mm512_fmadd_ps(vw1, vx1, a[5]);
+                a[6] = _mm512_fmadd_ps(vw1, vx2, a[6]); a[7] = _mm512_fmadd_ps(vw1, vx3, a[7]);
+                a[8] = _mm512_fmadd_ps(vw2, vx0, a[8]); a[9] = _mm512_fmadd_ps(vw2, vx1, a[9]);
+                a[10] = _mm512_fmadd_ps(vw2, vx2, a[10]); a[11] = _mm512_fmadd_ps(vw2, vx3, a[11]);
+                a[12] = _mm512_fmadd_ps(vw3, vx0, a[12]); a[13] = _mm512_fmadd_ps(vw3, vx1, a[13]);
+                a[14] = _mm512_fmadd_ps(vw3, vx2, a[14]); a[15] = _mm512_fmadd_ps(vw3, vx3, a[15]);
+                if (!full) break;
+            }
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) y[(size_t)(t + j) * ldy + r + i] = _mm512_reduce_add_ps(a[4 * i + j]);
+        }
+        for (; t < n_tok; t++)
+            for (int i = 0; i < 4; i++) y[(size_t)t * ldy + r + i] = dot_avx512(wf + (size_t)(r + i) * ldw, x + (size_t)t * ldx, cols);
+    }
+    for (; r < n_rows; r++)
+        for (int t = 0; t < n_tok; t++) y[(size_t)t * ldy + r] = dot_avx512(wf + (size_t)r * ldw, x + (size_t)t * ldx, cols);
+}
+
+TARGET_AVX2 static void gemm_f32_avx2(const float *wf, int ldw, const float *x, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols) {
+    for (int r = 0; r < n_rows; r++)
+        for (int t = 0; t < n_tok; t++) y[(size_t)t * ldy + r] = dot_avx2(wf + (size_t)r * ldw, x + (size_t)t * ldx, cols);
+}
+
+#endif /* PLM_X86 */
+
+void plm_select_kernels(plm_kernels *k, const char *force) {
+#ifdef PLM_X86
+    __builtin_cpu_init();
+    int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (force && *force) {
+        if (!strcmp(force, "scalar")) { avx512 = 0; avx2 = 0; }
+        else if (!strcmp(force, "avx2")) { avx512 = 0; }
+    }
+    if (avx512) {
+        *k = (plm_kernels){"avx512-vnni", gemv_f32_avx512, gemv_bf16_avx512, gemv_i8_avx512, gemv_i4_avx512, gemm_f32_avx512, dot_avx512, axpy_avx512};
+    } else if (avx2) {
+        *k = (plm_kernels){"avx2", gemv_f32_avx2, gemv_bf16_avx2, gemv_i8_avx2, gemv_i4_avx2, gemm_f32_avx2, dot_avx2, axpy_avx2};
+    } else {
+        *k = (plm_kernels){"scalar", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, dot_scalar, axpy_scalar};
+    }
+#else
+    (void)force;
+    *k = (plm_kernels){"scalar", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, dot_scalar, axpy_scalar};
+#endif
+}

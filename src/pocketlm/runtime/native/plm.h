@@ -1,0 +1,86 @@
+/* PocketLM native CPU inference: shared declarations.
+ *
+ * One forward pass (prefill of T tokens or decode of 1) of the Llama-style decoder over weights
+ * that stay memory-mapped in their final layout. Kernels come in AVX-512, AVX2 and portable
+ * variants chosen at run time from the CPU's features. */
+#ifndef PLM_H
+#define PLM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { PLM_F32 = 0, PLM_BF16 = 1, PLM_I8 = 2, PLM_I4 = 3 } plm_dtype;
+
+/* A weight matrix W of shape (rows=out, cols=in), row-major.
+ * F32/BF16: plain values. I8: int8 values, one float scale per row (w = q * scale[row]).
+ * I4: per group of `group` values along a row, `group/2` bytes: byte j holds value j in its low
+ *     nibble and value j + group/2 in its high nibble (Q4_0 layout for group 32); one fp16 scale
+ *     per group (w = (q - 8) * scale). */
+typedef struct {
+    plm_dtype dtype;
+    int rows, cols, group;
+    const void *data;
+    const float *scale_f32;    /* I8 */
+    const uint16_t *scale_f16; /* I4: rows * (cols / group) */
+} plm_matrix;
+
+typedef struct {
+    const float *attn_norm, *ffn_norm; /* (dim,) */
+    const float *bq, *bk, *bv;         /* optional q/k/v biases or NULL */
+    plm_matrix wq, wk, wv, wo, wgate, wup, wdown;
+} plm_layer;
+
+/* Activations quantised for the integer kernels: int8 values in blocks of 32 with a float scale. */
+typedef struct {
+    int8_t *q;      /* (n,) */
+    float *scale;   /* (n / 32,) */
+    int32_t *bsum;  /* (n / 32,) sum of q per block */
+    int n;
+} plm_qvec;
+
+/* Kernel table filled at start-up for the best instruction set available. */
+typedef struct {
+    const char *name;
+    /* y[r] = dot(W[r, :], x) for r in [r0, r1); x is float (F32/BF16) or quantised (I8/I4). */
+    void (*gemv_f32)(const plm_matrix *w, const float *x, float *y, int r0, int r1);
+    void (*gemv_bf16)(const plm_matrix *w, const float *x, float *y, int r0, int r1);
+    void (*gemv_i8)(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1);
+    void (*gemv_i4)(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1);
+    /* Y[t, r] = dot(Wf[r, :], X[t, :]) for a block of rows held as float (dequantised) weights:
+     * rows [r0, r1) of a (n_rows_total, cols) float block `wf` whose row 0 is matrix row `wrow0`. */
+    void (*gemm_f32)(const float *wf, int ldw, const float *x, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols);
+    float (*dot)(const float *a, const float *b, int n);
+    void (*axpy)(float *y, const float *x, float a, int n); /* y += a * x */
+} plm_kernels;
+
+void plm_select_kernels(plm_kernels *k, const char *force);
+void plm_quantize_vec(const float *x, int n, plm_qvec *out);
+void plm_dequant_rows(const plm_matrix *w, int r0, int r1, float *out); /* (r1 - r0, cols) */
+float plm_f16_to_f32(uint16_t h);
+
+/* ---- thread pool ---------------------------------------------------------------------------- */
+typedef void (*plm_task_fn)(void *arg, int ith, int nth);
+typedef struct plm_pool plm_pool;
+plm_pool *plm_pool_create(int n_threads);
+void plm_pool_run(plm_pool *pool, plm_task_fn fn, void *arg);
+int plm_pool_size(const plm_pool *pool);
+void plm_pool_destroy(plm_pool *pool);
+
+/* ---- model ---------------------------------------------------------------------------------- */
+typedef struct {
+    int vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, max_seq, max_batch, n_slots;
+    float rope_theta, norm_eps;
+} plm_config;
+
+typedef struct plm_model plm_model;
+plm_model *plm_model_create(const plm_config *cfg, const plm_matrix *embed, const plm_matrix *lm_head,
+                            const float *final_norm, const plm_layer *layers, int n_threads, const char *isa);
+/* Run tokens[0..n): token i sits at position positions[i] of sequence slots[i] (each slot has its
+ * own KV cache of max_seq positions; several sequences can share one call: continuous batching).
+ * Writes the logits of the last token (or of every token when all_logits) into `logits`.
+ * Returns 0; -1 when a position is outside the context; -2 for a bad token id; -4 for a bad slot. */
+int plm_model_forward(plm_model *m, const int32_t *tokens, const int32_t *positions, const int32_t *slots, int n, float *logits, int all_logits);
+const char *plm_model_isa(const plm_model *m);
+void plm_model_destroy(plm_model *m);
+
+#endif

@@ -1,0 +1,113 @@
+/* A tiny thread pool for the forward pass: the caller is thread 0, workers spin briefly on a
+ * generation counter (decode steps come every few hundred microseconds) and then sleep on a
+ * condition variable, so an idle engine uses no CPU. */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "plm.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+#define SPIN_ROUNDS 200000 /* ~ a millisecond of pause instructions before sleeping */
+
+struct plm_pool {
+    int n;
+    pthread_t *threads;
+    atomic_uint generation;
+    atomic_int remaining;
+    atomic_int stop;
+    plm_task_fn fn;
+    void *arg;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+};
+
+typedef struct {
+    plm_pool *pool;
+    int ith;
+    unsigned seen; /* the generation at creation: a task posted before the thread runs is not missed */
+} worker_arg;
+
+static void *worker(void *p) {
+    worker_arg *wa = (worker_arg *)p;
+    plm_pool *pool = wa->pool;
+    const int ith = wa->ith;
+    unsigned seen = wa->seen;
+    free(wa);
+    for (;;) {
+        unsigned gen;
+        int spins = 0;
+        while ((gen = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen && !atomic_load(&pool->stop)) {
+            if (++spins < SPIN_ROUNDS) {
+                CPU_RELAX();
+            } else {
+                pthread_mutex_lock(&pool->lock);
+                while (atomic_load(&pool->generation) == seen && !atomic_load(&pool->stop)) pthread_cond_wait(&pool->wake, &pool->lock);
+                pthread_mutex_unlock(&pool->lock);
+                spins = 0;
+            }
+        }
+        if (atomic_load(&pool->stop)) return NULL;
+        seen = gen;
+        pool->fn(pool->arg, ith, pool->n);
+        atomic_fetch_sub_explicit(&pool->remaining, 1, memory_order_release);
+    }
+}
+
+plm_pool *plm_pool_create(int n_threads) {
+    plm_pool *pool = (plm_pool *)calloc(1, sizeof(plm_pool));
+    if (!pool) return NULL;
+    pool->n = n_threads < 1 ? 1 : n_threads;
+    atomic_init(&pool->generation, 0);
+    atomic_init(&pool->remaining, 0);
+    atomic_init(&pool->stop, 0);
+    pthread_mutex_init(&pool->lock, NULL);
+    pthread_cond_init(&pool->wake, NULL);
+    pool->threads = (pthread_t *)calloc((size_t)pool->n, sizeof(pthread_t));
+    for (int i = 1; i < pool->n; i++) {
+        worker_arg *wa = (worker_arg *)malloc(sizeof(worker_arg));
+        wa->pool = pool;
+        wa->ith = i;
+        wa->seen = atomic_load(&pool->generation);
+        pthread_create(&pool->threads[i], NULL, worker, wa);
+    }
+    return pool;
+}
+
+int plm_pool_size(const plm_pool *pool) { return pool->n; }
+
+void plm_pool_run(plm_pool *pool, plm_task_fn fn, void *arg) {
+    if (pool->n == 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    pool->fn = fn;
+    pool->arg = arg;
+    atomic_store(&pool->remaining, pool->n - 1);
+    pthread_mutex_lock(&pool->lock);
+    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
+    pthread_cond_broadcast(&pool->wake);
+    pthread_mutex_unlock(&pool->lock);
+    fn(arg, 0, pool->n);
+    while (atomic_load_explicit(&pool->remaining, memory_order_acquire) > 0) CPU_RELAX();
+}
+
+void plm_pool_destroy(plm_pool *pool) {
+    if (!pool) return;
+    pthread_mutex_lock(&pool->lock);
+    atomic_store(&pool->stop, 1);
+    pthread_cond_broadcast(&pool->wake);
+    pthread_mutex_unlock(&pool->lock);
+    for (int i = 1; i < pool->n; i++) pthread_join(pool->threads[i], NULL);
+    pthread_mutex_destroy(&pool->lock);
+    pthread_cond_destroy(&pool->wake);
+    free(pool->threads);
+    free(pool);
+}

@@ -1,0 +1,105 @@
+"""The text `pocketlm plan` prints (library side of the command)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pocketlm.common.errors import ConfigError
+from pocketlm.common.units import format_bytes, format_count
+
+
+def run_plan(args: argparse.Namespace) -> str:
+    """Measure and describe the requested shape (or the candidates); return the report text."""
+    from pocketlm.common.device import resolve_device, resolve_precision
+    from pocketlm.data.token_shards import TokenShards
+    from pocketlm.model.config import ModelConfig
+    from pocketlm.model.presets import PRESETS, preset_config
+    from pocketlm.train.budget import parse_budget
+    from pocketlm.train.plan import (
+        DEFAULT_CANDIDATES,
+        PlanRow,
+        measure_step_seconds,
+        memory_estimate,
+        plan_sizes,
+        recommend,
+        runtime_baseline_bytes,
+    )
+
+    text = args.budget.strip()
+    budget = parse_budget(
+        f"{text} tokens" if text[-1:] in ("k", "K", "M", "B", "G") else text
+    )  # "20M": tokens; "10m": minutes
+    corpus_tokens = None
+    if args.tokens:
+        shards = TokenShards(args.tokens)
+        vocab = shards.vocab_size
+        corpus_tokens = shards.manifest["summary"]["splits"]["train"]["tokens"]
+    elif args.vocab_size:
+        vocab = args.vocab_size
+    else:
+        raise ConfigError("give --tokens DIR (or --vocab-size N) so the plan knows the vocabulary")
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    baseline = runtime_baseline_bytes()
+    if args.preset or args.dim:
+        if args.preset:
+            config = preset_config(args.preset, vocab_size=vocab, max_seq_len=args.ctx)
+            name = args.preset
+        else:
+            if not (args.layers and args.heads):
+                raise ConfigError("with --dim also give --layers and --heads")
+            config = ModelConfig(
+                vocab_size=vocab,
+                dim=args.dim,
+                n_layers=args.layers,
+                n_heads=args.heads,
+                n_kv_heads=args.kv_heads or args.heads,
+                max_seq_len=args.ctx,
+            )
+            name = f"{args.layers}x{args.dim}"
+        rows = [
+            PlanRow(
+                name,
+                config,
+                measure_step_seconds(
+                    config,
+                    batch_size=args.batch_size,
+                    ctx=args.ctx,
+                    device=device,
+                    precision=precision,
+                ),
+                args.batch_size * args.ctx,
+            )
+        ]
+    else:
+        rows = plan_sizes(
+            vocab, args.ctx, args.batch_size, device, precision, DEFAULT_CANDIDATES, budget=budget
+        )
+    best = recommend(rows, budget)
+    lines = [
+        f"plan on {device} ({precision}), batch {args.batch_size} x {args.ctx} tokens, vocab {vocab}, budget {budget.describe()}",
+        f"process baseline (Python, torch): {format_bytes(baseline)}",
+        "",
+    ]
+    header = f"{'model':<14}{'params':>8}{'memory':>10}{'weights':>9}{'optim':>9}{'activ.':>9}{'step':>8}{'tok/s':>8}{'tokens':>9}{'epochs':>8}"
+    lines.append(header)
+    for r in rows:
+        mem = memory_estimate(r.config, batch_size=args.batch_size, ctx=args.ctx)
+        tokens = r.tokens_in(budget)
+        epochs = f"{tokens / corpus_tokens:.1f}" if corpus_tokens else "-"
+        mark = "  <- recommended" if r is best else ""
+        lines.append(
+            f"{r.name:<14}{format_count(r.config.num_params()):>8}{format_bytes(mem['total'] + baseline):>10}{format_bytes(mem['weights']):>9}"
+            f"{format_bytes(mem['optimizer']):>9}{format_bytes(mem['activations']):>9}{r.seconds_per_step:>7.2f}s{format_count(r.tokens_per_s):>8}"
+            f"{format_count(tokens):>9}{epochs:>8}{mark}"
+        )
+    hint = (
+        f": pocketlm pretrain --model {best.name} --budget {args.budget} ..."
+        if best.name in PRESETS
+        else ""
+    )
+    lines += [
+        "",
+        f"recommended: {best.name} ({format_count(best.config.num_params())} parameters){hint}",
+    ]
+    return "\n".join(lines)

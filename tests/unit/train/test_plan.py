@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pocketlm.model.config import ModelConfig
+from pocketlm.train.budget import parse_budget
+from pocketlm.train.plan import PlanRow, memory_estimate, recommend
+
+_PROBE = """
+import json, resource, sys, torch, torch.nn.functional as F
+from pocketlm.model.config import ModelConfig
+from pocketlm.model.transformer import build_model
+from pocketlm.train.plan import memory_estimate, runtime_baseline_bytes
+d, L, h, V, B, T = map(int, sys.argv[1:7])
+torch.set_num_threads(1)
+base = runtime_baseline_bytes()
+cfg = ModelConfig(vocab_size=V, dim=d, n_layers=L, n_heads=h, n_kv_heads=h, max_seq_len=T)
+model = build_model(cfg)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+x = torch.randint(0, V, (B, T)); y = torch.randint(0, V, (B, T))
+for _ in range(2):
+    F.cross_entropy(model(x).float().view(-1, V), y.view(-1)).backward(); opt.step(); opt.zero_grad(set_to_none=True)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"estimate": memory_estimate(cfg, batch_size=B, ctx=T)["total"] + base, "peak": peak}))
+"""
+
+
+@pytest.mark.parametrize(
+    "shape", ["128 4 4 4096 16 256", "256 6 8 4096 8 256", "192 6 6 8192 4 512"]
+)
+def test_memory_estimate_is_within_25_percent_of_peak_rss(shape):
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, *shape.split()], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert 0.75 <= r["estimate"] / r["peak"] <= 1.25, r
+
+
+def test_recommend_picks_the_largest_size_the_budget_can_feed():
+    small = PlanRow(
+        "s", ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=2, n_kv_heads=2), 0.01, 1000
+    )
+    large = PlanRow(
+        "l", ModelConfig(vocab_size=512, dim=256, n_layers=8, n_heads=4, n_kv_heads=4), 0.1, 1000
+    )
+    # l has 6.4M non-embedding parameters: it needs >= 64M tokens = 64k steps of 1000 tokens
+    assert recommend([small, large], parse_budget("100000 steps")).name == "l"
+    assert recommend([small, large], parse_budget("50000 steps")).name == "s"
+    assert (
+        recommend([large], parse_budget("20 steps")).name == "l"
+    )  # nothing fits: the smallest given
+
+
+def test_memory_estimate_parts():
+    cfg = ModelConfig(vocab_size=1000, dim=64, n_layers=2, n_heads=2, n_kv_heads=2)
+    m = memory_estimate(cfg, batch_size=2, ctx=16)
+    assert (
+        m["weights"] == m["grads"] == 4 * cfg.num_params()
+        and m["optimizer"] == 8 * cfg.num_params()
+    )
+    assert m["total"] == sum(v for k, v in m.items() if k != "total")
+
+
+def test_plan_cli(synthetic_pipeline):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pocketlm",
+            "plan",
+            "--tokens",
+            str(synthetic_pipeline["tokens"]),
+            "--layers",
+            "2",
+            "--dim",
+            "32",
+            "--heads",
+            "2",
+            "--ctx",
+            "32",
+            "--batch-size",
+            "4",
+            "--budget",
+            "1M",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "recommended: 2x32" in r.stdout and "epochs" in r.stdout and "tok/s" in r.stdout
