@@ -8,14 +8,19 @@ from collections.abc import Sequence
 
 from pocketlm import __version__
 from pocketlm.cli import (
+    bench_cmd,
+    chat_cmd,
     data_cmd,
     eval_cmd,
     export_cmd,
     generate_cmd,
     inspect_cmd,
     plan_cmd,
+    presets_cmd,
     pretrain_cmd,
+    quantize_cmd,
     quickstart_cmd,
+    serve_cmd,
     tokenizer_cmd,
 )
 from pocketlm.cli.options import HelpFormatter
@@ -27,13 +32,16 @@ The life of a model, one command per stage (each writes a directory with a manif
   data build       text files / folders / 'stdlib' / HF datasets -> clean, deduplicated corpus
   tokenizer train  corpus -> byte-level BPE tokenizer
   data encode      corpus + tokenizer -> token shards
+  presets          the named model sizes: parameters, FLOPs and KV bytes per token
   plan             what each model size costs (memory, step time) and buys in a budget
   pretrain         token shards -> a Llama-compatible model (checkpoints, metrics, loss plot)
   generate         stream text from a model
+  chat             chat with a model in the terminal
+  serve            an OpenAI-compatible local server and chat page
   eval             validation loss and bits per byte
   quantize         bf16 / int8 / int4 weights, with the quality cost measured
   bench            prefill/decode tokens/s, time to first token, memory
-  export hf        a directory transformers loads as is
+  export hf|gguf   a directory transformers loads / one file llama.cpp and Ollama run
   inspect          what an artifact is, how it was made, from which parents
 
 Start here:  pocketlm quickstart      (the whole pipeline on Python's own stdlib text)
@@ -48,10 +56,15 @@ _COMMANDS = (
     quickstart_cmd,
     data_cmd,
     tokenizer_cmd,
+    presets_cmd,
     plan_cmd,
     pretrain_cmd,
     generate_cmd,
+    chat_cmd,
+    serve_cmd,
     eval_cmd,
+    quantize_cmd,
+    bench_cmd,
     export_cmd,
     inspect_cmd,
 )

@@ -34,6 +34,18 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def gpu_may_be_present() -> bool:
+    """False only when no CUDA/ROCm device node exists and the OS has no MPS (no torch import)."""
+    import sys
+    from pathlib import Path
+
+    if sys.platform == "darwin" or not sys.platform.startswith("linux"):
+        return True  # MPS, or an OS we cannot inspect: let torch decide
+    return any(
+        Path(node).exists() for node in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+    )
+
+
 def cpu_supports_bf16() -> bool:
     """True when this x86 CPU has native bf16 dot products (AVX512-BF16 or AMX)."""
     import torch

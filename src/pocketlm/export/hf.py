@@ -62,6 +62,7 @@ _REPRESENTED_FIELDS = frozenset(
         "tie_embeddings",
         "qkv_bias",
         "init_std",
+        "dropout",  # training only: nothing to represent at inference
     }
 )
 

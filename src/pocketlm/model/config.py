@@ -26,6 +26,9 @@ class ModelConfig:
     tie_embeddings: bool = True
     qkv_bias: bool = False  # Qwen2-style bias on q/k/v projections
     init_std: float = 0.02
+    dropout: float = (
+        0.0  # training only: on attention weights and on each block's output (multi-epoch data)
+    )
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len"):
@@ -39,6 +42,8 @@ class ModelConfig:
             raise ConfigError(
                 f"model.dim ({self.dim}) must be divisible by model.n_heads ({self.n_heads}), or set model.head_dim"
             )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.resolved_head_dim % 2:
             raise ConfigError(
                 f"head dimension must be even for rotary embeddings, got {self.resolved_head_dim}"

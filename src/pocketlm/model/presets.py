@@ -13,37 +13,27 @@ PRESETS: dict[str, dict] = {
     "pico-1m": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, ffn_dim=384),
     "nano-3m": dict(dim=192, n_layers=6, n_heads=6, n_kv_heads=3, ffn_dim=512),
     "micro-6m": dict(dim=256, n_layers=8, n_heads=8, n_kv_heads=4, ffn_dim=704),
-    "mini-15m": dict(dim=320, n_layers=14, n_heads=8, n_kv_heads=4, ffn_dim=896),
-    "small-30m": dict(dim=448, n_layers=16, n_heads=8, n_kv_heads=4, ffn_dim=1216),
-    "base-50m": dict(dim=512, n_layers=24, n_heads=8, n_kv_heads=4, ffn_dim=1408),
-    "medium-85m": dict(
-        dim=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dim=1536
-    ),  # MobileLLM-like
+    # From here on deep and thin (MobileLLM): more layers rather than width.
+    "mini-15m": dict(dim=288, n_layers=14, n_heads=6, n_kv_heads=3, ffn_dim=768),
+    "small-30m": dict(dim=448, n_layers=12, n_heads=8, n_kv_heads=4, ffn_dim=1216),
+    "base-50m": dict(dim=512, n_layers=16, n_heads=8, n_kv_heads=4, ffn_dim=1408),
+    "medium-85m": dict(dim=576, n_layers=22, n_heads=9, n_kv_heads=3, ffn_dim=1536),
+    # SmolLM2-135M's shape; its own 49k vocabulary applies only when you ask for it
     "smollm2-135m": dict(
-        dim=576,
-        n_layers=30,
-        n_heads=9,
-        n_kv_heads=3,
-        ffn_dim=1536,
-        vocab_size=49152,
-        max_seq_len=2048,
-        rope_theta=100000.0,
+        dim=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dim=1536, rope_theta=100000.0
     ),
     "large-150m": dict(dim=640, n_layers=32, n_heads=10, n_kv_heads=5, ffn_dim=1728),
 }
+SMOLLM2_VOCAB = 49152
 
 
 def preset_config(name: str, **overrides: object) -> ModelConfig:
-    """ModelConfig for a named preset; overrides (e.g. vocab_size) win, except a preset's own vocab."""
+    """ModelConfig for a named preset; overrides (vocab_size, max_seq_len, ...) win."""
     if name not in PRESETS:
         close = difflib.get_close_matches(name, list(PRESETS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"unknown model preset '{name}'{hint} (presets: {', '.join(PRESETS)})")
-    values = (
-        {**overrides, **PRESETS[name]}
-        if "vocab_size" in PRESETS[name]
-        else {**PRESETS[name], **overrides}
-    )
+    values = {**PRESETS[name], **overrides}
     return ModelConfig(
         **{
             k: v

@@ -64,6 +64,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.dim, config.kv_dim, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.dim, config.kv_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(config.q_dim, config.dim, bias=False)
+        self.dropout = config.dropout
 
     def forward(
         self,
@@ -114,7 +115,12 @@ class Attention(nn.Module):
                 .reshape(batch, self.n_heads, v.shape[2], self.head_dim)
             )
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal and mask is None and seq > 1
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal and mask is None and seq > 1,
         )
         out = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)  # (B, T, H*hd)
         return self.o_proj(out)
@@ -142,6 +148,7 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
         self.input_layernorm = RMSNorm(config.dim, config.norm_eps)
         self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
+        self.resid_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def forward(
         self,
@@ -152,8 +159,10 @@ class DecoderLayer(nn.Module):
         positions: torch.Tensor | None,
         uniform: int | None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, positions, uniform)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.resid_dropout(
+            self.self_attn(self.input_layernorm(x), cos, sin, cache, positions, uniform)
+        )
+        return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
 class Decoder(nn.Module):

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
 from pocketlm.common.errors import InputError, PocketLMError
 from pocketlm.runtime.backends import ForwardBackend
-from pocketlm.runtime.sampling import SamplingParams, make_generator, sample_next
+from pocketlm.runtime.sampling import SamplingParams, make_generator, process_logits, sample_next
 from pocketlm.tokenizer.tokenizer import StreamDecoder, Tokenizer
 
 FinishReason = Literal["stop", "length"]
@@ -40,6 +40,15 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log-probability and its top alternatives, under the processed logits."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
+
+
+@dataclass(frozen=True)
 class GenerationChunk:
     """One generated token's worth of output: new complete text and the token id(s) behind it.
 
@@ -52,6 +61,7 @@ class GenerationChunk:
     token_ids: tuple[int, ...]
     finish_reason: FinishReason | None = None
     timings: Timings | None = None
+    logprob: TokenLogprob | None = None  # only when the SequenceState was asked for logprobs
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,26 @@ def held_back_length(text: str, stops: Sequence[str]) -> int:
     return longest
 
 
+def token_logprob(
+    logits: np.ndarray,
+    params: SamplingParams,
+    token: int,
+    top: int,
+    previous_ids: Sequence[int] = (),
+) -> TokenLogprob:
+    """Log-softmax of the processed logits at `token`, plus the `top` most likely finite tokens."""
+    scores = process_logits(logits, params, previous_ids).astype(np.float64)  # (V,)
+    peak = scores.max()
+    logsm = scores - (peak + np.log(np.exp(scores - peak).sum()))  # (V,) log-probabilities
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        k = min(top, logsm.shape[0])
+        idx = np.argpartition(-logsm, k - 1)[:k]  # (k,) unordered
+        idx = idx[np.lexsort((idx, -logsm[idx]))]  # most likely first, ties by lower id
+        best = tuple((int(i), float(logsm[i])) for i in idx if np.isfinite(logsm[i]))
+    return TokenLogprob(int(token), float(logsm[token]), best)
+
+
 def _check_logits(logits: np.ndarray) -> None:
     """Raise PocketLMError for NaN or +inf logits, or when every token is -inf."""
     if np.isfinite(logits).all():
@@ -89,7 +119,11 @@ def _check_logits(logits: np.ndarray) -> None:
 
 
 class SequenceState:
-    """One sequence's sampling and stopping: feed it logits, get chunks, until it finishes."""
+    """One sequence's sampling and stopping: feed it logits, get chunks, until it finishes.
+
+    logprobs: None (off, no extra work), or how many top alternatives each chunk's
+    `logprob` lists besides the sampled token (0 = the sampled token only).
+    """
 
     def __init__(
         self,
@@ -98,8 +132,10 @@ class SequenceState:
         prompt_ids: Sequence[int],
         *,
         max_new_tokens: int,
+        logprobs: int | None = None,
     ) -> None:
         self.params = params
+        self.logprobs = logprobs
         self.stop_ids = frozenset({tokenizer.eos_id, tokenizer.end_of_turn_id})
         self.max_new_tokens = max_new_tokens  # the params' limit, capped by the room in context
         self.generator = make_generator(params.seed)
@@ -123,21 +159,29 @@ class SequenceState:
                 f"the logits give no valid distribution to sample from ({exc}); "
                 "try a higher --temperature or --precision fp32"
             ) from exc
+        if self.logprobs is not None:
+            lp = token_logprob(logits, self.params, token, self.logprobs, previous)
         self.generated.append(token)
         if self.params.repetition_penalty != 1.0:
             self.seen.append(token)
+        chunk = self._advance(token)
+        if self.logprobs is not None:
+            chunk = replace(chunk, logprob=lp)
+        return token, chunk
+
+    def _advance(self, token: int) -> GenerationChunk:
         if token in self.stop_ids:
-            return token, self._finish(token, "stop", self.decoder.flush())
+            return self._finish(token, "stop", self.decoder.flush())
         text = self.pending + self.decoder.push(token)
         cut = self._first_stop(text)
         if cut is not None:
             self.finish_reason = "stop"
-            return token, GenerationChunk(text[:cut], (token,), "stop")
+            return GenerationChunk(text[:cut], (token,), "stop")
         if len(self.generated) >= self.max_new_tokens:
-            return token, self._finish(token, "length", self.decoder.flush(), text)
+            return self._finish(token, "length", self.decoder.flush(), text)
         hold = held_back_length(text, self.params.stop)
         self.pending = text[len(text) - hold :]
-        return token, GenerationChunk(text[: len(text) - hold], (token,))
+        return GenerationChunk(text[: len(text) - hold], (token,))
 
     def _first_stop(self, text: str) -> int | None:
         hits = [i for i in (text.find(s) for s in self.params.stop) if i >= 0]
@@ -234,7 +278,7 @@ class GenerationEngine:
             token, chunk = state.step(logits)
             decode_s += time.perf_counter() - start
         timings = Timings(len(ids), len(state.generated), prefill_s, decode_s)
-        yield GenerationChunk(chunk.text, chunk.token_ids, chunk.finish_reason, timings)
+        yield replace(chunk, timings=timings)
 
     def complete(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pocketlm.common.device import gpu_may_be_present
 from pocketlm.common.errors import ConfigError, PocketLMError
 from pocketlm.common.log import get_logger
 from pocketlm.runtime.backends import ForwardBackend
@@ -35,20 +36,42 @@ def load_engine(
     "auto" (native when the device is the CPU and precision auto/fp32, falling back to torch).
     threads: native backend threads (0 = its default).
     """
+    return GenerationEngine(
+        *open_backend(
+            model,
+            device=device,
+            precision=precision,
+            max_len=max_len,
+            backend=backend,
+            threads=threads,
+        )
+    )
+
+
+def open_backend(
+    model: str | Path,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    max_len: int | None = None,
+    backend: str = "auto",
+    threads: int = 0,
+) -> tuple[ForwardBackend, Tokenizer]:
+    """(forward backend, tokenizer) for a model, chosen as load_engine describes."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
     if backend == "native":
-        _check_native_settings(device, precision)
-    if backend == "native" or (backend == "auto" and _native_fits(device, precision)):
-        opened = _open_native(model, threads=threads, max_len=max_len, required=backend == "native")
+        check_native_settings(device, precision)
+    if backend == "native" or (backend == "auto" and native_fits(device, precision)):
+        opened = open_native(model, threads=threads, max_len=max_len, required=backend == "native")
         if opened is not None:
-            return GenerationEngine(*opened)
-    return _load_torch(model, device=device, precision=precision, max_len=max_len)
+            return opened
+    return _open_torch(model, device=device, precision=precision, max_len=max_len)
 
 
-def _load_torch(
+def _open_torch(
     model: str | Path, *, device: str, precision: str, max_len: int | None
-) -> GenerationEngine:
+) -> tuple[ForwardBackend, Tokenizer]:
     from pocketlm.checkpoint.model_io import load_model
     from pocketlm.common.device import resolve_device, resolve_precision, torch_dtype
     from pocketlm.runtime.torch_backend import TorchBackend
@@ -56,11 +79,10 @@ def _load_torch(
     dev = resolve_device(device)
     dtype = torch_dtype(resolve_precision(precision, dev))
     loaded = load_model(model, device=dev, dtype=dtype)
-    backend = TorchBackend(loaded.model, device=dev, dtype=dtype, max_len=max_len)
-    return GenerationEngine(backend, loaded.tokenizer)
+    return TorchBackend(loaded.model, device=dev, dtype=dtype, max_len=max_len), loaded.tokenizer
 
 
-def _check_native_settings(device: str, precision: str) -> None:
+def check_native_settings(device: str, precision: str) -> None:
     if device.strip().lower() not in ("auto", "cpu"):
         raise ConfigError(
             f"the native backend runs on the CPU only, not on device {device!r}: "
@@ -73,7 +95,7 @@ def _check_native_settings(device: str, precision: str) -> None:
         )
 
 
-def _native_fits(device: str, precision: str) -> bool:
+def native_fits(device: str, precision: str) -> bool:
     """True when "auto" should try the native backend: the model would run on the CPU in fp32."""
     if precision not in ("auto", "fp32"):
         return False
@@ -86,34 +108,24 @@ def _native_fits(device: str, precision: str) -> bool:
 
     if importlib.util.find_spec("torch") is None:
         return True  # no torch: the CPU is all there is
-    if "torch" not in sys.modules and not _gpu_may_be_present():
+    if "torch" not in sys.modules and not gpu_may_be_present():
         return True  # no GPU device nodes: resolving would import torch only to pick the CPU
     from pocketlm.common.device import resolve_device
 
     return resolve_device("auto").type == "cpu"
 
 
-def _gpu_may_be_present() -> bool:
-    """False only when no CUDA/ROCm device node exists and the OS has no MPS (no torch import)."""
-    if sys.platform == "darwin":
-        return True
-    if not sys.platform.startswith("linux"):
-        return True  # unknown: let torch decide
-    return any(
-        Path(node).exists() for node in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
-    )
-
-
-def _open_native(
-    model: str | Path, *, threads: int, max_len: int | None, required: bool
+def open_native(
+    model: str | Path, *, threads: int, max_len: int | None, required: bool, slots: int = 1
 ) -> tuple[ForwardBackend, Tokenizer] | None:
-    """The native backend and tokenizer, or None (logged) when it cannot run and is not required."""
+    """The native backend (with `slots` sequences) and tokenizer, or None (logged) when it cannot
+    run and is not required."""
     try:
         from pocketlm.runtime.native_backend import NativeUnavailable, open_native_backend
     except ImportError as exc:
         return _native_failed(f"it is not available in this install ({exc})", required)
     try:
-        return open_native_backend(model, threads=threads, max_len=max_len)
+        return open_native_backend(model, threads=threads, max_len=max_len, slots=slots)
     except NativeUnavailable as exc:
         return _native_failed(str(exc), required)
 

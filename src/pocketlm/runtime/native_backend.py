@@ -185,6 +185,19 @@ class NativeBackend:
         """Append one token; logits (V,) for the next position."""
         return self._run(np.array([token_id], dtype=np.int32))
 
+    def extend(self, token_ids: Any) -> np.ndarray:
+        """Append tokens; logits (n, V) after each of them (speculative verification)."""
+        ids = np.ascontiguousarray(token_ids, dtype=np.int32)
+        if self._position + ids.shape[0] > self._context_length:
+            raise InputError(
+                f"context full: {self._position} tokens + {ids.shape[0]} new exceed the context of {self._context_length}"
+            )
+        return self.forward_all(ids, self._position)
+
+    def truncate(self, position: int) -> None:
+        """Forget everything after `position` tokens (later writes overwrite the cache)."""
+        self._position = min(self._position, max(0, position))
+
     def forward_all(self, token_ids: Any, start: int = 0) -> np.ndarray:
         """Logits (T, V) for every position of token_ids placed at `start` in slot 0 (tests, eval)."""
         ids = np.ascontiguousarray(token_ids, dtype=np.int32)
@@ -195,6 +208,24 @@ class NativeBackend:
         )
         self._position = start + n
         return out
+
+    def prefill_slot(self, slot: int, token_ids: Any, start: int) -> np.ndarray:
+        """Continuous batching: append tokens to one slot's sequence at `start`; logits (V,) after the last."""
+        ids = np.ascontiguousarray(token_ids, dtype=np.int32)
+        n = ids.shape[0]
+        out = np.empty(self.config.vocab_size, dtype=np.float32)
+        self._model.forward(
+            ids,
+            np.arange(start, start + n, dtype=np.int32),
+            np.full(n, slot, dtype=np.int32),
+            out,
+            False,
+        )
+        return out
+
+    def profile(self, enable: bool = True) -> dict[str, float]:
+        """Seconds spent per phase (embed, norm, qkv, attention, ffn, lm_head, ...) since the last call."""
+        return self._model.profile(enable)
 
     def forward_batch(self, token_ids: Any, positions: Any, slots: Any) -> np.ndarray:
         """Continuous batching: token i at positions[i] of sequence slots[i]; logits (n, V) for each."""

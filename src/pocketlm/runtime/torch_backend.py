@@ -90,3 +90,18 @@ class TorchBackend:
             ids = torch.tensor([[token_id]], dtype=torch.long, device=self.torch_device)  # (1, 1)
             logits = self.model(ids, cache)  # (1, 1, V)
             return logits[0, -1].float().cpu().numpy()
+
+    def extend(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Append tokens; float32 logits (n, V) after each of them (speculative verification)."""
+        n = len(token_ids)
+        cache = self._room_for(n)
+        with torch.inference_mode():
+            ids = torch.tensor(
+                [list(token_ids)], dtype=torch.long, device=self.torch_device
+            )  # (1, n)
+            return self.model(ids, cache)[0].float().cpu().numpy()  # (n, V)
+
+    def truncate(self, position: int) -> None:
+        """Forget everything after `position` tokens (masked by position, overwritten later)."""
+        if self._cache is not None:
+            self._cache.reset_row(0, min(self.position, max(0, position)))

@@ -10,7 +10,7 @@ from typing import Literal
 class OptimConfig:
     """AdamW (and Muon for hidden matrices when kind='muon')."""
 
-    kind: Literal["adamw", "muon"] = "adamw"
+    kind: Literal["adamw", "muon"] = "muon"  # Muon for hidden matrices, AdamW for the rest
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
     betas: tuple[float, ...] = (0.9, 0.95)

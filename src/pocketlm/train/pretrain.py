@@ -21,6 +21,7 @@ from pocketlm.data.token_shards import TokenShards
 from pocketlm.evals.bpb import evaluate_bpb, token_byte_lengths
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.presets import preset_config
+from pocketlm.model.summary import describe as describe_shape
 from pocketlm.model.transformer import build_model
 from pocketlm.tokenizer.tokenizer import Tokenizer
 from pocketlm.train.config import TrainConfig
@@ -41,6 +42,7 @@ class ShapeConfig:
     tie_embeddings: bool = True
     qkv_bias: bool = False
     rope_theta: float = 10000.0
+    dropout: float = 0.0  # helps when the budget runs many epochs over a small corpus
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ def resolve_model_config(shape: ShapeConfig, vocab_size: int, ctx: int) -> Model
         tie_embeddings=shape.tie_embeddings,
         qkv_bias=shape.qkv_bias,
         rope_theta=shape.rope_theta,
+        dropout=shape.dropout,
     )
     if shape.preset:
         return preset_config(shape.preset, **common, **explicit)
@@ -168,7 +171,7 @@ def pretrain_task(
         flops_per_token=model_config.flops_per_token(tc.ctx, training=True),
         describe={
             "model": model_config.to_dict(),
-            "params": model_config.num_params(),
+            **describe_shape(model_config, tc.ctx),
             "tokens_dir": str(tokens_dir),
             "validation": "val" if has_val else "train (no val split)",
         },

@@ -137,11 +137,15 @@ def test_llama_cpp_gives_the_same_greedy_tokens(model_dir, tmp_path, kind):
     with torch.no_grad():
         for _ in range(12):
             ids.append(int(loaded.model(torch.tensor([ids]))[0, -1].argmax()))
+
+    def last_logits():  # logits of the last evaluated token (llm.scores is only kept with logits_all)
+        return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
+
     llm.reset()
     got = list(prompt)
     llm.eval(prompt)
     for _ in range(12):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(np.argmax(last_logits()))
         got.append(token)
         llm.eval([token])
     assert got == ids

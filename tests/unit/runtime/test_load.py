@@ -62,7 +62,7 @@ def native(monkeypatch, model_dir):
     module.calls = []
     module.fail = None
 
-    def open_native_backend(model, *, threads=0, max_len=None):
+    def open_native_backend(model, *, threads=0, max_len=None, slots=1):
         module.calls.append((Path(model), threads, max_len))
         if module.fail is not None:
             raise NativeUnavailable(module.fail)
@@ -120,11 +120,11 @@ def test_auto_device_without_gpu_nodes_does_not_import_torch():
     code = (
         "import sys\n"
         "from pocketlm.runtime import load\n"
-        "load._gpu_may_be_present = lambda: False\n"
-        "print(load._native_fits('auto', 'auto'), 'torch' in sys.modules)\n"
+        "load.gpu_may_be_present = lambda: False\n"
+        "print(load.native_fits('auto', 'auto'), 'torch' in sys.modules)\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert proc.stdout.split() == ["True", "False"], proc.stdout + proc.stderr
-    assert not load._native_fits("cuda", "auto") and not load._native_fits("cpu", "fp16")
+    assert not load.native_fits("cuda", "auto") and not load.native_fits("cpu", "fp16")

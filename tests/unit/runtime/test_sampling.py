@@ -70,7 +70,9 @@ def test_top_p_keeps_smallest_set_with_enough_mass(values, p):
     assert mass >= p - 1e-5  # enough mass ...
     assert mass - min(probs[i] for i in keep) < p + 1e-5  # ... and no token could be dropped
     best_dropped = max((probs[i] for i in set(range(len(values))) - keep), default=-1.0)
-    assert best_dropped <= min(probs[i] for i in keep)  # the most likely tokens are the ones kept
+    assert (
+        best_dropped <= min(probs[i] for i in keep) + 1e-6
+    )  # the most likely are kept (up to float ties)
 
 
 def test_top_p_worked_example():

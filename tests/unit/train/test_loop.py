@@ -171,7 +171,9 @@ def test_nan_guard_stops_before_the_optimizer_step_and_saves_nothing_after(
 
 def test_budget_too_small_for_one_step(synthetic_pipeline, tmp_path):
     with pytest.raises(ConfigError, match="too small for a single training step"):
-        pretrain(synthetic_pipeline["tokens"], tmp_path / "run", tiny_pretrain_config("0.000000001s"))
+        pretrain(
+            synthetic_pipeline["tokens"], tmp_path / "run", tiny_pretrain_config("0.000000001s")
+        )
 
 
 def test_time_budget_is_respected(synthetic_pipeline, tmp_path):

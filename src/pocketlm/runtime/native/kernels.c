@@ -61,6 +61,10 @@ void plm_quantize_vec(const float *x, int n, plm_qvec *out) {
         }
         out->scale[b] = scale;
         out->bsum[b] = sum;
+        for (int i = 0; i < 8; i++) {
+            out->scale8[8 * b + i] = scale;
+            out->ssum8[8 * b + i] = scale * (float)sum;
+        }
     }
 }
 
@@ -313,36 +317,9 @@ TARGET_AVX512 static void gemv_bf16_avx512(const plm_matrix *w, const float *x, 
     }
 }
 
-/* Per-vector tables for the VNNI kernels: block scales repeated over the 8 int32 lanes a block
- * of 32 int8 products lands in, and scale * block sum (for the +128 / -8 offsets). */
-typedef struct {
-    float *scale8; /* (n/32 * 8,) */
-    float *ssum8;  /* (n/32 * 8,) scale[b] * bsum[b] */
-    int n;
-} vnni_tables;
-
-static __thread float *tls_tables = NULL;
-static __thread int tls_tables_n = 0;
-
-static vnni_tables vnni_prepare(const plm_qvec *x) {
-    const int blocks = x->n / 32;
-    if (tls_tables_n < blocks * 16) {
-        free(tls_tables);
-        tls_tables = (float *)aligned_alloc(64, sizeof(float) * (size_t)((blocks * 16 + 31) / 16 * 16)); /* +16 floats: masked tails read past the end */
-        tls_tables_n = blocks * 16;
-    }
-    vnni_tables t = {tls_tables, tls_tables + blocks * 8, x->n};
-    for (int b = 0; b < blocks; b++)
-        for (int i = 0; i < 8; i++) {
-            t.scale8[8 * b + i] = x->scale[b];
-            t.ssum8[8 * b + i] = x->scale[b] * (float)x->bsum[b];
-        }
-    return t;
-}
-
 TARGET_AVX512 static void gemv_i8_avx512(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1) {
     const int n = w->cols;
-    const vnni_tables t = vnni_prepare(x);
+    const plm_qvec *t = x;
     /* w is the unsigned operand: (w ^ 0x80) = w + 128, corrected by 128 * sum_b scale_b * bsum_b. */
     float corr = 0.f;
     for (int b = 0; b < n / 32; b++) corr += x->scale[b] * (float)x->bsum[b];
@@ -355,7 +332,7 @@ TARGET_AVX512 static void gemv_i8_avx512(const plm_matrix *w, const plm_qvec *x,
         for (int c = 0; c < n; c += 64) {
             const __mmask64 m = c + 64 <= n ? ~(__mmask64)0 : (__mmask64)0xffffffffu; /* a trailing 32-value block */
             __m512i xq = _mm512_maskz_loadu_epi8(m, (const void *)(x->q + c));
-            __m512 sc = _mm512_loadu_ps(t.scale8 + c / 4);
+            __m512 sc = _mm512_loadu_ps(t->scale8 + c / 4);
             __m512i da = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, (const void *)(a + c)), flip), xq);
             __m512i db = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, (const void *)(b + c)), flip), xq);
             acc0 = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(da), acc0);
@@ -371,7 +348,7 @@ TARGET_AVX512 static void gemv_i8_avx512(const plm_matrix *w, const plm_qvec *x,
             const __mmask64 m = c + 64 <= n ? ~(__mmask64)0 : (__mmask64)0xffffffffu;
             __m512i xq = _mm512_maskz_loadu_epi8(m, (const void *)(x->q + c));
             __m512i da = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, (const void *)(a + c)), flip), xq);
-            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(t.scale8 + c / 4), _mm512_cvtepi32_ps(da), acc0);
+            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(t->scale8 + c / 4), _mm512_cvtepi32_ps(da), acc0);
         }
         y[r] = (_mm512_reduce_add_ps(acc0) - corr) * w->scale_f32[r];
     }
@@ -388,7 +365,7 @@ TARGET_AVX512 static inline __m512i unpack_q4x64(const uint8_t *p) {
 
 TARGET_AVX512 static void gemv_i4_avx512(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1) {
     const int n = w->cols, per_group = w->group / 32;
-    const vnni_tables t = vnni_prepare(x);
+    const plm_qvec *t = x;
     for (int r = r0; r < r1; r++) {
         const uint8_t *row = (const uint8_t *)w->data + (size_t)r * (n / 2);
         const uint16_t *sc = w->scale_f16 + (size_t)r * (n / w->group);
@@ -399,7 +376,7 @@ TARGET_AVX512 static void gemv_i4_avx512(const plm_matrix *w, const plm_qvec *x,
             __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_q4x64(row + c / 2), _mm512_loadu_si512((const void *)(x->q + c)));
             __m512 dw = _mm512_insertf32x8(_mm512_set1_ps(_cvtsh_ss(sc[b / per_group])), _mm256_set1_ps(_cvtsh_ss(sc[(b + 1) / per_group])), 1);
             /* dw * (scale * dot - scale * bsum) sums to d * scale * (dot - 8 * bsum) over a block's 8 lanes */
-            __m512 v = _mm512_fmsub_ps(_mm512_loadu_ps(t.scale8 + c / 4), _mm512_cvtepi32_ps(d), _mm512_loadu_ps(t.ssum8 + c / 4));
+            __m512 v = _mm512_fmsub_ps(_mm512_loadu_ps(t->scale8 + c / 4), _mm512_cvtepi32_ps(d), _mm512_loadu_ps(t->ssum8 + c / 4));
             acc = _mm512_fmadd_ps(dw, v, acc);
         }
         float s = _mm512_reduce_add_ps(acc);
@@ -413,7 +390,19 @@ TARGET_AVX512 static void gemv_i4_avx512(const plm_matrix *w, const plm_qvec *x,
     }
 }
 
-/* 4 rows x 4 tokens register tile: 16 accumulators, 8 loads per 16 FMAs. */
+/* Four 16-lane accumulators -> one __m128 of their four sums, in order (hadd tree, no scalar). */
+TARGET_AVX512 static inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+    __m256 ab = _mm256_hadd_ps(a8, b8), cd = _mm256_hadd_ps(c8, d8);
+    __m256 abcd = _mm256_hadd_ps(ab, cd); /* per 128-bit lane: [a, b, c, d] partial sums */
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+/* 4 tokens x 4 rows register tile: 16 accumulators, 8 loads per 16 FMAs, then a reduction tree
+ * that leaves each token's 4 outputs in one vector (stored contiguously). */
 TARGET_AVX512 static void gemm_f32_avx512(const float *wf, int ldw, const float *x, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols) {
     const int c16 = cols & ~15;
     const __mmask16 tail = (__mmask16)((1u << (cols - c16)) - 1);
@@ -423,33 +412,51 @@ TARGET_AVX512 static void gemm_f32_avx512(const float *wf, int ldw, const float 
         int t = 0;
         for (; t + 4 <= n_tok; t += 4) {
             const float *x0 = x + (size_t)t * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
-            __m512 a[16];
+            __m512 a[16]; /* a[4 * token + row] */
             for (int i = 0; i < 16; i++) a[i] = _mm512_setzero_ps();
-            for (int c = 0; c <= cols - 16 || (c < cols && tail); c += 16) {
-                const int full = c + 16 <= cols;
-                const __mmask16 m = full ? 0xffff : tail;
+            for (int c = 0; c < cols; c += 16) {
+                const __mmask16 m = c < c16 ? (__mmask16)0xffff : tail;
                 __m512 vw0 = _mm512_maskz_loadu_ps(m, w0 + c), vw1 = _mm512_maskz_loadu_ps(m, w1 + c);
                 __m512 vw2 = _mm512_maskz_loadu_ps(m, w2 + c), vw3 = _mm512_maskz_loadu_ps(m, w3 + c);
                 __m512 vx0 = _mm512_maskz_loadu_ps(m, x0 + c), vx1 = _mm512_maskz_loadu_ps(m, x1 + c);
                 __m512 vx2 = _mm512_maskz_loadu_ps(m, x2 + c), vx3 = _mm512_maskz_loadu_ps(m, x3 + c);
-                a[0] = _mm512_fmadd_ps(vw0, vx0, a[0]); a[1] = _mm512_fmadd_ps(vw0, vx1, a[1]);
-                a[2] = _mm512_fmadd_ps(vw0, vx2, a[2]); a[3] = _mm512_fmadd_ps(vw0, vx3, a[3]);
-                a[4] = _mm512_fmadd_ps(vw1, vx0, a[4]); a[5] = _mm512_fmadd_ps(vw1, vx1, a[5]);
-                a[6] = _mm512_fmadd_ps(vw1, vx2, a[6]); a[7] = _mm512_fmadd_ps(vw1, vx3, a[7]);
-                a[8] = _mm512_fmadd_ps(vw2, vx0, a[8]); a[9] = _mm512_fmadd_ps(vw2, vx1, a[9]);
-                a[10] = _mm512_fmadd_ps(vw2, vx2, a[10]); a[11] = _mm512_fmadd_ps(vw2, vx3, a[11]);
-                a[12] = _mm512_fmadd_ps(vw3, vx0, a[12]); a[13] = _mm512_fmadd_ps(vw3, vx1, a[13]);
-                a[14] = _mm512_fmadd_ps(vw3, vx2, a[14]); a[15] = _mm512_fmadd_ps(vw3, vx3, a[15]);
-                if (!full) break;
+                a[0] = _mm512_fmadd_ps(vx0, vw0, a[0]); a[1] = _mm512_fmadd_ps(vx0, vw1, a[1]);
+                a[2] = _mm512_fmadd_ps(vx0, vw2, a[2]); a[3] = _mm512_fmadd_ps(vx0, vw3, a[3]);
+                a[4] = _mm512_fmadd_ps(vx1, vw0, a[4]); a[5] = _mm512_fmadd_ps(vx1, vw1, a[5]);
+                a[6] = _mm512_fmadd_ps(vx1, vw2, a[6]); a[7] = _mm512_fmadd_ps(vx1, vw3, a[7]);
+                a[8] = _mm512_fmadd_ps(vx2, vw0, a[8]); a[9] = _mm512_fmadd_ps(vx2, vw1, a[9]);
+                a[10] = _mm512_fmadd_ps(vx2, vw2, a[10]); a[11] = _mm512_fmadd_ps(vx2, vw3, a[11]);
+                a[12] = _mm512_fmadd_ps(vx3, vw0, a[12]); a[13] = _mm512_fmadd_ps(vx3, vw1, a[13]);
+                a[14] = _mm512_fmadd_ps(vx3, vw2, a[14]); a[15] = _mm512_fmadd_ps(vx3, vw3, a[15]);
             }
-            for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++) y[(size_t)(t + j) * ldy + r + i] = _mm512_reduce_add_ps(a[4 * i + j]);
+            for (int j = 0; j < 4; j++) _mm_storeu_ps(y + (size_t)(t + j) * ldy + r, reduce4(a[4 * j], a[4 * j + 1], a[4 * j + 2], a[4 * j + 3]));
         }
-        for (; t < n_tok; t++)
-            for (int i = 0; i < 4; i++) y[(size_t)t * ldy + r + i] = dot_avx512(wf + (size_t)(r + i) * ldw, x + (size_t)t * ldx, cols);
+        for (; t < n_tok; t++) { /* a lone token: the same accumulation order as in the tile */
+            const float *x0 = x + (size_t)t * ldx;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int c = 0; c < cols; c += 16) {
+                const __mmask16 m = c < c16 ? (__mmask16)0xffff : tail;
+                __m512 vx = _mm512_maskz_loadu_ps(m, x0 + c);
+                a0 = _mm512_fmadd_ps(vx, _mm512_maskz_loadu_ps(m, w0 + c), a0);
+                a1 = _mm512_fmadd_ps(vx, _mm512_maskz_loadu_ps(m, w1 + c), a1);
+                a2 = _mm512_fmadd_ps(vx, _mm512_maskz_loadu_ps(m, w2 + c), a2);
+                a3 = _mm512_fmadd_ps(vx, _mm512_maskz_loadu_ps(m, w3 + c), a3);
+            }
+            _mm_storeu_ps(y + (size_t)t * ldy + r, reduce4(a0, a1, a2, a3));
+        }
     }
-    for (; r < n_rows; r++)
-        for (int t = 0; t < n_tok; t++) y[(size_t)t * ldy + r] = dot_avx512(wf + (size_t)r * ldw, x + (size_t)t * ldx, cols);
+    for (; r < n_rows; r++) { /* trailing rows: one accumulator each, reduced the same way */
+        const float *w0 = wf + (size_t)r * ldw;
+        for (int t = 0; t < n_tok; t++) {
+            const float *x0 = x + (size_t)t * ldx;
+            __m512 a0 = _mm512_setzero_ps(), z = _mm512_setzero_ps();
+            for (int c = 0; c < cols; c += 16) {
+                const __mmask16 m = c < c16 ? (__mmask16)0xffff : tail;
+                a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x0 + c), _mm512_maskz_loadu_ps(m, w0 + c), a0);
+            }
+            y[(size_t)t * ldy + r] = _mm_cvtss_f32(reduce4(a0, z, z, z));
+        }
+    }
 }
 
 TARGET_AVX2 static void gemm_f32_avx2(const float *wf, int ldw, const float *x, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols) {

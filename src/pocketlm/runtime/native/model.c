@@ -3,10 +3,13 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "plm.h"
 
 #define ROW_BLOCK 16 /* rows dequantised at a time for prefill GEMMs */
+#define GEMV_MAX 16  /* up to this many tokens per call (decode, batched decode) run the GEMV kernels:
+                        exactly the arithmetic of a single sequence's decode, weights read once */
 
 struct plm_model {
     plm_config cfg;
@@ -21,8 +24,30 @@ struct plm_model {
     float *rope_cos, *rope_sin; /* (max_seq, head_dim / 2) */
     float *x, *xn, *q, *kk, *vv, *att, *hb, *hb2, *scores; /* activations for max_batch tokens */
     float *wscratch;           /* per thread: ROW_BLOCK * max(dim, ffn) dequantised weights */
-    plm_qvec qv[2];            /* quantised activation vectors (two live at once: gate/up share one) */
+    plm_qvec qv[2][GEMV_MAX];  /* quantised activations per token (two inputs live at once) */
+    int profiling;
+    double prof[PLM_PROF_N], prof_t;
 };
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Charge the time since the last mark to `phase` (a no-op unless profiling). */
+static inline void mark(plm_model *m, int phase) {
+    if (!m->profiling) return;
+    const double t = now_s();
+    if (phase >= 0) m->prof[phase] += t - m->prof_t;
+    m->prof_t = t;
+}
+
+void plm_model_profile(plm_model *m, int enable, double *out) {
+    if (out) memcpy(out, m->prof, sizeof(m->prof));
+    memset(m->prof, 0, sizeof(m->prof));
+    m->profiling = enable;
+}
 
 static size_t kv_dim(const plm_config *c) { return (size_t)c->n_kv_heads * c->head_dim; }
 static size_t q_dim(const plm_config *c) { return (size_t)c->n_heads * c->head_dim; }
@@ -37,15 +62,21 @@ static int qvec_alloc(plm_qvec *v, int n) {
     v->q = (int8_t *)xalloc((size_t)n + 64);
     v->scale = (float *)xalloc(sizeof(float) * (size_t)(n / 32 + 2));
     v->bsum = (int32_t *)xalloc(sizeof(int32_t) * (size_t)(n / 32 + 2));
+    v->scale8 = (float *)xalloc(sizeof(float) * (size_t)(n / 32 * 8 + 32)); /* masked tails read 16 past the end */
+    v->ssum8 = (float *)xalloc(sizeof(float) * (size_t)(n / 32 * 8 + 32));
     v->n = n;
-    return v->q && v->scale && v->bsum;
+    return v->q && v->scale && v->bsum && v->scale8 && v->ssum8;
+}
+
+static void qvec_free(plm_qvec *v) {
+    free(v->q); free(v->scale); free(v->bsum); free(v->scale8); free(v->ssum8);
 }
 
 /* ---- matrix products over the pool -------------------------------------------------------- */
 typedef struct {
     const plm_matrix *w;
     const float *x;      /* (n_tok, w->cols) float input */
-    const plm_qvec *xq;  /* decode with integer weights: the quantised input */
+    const plm_qvec *xq;  /* GEMV path with integer weights: one quantised vector per token */
     float *y;            /* (n_tok, w->rows) */
 } mm_job;
 
@@ -66,12 +97,20 @@ static void mm_worker(void *p, int ith, int nth) {
         int r0 = ith * per, r1 = r0 + per;
         if (r1 > w->rows) r1 = w->rows;
         if (r0 >= r1) continue;
-        if (t->n_tok == 1) {
-            switch (w->dtype) {
-                case PLM_F32: m->k.gemv_f32(w, job->x, job->y, r0, r1); break;
-                case PLM_BF16: m->k.gemv_bf16(w, job->x, job->y, r0, r1); break;
-                case PLM_I8: m->k.gemv_i8(w, job->xq, job->y, r0, r1); break;
-                case PLM_I4: m->k.gemv_i4(w, job->xq, job->y, r0, r1); break;
+        if (t->n_tok <= GEMV_MAX) {
+            /* Blocks of 8 rows: each block is read from memory once and stays in L1 for every token. */
+            for (int rb = r0; rb < r1; rb += 8) {
+                const int re = rb + 8 < r1 ? rb + 8 : r1;
+                for (int tok = 0; tok < t->n_tok; tok++) {
+                    const float *x = job->x + (size_t)tok * w->cols;
+                    float *y = job->y + (size_t)tok * w->rows;
+                    switch (w->dtype) {
+                        case PLM_F32: m->k.gemv_f32(w, x, y, rb, re); break;
+                        case PLM_BF16: m->k.gemv_bf16(w, x, y, rb, re); break;
+                        case PLM_I8: m->k.gemv_i8(w, &job->xq[tok], y, rb, re); break;
+                        case PLM_I4: m->k.gemv_i4(w, &job->xq[tok], y, rb, re); break;
+                    }
+                }
             }
             continue;
         }
@@ -97,11 +136,11 @@ static void matmul(plm_model *m, int n_tok, int n_jobs, mm_job *jobs) {
     plm_pool_run(m->pool, mm_worker, &t);
 }
 
-/* For decode with integer weights the input is quantised once and shared by every row. */
+/* On the GEMV path with integer weights each token's input is quantised once, shared by every row. */
 static const plm_qvec *maybe_quantize(plm_model *m, const plm_matrix *w, const float *x, int slot, int n_tok) {
-    if (n_tok != 1 || (w->dtype != PLM_I8 && w->dtype != PLM_I4)) return NULL;
-    plm_quantize_vec(x, w->cols, &m->qv[slot]);
-    return &m->qv[slot];
+    if (n_tok > GEMV_MAX || (w->dtype != PLM_I8 && w->dtype != PLM_I4)) return NULL;
+    for (int t = 0; t < n_tok; t++) plm_quantize_vec(x + (size_t)t * w->cols, w->cols, &m->qv[slot][t]);
+    return m->qv[slot];
 }
 
 /* ---- attention ------------------------------------------------------------------------------ */
@@ -176,13 +215,17 @@ static void forward_chunk(plm_model *m, const int32_t *tokens, const int32_t *po
     const size_t kvd = kv_dim(c), qd = q_dim(c);
     m->pos = pos;
     m->slot = slot;
+    mark(m, -1);
     for (int t = 0; t < n; t++) plm_dequant_rows(&m->embed, tokens[t], tokens[t] + 1, m->x + (size_t)t * dim);
+    mark(m, PLM_PROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
         const plm_layer *L = &m->layers[l];
         for (int t = 0; t < n; t++) rmsnorm(m->xn + (size_t)t * dim, m->x + (size_t)t * dim, L->attn_norm, dim, c->norm_eps);
+        mark(m, PLM_PROF_NORM);
         const plm_qvec *xq = maybe_quantize(m, &L->wq, m->xn, 0, n);
         mm_job qkv[3] = {{&L->wq, m->xn, xq, m->q}, {&L->wk, m->xn, xq, m->kk}, {&L->wv, m->xn, xq, m->vv}};
         matmul(m, n, 3, qkv);
+        mark(m, PLM_PROF_QKV);
         for (int t = 0; t < n; t++) {
             float *q = m->q + (size_t)t * qd, *k = m->kk + (size_t)t * kvd, *v = m->vv + (size_t)t * kvd;
             if (L->bq) for (size_t i = 0; i < qd; i++) q[i] += L->bq[i];
@@ -193,36 +236,44 @@ static void forward_chunk(plm_model *m, const int32_t *tokens, const int32_t *po
             memcpy(m->k_cache + cache_offset(m, slot[t], l, pos[t]), k, sizeof(float) * kvd);
             memcpy(m->v_cache + cache_offset(m, slot[t], l, pos[t]), v, sizeof(float) * kvd);
         }
+        mark(m, PLM_PROF_ROPE_CACHE);
         att_task at = {m, l, n};
         plm_pool_run(m->pool, att_worker, &at);
+        mark(m, PLM_PROF_ATTENTION);
         const plm_qvec *aq = maybe_quantize(m, &L->wo, m->att, 0, n);
         mm_job o = {&L->wo, m->att, aq, m->xn}; /* xn is free again: reuse it for the projection */
         matmul(m, n, 1, &o);
         for (size_t i = 0; i < (size_t)n * dim; i++) m->x[i] += m->xn[i];
+        mark(m, PLM_PROF_OPROJ);
         for (int t = 0; t < n; t++) rmsnorm(m->xn + (size_t)t * dim, m->x + (size_t)t * dim, L->ffn_norm, dim, c->norm_eps);
+        mark(m, PLM_PROF_NORM);
         const plm_qvec *fq = maybe_quantize(m, &L->wgate, m->xn, 0, n);
         mm_job gu[2] = {{&L->wgate, m->xn, fq, m->hb}, {&L->wup, m->xn, fq, m->hb2}};
         matmul(m, n, 2, gu);
+        mark(m, PLM_PROF_FFN_UP);
         for (size_t i = 0; i < (size_t)n * ffn; i++) {
             const float g = m->hb[i];
             m->hb[i] = g / (1.0f + expf(-g)) * m->hb2[i];
         }
+        mark(m, PLM_PROF_SWIGLU);
         const plm_qvec *dq = maybe_quantize(m, &L->wdown, m->hb, 1, n);
         mm_job d = {&L->wdown, m->hb, dq, m->xn};
         matmul(m, n, 1, &d);
         for (size_t i = 0; i < (size_t)n * dim; i++) m->x[i] += m->xn[i];
+        mark(m, PLM_PROF_FFN_DOWN);
     }
     if (!need_logits) return;
     if (all_logits) {
         for (int t = 0; t < n; t++) rmsnorm(m->xn + (size_t)t * dim, m->x + (size_t)t * dim, m->final_norm, dim, c->norm_eps);
         mm_job head = {&m->lm_head, m->xn, NULL, logits};
-        if (n == 1) head.xq = maybe_quantize(m, &m->lm_head, m->xn, 0, 1);
+        head.xq = maybe_quantize(m, &m->lm_head, m->xn, 0, n);
         matmul(m, n, 1, &head);
     } else {
         rmsnorm(m->xn, m->x + (size_t)(n - 1) * dim, m->final_norm, dim, c->norm_eps);
         mm_job head = {&m->lm_head, m->xn, maybe_quantize(m, &m->lm_head, m->xn, 0, 1), logits};
         matmul(m, 1, 1, &head);
     }
+    mark(m, PLM_PROF_HEAD);
 }
 
 int plm_model_forward(plm_model *m, const int32_t *tokens, const int32_t *positions, const int32_t *slots, int n, float *logits, int all_logits) {
@@ -270,7 +321,9 @@ plm_model *plm_model_create(const plm_config *cfg, const plm_matrix *embed, cons
     m->scores = (float *)xalloc(sizeof(float) * (size_t)plm_pool_size(m->pool) * cfg->max_seq);
     m->wscratch = (float *)xalloc(sizeof(float) * (size_t)plm_pool_size(m->pool) * ROW_BLOCK * wide);
     int ok = m->k_cache && m->v_cache && m->rope_cos && m->rope_sin && m->x && m->xn && m->q && m->kk && m->vv && m->att && m->hb &&
-             m->hb2 && m->scores && m->wscratch && qvec_alloc(&m->qv[0], (int)wide) && qvec_alloc(&m->qv[1], (int)wide);
+             m->hb2 && m->scores && m->wscratch;
+    for (int i = 0; ok && i < 2; i++)
+        for (int t = 0; ok && t < GEMV_MAX; t++) ok = qvec_alloc(&m->qv[i][t], (int)wide);
     if (!ok) {
         plm_model_destroy(m);
         return NULL;
@@ -296,7 +349,7 @@ void plm_model_destroy(plm_model *m) {
     free(m->k_cache); free(m->v_cache); free(m->rope_cos); free(m->rope_sin);
     free(m->x); free(m->xn); free(m->q); free(m->kk); free(m->vv); free(m->att); free(m->hb); free(m->hb2);
     free(m->scores); free(m->wscratch);
-    free(m->qv[0].q); free(m->qv[0].scale); free(m->qv[0].bsum);
-    free(m->qv[1].q); free(m->qv[1].scale); free(m->qv[1].bsum);
+    for (int i = 0; i < 2; i++)
+        for (int t = 0; t < GEMV_MAX; t++) qvec_free(&m->qv[i][t]);
     free(m);
 }

@@ -156,6 +156,21 @@ static PyObject *NativeModel_isa(NativeModel *self, PyObject *Py_UNUSED(ignored)
     return PyUnicode_FromString(self->model ? plm_model_isa(self->model) : "none");
 }
 
+static PyObject *NativeModel_profile(NativeModel *self, PyObject *args) {
+    int enable = 1;
+    if (!PyArg_ParseTuple(args, "|p", &enable)) return NULL;
+    double prof[PLM_PROF_N];
+    plm_model_profile(self->model, enable, prof);
+    static const char *names[PLM_PROF_N] = {"embed", "norm", "qkv", "rope_cache", "attention", "o_proj", "ffn_gate_up", "swiglu", "ffn_down", "lm_head"};
+    PyObject *d = PyDict_New();
+    for (int i = 0; i < PLM_PROF_N; i++) {
+        PyObject *v = PyFloat_FromDouble(prof[i]);
+        PyDict_SetItemString(d, names[i], v);
+        Py_DECREF(v);
+    }
+    return d;
+}
+
 static void NativeModel_dealloc(NativeModel *self) {
     plm_model_destroy(self->model);
     for (int i = 0; i < self->n_views; i++) PyBuffer_Release(&self->views[i]);
@@ -167,6 +182,7 @@ static PyMethodDef NativeModel_methods[] = {
     {"forward", (PyCFunction)NativeModel_forward, METH_VARARGS,
      "forward(tokens, positions, slots, logits, all_logits=False): int32 buffers; logits float32 (n or 1, vocab)"},
     {"isa", (PyCFunction)NativeModel_isa, METH_NOARGS, "the instruction set the kernels use"},
+    {"profile", (PyCFunction)NativeModel_profile, METH_VARARGS, "profile(enable=True) -> seconds per phase since the last call; resets"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -35,6 +35,8 @@ typedef struct {
     int8_t *q;      /* (n,) */
     float *scale;   /* (n / 32,) */
     int32_t *bsum;  /* (n / 32,) sum of q per block */
+    float *scale8;  /* (n / 32 * 8 + 16,) each block's scale repeated over the 8 int32 lanes its products land in */
+    float *ssum8;   /* (n / 32 * 8 + 16,) scale * bsum, repeated likewise (for the +128 / -8 offsets) */
     int n;
 } plm_qvec;
 
@@ -81,6 +83,9 @@ plm_model *plm_model_create(const plm_config *cfg, const plm_matrix *embed, cons
  * Returns 0; -1 when a position is outside the context; -2 for a bad token id; -4 for a bad slot. */
 int plm_model_forward(plm_model *m, const int32_t *tokens, const int32_t *positions, const int32_t *slots, int n, float *logits, int all_logits);
 const char *plm_model_isa(const plm_model *m);
+/* Profiling: seconds spent per phase since the last reset (when enabled). */
+enum { PLM_PROF_EMBED, PLM_PROF_NORM, PLM_PROF_QKV, PLM_PROF_ROPE_CACHE, PLM_PROF_ATTENTION, PLM_PROF_OPROJ, PLM_PROF_FFN_UP, PLM_PROF_SWIGLU, PLM_PROF_FFN_DOWN, PLM_PROF_HEAD, PLM_PROF_N };
+void plm_model_profile(plm_model *m, int enable, double *out /* PLM_PROF_N or NULL */);
 void plm_model_destroy(plm_model *m);
 
 #endif

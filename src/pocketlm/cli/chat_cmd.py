@@ -1,0 +1,187 @@
+"""`pocketlm chat`: an interactive chat with a model in the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+
+from pocketlm.cli.options import add_parser
+
+PROMPT = "you> "
+CONTINUATION = "...> "
+REPLY = "assistant> "
+HELP = """\
+commands:
+  /reset         forget the conversation (the system prompt stays)
+  /system TEXT   set the system prompt (/system alone clears it)
+  /save FILE     write the conversation to FILE as JSON
+  /help          this help
+  /quit          leave (or Ctrl-D / Ctrl-C at the prompt)
+input: end a line with \\ to continue it on the next line, or put a block between lines of \"\"\"
+       (start a message with // to send text beginning with /).
+Ctrl-C while a reply streams stops the reply and returns to the prompt."""
+
+
+def register(subparsers) -> None:
+    p = add_parser(
+        subparsers,
+        "chat",
+        help="chat with a model in the terminal",
+        description=(
+            "An interactive chat: replies stream as they are generated, in the model's chat\n"
+            "template. The history is kept within the context window: when it outgrows it, the\n"
+            "oldest turns are dropped (with a notice). Type /help for the commands."
+        ),
+        examples=(
+            "  pocketlm chat --model runs/sft\n"
+            '  pocketlm chat --model runs/sft/model --system "You are terse." --temperature 0.3'
+        ),
+    )
+    p.add_argument(
+        "--model", required=True, help="model directory (or a training run: its final model)"
+    )
+    p.add_argument("--system", help="system prompt for the conversation")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--max-tokens", type=int, default=256, help="most tokens per reply")
+    s.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (argmax)")
+    s.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    s.add_argument("--top-p", type=float, default=0.95, help="nucleus mass to keep (1 = off)")
+    s.add_argument("--min-p", type=float, default=0.0, help="relative probability floor (0 = off)")
+    s.add_argument(
+        "--repetition-penalty", type=float, default=1.1, help="> 1 discourages repeats (1 = off)"
+    )
+    s.add_argument("--seed", type=int, help="seed for reproducible replies (default: random)")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    r.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="weights and compute precision",
+    )
+    r.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "native"],
+        help="PyTorch or the native C loop (CPU); auto: native on the CPU when it can",
+    )
+    r.add_argument("--threads", type=int, default=0, help="native backend threads (0 = all cores)")
+    p.set_defaults(handler=_chat)
+
+
+def _write(text: str, stream=None) -> None:
+    out = stream or sys.stdout
+    try:
+        out.write(text)
+    except UnicodeEncodeError:  # a terminal that cannot show some character
+        encoding = out.encoding or "ascii"
+        out.write(text.encode(encoding, errors="replace").decode(encoding))
+    out.flush()
+
+
+def read_message(read=input) -> str:
+    """One message from the user: `\\`-continued lines or a \"\"\" block joined with newlines."""
+    first = read(PROMPT)
+    if first.strip() == '"""':
+        lines = []
+        while (line := read(CONTINUATION)).strip() != '"""':
+            lines.append(line)
+        return "\n".join(lines)
+    lines = [first]
+    while lines[-1].endswith("\\"):
+        lines[-1] = lines[-1][:-1]
+        lines.append(read(CONTINUATION))
+    return "\n".join(lines)
+
+
+def _command(session, line: str) -> bool:
+    """Run a /command; False when the user wants to leave."""
+    name, _, rest = line[1:].partition(" ")
+    name = name.strip().lower()
+    if name in ("quit", "exit", "q"):
+        return False
+    if name == "reset":
+        session.reset()
+        _write("[conversation reset]\n", sys.stderr)
+    elif name == "system":
+        session.set_system(rest)
+        state = f"set: {session.system}" if session.system else "cleared"
+        _write(f"[system prompt {state}]\n", sys.stderr)
+    elif name == "save":
+        if not rest.strip():
+            _write("usage: /save FILE\n", sys.stderr)
+        else:
+            _write(f"[saved to {session.save(rest.strip())}]\n", sys.stderr)
+    elif name == "help":
+        _write(HELP + "\n", sys.stderr)
+    else:
+        _write(f"unknown command /{name}; /help lists them\n", sys.stderr)
+    return True
+
+
+def _reply(session, text: str) -> None:
+    reply = session.send(text)
+    if reply.dropped:
+        _write(
+            f"[dropped the {reply.dropped} oldest message(s) to fit the context window]\n",
+            sys.stderr,
+        )
+    _write(REPLY)
+    try:
+        for piece in reply:
+            _write(piece)
+    except KeyboardInterrupt:
+        reply.close()
+        _write("\n[reply stopped]")
+    _write("\n")
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from pocketlm.common.errors import PocketLMError
+    from pocketlm.runtime.chat_session import ChatSession
+    from pocketlm.runtime.load import load_engine
+    from pocketlm.runtime.sampling import SamplingParams
+
+    params = SamplingParams(
+        max_new_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
+    engine = load_engine(
+        args.model,
+        device=args.device,
+        precision=args.precision,
+        backend=args.backend,
+        threads=args.threads,
+    )
+    session = ChatSession(engine, params, system=args.system)
+    with contextlib.suppress(ImportError):  # not on every platform
+        import readline  # noqa: F401  (line editing and history for input())
+    _write(
+        f"[chatting with {args.model}: context {session.context_length} tokens, backend "
+        f"{engine.name}; /help for commands, Ctrl-D to leave]\n",
+        sys.stderr,
+    )
+    while True:
+        try:
+            text = read_message()
+        except (EOFError, KeyboardInterrupt):
+            _write("\n")
+            return 0
+        if not text.strip():
+            continue
+        try:
+            if text.startswith("/") and not text.startswith("//"):
+                if not _command(session, text.strip()):
+                    return 0
+                continue
+            _reply(session, text[1:] if text.startswith("//") else text)
+        except KeyboardInterrupt:  # between the prompt and the first token
+            _write("\n[reply stopped]\n")
+        except PocketLMError as exc:
+            _write(f"error: {exc}\n", sys.stderr)

@@ -1,0 +1,159 @@
+"""`pocketlm serve`: an OpenAI-compatible HTTP server and a chat page for a model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pocketlm.cli.options import add_parser
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def register(subparsers) -> None:
+    p = add_parser(
+        subparsers,
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API (and a chat page)",
+        description=(
+            "Serve a model on your machine: /v1/models, /v1/completions and /v1/chat/completions\n"
+            "(streaming or not) for any OpenAI client, /health, /metrics (Prometheus) and a chat\n"
+            "page at /. Concurrent requests share the model through continuous batching: up to\n"
+            "--slots sequences decode together, up to --max-queue more wait (then 503 with\n"
+            "Retry-After). Binds 127.0.0.1 unless told otherwise; with --api-key (or\n"
+            "--api-key-file) every route but the public ones needs 'Authorization: Bearer KEY'.\n"
+            "SIGTERM or Ctrl-C stops taking new work and exits within --shutdown-timeout seconds."
+        ),
+        examples=(
+            "  pocketlm serve --model runs/sft\n"
+            "  pocketlm serve --model runs/sft --port 8080 --slots 8 --api-key-file ~/.pocketlm-key\n"
+            "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+            '       -d \'{"messages": [{"role": "user", "content": "Hello"}]}\''
+        ),
+    )
+    p.add_argument(
+        "--model", required=True, help="model directory (or a training run: its final model)"
+    )
+    p.add_argument("--model-name", help="the model id clients see (default: the directory name)")
+    n = p.add_argument_group("network")
+    n.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    n.add_argument("--port", type=int, default=8000, help="TCP port")
+    n.add_argument("--api-key", help="require this key (note: visible in the process list)")
+    n.add_argument("--api-key-file", metavar="FILE", help="require the key stored in FILE")
+    n.add_argument(
+        "--public-route",
+        action="append",
+        metavar="PATH",
+        help="a path that needs no key (repeatable; default: /health and /)",
+    )
+    n.add_argument(
+        "--max-body-bytes", type=int, default=1_000_000, help="largest request body (else 413)"
+    )
+    n.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=3.0,
+        help="seconds in-flight requests get to finish at shutdown before they are cancelled",
+    )
+    b = p.add_argument_group("batching")
+    b.add_argument("--slots", type=int, default=4, help="sequences generated together")
+    b.add_argument("--max-queue", type=int, default=32, help="sequences waiting for a slot")
+    b.add_argument("--max-len", type=int, help="context per slot in tokens (default: the model's)")
+    r = p.add_argument_group("runtime")
+    r.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "native"],
+        help="PyTorch or the native C kernels (CPU); auto: native on the CPU when it can",
+    )
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (torch)")
+    r.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="weights and compute precision (torch)",
+    )
+    r.add_argument("--threads", type=int, default=0, help="native backend threads (0 = all cores)")
+    p.set_defaults(handler=_serve)
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    from pocketlm.common.errors import ConfigError
+
+    if args.api_key and args.api_key_file:
+        raise ConfigError("give --api-key or --api-key-file, not both")
+    if args.api_key_file:
+        path = Path(args.api_key_file).expanduser()
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the API key file {path}: {exc}") from exc
+        if not key:
+            raise ConfigError(f"the API key file {path} is empty")
+        return key
+    if args.api_key is not None and not args.api_key.strip():
+        raise ConfigError("--api-key is empty")
+    return args.api_key
+
+
+def _check(args: argparse.Namespace) -> None:
+    from pocketlm.common.errors import ConfigError
+
+    if args.slots < 1:
+        raise ConfigError(f"--slots must be >= 1, got {args.slots}")
+    if args.max_queue < 0:
+        raise ConfigError(f"--max-queue must be >= 0, got {args.max_queue}")
+    if args.max_body_bytes < 1024:
+        raise ConfigError(f"--max-body-bytes must be >= 1024, got {args.max_body_bytes}")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, got {args.port}")
+    for path in args.public_route or ():
+        if not path.startswith("/"):
+            raise ConfigError(f"--public-route must be a path starting with '/', got {path!r}")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pocketlm.common.errors import require
+
+    _check(args)
+    key = _api_key(args)
+    require("fastapi", "serve", "pocketlm serve")
+    require("uvicorn", "serve", "pocketlm serve")
+    from pocketlm.runtime.batch_backends import open_batch_backend
+    from pocketlm.runtime.scheduler import BatchScheduler
+    from pocketlm.runtime.server import DEFAULT_PUBLIC_PATHS, ServerSettings, create_app, run_server
+
+    backend, tokenizer = open_batch_backend(
+        args.model,
+        slots=args.slots,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        threads=args.threads,
+        max_len=args.max_len,
+    )
+    scheduler = BatchScheduler(backend, tokenizer, max_queue=args.max_queue)
+    settings = ServerSettings(
+        model_id=args.model_name or Path(args.model).resolve().name,
+        api_key=key,
+        public_paths=tuple(args.public_route or DEFAULT_PUBLIC_PATHS),
+        max_body_bytes=args.max_body_bytes,
+        backend_name=backend.name,
+    )
+    app = create_app(scheduler, tokenizer, settings)
+    if args.host not in _LOOPBACK and not key:
+        print(
+            f"warning: serving on {args.host} without an API key: anyone who can reach this "
+            "machine can use the model (add --api-key-file)",
+            file=sys.stderr,
+        )
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(
+        f"serving {settings.model_id} ({backend.name}, {args.slots} slots, context "
+        f"{backend.context_length}) on http://{host}:{args.port}  (chat page at /, Ctrl-C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
+    run_server(app, host=args.host, port=args.port, shutdown_timeout_s=args.shutdown_timeout)
+    return 0

@@ -1,0 +1,122 @@
+"""Speculative decoding: a small draft model proposes k tokens, the target model checks them all in
+one forward, and the longest agreeing prefix is kept (Leviathan et al., 2023; Chen et al., 2023).
+
+At temperature 0 the output is exactly the target's own greedy output. When sampling, drafts are
+accepted with probability min(1, p/q) and a rejection resamples from max(0, p - q), which keeps the
+target's distribution. Both backends must share the tokenizer; they need `extend(ids) -> (n, V)`
+logits for every new position and `truncate(position)` to drop rejected cache entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from pocketlm.common.errors import InputError
+from pocketlm.runtime.sampling import SamplingParams, process_logits
+
+
+def check_draft(target_tokenizer: Any, draft_tokenizer: Any) -> None:
+    """Refuse a draft model with another tokenizer (its token ids would mean other text)."""
+    if target_tokenizer.fingerprint != draft_tokenizer.fingerprint:
+        raise InputError(
+            f"the draft model's tokenizer ({draft_tokenizer.fingerprint}) differs from the model's "
+            f"({target_tokenizer.fingerprint}); speculative decoding needs the same tokenizer"
+        )
+
+
+def distribution(logits: np.ndarray, params: SamplingParams, vocab: int) -> np.ndarray:
+    """Probabilities (vocab,) after temperature / top-k / top-p / min-p (one-hot argmax when greedy)."""
+    scores = process_logits(np.asarray(logits[:vocab], dtype=np.float32), params)
+    if params.greedy:
+        out = np.zeros(vocab, dtype=np.float64)
+        out[int(np.argmax(scores))] = 1.0
+        return out
+    z = scores.astype(np.float64) - np.max(scores)
+    p = np.exp(z)
+    return p / p.sum()
+
+
+class SpeculativeDecoder:
+    """Drives a target and a draft backend for one sequence; yields accepted token ids in order."""
+
+    def __init__(
+        self,
+        target: Any,
+        draft: Any,
+        params: SamplingParams,
+        *,
+        k: int = 4,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        if k < 1:
+            raise InputError(f"draft tokens per step must be >= 1, got {k}")
+        self.target, self.draft, self.params, self.k = target, draft, params, k
+        self.vocab = min(target.vocab_size, draft.vocab_size)
+        self.rng = rng or np.random.default_rng(params.seed)
+        self.proposed = 0
+        self.accepted = 0
+
+    def _draw(self, probs: np.ndarray) -> int:
+        if self.params.greedy:
+            return int(np.argmax(probs))
+        return int(self.rng.choice(probs.shape[0], p=probs))
+
+    def tokens(self, prompt_ids: Sequence[int]) -> Iterator[int]:
+        """Token ids of the continuation, without end (the caller stops when it has enough)."""
+        self.target.reset()
+        self.draft.reset()
+        t_logits = self.target.prefill(prompt_ids)
+        d_logits = self.draft.prefill(prompt_ids)
+        base = len(prompt_ids)
+        while True:
+            room = self.target.context_length - base - 1
+            k = max(0, min(self.k, room, self.draft.context_length - base - 1))
+            proposals: list[int] = []
+            q_dists: list[np.ndarray] = []
+            for _ in range(k):
+                q = distribution(d_logits, self.params, self.vocab)
+                x = self._draw(q)
+                proposals.append(x)
+                q_dists.append(q)
+                d_logits = self.draft.decode(x)
+            rows = (
+                self.target.extend(proposals)
+                if proposals
+                else np.zeros((0, self.target.vocab_size), np.float32)
+            )  # (k, V)
+            p_logits = [t_logits, *list(rows)]
+            n_ok = 0
+            for i, x in enumerate(proposals):
+                p = distribution(p_logits[i], self.params, self.vocab)
+                ok = p[x] > 0 and (
+                    self.params.greedy or self.rng.random() < min(1.0, p[x] / q_dists[i][x])
+                )
+                if not ok:
+                    break
+                n_ok += 1
+            self.proposed += len(proposals)
+            self.accepted += n_ok
+            for x in proposals[:n_ok]:
+                yield x
+            p = distribution(p_logits[n_ok], self.params, self.vocab)
+            if n_ok < len(proposals) and not self.params.greedy:
+                residual = np.maximum(
+                    p - q_dists[n_ok], 0.0
+                )  # the rejected draft's excess mass removed
+                p = residual / residual.sum() if residual.sum() > 0 else p
+            y = self._draw(p)
+            yield y
+            base += n_ok
+            self.target.truncate(base)
+            self.draft.truncate(base)
+            t_logits = self.target.decode(y)
+            d_logits = self.draft.decode(y)
+            base += 1
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Share of proposed draft tokens the target kept."""
+        return self.accepted / self.proposed if self.proposed else 0.0

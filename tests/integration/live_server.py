@@ -1,0 +1,161 @@
+"""Helpers for server tests: a live uvicorn server on 127.0.0.1 in a thread, and slow backends.
+
+`SlowBatchBackend` / `SlowBackend` wrap a real backend, sleep on every decode step and never let
+the model end a reply early (eos and end-of-turn get a very low logit), so a test can hold a
+slot, disconnect mid-stream or interrupt a reply at a known moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mask(logits: np.ndarray, stop_ids: Sequence[int]) -> np.ndarray:
+    out = np.array(logits, dtype=np.float32, copy=True)
+    out[..., list(stop_ids)] = -1e9
+    return out
+
+
+class SlowBatchBackend:
+    """A BatchBackend that sleeps `delay_s` per decode step and never emits stop tokens."""
+
+    def __init__(self, inner, stop_ids: Sequence[int], delay_s: float) -> None:
+        self.inner = inner
+        self.stop_ids = list(stop_ids)
+        self.delay_s = delay_s
+        self.name = f"slow-{inner.name}"
+
+    slots = property(lambda self: self.inner.slots)
+    context_length = property(lambda self: self.inner.context_length)
+    vocab_size = property(lambda self: self.inner.vocab_size)
+    device = property(lambda self: self.inner.device)
+    prefill_chunk = property(lambda self: self.inner.prefill_chunk)
+
+    def position(self, slot: int) -> int:
+        return self.inner.position(slot)
+
+    def prefill(self, slot: int, token_ids) -> np.ndarray:
+        return _mask(self.inner.prefill(slot, token_ids), self.stop_ids)
+
+    def decode(self, slots, token_ids) -> np.ndarray:
+        time.sleep(self.delay_s)
+        return _mask(self.inner.decode(slots, token_ids), self.stop_ids)
+
+    def release(self, slot: int) -> None:
+        self.inner.release(slot)
+
+
+class SlowBackend:
+    """A single-sequence ForwardBackend wrapper: sleeps per decode, never emits stop tokens."""
+
+    def __init__(self, inner, stop_ids: Sequence[int], delay_s: float) -> None:
+        self.inner = inner
+        self.stop_ids = list(stop_ids)
+        self.delay_s = delay_s
+        self.name = f"slow-{getattr(inner, 'name', 'backend')}"
+
+    context_length = property(lambda self: self.inner.context_length)
+    vocab_size = property(lambda self: self.inner.vocab_size)
+    device = property(lambda self: self.inner.device)
+    position = property(lambda self: self.inner.position)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def prefill(self, token_ids) -> np.ndarray:
+        return _mask(self.inner.prefill(token_ids), self.stop_ids)
+
+    def decode(self, token_id: int) -> np.ndarray:
+        time.sleep(self.delay_s)
+        return _mask(self.inner.decode(token_id), self.stop_ids)
+
+
+def make_scheduler(
+    model_dir: Path,
+    *,
+    slots: int = 4,
+    max_queue: int = 32,
+    delay_s: float = 0.0,
+    backend: str = "auto",
+):
+    """A BatchScheduler over the model (optionally slowed down) and its tokenizer."""
+    from pocketlm.runtime.batch_backends import open_batch_backend
+    from pocketlm.runtime.scheduler import BatchScheduler
+
+    batch, tokenizer = open_batch_backend(model_dir, slots=slots, backend=backend, threads=1)
+    if delay_s:
+        stops = (tokenizer.eos_id, tokenizer.end_of_turn_id)
+        batch = SlowBatchBackend(batch, stops, delay_s)
+    return BatchScheduler(batch, tokenizer, max_queue=max_queue), tokenizer
+
+
+class LiveServer:
+    """A uvicorn server for an app, run in a background thread on 127.0.0.1."""
+
+    def __init__(self, app, *, port: int | None = None, shutdown_timeout_s: float = 2.0) -> None:
+        import uvicorn
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=shutdown_timeout_s,
+            lifespan="on",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+
+
+@contextlib.contextmanager
+def live_server(scheduler, tokenizer, **settings) -> Iterator[LiveServer]:
+    """Serve a scheduler with create_app(settings) for the duration of the block."""
+    from pocketlm.runtime.server import ServerSettings, create_app
+
+    settings.setdefault("model_id", "tiny")
+    app = create_app(scheduler, tokenizer, ServerSettings(**settings))
+    server = LiveServer(app).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_until(predicate, timeout_s: float = 5.0, step_s: float = 0.02) -> bool:
+    """Poll predicate until it is true (True) or the time is up (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return bool(predicate())

@@ -1,0 +1,438 @@
+"""The OpenAI-compatible server, live on 127.0.0.1: the official client, raw HTTP, a fuzz of bad
+requests, disconnects, concurrency, the bounded queue and SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.integration.live_server import (  # noqa: E402
+    free_port,
+    live_server,
+    make_scheduler,
+    wait_until,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+HELLO = [{"role": "user", "content": "Hello there"}]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    scheduler, tokenizer = make_scheduler(tiny_model_dir, slots=4)
+    with live_server(scheduler, tokenizer, api_key=KEY, max_body_bytes=65536) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture()
+def slow_server(tiny_model_dir):
+    """One slot, a queue of one, 50 ms per token and no early stop: requests take a while."""
+    scheduler, tokenizer = make_scheduler(tiny_model_dir, slots=1, max_queue=1, delay_s=0.05)
+    with live_server(scheduler, tokenizer) as srv:
+        yield srv
+
+
+def _openai(server):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=30)
+
+
+def _assert_error(response, status: int, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    return error
+
+
+# ---- the official openai client -------------------------------------------------------------
+def test_openai_client_chat_streamed_equals_whole(server):
+    client = _openai(server)
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    whole = client.chat.completions.create(
+        model="tiny", messages=HELLO, temperature=0, max_tokens=16
+    )
+    assert whole.object == "chat.completion" and whole.choices[0].message.role == "assistant"
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    assert whole.usage.prompt_tokens > 0 and whole.usage.completion_tokens > 0
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=HELLO,
+        temperature=0,
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, finish, used = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            used = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert finish == whole.choices[0].finish_reason
+    assert used is not None and used.completion_tokens == whole.usage.completion_tokens
+
+
+def test_openai_client_completions_and_logprobs(server):
+    client = _openai(server)
+    whole = client.completions.create(
+        model="tiny", prompt="The cat", temperature=0, max_tokens=10, logprobs=2
+    )
+    choice = whole.choices[0]
+    assert whole.object == "text_completion" and choice.logprobs is not None
+    assert len(choice.logprobs.token_logprobs) == whole.usage.completion_tokens - (
+        choice.finish_reason == "stop"
+    )
+    assert all(lp <= 0 for lp in choice.logprobs.token_logprobs)
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model="tiny", prompt="The cat", temperature=0, max_tokens=10, stream=True
+        )
+    )
+    assert streamed == choice.text
+    several = client.completions.create(
+        model="tiny", prompt=["The cat", "A dog"], n=2, max_tokens=4, seed=1
+    )
+    assert sorted(c.index for c in several.choices) == [0, 1, 2, 3]
+    chat = client.chat.completions.create(
+        model="tiny", messages=HELLO, max_tokens=4, logprobs=True, top_logprobs=2, temperature=0
+    )
+    content = chat.choices[0].logprobs.content
+    assert content and all(len(entry.top_logprobs) == 2 for entry in content)
+
+
+def test_seed_makes_sampling_reproducible(client):
+    body = {"messages": HELLO, "temperature": 1.0, "seed": 7, "max_tokens": 12}
+    first = client.post("/v1/chat/completions", json=body).json()
+    second = client.post("/v1/chat/completions", json=body).json()
+    assert first["choices"][0]["message"] == second["choices"][0]["message"]
+
+
+# ---- raw protocol ---------------------------------------------------------------------------
+def test_api_key_is_required_except_on_public_routes(server):
+    with httpx.Client(base_url=server.url, timeout=10) as anon:
+        assert _assert_error(anon.get("/v1/models"), 401)["code"] == "invalid_api_key"
+        bad = anon.post(
+            "/v1/chat/completions",
+            json={"messages": HELLO},
+            headers={"Authorization": "Bearer nope"},
+        )
+        _assert_error(bad, 401)
+        _assert_error(anon.get("/metrics"), 401)
+        assert anon.get("/health").status_code == 200
+        page = anon.get("/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+
+def test_body_size_cap(client):
+    big = {"messages": [{"role": "user", "content": "x" * 70_000}]}
+    assert _assert_error(client.post("/v1/chat/completions", json=big), 413)["code"]
+
+
+def test_bad_requests_get_openai_errors(client):
+    post = client.post
+    _assert_error(
+        post("/v1/chat/completions", json={"messages": HELLO, "temperature": 9}), 400, "temperature"
+    )
+    _assert_error(post("/v1/chat/completions", json={"messages": HELLO, "n": 1000}), 400, "n")
+    _assert_error(post("/v1/chat/completions", json={"messages": HELLO, "top_p": -1}), 400, "top_p")
+    nan = b'{"messages": [{"role": "user", "content": "x"}], "temperature": Infinity}'
+    _assert_error(post("/v1/chat/completions", content=nan), 400)
+    _assert_error(post("/v1/chat/completions", content=b"not json"), 400)
+    _assert_error(
+        post("/v1/completions", json={"prompt": "x", "max_tokens": -5}), 400, "max_tokens"
+    )
+    long = "the cat and the dog " * 50
+    error = _assert_error(
+        post("/v1/chat/completions", json={"messages": [{"role": "user", "content": long}]}),
+        400,
+        "messages",
+    )
+    assert error["code"] == "context_length_exceeded"
+    _assert_error(post("/v1/completions", json={"prompt": long}), 400, "prompt")
+    _assert_error(client.get("/v1/nothing"), 404)
+    _assert_error(client.get("/v1/chat/completions"), 405)
+    _assert_error(client.get("/v1/models/other"), 404, "model")
+    assert client.get("/v1/models/tiny").json()["id"] == "tiny"
+
+
+def test_health_and_metrics(client):
+    client.post("/v1/completions", json={"prompt": "The", "max_tokens": 3})
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["slots"] == 4 and health["context_length"] > 0
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    sample = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_]+="[^"]*",?)*\})? [-+0-9.eInf]+$')
+    for line in response.text.strip().splitlines():
+        assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
+    text = response.text
+    assert 'pocketlm_requests_total{route="/v1/completions",status="200"}' in text
+    assert 'pocketlm_request_duration_seconds_bucket{route="/v1/completions",le="+Inf"}' in text
+    for name in (
+        "generated_tokens_total",
+        "queue_length",
+        "active_slots",
+        "time_to_first_token_seconds_count",
+    ):
+        assert f"pocketlm_{name} " in text
+
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+_fields = (
+    "temperature",
+    "top_p",
+    "n",
+    "max_tokens",
+    "stop",
+    "seed",
+    "logprobs",
+    "top_logprobs",
+    "stream",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "prompt",
+    "messages",
+    "stream_options",
+)
+_bodies = st.one_of(
+    st.dictionaries(st.sampled_from(_fields), _values, max_size=6).map(
+        lambda d: (
+            {"messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "max_tokens": 4} | d
+        )
+    ),
+    st.dictionaries(st.sampled_from(_fields), _values, max_size=6),
+    st.builds(
+        lambda m: {"messages": m},
+        st.lists(
+            st.dictionaries(
+                st.sampled_from(["role", "content", "name"]),
+                st.one_of(
+                    st.sampled_from(["user", "system", "assistant", "tool"]),
+                    st.text(max_size=30),
+                    st.integers(),
+                ),
+            ),
+            max_size=3,
+        ),
+    ),
+    _values,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(route=st.sampled_from(["/v1/chat/completions", "/v1/completions"]), body=_bodies)
+def test_fuzzed_requests_never_get_5xx(client, route, body):
+    if isinstance(body, dict) and body.get("max_tokens") is None:
+        body = body | {"max_tokens": 4}  # keep valid requests short
+    response = client.post(route, content=json.dumps(body).encode())
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        _assert_error(response, response.status_code)
+    elif "text/event-stream" in response.headers.get("content-type", ""):
+        assert response.text.rstrip().endswith("data: [DONE]")
+        response.content.decode("utf-8")  # strict: always valid UTF-8
+    else:
+        assert response.json()["choices"]
+
+
+# ---- concurrency, disconnects, queue, shutdown ----------------------------------------------
+def test_eight_concurrent_clients_get_the_text_of_one_alone(client):
+    prompts = [
+        "The cat",
+        "A big dog",
+        "Once upon",
+        "Sun",
+        "The red ball",
+        "Mom and dad",
+        "Go",
+        "Why",
+    ]
+
+    def ask(prompt: str) -> str:
+        body = {"prompt": prompt, "temperature": 0, "max_tokens": 20}
+        return client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+
+    alone = [ask(p) for p in prompts]
+    together: list = [None] * len(prompts)
+    threads = [
+        threading.Thread(target=lambda i=i: together.__setitem__(i, ask(prompts[i])))
+        for i in range(len(prompts))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert together == alone
+
+
+def test_a_disconnected_stream_frees_its_slot(slow_server):
+    body = {"messages": HELLO, "stream": True, "max_tokens": 1000}
+    with httpx.Client(base_url=slow_server.url, timeout=30) as c:
+        with c.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+            assert c.get("/health").json()["active"] == 1
+        closed = time.monotonic()  # leaving the block closes the connection mid-stream
+        assert wait_until(lambda: c.get("/health").json()["active"] == 0, timeout_s=1.0)
+        assert time.monotonic() - closed < 1.0
+
+
+def test_a_full_queue_answers_503_with_retry_after(slow_server):
+    body = {"messages": HELLO, "max_tokens": 1000}
+    results: list = []
+    with httpx.Client(base_url=slow_server.url, timeout=60) as c:
+        holders = [
+            threading.Thread(
+                target=lambda: results.append(c.post("/v1/chat/completions", json=body))
+            )
+            for _ in range(2)
+        ]
+        holders[0].start()
+        assert wait_until(lambda: c.get("/health").json()["active"] == 1)
+        holders[1].start()
+        assert wait_until(lambda: c.get("/health").json()["queued"] == 1)
+        refused = c.post("/v1/chat/completions", json=body)
+        assert _assert_error(refused, 503)["code"] == "queue_full"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert "pocketlm_rejected_requests_total 1" in c.get("/metrics").text
+        for t in holders:
+            t.join(60)
+    assert [r.status_code for r in results] == [200, 200]
+
+
+_SERVE_SLOW = textwrap.dedent(
+    """
+    import sys
+    from tests.integration.live_server import make_scheduler
+    from pocketlm.runtime.server import ServerSettings, create_app, run_server
+
+    scheduler, tokenizer = make_scheduler(sys.argv[1], slots=1, delay_s=0.2)
+    app = create_app(scheduler, tokenizer, ServerSettings(model_id="tiny"))
+    run_server(app, port=int(sys.argv[2]), shutdown_timeout_s=1.0, log_level="warning")
+    """
+)
+
+
+def _wait_healthy(url: str, proc, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError("the server did not come up")
+
+
+def test_sigterm_with_a_request_in_flight_exits_within_seconds(tiny_model_dir):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVE_SLOW, str(tiny_model_dir), str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        with httpx.Client(base_url=url, timeout=30) as c:
+            body = {"messages": HELLO, "stream": True, "max_tokens": 1000}
+            with c.stream("POST", "/v1/chat/completions", json=body) as response:
+                lines = response.iter_lines()
+                assert next(lines).startswith("data: ")
+                start = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    for _ in lines:  # the stream goes on during the grace period, then ends
+                        pass
+                except httpx.HTTPError:
+                    pass  # cut off: the in-flight request was cancelled
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - start < 6
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_pocketlm_serve_cli_serves_and_stops_on_sigterm(tiny_model_dir, tmp_path):
+    port = free_port()
+    key_file = tmp_path / "key"
+    key_file.write_text("file-key\n", encoding="utf-8")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pocketlm",
+            "serve",
+            "--model",
+            str(tiny_model_dir),
+            "--port",
+            str(port),
+            "--api-key-file",
+            str(key_file),
+            "--slots",
+            "2",
+            "--threads",
+            "1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        headers = {"Authorization": "Bearer file-key"}
+        body = {"messages": HELLO, "max_tokens": 4}
+        assert (
+            httpx.post(
+                url + "/v1/chat/completions", json=body, headers=headers, timeout=30
+            ).status_code
+            == 200
+        )
+        assert httpx.get(url + "/v1/models", timeout=5).status_code == 401
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
