@@ -56,6 +56,10 @@ DRAM_GBPS = (
 
 CHILD_POCKETLM = """
 import json, sys, time
+def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would include the parent's, across exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 t_start = float(sys.argv[1])
 from pocketlm.runtime.native_backend import open_native_backend
 import numpy as np, resource, statistics
@@ -74,11 +78,15 @@ for r in range(reps):
     dec.append(time.perf_counter() - t0)
     if r == 0: prof = backend.profile(False)
 print(json.dumps({"prefill": len(prompt) / statistics.median(pre), "decode": n_new / statistics.median(dec), "ttft": ttft,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "isa": backend.isa, "profile": prof}))
+                  "rss_mb": peak_mb(), "isa": backend.isa, "profile": prof}))
 """
 
 CHILD_LLAMA = """
 import json, sys, time
+def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would include the parent's, across exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 t_start = float(sys.argv[1])
 import llama_cpp, numpy as np, resource, statistics
 llm = llama_cpp.Llama(model_path=sys.argv[2], n_ctx=256, n_batch=256, n_threads=int(sys.argv[3]), n_threads_batch=int(sys.argv[3]), verbose=False, logits_all=False)
@@ -97,11 +105,15 @@ for r in range(reps):
         llm.eval([token]); token = int(np.argmax(last_logits()))
     dec.append(time.perf_counter() - t0)
 print(json.dumps({"prefill": len(prompt) / statistics.median(pre), "decode": n_new / statistics.median(dec), "ttft": ttft,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss_mb": peak_mb()}))
 """
 
 CHILD_HF = """
 import json, sys, time
+def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would include the parent's, across exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 t_start = float(sys.argv[1])
 import torch, resource, statistics
 from transformers import AutoModelForCausalLM
@@ -122,7 +134,7 @@ with torch.inference_mode():
             out = model(token, past_key_values=past, use_cache=True); past = out.past_key_values; token = out.logits[:, -1].argmax(-1, keepdim=True)
         dec.append(time.perf_counter() - t0)
 print(json.dumps({"prefill": prompt.shape[1] / statistics.median(pre), "decode": n_new / statistics.median(dec), "ttft": ttft,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss_mb": peak_mb()}))
 """
 
 

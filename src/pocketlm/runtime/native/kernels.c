@@ -45,6 +45,8 @@ static inline float bf16_to_f32(uint16_t h) {
     return f;
 }
 
+static void quantize_tables(plm_qvec *out);
+
 void plm_quantize_vec(const float *x, int n, plm_qvec *out) {
     out->n = n;
     for (int b = 0; b < n / 32; b++) {
@@ -61,9 +63,30 @@ void plm_quantize_vec(const float *x, int n, plm_qvec *out) {
         }
         out->scale[b] = scale;
         out->bsum[b] = sum;
+    }
+    quantize_tables(out);
+}
+
+/* The lane-expanded and reordered views the VNNI kernels read (see plm_qvec). */
+static void quantize_tables(plm_qvec *out) {
+    const int n = out->n;
+    for (int b = 0; b < n / 32; b++)
         for (int i = 0; i < 8; i++) {
-            out->scale8[8 * b + i] = scale;
-            out->ssum8[8 * b + i] = scale * (float)sum;
+            out->scale8[8 * b + i] = out->scale[b];
+            out->ssum8[8 * b + i] = out->scale[b] * (float)out->bsum[b];
+        }
+    for (int c = 0; c + 64 <= n; c += 64) { /* the int4 kernel's order, see plm_qvec */
+        const int8_t *q = out->q + c;
+        int8_t *qp = out->qp + c;
+        memcpy(qp, q, 16);
+        memcpy(qp + 16, q + 32, 16);
+        memcpy(qp + 32, q + 16, 16);
+        memcpy(qp + 48, q + 48, 16);
+        const int b = c / 32;
+        for (int i = 0; i < 16; i++) {
+            const int blk = b + ((i / 4) & 1);
+            out->scale8p[c / 4 + i] = out->scale[blk];
+            out->ssum8p[c / 4 + i] = out->scale[blk] * (float)out->bsum[blk];
         }
     }
 }
@@ -354,40 +377,99 @@ TARGET_AVX512 static void gemv_i8_avx512(const plm_matrix *w, const plm_qvec *x,
     }
 }
 
+/* 32 bytes = two 32-value blocks (Q4_0 layout) -> 64 values 0..15 as [b0 0-15, b1 0-15, b0 16-31,
+ * b1 16-31]: no cross-lane shuffle; the activations were reordered to match (plm_qvec.qp). */
 TARGET_AVX512 static inline __m512i unpack_q4x64(const uint8_t *p) {
-    /* 32 bytes = two 32-value blocks (Q4_0 layout) -> 64 values 0..15 in order. */
     const __m256i mask = _mm256_set1_epi8(0x0f);
     __m256i v = _mm256_loadu_si256((const __m256i *)p);
-    __m256i lo = _mm256_and_si256(v, mask), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); /* [b0lo b1lo b0hi b1hi] */
-    return _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));           /* [b0lo b0hi b1lo b1hi] */
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, mask)), _mm256_and_si256(_mm256_srli_epi16(v, 4), mask), 1);
+}
+
+/* Weight scales for the 16 lanes of one 64-value chunk: [d_b x4, d_b+1 x4, d_b x4, d_b+1 x4]. */
+TARGET_AVX512 static inline __m512 q4_scales(const uint16_t *sc, int b, int per_group) {
+    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+    uint32_t pair;
+    if (per_group == 1) {
+        memcpy(&pair, sc + b, 4); /* two consecutive fp16 scales */
+    } else {
+        const uint32_t g0 = sc[b / per_group], g1 = sc[(b + 1) / per_group];
+        pair = g0 | (g1 << 16);
+    }
+    __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)pair));
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(d));
 }
 
 TARGET_AVX512 static void gemv_i4_avx512(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1) {
-    const int n = w->cols, per_group = w->group / 32;
-    const plm_qvec *t = x;
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * (n / 2);
-        const uint16_t *sc = w->scale_f16 + (size_t)r * (n / w->group);
-        __m512 acc = _mm512_setzero_ps();
-        int c = 0;
-        for (; c + 64 <= n; c += 64) {
+    const int n = w->cols, per_group = w->group / 32, n64 = n & ~63;
+    const size_t row_bytes = (size_t)n / 2, row_scales = (size_t)(n / w->group);
+    int r = r0;
+    /* Two rows at a time: the activations and their scale tables are loaded once for both. */
+    for (; r + 2 <= r1; r += 2) {
+        const uint8_t *ra = (const uint8_t *)w->data + (size_t)r * row_bytes, *rb = ra + row_bytes;
+        const uint16_t *sa = w->scale_f16 + (size_t)r * row_scales, *sb = sa + row_scales;
+        __m512 acc_a = _mm512_setzero_ps(), acc_b = _mm512_setzero_ps();
+        for (int c = 0; c < n64; c += 64) {
             const int b = c / 32;
-            __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_q4x64(row + c / 2), _mm512_loadu_si512((const void *)(x->q + c)));
-            __m512 dw = _mm512_insertf32x8(_mm512_set1_ps(_cvtsh_ss(sc[b / per_group])), _mm256_set1_ps(_cvtsh_ss(sc[(b + 1) / per_group])), 1);
-            /* dw * (scale * dot - scale * bsum) sums to d * scale * (dot - 8 * bsum) over a block's 8 lanes */
-            __m512 v = _mm512_fmsub_ps(_mm512_loadu_ps(t->scale8 + c / 4), _mm512_cvtepi32_ps(d), _mm512_loadu_ps(t->ssum8 + c / 4));
-            acc = _mm512_fmadd_ps(dw, v, acc);
+            const __m512i xq = _mm512_loadu_si512((const void *)(x->qp + c));
+            const __m512 s8 = _mm512_loadu_ps(x->scale8p + c / 4), ss8 = _mm512_loadu_ps(x->ssum8p + c / 4);
+            __m512i da = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_q4x64(ra + c / 2), xq);
+            __m512i db = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_q4x64(rb + c / 2), xq);
+            /* d * (scale * dot - scale * bsum): over a block's 8 lanes, d * scale * (dot - 8 * bsum) */
+            acc_a = _mm512_fmadd_ps(q4_scales(sa, b, per_group), _mm512_fmsub_ps(s8, _mm512_cvtepi32_ps(da), ss8), acc_a);
+            acc_b = _mm512_fmadd_ps(q4_scales(sb, b, per_group), _mm512_fmsub_ps(s8, _mm512_cvtepi32_ps(db), ss8), acc_b);
+        }
+        float ya = _mm512_reduce_add_ps(acc_a), yb = _mm512_reduce_add_ps(acc_b);
+        for (int c = n64; c < n; c += 32) { /* one trailing 32-value block */
+            const int b = c / 32;
+            int32_t da = 0, db = 0;
+            for (int j = 0; j < 16; j++) {
+                da += ((ra[16 * b + j] & 0x0f) - 8) * x->q[c + j] + ((ra[16 * b + j] >> 4) - 8) * x->q[c + j + 16];
+                db += ((rb[16 * b + j] & 0x0f) - 8) * x->q[c + j] + ((rb[16 * b + j] >> 4) - 8) * x->q[c + j + 16];
+            }
+            ya += _cvtsh_ss(sa[b / per_group]) * x->scale[b] * (float)da;
+            yb += _cvtsh_ss(sb[b / per_group]) * x->scale[b] * (float)db;
+        }
+        y[r] = ya;
+        y[r + 1] = yb;
+    }
+    for (; r < r1; r++) {
+        const uint8_t *ra = (const uint8_t *)w->data + (size_t)r * row_bytes;
+        const uint16_t *sa = w->scale_f16 + (size_t)r * row_scales;
+        __m512 acc = _mm512_setzero_ps();
+        for (int c = 0; c < n64; c += 64) {
+            __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_q4x64(ra + c / 2), _mm512_loadu_si512((const void *)(x->qp + c)));
+            acc = _mm512_fmadd_ps(q4_scales(sa, c / 32, per_group), _mm512_fmsub_ps(_mm512_loadu_ps(x->scale8p + c / 4), _mm512_cvtepi32_ps(d), _mm512_loadu_ps(x->ssum8p + c / 4)), acc);
         }
         float s = _mm512_reduce_add_ps(acc);
-        for (; c < n; c += 32) { /* one trailing 32-value block */
+        for (int c = n64; c < n; c += 32) {
             const int b = c / 32;
             int32_t dot = 0;
-            for (int j = 0; j < 16; j++) dot += ((row[16 * b + j] & 0x0f) - 8) * x->q[c + j] + ((row[16 * b + j] >> 4) - 8) * x->q[c + j + 16];
-            s += _cvtsh_ss(sc[b / per_group]) * x->scale[b] * (float)dot;
+            for (int j = 0; j < 16; j++) dot += ((ra[16 * b + j] & 0x0f) - 8) * x->q[c + j] + ((ra[16 * b + j] >> 4) - 8) * x->q[c + j + 16];
+            s += _cvtsh_ss(sa[b / per_group]) * x->scale[b] * (float)dot;
         }
         y[r] = s;
     }
+}
+
+/* plm_quantize_vec with AVX-512: same rounding (to nearest even), same results. */
+TARGET_AVX512 static void quantize_avx512(const float *x, int n, plm_qvec *out) {
+    out->n = n;
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int b = 0; b < n / 32; b++) {
+        __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
+        float scale = amax / 127.f, inv = scale > 0.f ? 1.f / scale : 0.f;
+        __m512 vi = _mm512_set1_ps(inv);
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vi)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vi));
+        const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
+        q0 = _mm512_max_epi32(_mm512_min_epi32(q0, lim), nlim);
+        q1 = _mm512_max_epi32(_mm512_min_epi32(q1, lim), nlim);
+        _mm_storeu_si128((__m128i *)(out->q + 32 * b), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(out->q + 32 * b + 16), _mm512_cvtepi32_epi8(q1));
+        out->scale[b] = scale;
+        out->bsum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    }
+    quantize_tables(out);
 }
 
 /* Four 16-lane accumulators -> one __m128 of their four sums, in order (hadd tree, no scalar). */
@@ -477,14 +559,14 @@ void plm_select_kernels(plm_kernels *k, const char *force) {
         else if (!strcmp(force, "avx2")) { avx512 = 0; }
     }
     if (avx512) {
-        *k = (plm_kernels){"avx512-vnni", gemv_f32_avx512, gemv_bf16_avx512, gemv_i8_avx512, gemv_i4_avx512, gemm_f32_avx512, dot_avx512, axpy_avx512};
+        *k = (plm_kernels){"avx512-vnni", gemv_f32_avx512, gemv_bf16_avx512, gemv_i8_avx512, gemv_i4_avx512, gemm_f32_avx512, dot_avx512, quantize_avx512, axpy_avx512};
     } else if (avx2) {
-        *k = (plm_kernels){"avx2", gemv_f32_avx2, gemv_bf16_avx2, gemv_i8_avx2, gemv_i4_avx2, gemm_f32_avx2, dot_avx2, axpy_avx2};
+        *k = (plm_kernels){"avx2", gemv_f32_avx2, gemv_bf16_avx2, gemv_i8_avx2, gemv_i4_avx2, gemm_f32_avx2, dot_avx2, plm_quantize_vec, axpy_avx2};
     } else {
-        *k = (plm_kernels){"scalar", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, dot_scalar, axpy_scalar};
+        *k = (plm_kernels){"scalar", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, dot_scalar, plm_quantize_vec, axpy_scalar};
     }
 #else
     (void)force;
-    *k = (plm_kernels){"scalar", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, dot_scalar, axpy_scalar};
+    *k = (plm_kernels){"scalar", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, dot_scalar, plm_quantize_vec, axpy_scalar};
 #endif
 }

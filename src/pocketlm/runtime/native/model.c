@@ -64,12 +64,16 @@ static int qvec_alloc(plm_qvec *v, int n) {
     v->bsum = (int32_t *)xalloc(sizeof(int32_t) * (size_t)(n / 32 + 2));
     v->scale8 = (float *)xalloc(sizeof(float) * (size_t)(n / 32 * 8 + 32)); /* masked tails read 16 past the end */
     v->ssum8 = (float *)xalloc(sizeof(float) * (size_t)(n / 32 * 8 + 32));
+    v->qp = (int8_t *)xalloc((size_t)n + 64);
+    v->scale8p = (float *)xalloc(sizeof(float) * (size_t)(n / 32 * 8 + 32));
+    v->ssum8p = (float *)xalloc(sizeof(float) * (size_t)(n / 32 * 8 + 32));
     v->n = n;
-    return v->q && v->scale && v->bsum && v->scale8 && v->ssum8;
+    return v->q && v->scale && v->bsum && v->scale8 && v->ssum8 && v->qp && v->scale8p && v->ssum8p;
 }
 
 static void qvec_free(plm_qvec *v) {
     free(v->q); free(v->scale); free(v->bsum); free(v->scale8); free(v->ssum8);
+    free(v->qp); free(v->scale8p); free(v->ssum8p);
 }
 
 /* ---- matrix products over the pool -------------------------------------------------------- */
@@ -84,7 +88,18 @@ typedef struct {
     plm_model *m;
     mm_job jobs[3];
     int n_jobs, n_tok;
+    int swiglu; /* jobs are gate and up: each thread then applies silu(gate) * up to its own rows */
 } mm_task;
+
+static void swiglu_rows(const mm_task *t, int ith, int nth) {
+    const int rows = t->jobs[0].w->rows;
+    const int per = ((rows + nth - 1) / nth + 3) & ~3;
+    const int r0 = ith * per, r1 = r0 + per < rows ? r0 + per : rows;
+    for (int tok = 0; tok < t->n_tok; tok++) {
+        float *g = t->jobs[0].y + (size_t)tok * rows, *u = t->jobs[1].y + (size_t)tok * rows;
+        for (int r = r0; r < r1; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+    }
+}
 
 static void mm_worker(void *p, int ith, int nth) {
     mm_task *t = (mm_task *)p;
@@ -128,18 +143,23 @@ static void mm_worker(void *p, int ith, int nth) {
             m->k.gemm_f32(wf, cols, job->x, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
         }
     }
+    /* Gate and up share the row split, so each thread finishes SwiGLU on exactly the rows it wrote:
+       no second pass over the pool and the values are still in cache. */
+    if (t->swiglu) swiglu_rows(t, ith, nth);
 }
 
-static void matmul(plm_model *m, int n_tok, int n_jobs, mm_job *jobs) {
-    mm_task t = {.m = m, .n_jobs = n_jobs, .n_tok = n_tok};
+static void matmul_ex(plm_model *m, int n_tok, int n_jobs, mm_job *jobs, int swiglu) {
+    mm_task t = {.m = m, .n_jobs = n_jobs, .n_tok = n_tok, .swiglu = swiglu};
     for (int j = 0; j < n_jobs; j++) t.jobs[j] = jobs[j];
     plm_pool_run(m->pool, mm_worker, &t);
 }
 
+static void matmul(plm_model *m, int n_tok, int n_jobs, mm_job *jobs) { matmul_ex(m, n_tok, n_jobs, jobs, 0); }
+
 /* On the GEMV path with integer weights each token's input is quantised once, shared by every row. */
 static const plm_qvec *maybe_quantize(plm_model *m, const plm_matrix *w, const float *x, int slot, int n_tok) {
     if (n_tok > GEMV_MAX || (w->dtype != PLM_I8 && w->dtype != PLM_I4)) return NULL;
-    for (int t = 0; t < n_tok; t++) plm_quantize_vec(x + (size_t)t * w->cols, w->cols, &m->qv[slot][t]);
+    for (int t = 0; t < n_tok; t++) m->k.quantize(x + (size_t)t * w->cols, w->cols, &m->qv[slot][t]);
     return m->qv[slot];
 }
 
@@ -211,7 +231,7 @@ static void rope(const plm_model *m, float *v, int n_heads, int pos) {
 /* ---- forward ---------------------------------------------------------------------------------- */
 static void forward_chunk(plm_model *m, const int32_t *tokens, const int32_t *pos, const int32_t *slot, int n, float *logits, int all_logits, int need_logits) {
     const plm_config *c = &m->cfg;
-    const int dim = c->dim, ffn = c->ffn_dim;
+    const int dim = c->dim;
     const size_t kvd = kv_dim(c), qd = q_dim(c);
     m->pos = pos;
     m->slot = slot;
@@ -249,13 +269,8 @@ static void forward_chunk(plm_model *m, const int32_t *tokens, const int32_t *po
         mark(m, PLM_PROF_NORM);
         const plm_qvec *fq = maybe_quantize(m, &L->wgate, m->xn, 0, n);
         mm_job gu[2] = {{&L->wgate, m->xn, fq, m->hb}, {&L->wup, m->xn, fq, m->hb2}};
-        matmul(m, n, 2, gu);
+        matmul_ex(m, n, 2, gu, 1); /* hb = silu(gate) * up, fused into the workers */
         mark(m, PLM_PROF_FFN_UP);
-        for (size_t i = 0; i < (size_t)n * ffn; i++) {
-            const float g = m->hb[i];
-            m->hb[i] = g / (1.0f + expf(-g)) * m->hb2[i];
-        }
-        mark(m, PLM_PROF_SWIGLU);
         const plm_qvec *dq = maybe_quantize(m, &L->wdown, m->hb, 1, n);
         mm_job d = {&L->wdown, m->hb, dq, m->xn};
         matmul(m, n, 1, &d);

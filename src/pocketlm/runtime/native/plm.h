@@ -37,6 +37,10 @@ typedef struct {
     int32_t *bsum;  /* (n / 32,) sum of q per block */
     float *scale8;  /* (n / 32 * 8 + 16,) each block's scale repeated over the 8 int32 lanes its products land in */
     float *ssum8;   /* (n / 32 * 8 + 16,) scale * bsum, repeated likewise (for the +128 / -8 offsets) */
+    /* The same, reordered per 64 values as the int4 kernel unpacks nibbles: [block b values 0-15,
+     * block b+1 values 0-15, block b values 16-31, block b+1 values 16-31]. */
+    int8_t *qp;
+    float *scale8p, *ssum8p;
     int n;
 } plm_qvec;
 
@@ -52,6 +56,7 @@ typedef struct {
      * rows [r0, r1) of a (n_rows_total, cols) float block `wf` whose row 0 is matrix row `wrow0`. */
     void (*gemm_f32)(const float *wf, int ldw, const float *x, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols);
     float (*dot)(const float *a, const float *b, int n);
+    void (*quantize)(const float *x, int n, plm_qvec *out); /* plm_quantize_vec, vectorised */
     void (*axpy)(float *y, const float *x, float a, int n); /* y += a * x */
 } plm_kernels;
 
