@@ -24,7 +24,8 @@ def register(subparsers) -> None:
         examples=(
             '  pocketlm generate --model runs/pretrain --prompt "Once upon a time"\n'
             '  pocketlm generate --model runs/pretrain/model --prompt "The cat" --temperature 0 --max-new-tokens 40\n'
-            "  pocketlm generate --model runs/pretrain --prompt 'def add(' --top-p 0.9 --seed 1 --stop $'\\n\\n'"
+            "  pocketlm generate --model runs/pretrain --prompt 'def add(' --top-p 0.9 --seed 1 --stop $'\\n\\n'\n"
+            '  pocketlm generate --model runs/big --draft runs/small --prompt "def " --temperature 0'
         ),
     )
     p.add_argument(
@@ -73,6 +74,16 @@ def register(subparsers) -> None:
         help="forward passes in PyTorch or the native C loop (CPU only); auto: native on the "
         "CPU when it can run the model, else torch",
     )
+    d = p.add_argument_group("speculative decoding")
+    d.add_argument(
+        "--draft",
+        metavar="DIR",
+        help="a cheaper model with the same tokenizer that proposes tokens for --model to check "
+        "in one pass: a smaller model, or an int4 copy of the same one (pocketlm quantize). The "
+        "text is the same as without it at --temperature 0 (the same distribution when "
+        "sampling); it pays off when the model is large and the draft guesses well",
+    )
+    d.add_argument("--draft-tokens", type=int, default=4, help="tokens the draft proposes per step")
     p.set_defaults(handler=_generate)
 
 
@@ -83,6 +94,12 @@ def _write(text: str) -> None:
         encoding = sys.stdout.encoding or "ascii"
         sys.stdout.write(text.encode(encoding, errors="replace").decode(encoding))
     sys.stdout.flush()
+
+
+def _draft_note(engine) -> str:
+    if engine.last_acceptance is None:
+        return ""
+    return f", draft accepted {engine.last_acceptance:.0%}"
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -100,7 +117,12 @@ def _generate(args: argparse.Namespace) -> int:
         stop=tuple(args.stop),
     )
     engine = load_engine(
-        args.model, device=args.device, precision=args.precision, backend=args.backend
+        args.model,
+        device=args.device,
+        precision=args.precision,
+        backend=args.backend,
+        draft=args.draft,
+        draft_tokens=args.draft_tokens,
     )
     last = None
     for chunk in engine.generate(args.prompt, params):
@@ -113,7 +135,7 @@ def _generate(args: argparse.Namespace) -> int:
         print(
             f"[{t.generated_tokens} tokens, prompt {t.prompt_tokens} tokens, "
             f"prefill {t.prefill_s:.3f}s, {t.decode_tokens_per_s:.1f} tokens/s, "
-            f"backend {engine.name}, finish: {last.finish_reason}]",
+            f"backend {engine.name}{_draft_note(engine)}, finish: {last.finish_reason}]",
             file=sys.stderr,
         )
     return 0

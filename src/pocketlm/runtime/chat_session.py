@@ -1,7 +1,7 @@
 """A chat conversation over the generation engine: history, the context window, streamed replies.
 
-The prompt is always THE chat template (`Tokenizer.render_chat`) over the system message and the
-turns that fit: when the history outgrows the context, the oldest turns leave the window (they
+The prompt is always THE chat template (`Tokenizer.encode_chat`, so text typed in a message never
+becomes a control token) over the system message and the turns that fit: when the history outgrows the context, the oldest turns leave the window (they
 stay in `messages` and in saved files) and the reply says how many were dropped.
 """
 
@@ -91,12 +91,12 @@ class ChatSession:
         """Set (or with empty text clear) the system prompt for the next replies."""
         self.system = (text or "").strip() or None
 
-    def _render(self, messages: list[dict[str, str]]) -> str:
+    def _encode(self, messages: list[dict[str, str]]) -> list[int]:
         head = [{"role": "system", "content": self.system}] if self.system else []
-        return self.engine.tokenizer.render_chat(head + messages, add_generation_prompt=True)
+        return self.engine.tokenizer.encode_chat(head + messages, add_generation_prompt=True)
 
     def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        return len(self.engine.tokenizer.encode(self._render(messages)))
+        return len(self._encode(messages))
 
     def _fit(self, pending: dict[str, str]) -> tuple[list[dict[str, str]], int]:
         """The window's messages plus `pending` that fit with room for a reply; how many dropped."""
@@ -121,7 +121,7 @@ class ChatSession:
         """Add a user message and start the reply (InputError when it cannot fit the context)."""
         pending = {"role": "user", "content": text}
         window, dropped = self._fit(pending)
-        ids = self.engine.encode_prompt(self._render(window), add_bos=True)
+        ids = self.engine.encode_prompt(self._encode(window), add_bos=False)  # starts with bos
         self.messages.append(pending)
         self.window_start = len(self.messages) - len(window)
         return ChatReply(self, self.engine.generate(ids, self.params, add_bos=False), dropped)

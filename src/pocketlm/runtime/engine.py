@@ -161,13 +161,19 @@ class SequenceState:
             ) from exc
         if self.logprobs is not None:
             lp = token_logprob(logits, self.params, token, self.logprobs, previous)
-        self.generated.append(token)
-        if self.params.repetition_penalty != 1.0:
-            self.seen.append(token)
-        chunk = self._advance(token)
+        chunk = self.push(token)
         if self.logprobs is not None:
             chunk = replace(chunk, logprob=lp)
         return token, chunk
+
+    def push(self, token: int) -> GenerationChunk:
+        """Take a token chosen elsewhere (e.g. by speculative decoding) and return its chunk."""
+        if self.finish_reason is not None:
+            raise PocketLMError("this sequence has already finished")
+        self.generated.append(token)
+        if self.params.repetition_penalty != 1.0:
+            self.seen.append(token)
+        return self._advance(token)
 
     def _advance(self, token: int) -> GenerationChunk:
         if token in self.stop_ids:
@@ -200,9 +206,29 @@ class SequenceState:
 class GenerationEngine:
     """Prompt in, streamed text out: sampling and stopping over one ForwardBackend."""
 
-    def __init__(self, backend: ForwardBackend, tokenizer: Tokenizer) -> None:
+    def __init__(
+        self,
+        backend: ForwardBackend,
+        tokenizer: Tokenizer,
+        *,
+        draft: ForwardBackend | None = None,
+        draft_tokens: int = 4,
+    ) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
+        # Speculative decoding: a smaller model with the same tokenizer proposes `draft_tokens`
+        # tokens that the model checks in one forward (backends need extend() and truncate()).
+        self.draft = draft
+        self.draft_tokens = draft_tokens
+        self.last_acceptance: float | None = None  # share of draft tokens kept, last generation
+        if draft is not None:
+            for b, role in ((backend, "model"), (draft, "draft model")):
+                if not (hasattr(b, "extend") and hasattr(b, "truncate")):
+                    raise InputError(
+                        f"the {role}'s backend ({type(b).__name__}) cannot verify draft tokens"
+                    )
+            if draft_tokens < 1:
+                raise InputError(f"draft tokens per step must be >= 1, got {draft_tokens}")
         self._active = 0  # id of the generation that owns the backend's context
 
     @property
@@ -248,6 +274,13 @@ class GenerationEngine:
         params = params or SamplingParams()
         ids = self.encode_prompt(prompt, add_bos=add_bos)
         self._active += 1
+        if self.draft is not None:
+            if params.repetition_penalty != 1.0:
+                raise InputError(
+                    "speculative decoding does not support a repetition penalty",
+                    hint="drop the draft model or use repetition_penalty 1",
+                )
+            return self._stream_speculative(ids, params, self._active)
         return self._stream(ids, params, self._active)
 
     def _stream(
@@ -277,6 +310,38 @@ class GenerationEngine:
             logits = backend.decode(token)
             token, chunk = state.step(logits)
             decode_s += time.perf_counter() - start
+        timings = Timings(len(ids), len(state.generated), prefill_s, decode_s)
+        yield replace(chunk, timings=timings)
+
+    def _stream_speculative(
+        self, ids: list[int], params: SamplingParams, run: int
+    ) -> Iterator[GenerationChunk]:
+        from pocketlm.runtime.speculative import SpeculativeDecoder
+
+        assert self.draft is not None
+        room = min(self.backend.context_length, self.draft.context_length) - len(ids) + 1
+        state = SequenceState(
+            self.tokenizer, params, ids, max_new_tokens=min(params.max_new_tokens, room)
+        )
+        spec = SpeculativeDecoder(
+            self.backend, self.draft, params, k=self.draft_tokens, rng=state.generator
+        )
+        tokens = spec.tokens(ids)
+        start = time.perf_counter()
+        chunk = state.push(next(tokens))
+        prefill_s = time.perf_counter() - start  # both prefills and the first draft round
+        decode_s = 0.0
+        while chunk.finish_reason is None:
+            self.last_acceptance = spec.acceptance_rate
+            yield chunk
+            if self._active != run:
+                raise PocketLMError(
+                    "this generation was superseded by a newer generate() on the same engine"
+                )
+            start = time.perf_counter()
+            chunk = state.push(next(tokens))
+            decode_s += time.perf_counter() - start
+        self.last_acceptance = spec.acceptance_rate
         timings = Timings(len(ids), len(state.generated), prefill_s, decode_s)
         yield replace(chunk, timings=timings)
 

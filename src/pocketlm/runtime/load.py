@@ -29,23 +29,28 @@ def load_engine(
     max_len: int | None = None,
     backend: str = "auto",
     threads: int = 0,
+    draft: str | Path | None = None,
+    draft_tokens: int = 4,
 ) -> GenerationEngine:
     """An engine over a model dir (or a training run's final model / latest checkpoint).
 
     backend: "torch", "native" (CPU only; a PocketLMError says why when it cannot run) or
     "auto" (native when the device is the CPU and precision auto/fp32, falling back to torch).
     threads: native backend threads (0 = its default).
+    draft: a smaller model with the same tokenizer for speculative decoding (opened with the
+    same settings), proposing `draft_tokens` tokens per step.
     """
-    return GenerationEngine(
-        *open_backend(
-            model,
-            device=device,
-            precision=precision,
-            max_len=max_len,
-            backend=backend,
-            threads=threads,
-        )
+    settings = dict(
+        device=device, precision=precision, max_len=max_len, backend=backend, threads=threads
     )
+    target, tokenizer = open_backend(model, **settings)
+    if draft is None:
+        return GenerationEngine(target, tokenizer)
+    from pocketlm.runtime.speculative import check_draft
+
+    draft_backend, draft_tokenizer = open_backend(draft, **settings)
+    check_draft(tokenizer, draft_tokenizer)
+    return GenerationEngine(target, tokenizer, draft=draft_backend, draft_tokens=draft_tokens)
 
 
 def open_backend(

@@ -121,10 +121,9 @@ class GenerationRoutes:
     async def chat_completions(self, request: Any) -> Any:
         """POST /v1/chat/completions."""
         req = parse_request(ChatCompletionRequest, await request.body())
-        text = self.tokenizer.render_chat(req.template_messages(), add_generation_prompt=True)
-        ids = await asyncio.to_thread(self.tokenizer.encode, text)  # long prompts take a while
-        if not ids or ids[0] != self.tokenizer.bos_id:
-            ids = [self.tokenizer.bos_id, *ids]
+        # encode_chat starts with bos and keeps special-token text in messages as plain text.
+        messages = req.template_messages()
+        ids = await asyncio.to_thread(self.tokenizer.encode_chat, messages)  # long prompts: slow
         ids = self._fit(ids, "messages")
         limit = req.token_limit()
         max_new = self._cap(limit, ids)

@@ -65,32 +65,37 @@ class SpeculativeDecoder:
         return int(self.rng.choice(probs.shape[0], p=probs))
 
     def tokens(self, prompt_ids: Sequence[int]) -> Iterator[int]:
-        """Token ids of the continuation, without end (the caller stops when it has enough)."""
+        """Token ids of the continuation, without end (the caller stops when it has enough).
+
+        One target forward per round: the last sampled token (not yet in either cache) goes in
+        front of the k proposals, so a single `extend` of k + 1 tokens both stores it and scores
+        every proposal plus the bonus position.
+        """
         self.target.reset()
         self.draft.reset()
-        t_logits = self.target.prefill(prompt_ids)
-        d_logits = self.draft.prefill(prompt_ids)
-        base = len(prompt_ids)
+        y = self._draw(distribution(self.target.prefill(prompt_ids), self.params, self.vocab))
+        self.draft.prefill(prompt_ids)
+        yield y
+        committed = len(prompt_ids) + 1  # the sequence so far; the target holds all but y
+        draft_feed = [y]  # tokens the draft has not seen yet
         while True:
-            room = self.target.context_length - base - 1
-            k = max(0, min(self.k, room, self.draft.context_length - base - 1))
+            room = min(self.target.context_length, self.draft.context_length) - committed
+            k = max(0, min(self.k, room))
+            d_rows = self.draft.extend(draft_feed)  # (len(draft_feed), V)
+            d_logits = d_rows[-1]
             proposals: list[int] = []
             q_dists: list[np.ndarray] = []
-            for _ in range(k):
+            for i in range(k):
                 q = distribution(d_logits, self.params, self.vocab)
                 x = self._draw(q)
                 proposals.append(x)
                 q_dists.append(q)
-                d_logits = self.draft.decode(x)
-            rows = (
-                self.target.extend(proposals)
-                if proposals
-                else np.zeros((0, self.target.vocab_size), np.float32)
-            )  # (k, V)
-            p_logits = [t_logits, *list(rows)]
+                if i < k - 1:
+                    d_logits = self.draft.decode(x)
+            rows = self.target.extend([y, *proposals])  # (k + 1, V): row i scores proposal i
             n_ok = 0
             for i, x in enumerate(proposals):
-                p = distribution(p_logits[i], self.params, self.vocab)
+                p = distribution(rows[i], self.params, self.vocab)
                 ok = p[x] > 0 and (
                     self.params.greedy or self.rng.random() < min(1.0, p[x] / q_dists[i][x])
                 )
@@ -101,20 +106,19 @@ class SpeculativeDecoder:
             self.accepted += n_ok
             for x in proposals[:n_ok]:
                 yield x
-            p = distribution(p_logits[n_ok], self.params, self.vocab)
+            p = distribution(rows[n_ok], self.params, self.vocab)
             if n_ok < len(proposals) and not self.params.greedy:
-                residual = np.maximum(
-                    p - q_dists[n_ok], 0.0
-                )  # the rejected draft's excess mass removed
+                # A rejection resamples from the target's excess mass over the draft's.
+                residual = np.maximum(p - q_dists[n_ok], 0.0)
                 p = residual / residual.sum() if residual.sum() > 0 else p
             y = self._draw(p)
             yield y
-            base += n_ok
-            self.target.truncate(base)
-            self.draft.truncate(base)
-            t_logits = self.target.decode(y)
-            d_logits = self.draft.decode(y)
-            base += 1
+            # The target keeps the old y and the accepted proposals; the new y is pending.
+            self.target.truncate(committed + n_ok)
+            drafted = min(n_ok, k - 1) if k else 0  # accepted proposals the draft has consumed
+            self.draft.truncate(committed + drafted)
+            draft_feed = [*proposals[drafted:n_ok], y]
+            committed += n_ok + 1
 
     @property
     def acceptance_rate(self) -> float:

@@ -22,9 +22,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def render_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
-    """Render messages ({'role': system|user|assistant, 'content': str}) with the chat template."""
-    parts = [BOS]
+def chat_turns(messages: Sequence[Mapping[str, str]]) -> list[tuple[str, str]]:
+    """(role token, content) of each message, checked (InputError for a bad role or content)."""
+    turns = []
     for i, message in enumerate(messages):
         role = message.get("role")
         content = message.get("content")
@@ -34,7 +34,19 @@ def render_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bo
             )
         if not isinstance(content, str):
             raise InputError(f"message {i}: content must be a string")
-        parts.append(f"{ROLE_TOKENS[role]}\n{content}{END_OF_TURN}\n")
+        turns.append((ROLE_TOKENS[role], content))
+    return turns
+
+
+def render_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
+    """Render messages ({'role': system|user|assistant, 'content': str}) with the chat template.
+
+    The text is for display and for exporters; to get token ids use `Tokenizer.encode_chat`, which
+    never turns special-token text inside a message into control tokens (encoding this string would).
+    """
+    parts = [BOS]
+    for role_token, content in chat_turns(messages):
+        parts.append(f"{role_token}\n{content}{END_OF_TURN}\n")
     if add_generation_prompt:
         parts.append(f"{ASSISTANT}\n")
     return "".join(parts)

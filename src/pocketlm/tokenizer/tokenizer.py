@@ -8,8 +8,15 @@ from pathlib import Path
 
 from pocketlm.common.errors import ArtifactError
 from pocketlm.common.hashing import sha256_bytes
-from pocketlm.tokenizer.chat_template import CHAT_TEMPLATE, render_chat
-from pocketlm.tokenizer.special_tokens import BOS, END_OF_TURN, EOS, PAD, SPECIAL_TOKENS
+from pocketlm.tokenizer.chat_template import CHAT_TEMPLATE, chat_turns, render_chat
+from pocketlm.tokenizer.special_tokens import (
+    ASSISTANT,
+    BOS,
+    END_OF_TURN,
+    EOS,
+    PAD,
+    SPECIAL_TOKENS,
+)
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -35,7 +42,14 @@ class Tokenizer:
         self.eos_id: int = ids[EOS]
         self.end_of_turn_id: int = ids[END_OF_TURN]
         self.special_ids: frozenset[int] = frozenset(ids.values())
-        self.fingerprint: str = sha256_bytes(backend.to_str().encode("utf-8"))[:16]
+        self._special_id: dict[str, int] = ids
+        serialized = backend.to_str()
+        self.fingerprint: str = sha256_bytes(serialized.encode("utf-8"))[:16]
+        # A twin backend that reads special-token text ("<|end|>") as plain bytes, for untrusted
+        # text. A second instance rather than toggling the flag on `backend`, so threads encoding
+        # at once never see each other's setting. The flag is not serialized: save() is unchanged.
+        self._plain_backend = type(backend).from_str(serialized)
+        self._plain_backend.encode_special_tokens = True
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
@@ -55,16 +69,46 @@ class Tokenizer:
         # the same text for transformers.
         return cls(backend)
 
-    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
-        """Token ids of `text` (no special tokens added unless add_bos)."""
-        ids = self.backend.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, *, add_bos: bool = False, parse_special: bool = True) -> list[int]:
+        """Token ids of `text` (no special tokens added unless add_bos).
+
+        With parse_special (trusted text: corpora, raw prompts) special-token text such as
+        "<|end|>" becomes that token; without it (untrusted text) it is encoded as plain bytes.
+        """
+        backend = self.backend if parse_special else self._plain_backend
+        ids = backend.encode(text, add_special_tokens=False).ids
         return [self.bos_id, *ids] if add_bos else ids
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of many texts, encoded in parallel by the Rust backend."""
+    def encode_batch(self, texts: Sequence[str], *, parse_special: bool = True) -> list[list[int]]:
+        """Token ids of many texts, encoded in parallel by the Rust backend (see encode)."""
+        backend = self.backend if parse_special else self._plain_backend
         # encode_batch_fast (tokenizers >= 0.21) skips character offsets we never use: ~20% faster.
-        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         return [e.ids for e in encode(list(texts), add_special_tokens=False)]
+
+    def encode_chat(
+        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Token ids of the chat template over messages; message text never becomes special tokens.
+
+        bos, role and end-of-turn tokens go in as ids; the text between them is encoded with
+        special tokens off, as the pieces "\\n{content}" and "\\n". The backend cuts a string at
+        its special tokens before pre-tokenizing, so these are exactly the pieces encoded on their
+        own in render_chat's text: for messages without special-token text the ids equal
+        `encode(render_chat(messages, add_generation_prompt))`.
+        """
+        turns = chat_turns(messages)
+        pieces = self.encode_batch(["\n", *(f"\n{c}" for _, c in turns)], parse_special=False)
+        if any(i in self.special_ids for piece in pieces for i in piece):
+            # Impossible with the byte-level regex pre-tokenizer (it cuts "<|end|>" at the letters).
+            raise ArtifactError("this tokenizer encodes plain text to special tokens; retrain it")
+        newline = pieces[0]
+        ids = [self.bos_id]
+        for (role_token, _), body in zip(turns, pieces[1:], strict=True):
+            ids += [self._special_id[role_token], *body, self.end_of_turn_id, *newline]
+        if add_generation_prompt:
+            ids += [self._special_id[ASSISTANT], *newline]
+        return ids
 
     def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
         """Text of token ids (special tokens kept unless skip_special)."""
@@ -73,7 +117,7 @@ class Tokenizer:
     def render_chat(
         self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True
     ) -> str:
-        """The chat template applied to messages (see tokenizer.chat_template)."""
+        """The chat template applied to messages, as text (for ids use encode_chat)."""
         return render_chat(messages, add_generation_prompt)
 
     def token_bytes(self, token_id: int) -> bytes:

@@ -133,3 +133,50 @@ def test_draft_with_another_tokenizer_is_refused(synthetic_pipeline, tmp_path):
     )
     with pytest.raises(InputError, match="needs the same tokenizer"):
         check_draft(Tokenizer.load(synthetic_pipeline["tokenizer"]), other)
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_engine_with_a_draft_writes_the_same_text_at_temperature_zero(pair, backend):
+    from pocketlm.runtime.load import load_engine
+
+    if backend == "native":
+        pytest.importorskip("pocketlm.runtime._native")
+    target_dir, draft_dir = pair
+    params = SamplingParams(temperature=0, max_new_tokens=30)
+    plain = load_engine(target_dir, backend=backend).complete("the cat", params)
+    engine = load_engine(target_dir, backend=backend, draft=draft_dir, draft_tokens=3)
+    fast = engine.complete("the cat", params)
+    assert fast.token_ids == plain.token_ids and fast.text == plain.text
+    assert fast.finish_reason == plain.finish_reason
+    assert fast.timings.generated_tokens == plain.timings.generated_tokens
+    assert engine.last_acceptance is not None and 0.0 <= engine.last_acceptance <= 1.0
+
+
+def test_engine_with_a_draft_stops_at_the_context_end(pair):
+    from pocketlm.runtime.load import load_engine
+
+    target_dir, draft_dir = pair
+    engine = load_engine(target_dir, backend="torch", draft=draft_dir, max_len=24)
+    out = engine.complete(list(range(1, 21)), SamplingParams(temperature=0, max_new_tokens=100))
+    assert out.finish_reason in {"length", "stop"} and len(out.token_ids) <= 24 - 20 + 1
+
+
+def test_engine_with_a_draft_refuses_a_repetition_penalty(pair):
+    from pocketlm.runtime.load import load_engine
+
+    target_dir, draft_dir = pair
+    engine = load_engine(target_dir, backend="torch", draft=draft_dir)
+    with pytest.raises(InputError, match="repetition penalty"):
+        engine.generate("x", SamplingParams(repetition_penalty=1.2))
+
+
+def test_generate_cli_with_a_draft(pair, capsys):
+    from pocketlm.cli.main import main
+
+    target_dir, draft_dir = pair
+    args = ["generate", "--model", str(target_dir), "--prompt", "the", "--temperature", "0"]
+    assert main([*args, "--max-new-tokens", "12"]) == 0
+    plain = capsys.readouterr().out
+    assert main([*args, "--max-new-tokens", "12", "--draft", str(draft_dir)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == plain and "draft accepted" in captured.err

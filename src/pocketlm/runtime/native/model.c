@@ -319,7 +319,7 @@ plm_model *plm_model_create(const plm_config *cfg, const plm_matrix *embed, cons
     m->layers = (plm_layer *)malloc(sizeof(plm_layer) * (size_t)cfg->n_layers);
     memcpy(m->layers, layers, sizeof(plm_layer) * (size_t)cfg->n_layers);
     plm_select_kernels(&m->k, isa);
-    m->pool = plm_pool_create(n_threads);
+    m->pool = plm_pool_acquire(n_threads);
     const size_t kvd = kv_dim(cfg), qd = q_dim(cfg), T = (size_t)cfg->max_batch, wide = (size_t)(cfg->dim > cfg->ffn_dim ? cfg->dim : cfg->ffn_dim);
     m->k_cache = (float *)xalloc(sizeof(float) * (size_t)cfg->n_slots * cfg->n_layers * cfg->max_seq * kvd);
     m->v_cache = (float *)xalloc(sizeof(float) * (size_t)cfg->n_slots * cfg->n_layers * cfg->max_seq * kvd);
@@ -359,7 +359,7 @@ const char *plm_model_isa(const plm_model *m) { return m->k.name; }
 
 void plm_model_destroy(plm_model *m) {
     if (!m) return;
-    plm_pool_destroy(m->pool);
+    plm_pool_release(m->pool);
     free(m->layers);
     free(m->k_cache); free(m->v_cache); free(m->rope_cos); free(m->rope_sin);
     free(m->x); free(m->xn); free(m->q); free(m->kk); free(m->vv); free(m->att); free(m->hb); free(m->hb2);

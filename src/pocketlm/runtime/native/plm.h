@@ -69,6 +69,8 @@ float plm_f16_to_f32(uint16_t h);
 typedef void (*plm_task_fn)(void *arg, int ith, int nth);
 typedef struct plm_pool plm_pool;
 plm_pool *plm_pool_create(int n_threads);
+plm_pool *plm_pool_acquire(int n_threads); /* shared per thread count, reference-counted */
+void plm_pool_release(plm_pool *pool);
 void plm_pool_run(plm_pool *pool, plm_task_fn fn, void *arg);
 int plm_pool_size(const plm_pool *pool);
 void plm_pool_destroy(plm_pool *pool);
