@@ -6,8 +6,8 @@ vs a nanoGPT-style GPT-2 loop, at the issue's two shapes, interleaved so drift h
 
 Shapes (batch 16 x 256 tokens, byte-level BPE vocab 4096, tied embeddings):
     c1: 4 layers x 128, 4 heads        c2: 6 layers x 256, 8 heads
-PocketLM uses its own model and training-step code (fused/foreach AdamW, grad clipping, the same
-loss as `pocketlm pretrain`), eager and torch.compile'd. "hf" is LlamaForCausalLM with the same
+PocketLM uses its own model and training-step code (the default Muon + AdamW optimizers, or
+AdamW alone; grad clipping; the same loss as `pocketlm pretrain`), eager and torch.compile'd. "hf" is LlamaForCausalLM with the same
 shape and a plain loop (forward with labels, backward, AdamW). "gpt2-ref" is a GPT-2 model in the
 style of nanoGPT (LayerNorm, GELU MLP 4x, learned positions) written here for an in-run baseline.
 """
@@ -81,7 +81,9 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def pocketlm_step(shape: str, precision: str, compiled: bool) -> Callable[[], None]:
+def pocketlm_step(
+    shape: str, precision: str, compiled: bool, optimizer: str = "muon"
+) -> Callable[[], None]:
     from pocketlm.model.config import ModelConfig
     from pocketlm.model.transformer import build_model
     from pocketlm.train.config import OptimConfig
@@ -92,7 +94,7 @@ def pocketlm_step(shape: str, precision: str, compiled: bool) -> Callable[[], No
     config = ModelConfig(vocab_size=VOCAB, max_seq_len=CTX, n_kv_heads=s["n_heads"], **s)
     model = build_model(config)
     device = torch.device("cpu")
-    optimizers = build_optimizers(model.named_parameters(), OptimConfig(), device)
+    optimizers = build_optimizers(model.named_parameters(), OptimConfig(kind=optimizer), device)
     params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
     autocast = autocast_context(device, precision)
     x, y = _batch()
@@ -192,8 +194,9 @@ def main() -> None:
     results: dict[str, dict] = {}
     for shape in args.shapes:
         variants: dict[str, Callable[[], None]] = {
-            "pocketlm fp32 (compiled)": pocketlm_step(shape, "fp32", True),
-            "pocketlm fp32 (eager)": pocketlm_step(shape, "fp32", False),
+            "pocketlm fp32 muon (compiled)": pocketlm_step(shape, "fp32", True),
+            "pocketlm fp32 adamw (compiled)": pocketlm_step(shape, "fp32", True, "adamw"),
+            "pocketlm fp32 muon (eager)": pocketlm_step(shape, "fp32", False),
             "hf llama fp32": hf_step(shape, "fp32"),
             "gpt2-ref fp32": gpt2_step(shape, "fp32"),
         }

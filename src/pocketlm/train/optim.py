@@ -7,7 +7,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from pocketlm.common.device import cpu_supports_bf16
 from pocketlm.train.config import OptimConfig
+from pocketlm.train.muon import Muon
 
 
 def _is_decayed(name: str, param: torch.Tensor) -> bool:
@@ -32,6 +34,7 @@ def build_optimizers(
         kwargs["foreach"] = True
     optimizers: list[torch.optim.Optimizer] = []
     if config.kind == "muon":
+        native_bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
         # Muon orthogonalises updates of hidden 2-D matrices; embeddings and the head stay on AdamW.
         hidden = [
             p for n, p in params if p.ndim == 2 and "embed_tokens" not in n and "lm_head" not in n
@@ -39,12 +42,12 @@ def build_optimizers(
         hidden_ids = {id(p) for p in hidden}
         params = [(n, p) for n, p in params if id(p) not in hidden_ids]
         optimizers.append(
-            torch.optim.Muon(
+            Muon(
                 hidden,
                 lr=config.muon_lr or config.lr,
                 momentum=config.muon_momentum,
                 weight_decay=config.weight_decay,
-                adjust_lr_fn="match_rms_adamw",
+                ns_dtype=torch.bfloat16 if native_bf16 else torch.float32,
             )
         )
     decay = [p for n, p in params if _is_decayed(n, p)]

@@ -20,7 +20,9 @@ from pocketlm.common.units import format_count, format_duration
 
 _log = get_logger("pocketlm.quickstart")
 STATE_FILE = "quickstart.json"
-PYTHON_PROMPTS = ("def ", "class ", "import ", "    def __init__(self", "# ")
+# No trailing spaces: byte-level BPE attaches a space to the next word, so a prompt ending in
+# one asks the model to continue after an unnatural token.
+PYTHON_PROMPTS = ("def", "class", "import", "    def __init__(self", "#")
 
 
 @dataclass(frozen=True)
@@ -226,7 +228,7 @@ def _report(
 ) -> Path:
     model_manifest = read_manifest(run_dir / "model", kind="model")
     s = model_manifest["summary"]
-    prompts = PYTHON_PROMPTS if "stdlib" in config.corpus else ("The ", "In ", "A ", "We ", "It ")
+    prompts = PYTHON_PROMPTS if "stdlib" in config.corpus else ("The", "In", "A", "We", "It")
     samples = _samples(run_dir / "model", prompts, config.device)
     run_cfg = json.loads((run_dir / "run_config.json").read_text(encoding="utf-8"))
     model = run_cfg["model"]
