@@ -174,7 +174,16 @@ def run_quickstart(
     echo("Next, try:")
     echo(f"  pocketlm generate --model {run_dir} --prompt 'def fibonacci(n):'")
     echo(f"  pocketlm eval --model {run_dir} --tokens {tokens_dir}")
+    echo(
+        f"  pocketlm quantize --model {run_dir} --scheme int8 --tokens {tokens_dir} --out {out / 'int8'}"
+    )
+    echo(
+        f"  pocketlm serve --model {run_dir}   # OpenAI API + chat page (pip install 'pocketlm[serve]')"
+    )
     echo(f"  pocketlm export hf --model {run_dir} --out {out / 'hf'}")
+    echo(
+        f"  pocketlm export gguf --model {run_dir} --out {out / 'model.gguf'}   # needs pocketlm[gguf]"
+    )
     echo(f"  pocketlm inspect {run_dir / 'model'}")
     return report
 
