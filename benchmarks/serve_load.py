@@ -184,7 +184,12 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--slots", type=int, default=8, help="the server's --slots")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "native"])
-    p.add_argument("--threads", type=int, default=0, help="native backend threads (0 = all cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="native backend threads (0 = the server's default: all cores but one)",
+    )
     p.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "serve_load.json"
     )

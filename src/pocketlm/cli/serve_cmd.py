@@ -74,7 +74,12 @@ def register(subparsers) -> None:
         choices=["auto", "fp32", "bf16", "fp16"],
         help="weights and compute precision (torch)",
     )
-    r.add_argument("--threads", type=int, default=0, help="native backend threads (0 = all cores)")
+    r.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="native backend threads (0 = all cores but one, left to the HTTP side)",
+    )
     p.set_defaults(handler=_serve)
 
 
@@ -120,6 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
     key = _api_key(args)
     require("fastapi", "serve", "pocketlm serve")
     require("uvicorn", "serve", "pocketlm serve")
+    from pocketlm.common.device import serving_threads, usable_cores
     from pocketlm.runtime.batch_backends import open_batch_backend
     from pocketlm.runtime.scheduler import BatchScheduler
     from pocketlm.runtime.server import DEFAULT_PUBLIC_PATHS, ServerSettings, create_app, run_server
@@ -130,7 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
         precision=args.precision,
-        threads=args.threads,
+        threads=serving_threads(args.threads, usable_cores()),
         max_len=args.max_len,
     )
     scheduler = BatchScheduler(backend, tokenizer, max_queue=args.max_queue)

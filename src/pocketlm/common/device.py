@@ -12,6 +12,26 @@ if TYPE_CHECKING:
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask), at least 1."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def serving_threads(requested: int, cores: int) -> int:
+    """Native threads for a server: as requested, or (0) every core but one for the HTTP side.
+
+    Streaming many clients needs CPU between decode steps (HTTP, JSON, SSE); a decode thread
+    spinning on that core starves it. Measured on 2 cores, 8 streaming clients: 551 tokens/s
+    with 1 decode thread vs 351 with 2.
+    """
+    return requested if requested > 0 else max(1, cores - 1)
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
     """'auto' -> cuda if available, else mps, else cpu; validates explicit choices."""
     import torch

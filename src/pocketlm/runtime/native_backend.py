@@ -7,7 +7,6 @@ decode protocol maps onto one C call per forward; the GIL is released while it r
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from pocketlm.checkpoint.layout import (
     resolve_model_dir,
 )
 from pocketlm.checkpoint.safetensors_mmap import MappedTensors
+from pocketlm.common.device import usable_cores
 from pocketlm.common.errors import InputError, PocketLMError
 from pocketlm.model.config import ModelConfig
 from pocketlm.tokenizer.tokenizer import Tokenizer
@@ -120,7 +120,7 @@ class NativeBackend:
                 )
             )
         self._context_length = min(max_len or c.max_seq_len, c.max_seq_len)
-        self.threads = threads or _usable_cores()
+        self.threads = threads or usable_cores()
         self.slots = slots
         cfg = (
             c.vocab_size,
@@ -245,13 +245,6 @@ def _read_json(path: Path) -> dict | None:
     import json
 
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def _usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 def open_native_backend(
