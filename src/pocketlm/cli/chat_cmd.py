@@ -6,7 +6,8 @@ import argparse
 import contextlib
 import sys
 
-from pocketlm.cli.options import add_parser
+from pocketlm.cli.options import add_parser, sampling_from_args
+from pocketlm.cli.terminal import write_text
 
 PROMPT = "you> "
 CONTINUATION = "...> "
@@ -70,16 +71,6 @@ def register(subparsers) -> None:
     p.set_defaults(handler=_chat)
 
 
-def _write(text: str, stream=None) -> None:
-    out = stream or sys.stdout
-    try:
-        out.write(text)
-    except UnicodeEncodeError:  # a terminal that cannot show some character
-        encoding = out.encoding or "ascii"
-        out.write(text.encode(encoding, errors="replace").decode(encoding))
-    out.flush()
-
-
 def read_message(read=input) -> str:
     """One message from the user: `\\`-continued lines or a \"\"\" block joined with newlines."""
     first = read(PROMPT)
@@ -103,55 +94,46 @@ def _command(session, line: str) -> bool:
         return False
     if name == "reset":
         session.reset()
-        _write("[conversation reset]\n", sys.stderr)
+        write_text("[conversation reset]\n", sys.stderr)
     elif name == "system":
         session.set_system(rest)
         state = f"set: {session.system}" if session.system else "cleared"
-        _write(f"[system prompt {state}]\n", sys.stderr)
+        write_text(f"[system prompt {state}]\n", sys.stderr)
     elif name == "save":
         if not rest.strip():
-            _write("usage: /save FILE\n", sys.stderr)
+            write_text("usage: /save FILE\n", sys.stderr)
         else:
-            _write(f"[saved to {session.save(rest.strip())}]\n", sys.stderr)
+            write_text(f"[saved to {session.save(rest.strip())}]\n", sys.stderr)
     elif name == "help":
-        _write(HELP + "\n", sys.stderr)
+        write_text(HELP + "\n", sys.stderr)
     else:
-        _write(f"unknown command /{name}; /help lists them\n", sys.stderr)
+        write_text(f"unknown command /{name}; /help lists them\n", sys.stderr)
     return True
 
 
 def _reply(session, text: str) -> None:
     reply = session.send(text)
     if reply.dropped:
-        _write(
+        write_text(
             f"[dropped the {reply.dropped} oldest message(s) to fit the context window]\n",
             sys.stderr,
         )
-    _write(REPLY)
+    write_text(REPLY)
     try:
         for piece in reply:
-            _write(piece)
+            write_text(piece)
     except KeyboardInterrupt:
         reply.close()
-        _write("\n[reply stopped]")
-    _write("\n")
+        write_text("\n[reply stopped]")
+    write_text("\n")
 
 
 def _chat(args: argparse.Namespace) -> int:
     from pocketlm.common.errors import PocketLMError
     from pocketlm.runtime.chat_session import ChatSession
     from pocketlm.runtime.load import load_engine
-    from pocketlm.runtime.sampling import SamplingParams
 
-    params = SamplingParams(
-        max_new_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-    )
+    params = sampling_from_args(args, max_new_tokens=args.max_tokens)
     engine = load_engine(
         args.model,
         device=args.device,
@@ -162,7 +144,7 @@ def _chat(args: argparse.Namespace) -> int:
     session = ChatSession(engine, params, system=args.system)
     with contextlib.suppress(ImportError):  # not on every platform
         import readline  # noqa: F401  (line editing and history for input())
-    _write(
+    write_text(
         f"[chatting with {args.model}: context {session.context_length} tokens, backend "
         f"{engine.name}; /help for commands, Ctrl-D to leave]\n",
         sys.stderr,
@@ -171,7 +153,7 @@ def _chat(args: argparse.Namespace) -> int:
         try:
             text = read_message()
         except (EOFError, KeyboardInterrupt):
-            _write("\n")
+            write_text("\n")
             return 0
         if not text.strip():
             continue
@@ -182,6 +164,6 @@ def _chat(args: argparse.Namespace) -> int:
                 continue
             _reply(session, text[1:] if text.startswith("//") else text)
         except KeyboardInterrupt:  # between the prompt and the first token
-            _write("\n[reply stopped]\n")
+            write_text("\n[reply stopped]\n")
         except PocketLMError as exc:
-            _write(f"error: {exc}\n", sys.stderr)
+            write_text(f"error: {exc}\n", sys.stderr)

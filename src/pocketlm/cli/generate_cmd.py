@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pocketlm.cli.options import add_parser
+from pocketlm.cli.options import add_parser, sampling_from_args
+from pocketlm.cli.terminal import write_text
 
 
 def register(subparsers) -> None:
@@ -87,15 +88,6 @@ def register(subparsers) -> None:
     p.set_defaults(handler=_generate)
 
 
-def _write(text: str) -> None:
-    try:
-        sys.stdout.write(text)
-    except UnicodeEncodeError:  # a terminal that cannot show some character
-        encoding = sys.stdout.encoding or "ascii"
-        sys.stdout.write(text.encode(encoding, errors="replace").decode(encoding))
-    sys.stdout.flush()
-
-
 def _draft_note(engine) -> str:
     if engine.last_acceptance is None:
         return ""
@@ -104,18 +96,8 @@ def _draft_note(engine) -> str:
 
 def _generate(args: argparse.Namespace) -> int:
     from pocketlm.runtime.load import load_engine
-    from pocketlm.runtime.sampling import SamplingParams
 
-    params = SamplingParams(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-        stop=tuple(args.stop),
-    )
+    params = sampling_from_args(args, max_new_tokens=args.max_new_tokens, stop=args.stop)
     engine = load_engine(
         args.model,
         device=args.device,
@@ -127,9 +109,9 @@ def _generate(args: argparse.Namespace) -> int:
     last = None
     for chunk in engine.generate(args.prompt, params):
         if chunk.text:
-            _write(chunk.text)
+            write_text(chunk.text)
         last = chunk
-    _write("\n")
+    write_text("\n")
     if last is not None and last.timings is not None and not getattr(args, "quiet", False):
         t = last.timings
         print(

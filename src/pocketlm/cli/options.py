@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from pocketlm.runtime.sampling import SamplingParams
 
 T = TypeVar("T")
 
@@ -69,3 +72,22 @@ def done(path: object) -> int:
     """Print the artifact path on stdout (the one line scripts can capture) and succeed."""
     print(path)
     return 0
+
+
+def sampling_from_args(
+    args: argparse.Namespace, *, max_new_tokens: int, stop: Sequence[str] = ()
+) -> SamplingParams:
+    """SamplingParams from the shared flags --temperature/--top-k/--top-p/--min-p/
+    --repetition-penalty/--seed (generate and chat)."""
+    from pocketlm.runtime.sampling import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=tuple(stop),
+    )

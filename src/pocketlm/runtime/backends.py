@@ -15,6 +15,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from pocketlm.common.errors import InputError
+
 
 @runtime_checkable
 class ForwardBackend(Protocol):
@@ -51,3 +53,11 @@ class ForwardBackend(Protocol):
     def decode(self, token_id: int) -> np.ndarray:
         """Append one token; float32 logits (V,) for the next position."""
         ...
+
+
+def check_room(position: int, n_new: int, context: int) -> None:
+    """Raise InputError when n_new more tokens do not fit after `position` in the context."""
+    if position + n_new > context:
+        raise InputError(
+            f"context full: {position} tokens + {n_new} new exceed the context of {context}"
+        )

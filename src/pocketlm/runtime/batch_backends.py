@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from pocketlm.common.errors import ConfigError, InputError
+from pocketlm.runtime.backends import check_room
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 
@@ -65,14 +66,6 @@ class BatchBackend(Protocol):
     def release(self, slot: int) -> None:
         """Forget the slot's context (its cache is reused by the next sequence)."""
         ...
-
-
-def check_room(position: int, n_new: int, context: int) -> None:
-    """Raise InputError when n_new more tokens do not fit after `position` in the context."""
-    if position + n_new > context:
-        raise InputError(
-            f"context full: {position} tokens + {n_new} new exceed the context of {context}"
-        )
 
 
 class NativeBatchBackend:

@@ -272,78 +272,66 @@ class GenerationEngine:
         new generate() on the same engine supersedes an unfinished earlier one.
         """
         params = params or SamplingParams()
+        if self.draft is not None and params.repetition_penalty != 1.0:
+            raise InputError(
+                "speculative decoding does not support a repetition penalty",
+                hint="drop the draft model or use repetition_penalty 1",
+            )
         ids = self.encode_prompt(prompt, add_bos=add_bos)
         self._active += 1
-        if self.draft is not None:
-            if params.repetition_penalty != 1.0:
-                raise InputError(
-                    "speculative decoding does not support a repetition penalty",
-                    hint="drop the draft model or use repetition_penalty 1",
-                )
-            return self._stream_speculative(ids, params, self._active)
         return self._stream(ids, params, self._active)
 
     def _stream(
         self, ids: list[int], params: SamplingParams, run: int
     ) -> Iterator[GenerationChunk]:
-        backend = self.backend
-        room = backend.context_length - len(ids) + 1  # the last token never needs a cache slot
-        state = SequenceState(
-            self.tokenizer,
-            params,
-            ids,
-            max_new_tokens=min(params.max_new_tokens, room),
-        )
-        start = time.perf_counter()
-        backend.reset()
-        logits = backend.prefill(ids)
-        token, chunk = state.step(logits)
-        prefill_s = time.perf_counter() - start
-        decode_s = 0.0
-        while chunk.finish_reason is None:
-            yield chunk
-            if self._active != run:
-                raise PocketLMError(
-                    "this generation was superseded by a newer generate() on the same engine"
-                )
-            start = time.perf_counter()
-            logits = backend.decode(token)
-            token, chunk = state.step(logits)
-            decode_s += time.perf_counter() - start
-        timings = Timings(len(ids), len(state.generated), prefill_s, decode_s)
-        yield replace(chunk, timings=timings)
-
-    def _stream_speculative(
-        self, ids: list[int], params: SamplingParams, run: int
-    ) -> Iterator[GenerationChunk]:
-        from pocketlm.runtime.speculative import SpeculativeDecoder
-
-        assert self.draft is not None
-        room = min(self.backend.context_length, self.draft.context_length) - len(ids) + 1
+        context = self.backend.context_length
+        if self.draft is not None:
+            context = min(context, self.draft.context_length)
+        room = context - len(ids) + 1  # the last token never needs a cache slot
         state = SequenceState(
             self.tokenizer, params, ids, max_new_tokens=min(params.max_new_tokens, room)
         )
-        spec = SpeculativeDecoder(
-            self.backend, self.draft, params, k=self.draft_tokens, rng=state.generator
+        chunks = (
+            self._speculative_chunks(ids, params, state)
+            if self.draft is not None
+            else self._plain_chunks(ids, state)
         )
-        tokens = spec.tokens(ids)
         start = time.perf_counter()
-        chunk = state.push(next(tokens))
-        prefill_s = time.perf_counter() - start  # both prefills and the first draft round
+        chunk = next(chunks)
+        prefill_s = time.perf_counter() - start  # prompt forward(s) + the first token
         decode_s = 0.0
         while chunk.finish_reason is None:
-            self.last_acceptance = spec.acceptance_rate
             yield chunk
             if self._active != run:
                 raise PocketLMError(
                     "this generation was superseded by a newer generate() on the same engine"
                 )
             start = time.perf_counter()
-            chunk = state.push(next(tokens))
+            chunk = next(chunks)
             decode_s += time.perf_counter() - start
-        self.last_acceptance = spec.acceptance_rate
         timings = Timings(len(ids), len(state.generated), prefill_s, decode_s)
         yield replace(chunk, timings=timings)
+
+    def _plain_chunks(self, ids: list[int], state: SequenceState) -> Iterator[GenerationChunk]:
+        """One prefill, then one decode per token, sampling the model's own logits."""
+        self.backend.reset()
+        token, chunk = state.step(self.backend.prefill(ids))
+        while True:
+            yield chunk
+            token, chunk = state.step(self.backend.decode(token))
+
+    def _speculative_chunks(
+        self, ids: list[int], params: SamplingParams, state: SequenceState
+    ) -> Iterator[GenerationChunk]:
+        """Tokens chosen by draft-and-verify rounds (SpeculativeDecoder), fed to the state."""
+        from pocketlm.runtime.speculative import SpeculativeDecoder
+
+        spec = SpeculativeDecoder(
+            self.backend, self.draft, params, k=self.draft_tokens, rng=state.generator
+        )
+        for token in spec.tokens(ids):
+            self.last_acceptance = spec.acceptance_rate
+            yield state.push(token)
 
     def complete(
         self,

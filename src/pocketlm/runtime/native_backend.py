@@ -23,6 +23,7 @@ from pocketlm.checkpoint.safetensors_mmap import MappedTensors
 from pocketlm.common.device import usable_cores
 from pocketlm.common.errors import InputError, PocketLMError
 from pocketlm.model.config import ModelConfig
+from pocketlm.runtime.backends import check_room
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 F32, BF16, I8, I4 = 0, 1, 2, 3
@@ -165,10 +166,7 @@ class NativeBackend:
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
         n = ids.shape[0]
-        if self._position + n > self._context_length:
-            raise InputError(
-                f"context full: {self._position} tokens + {n} new exceed the context of {self._context_length}"
-            )
+        check_room(self._position, n, self._context_length)
         positions = np.arange(self._position, self._position + n, dtype=np.int32)
         self._model.forward(ids, positions, np.zeros(n, dtype=np.int32), self._logits)
         self._position += n
@@ -188,10 +186,7 @@ class NativeBackend:
     def extend(self, token_ids: Any) -> np.ndarray:
         """Append tokens; logits (n, V) after each of them (speculative verification)."""
         ids = np.ascontiguousarray(token_ids, dtype=np.int32)
-        if self._position + ids.shape[0] > self._context_length:
-            raise InputError(
-                f"context full: {self._position} tokens + {ids.shape[0]} new exceed the context of {self._context_length}"
-            )
+        check_room(self._position, ids.shape[0], self._context_length)
         return self.forward_all(ids, self._position)
 
     def truncate(self, position: int) -> None:

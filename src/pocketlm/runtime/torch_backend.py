@@ -10,6 +10,7 @@ import torch
 from pocketlm.common.errors import InputError
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.transformer import CausalLM
+from pocketlm.runtime.backends import check_room
 
 
 class TorchBackend:
@@ -63,10 +64,7 @@ class TorchBackend:
                 self._cache = KVCache.allocate(
                     self.config, 1, self._context_length, device=self.torch_device, dtype=self.dtype
                 )
-        if self.position + n_new > self._context_length:
-            raise InputError(
-                f"context full: {self.position} tokens + {n_new} new exceed the context of {self._context_length}"
-            )
+        check_room(self.position, n_new, self._context_length)
         return self._cache
 
     def prefill(self, token_ids: Sequence[int]) -> np.ndarray:

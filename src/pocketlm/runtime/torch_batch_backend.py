@@ -18,7 +18,7 @@ import torch
 from pocketlm.common.errors import InputError
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.transformer import CausalLM
-from pocketlm.runtime.batch_backends import check_room
+from pocketlm.runtime.backends import check_room
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 
