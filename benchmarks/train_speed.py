@@ -101,9 +101,8 @@ def pocketlm_step(
 
     def loss_fn(
         m: nn.Module, xy: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:  # as in train.pretrain
-        logits = m(xy[0])
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), xy[1].reshape(-1))
+    ) -> torch.Tensor:  # as in train.pretrain: the LM head fused with the loss
+        return m(xy[0], targets=xy[1])
 
     fn = torch.compile(loss_fn) if compiled else loss_fn
 

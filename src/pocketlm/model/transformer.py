@@ -15,6 +15,7 @@ from torch import nn
 
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.kv_cache import KVCache
+from pocketlm.model.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -195,11 +196,14 @@ class CausalLM(nn.Module):
         cache: KVCache | None = None,
         *,
         output_positions: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for every position, or only at output_positions (B,) -> (B, vocab).
 
         With a cache, input_ids are the new tokens of each row, written after the row's
-        current length; the cache's lengths advance by T.
+        current length; the cache's lengths advance by T. With targets (B, T) (-100 = no
+        target) the result is instead the mean cross-entropy, computed by the LM head fused
+        with the loss so the (B, T, vocab) logits never exist at once.
         """
         batch, seq = input_ids.shape
         x = self.model.embed_tokens(input_ids)  # (B, T, dim)
@@ -226,7 +230,20 @@ class CausalLM(nn.Module):
             cache.advance(seq)
         if output_positions is not None:
             x = x[torch.arange(batch, device=x.device), output_positions]  # (B, dim)
+        if targets is not None:
+            return self._loss(self.model.norm(x), targets)
         return self.lm_head(self.model.norm(x))
+
+    def _loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the head's logits; fused unless the head was swapped (LoRA, int8)."""
+        if type(self.lm_head) is nn.Linear:
+            return linear_cross_entropy(hidden, self.lm_head.weight, targets)
+        logits = self.lm_head(hidden)  # (B, T, vocab)
+        return F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+        )
 
     def num_params(self) -> int:
         """Unique parameters (tied weights counted once)."""

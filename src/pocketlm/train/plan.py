@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from pocketlm.model.config import ModelConfig
+from pocketlm.model.linear_cross_entropy import chunk_rows
 from pocketlm.model.presets import preset_config
 from pocketlm.model.transformer import build_model
 from pocketlm.train.budget import Budget
@@ -70,8 +70,7 @@ def measure_step_seconds(
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         with autocast:
-            logits = model(x)
-        loss = F.cross_entropy(logits.float().reshape(-1, config.vocab_size), y.reshape(-1))
+            loss = model(x, targets=y)  # the training step's loss: LM head fused with it
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -130,20 +129,20 @@ def memory_estimate(
     """Training memory in bytes (fp32 weights and AdamW, eager PyTorch on CPU), by component.
 
     weights + grads 4 bytes each per parameter, AdamW 8 (Muon ~4 on matrices); activations kept
-    for backward ~ (14 x dim + 4 x ffn) floats per token per layer, plus ~6 floats per token per
-    vocabulary entry for the logits, their softmax and gradient (calibrated against peak RSS).
+    for backward ~ (14 x dim + 4 x ffn) floats per token per layer (calibrated against peak RSS).
+    The loss is the LM head fused with cross-entropy: one chunk of logits at a time plus the
+    stored gradients of the hidden states and the head, never (tokens x vocab) logits.
     """
     n = config.num_params()
     tokens = batch_size * ctx
     weights = grads = 4 * n
     optim = 8 * n if optimizer == "adamw" else 4 * n + 4 * config.vocab_size * config.dim
-    activations = (
-        4
-        * tokens
-        * (
-            config.n_layers * (14 * config.dim + 4 * config.resolved_ffn_dim)
-            + 6 * config.vocab_size
-        )
+    loss_chunk = 3 * chunk_rows(config.vocab_size) * config.vocab_size  # logits, probs, copy
+    loss_grads = 2 * tokens * config.dim + 2 * config.vocab_size * config.dim
+    activations = 4 * (
+        tokens * config.n_layers * (14 * config.dim + 4 * config.resolved_ffn_dim)
+        + loss_chunk
+        + loss_grads
     )
     return {
         "weights": weights,

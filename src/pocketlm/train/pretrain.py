@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pocketlm.checkpoint.model_io import save_model
 from pocketlm.common.config import to_dict
@@ -116,10 +115,7 @@ def pretrain_task(
         m: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, int]:
         x, y = batch
-        logits = m(x)  # (B, T, vocab)
-        return F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1)
-        ), y.numel()
+        return m(x, targets=y), y.numel()  # LM head fused with the loss: no (B, T, vocab) logits
 
     def to_device(
         batch: tuple[np.ndarray, np.ndarray], device: torch.device

@@ -1,0 +1,118 @@
+"""The LM head fused with cross-entropy: mean loss over targets without materialising all logits.
+
+A plain loss computes logits (N, vocab) for every position, keeps them for backward, then runs
+log-softmax forward and backward over them: two full (N, vocab) tensors in memory and several
+passes over them. Here the rows go through in chunks small enough to stay in cache: each chunk's
+logits are computed, turned into the loss and, right away, into the gradient (softmax minus the
+one-hot target), which is multiplied into the gradients of the hidden states and of the head
+weight; the logits are then dropped. Backward only scales the stored gradients. Same numbers as
+`F.cross_entropy(hidden @ weight.T, targets)` to float rounding; memory O(chunk x vocab).
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100  # as in F.cross_entropy: targets equal to it add no loss and no gradient
+_CHUNK_ELEMENTS = 1 << 20  # logits per chunk (4 MiB in fp32): cache-sized on CPU, cheap on GPU
+
+
+def chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk for a vocabulary: ~1M logits, clamped to 64..1024 rows (a power of two)."""
+    rows = max(64, min(1024, _CHUNK_ELEMENTS // max(1, vocab_size)))
+    return 1 << (rows.bit_length() - 1)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Forward computes the loss and both gradients chunk by chunk; backward scales them."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        hidden: torch.Tensor,  # (N, dim)
+        weight: torch.Tensor,  # (vocab, dim)
+        targets: torch.Tensor,  # (N,) int64
+        compute_dtype: torch.dtype,
+        rows: int,
+    ) -> torch.Tensor:
+        needs_h, needs_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        valid = targets != IGNORE_INDEX  # (N,)
+        n_valid = int(valid.sum())
+        w_c = weight.to(compute_dtype)  # (vocab, dim)
+        grad_h = torch.zeros_like(hidden) if needs_h else None
+        grad_w = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            if needs_w
+            else None
+        )
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        inv_n = 1.0 / max(n_valid, 1)
+        for start in range(0, hidden.shape[0], rows):
+            stop = min(start + rows, hidden.shape[0])
+            ok = valid[start:stop]  # (c,)
+            h_c = hidden[start:stop].to(compute_dtype)  # (c, dim)
+            y_c = torch.where(ok, targets[start:stop], 0)[:, None]  # (c, 1); ignored rows -> 0
+            logits = (h_c @ w_c.t()).float()  # (c, vocab)
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (c, 1)
+            row_loss = (lse - logits.gather(1, y_c)).squeeze(1)  # (c,)
+            total += torch.where(ok, row_loss, 0.0).sum()
+            if grad_h is None and grad_w is None:
+                continue
+            # d(mean loss)/d(logits) = (softmax - onehot) / n_valid, zero on ignored rows; in place.
+            probs = logits.sub_(lse).exp_()  # (c, vocab)
+            probs.scatter_add_(1, y_c, torch.full_like(row_loss, -1.0)[:, None])
+            probs.mul_((ok.to(probs.dtype) * inv_n)[:, None])
+            g_logits = probs.to(compute_dtype)
+            if grad_h is not None and hidden.dtype == compute_dtype:
+                torch.mm(g_logits, w_c, out=grad_h[start:stop])  # (c, dim)
+            elif grad_h is not None:
+                grad_h[start:stop] = (g_logits @ w_c).to(hidden.dtype)
+            if grad_w is not None and compute_dtype == torch.float32:
+                grad_w.addmm_(g_logits.t(), h_c)  # (vocab, dim)
+            elif grad_w is not None:
+                grad_w.add_((g_logits.t() @ h_c).float())
+        ctx.save_for_backward(
+            grad_h if grad_h is not None else torch.empty(0),
+            grad_w.to(weight.dtype) if grad_w is not None else torch.empty(0),
+        )
+        return total * inv_n
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        grad_h, grad_w = ctx.saved_tensors  # type: ignore[attr-defined]
+        return (
+            grad_h * grad_loss if ctx.needs_input_grad[0] else None,  # type: ignore[attr-defined]
+            grad_w * grad_loss if ctx.needs_input_grad[1] else None,  # type: ignore[attr-defined]
+            None,
+            None,
+            None,
+        )
+
+
+@torch.compiler.disable  # a Python loop over chunks; eager is what makes it cheap
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` against targets, -100 ignored; (..., dim) -> ()."""
+    device_type = hidden.device.type
+    autocast_on = torch.is_autocast_enabled(device_type) if _autocast_takes_device() else False
+    compute_dtype = torch.get_autocast_dtype(device_type) if autocast_on else hidden.dtype
+    h = hidden.reshape(-1, hidden.shape[-1])  # (N, dim)
+    y = targets.reshape(-1)  # (N,)
+    if h.shape[0] != y.shape[0]:
+        raise ValueError(f"{h.shape[0]} hidden rows but {y.shape[0]} targets")
+    with torch.autocast(device_type, enabled=False):
+        return _LinearCrossEntropy.apply(
+            h, weight, y, compute_dtype, rows or chunk_rows(weight.shape[0])
+        )
+
+
+def _autocast_takes_device() -> bool:
+    """torch >= 2.4 answers is_autocast_enabled(device_type); older torch has no such form."""
+    try:
+        torch.is_autocast_enabled("cpu")
+    except TypeError:
+        return False
+    return True
