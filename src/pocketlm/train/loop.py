@@ -25,6 +25,7 @@ from pocketlm.checkpoint.run_checkpoints import (
     prune_checkpoints,
 )
 from pocketlm.checkpoint.train_state import load_train_state, save_train_state
+from pocketlm.common.allocator import reuse_freed_memory
 from pocketlm.common.config import to_dict
 from pocketlm.common.device import resolve_device, resolve_precision, torch_dtype
 from pocketlm.common.errors import ArtifactError, ConfigError, PocketLMError
@@ -121,6 +122,8 @@ def train(
     precision = resolve_precision(config.precision, device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    if device.type == "cpu":
+        reuse_freed_memory()  # each step reuses the last step's pages instead of faulting anew
     torch.manual_seed(config.seed)
     budget = parse_budget(config.budget)
     tokens_per_step = task.tokens_per_batch * config.grad_accum

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pocketlm.common.allocator import reuse_freed_memory
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.linear_cross_entropy import chunk_rows
 from pocketlm.model.presets import preset_config
@@ -54,6 +55,8 @@ def measure_step_seconds(
     steps: int = 2,
 ) -> float:
     """Seconds per optimizer step of a fresh model (best of `steps`, after one warm-up step)."""
+    if device.type == "cpu":
+        reuse_freed_memory()  # as the training loop does
     model = build_model(config, device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw_kernel(device))
     gen = torch.Generator().manual_seed(0)
