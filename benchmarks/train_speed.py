@@ -7,22 +7,29 @@ vs a nanoGPT-style GPT-2 loop, at the issue's two shapes, interleaved so drift h
 Shapes (batch 16 x 256 tokens, byte-level BPE vocab 4096, tied embeddings):
     c1: 4 layers x 128, 4 heads        c2: 6 layers x 256, 8 heads
 PocketLM uses its own model and training-step code (the default Muon + AdamW optimizers, or
-AdamW alone; grad clipping; the same loss as `pocketlm pretrain`), eager and torch.compile'd. "hf" is LlamaForCausalLM with the same
-shape and a plain loop (forward with labels, backward, AdamW). "gpt2-ref" is a GPT-2 model in the
-style of nanoGPT (LayerNorm, GELU MLP 4x, learned positions) written here for an in-run baseline.
+AdamW alone; grad clipping; the same loss as `pocketlm pretrain`), eager and torch.compile'd.
+"hf" is LlamaForCausalLM with the same shape and a plain loop (forward with labels, backward,
+AdamW). "gpt2-ref" is a GPT-2 model in the style of nanoGPT (LayerNorm, GELU MLP 4x, learned
+positions) written here for an in-run baseline. Every variant runs in its own process, timed in
+turn round after round; PocketLM's with the malloc setting its training loop applies, the others
+as a user runs them, plus "hf + malloc reuse" to show what that setting alone gives a plain loop.
+Per shape it also profiles PocketLM's best step and reports the time of its matrix products and
+attention kernels (the same kernels every implementation runs): tokens / that time is the
+ceiling no loop can pass, and its ratio over hf the largest in-run ratio this machine allows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import multiprocessing as mp
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -175,6 +182,117 @@ def gpt2_step(shape: str, precision: str) -> Callable[[], None]:
     return step
 
 
+# Kernels every implementation of this step runs at the same size: the matrix products and the
+# attention. Their time (self time in the profiler) bounds what any loop around them can reach.
+_FLOOR_OPS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::addmm_",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+}
+
+
+def kernel_floor_s(step: Callable[[], None], steps: int = 2, repeats: int = 3) -> float:
+    """Seconds per step spent in matrix products and attention kernels (profiled; the least of
+    `repeats` profiles, since a noisy machine only ever adds time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    best = float("inf")
+    for _ in range(repeats):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in _FLOOR_OPS)
+        best = min(best, us / 1e6 / steps)
+    return best
+
+
+# --- one process per variant ----------------------------------------------------------------------
+# Each loop runs in its own process, as it would for a user: PocketLM's with the malloc setting its
+# training loop applies (freed memory reused), the others with the C library's defaults; an extra
+# "hf ... + malloc reuse" variant shows what that setting alone gives a plain loop. The parent
+# times the processes in turn, round after round, so machine drift hits every variant alike.
+_BUILDERS: dict[str, Callable[..., Callable[[], None]]] = {
+    "pocketlm": pocketlm_step,
+    "hf": hf_step,
+    "gpt2": gpt2_step,
+}
+
+
+def _worker(conn: Any, builder: str, args: tuple, reuse_memory: bool) -> None:
+    """Build one step function, warm it up, then answer ("run", n) / ("floor",) / ("stop",)."""
+    if reuse_memory:
+        from pocketlm.common.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
+    step = _BUILDERS[builder](*args)
+    t0 = time.perf_counter()
+    for _ in range(2):  # warm-up, including torch.compile
+        step()
+    conn.send(time.perf_counter() - t0)
+    while True:
+        cmd = conn.recv()
+        if cmd[0] == "run":
+            t0 = time.perf_counter()
+            for _ in range(cmd[1]):
+                step()
+            conn.send(time.perf_counter() - t0)
+        elif cmd[0] == "floor":
+            conn.send(kernel_floor_s(step))
+        else:
+            return
+
+
+def _variants(shape: str, with_bf16: bool) -> dict[str, tuple[str, tuple, bool]]:
+    """name -> (builder, builder args, reuse freed memory)."""
+    v = {
+        "pocketlm fp32 muon (compiled)": ("pocketlm", (shape, "fp32", True), True),
+        "pocketlm fp32 adamw (compiled)": ("pocketlm", (shape, "fp32", True, "adamw"), True),
+        "pocketlm fp32 muon (eager)": ("pocketlm", (shape, "fp32", False), True),
+        "hf llama fp32": ("hf", (shape, "fp32"), False),
+        "hf llama fp32 + malloc reuse": ("hf", (shape, "fp32"), True),
+        "gpt2-ref fp32": ("gpt2", (shape, "fp32"), False),
+    }
+    if with_bf16:
+        v["pocketlm bf16 (compiled)"] = ("pocketlm", (shape, "bf16", True), True)
+        v["hf llama bf16"] = ("hf", (shape, "bf16"), False)
+        v["gpt2-ref bf16"] = ("gpt2", (shape, "bf16"), False)
+    return v
+
+
+def measure_shape(shape: str, rounds: int, steps: int, with_bf16: bool) -> dict[str, Any]:
+    """Interleaved tokens/s medians, warm-up times and the kernel floor of the best PocketLM step."""
+    ctx = mp.get_context("spawn")
+    workers: dict[str, tuple[Any, Any]] = {}
+    warmup_s: dict[str, float] = {}
+    try:
+        for name, (builder, args, reuse) in _variants(shape, with_bf16).items():
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, builder, args, reuse), daemon=True)
+            proc.start()
+            warmup_s[name] = round(parent.recv(), 1)  # one at a time: warm-ups do not overlap
+            workers[name] = (proc, parent)
+        samples: dict[str, list[float]] = {name: [] for name in workers}
+        for _ in range(rounds):
+            for name, (_proc, conn) in workers.items():
+                time.sleep(0.2)  # let the last process's OpenMP threads stop spinning
+                conn.send(("run", steps))
+                samples[name].append(BATCH * CTX * steps / conn.recv())
+        med = {name: round(statistics.median(v)) for name, v in samples.items()}
+        best = max((k for k in med if k.startswith("pocketlm")), key=med.__getitem__)
+        workers[best][1].send(("floor",))
+        floor_s = workers[best][1].recv()
+    finally:
+        for proc, conn in workers.values():
+            if proc.is_alive():
+                conn.send(("stop",))
+                proc.join(timeout=30)
+    return {"tokens_per_s": med, "warmup_s": warmup_s, "best": best, "floor_s": floor_s}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -192,52 +310,47 @@ def main() -> None:
     with_bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and cpu_supports_bf16())
     results: dict[str, dict] = {}
     for shape in args.shapes:
-        variants: dict[str, Callable[[], None]] = {
-            "pocketlm fp32 muon (compiled)": pocketlm_step(shape, "fp32", True),
-            "pocketlm fp32 adamw (compiled)": pocketlm_step(shape, "fp32", True, "adamw"),
-            "pocketlm fp32 muon (eager)": pocketlm_step(shape, "fp32", False),
-            "hf llama fp32": hf_step(shape, "fp32"),
-            "gpt2-ref fp32": gpt2_step(shape, "fp32"),
-        }
-        if with_bf16:
-            variants.update(
-                {
-                    "pocketlm bf16 (compiled)": pocketlm_step(shape, "bf16", True),
-                    "hf llama bf16": hf_step(shape, "bf16"),
-                    "gpt2-ref bf16": gpt2_step(shape, "bf16"),
-                }
-            )
-        compile_s = {}
-        for name, step in variants.items():  # warm-up (and compile) before timing anything
-            t0 = time.perf_counter()
-            for _ in range(2):
-                step()
-            compile_s[name] = round(time.perf_counter() - t0, 1)
-        samples: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(args.rounds):
-            for name, step in variants.items():
-                t0 = time.perf_counter()
-                for _ in range(args.steps):
-                    step()
-                samples[name].append(BATCH * CTX * args.steps / (time.perf_counter() - t0))
-        med = {name: round(statistics.median(v)) for name, v in samples.items()}
-        best_ours = max(v for k, v in med.items() if k.startswith("pocketlm"))
-        hf_best = max(v for k, v in med.items() if k.startswith("hf"))
+        m = measure_shape(shape, args.rounds, args.steps, with_bf16)
+        med = m["tokens_per_s"]
+        best_ours = med[m["best"]]
+        hf_plain = max(v for k, v in med.items() if k.startswith("hf") and "malloc" not in k)
+        hf_reuse = med["hf llama fp32 + malloc reuse"]
         ref_best = max(v for k, v in med.items() if k.startswith("gpt2-ref"))
         anchor_best = max(ANCHORS[shape].values())
+        ceiling = BATCH * CTX / m["floor_s"]
         results[shape] = {
             "tokens_per_s": med,
-            "warmup_s": compile_s,
-            "ratio_vs_hf_in_run": round(best_ours / hf_best, 2),
+            "warmup_s": m["warmup_s"],
+            "best": m["best"],
+            "ratio_vs_hf_in_run": round(best_ours / hf_plain, 2),
+            "ratio_vs_hf_with_malloc_reuse": round(best_ours / hf_reuse, 2),
             "ratio_vs_gpt2_ref_in_run": round(best_ours / ref_best, 2),
             "ratio_vs_nanogpt_anchor_best": round(best_ours / anchor_best, 2),
+            # matmul + attention time of PocketLM's best step: no loop around these kernels can
+            # pass tokens / floor, so that over hf is the largest ratio this machine allows.
+            "kernel_floor_ms_per_step": round(m["floor_s"] * 1000, 1),
+            "kernel_share_of_step": round(m["floor_s"] * best_ours / (BATCH * CTX), 2),
+            "ceiling_tokens_per_s": round(ceiling),
+            "ceiling_ratio_vs_hf": round(ceiling / hf_plain, 2),
+            "ceiling_ratio_vs_hf_with_malloc_reuse": round(ceiling / hf_reuse, 2),
+            "ceiling_ratio_vs_nanogpt_anchor_best": round(ceiling / anchor_best, 2),
         }
         if not args.json:
+            r = results[shape]
             print(f"\n{shape}: {SHAPES[shape]}, batch {BATCH}x{CTX}, vocab {VOCAB}")
             for name, v in med.items():
-                print(f"  {name:<28} {v:>7,} tok/s   (warm-up {compile_s[name]} s)")
+                print(f"  {name:<32} {v:>7,} tok/s   (warm-up {m['warmup_s'][name]} s)")
             print(
-                f"  PocketLM best / hf: {results[shape]['ratio_vs_hf_in_run']}x   / gpt2-ref: {results[shape]['ratio_vs_gpt2_ref_in_run']}x   / nanoGPT anchor {anchor_best:,}: {results[shape]['ratio_vs_nanogpt_anchor_best']}x"
+                f"  PocketLM best / hf: {r['ratio_vs_hf_in_run']}x (/ hf + malloc reuse: "
+                f"{r['ratio_vs_hf_with_malloc_reuse']}x)   / gpt2-ref: {r['ratio_vs_gpt2_ref_in_run']}x"
+                f"   / nanoGPT anchor {anchor_best:,}: {r['ratio_vs_nanogpt_anchor_best']}x"
+            )
+            print(
+                f"  matmul + attention kernels: {r['kernel_floor_ms_per_step']} ms of the best step "
+                f"({r['kernel_share_of_step']:.0%}); with nothing else the step would reach "
+                f"{r['ceiling_tokens_per_s']:,} tok/s = {r['ceiling_ratio_vs_hf']}x hf "
+                f"({r['ceiling_ratio_vs_hf_with_malloc_reuse']}x hf + malloc reuse), "
+                f"{r['ceiling_ratio_vs_nanogpt_anchor_best']}x the nanoGPT anchor"
             )
     meta = {
         "machine": platform.processor() or platform.machine(),
@@ -253,7 +366,6 @@ def main() -> None:
     )
     if args.json:
         print(json.dumps(out, indent=2))
-    _ = math
 
 
 if __name__ == "__main__":
