@@ -11,7 +11,7 @@ from pocketlm.train.budget import parse_budget
 from pocketlm.train.plan import PlanRow, memory_estimate, recommend
 
 _PROBE = """
-import json, resource, sys, torch, torch.nn.functional as F
+import json, sys, torch, torch.nn.functional as F
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
 from pocketlm.train.plan import memory_estimate, runtime_baseline_bytes
@@ -24,7 +24,11 @@ opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
 x = torch.randint(0, V, (B, T)); y = torch.randint(0, V, (B, T))
 for _ in range(2):
     model(x, targets=y).backward(); opt.step(); opt.zero_grad(set_to_none=True)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, not ru_maxrss: after fork+exec ru_maxrss starts at the parent's (pytest's) RSS.
+try:
+    peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+except OSError:  # not Linux
+    import resource; peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"estimate": memory_estimate(cfg, batch_size=B, ctx=T)["total"] + base, "peak": peak}))
 """
 
