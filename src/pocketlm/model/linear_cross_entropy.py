@@ -34,8 +34,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         targets: torch.Tensor,  # (N,) int64
         compute_dtype: torch.dtype,
         rows: int,
+        grad_enabled: bool,
     ) -> torch.Tensor:
-        needs_h, needs_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # needs_input_grad says True under no_grad too; grad_enabled is the caller's grad mode.
+        needs_h = grad_enabled and ctx.needs_input_grad[0]
+        needs_w = grad_enabled and ctx.needs_input_grad[1]
         valid = targets != IGNORE_INDEX  # (N,)
         n_valid = int(valid.sum())
         w_c = weight.to(compute_dtype)  # (vocab, dim)
@@ -93,6 +96,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -110,7 +114,12 @@ def linear_cross_entropy(
         raise ValueError(f"{h.shape[0]} hidden rows but {y.shape[0]} targets")
     with torch.autocast(device_type, enabled=False):
         return _LinearCrossEntropy.apply(
-            h, weight, y, compute_dtype, rows or chunk_rows(weight.shape[0])
+            h,
+            weight,
+            y,
+            compute_dtype,
+            rows or chunk_rows(weight.shape[0]),
+            torch.is_grad_enabled(),
         )
 
 

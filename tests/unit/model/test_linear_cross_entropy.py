@@ -66,6 +66,24 @@ def test_upstream_gradient_scales_and_no_grad_gives_the_same_loss() -> None:
     with torch.no_grad():
         plain = linear_cross_entropy(hidden, weight, targets)
     torch.testing.assert_close(plain, _reference(hidden, weight, targets)[0])
+    assert not plain.requires_grad
+
+
+def test_no_grad_skips_the_gradient_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under no_grad (evaluation) only the logits products run, not the two gradient ones."""
+    hidden, weight, targets = _inputs(n=64)
+    calls: list[str] = []
+    for owner, name in ((torch.Tensor, "__matmul__"), (torch, "mm"), (torch.Tensor, "addmm_")):
+        real = getattr(owner, name)
+        monkeypatch.setattr(
+            owner, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k)
+        )
+    linear_cross_entropy(hidden, weight, targets, rows=16)
+    assert len(calls) == 12  # 4 chunks x (logits, grad of hidden, grad of weight)
+    calls.clear()
+    with torch.no_grad():
+        linear_cross_entropy(hidden, weight, targets, rows=16)
+    assert calls == ["__matmul__"] * 4  # the logits of each chunk, nothing else
 
 
 def test_mismatched_rows_and_targets_is_a_clear_error() -> None:
