@@ -273,6 +273,7 @@ def measure_shape(shape: str, rounds: int, steps: int, with_bf16: bool) -> dict[
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, args=(child, builder, args, reuse), daemon=True)
             proc.start()
+            child.close()  # so a worker that dies shows up here as EOFError, not a hang
             warmup_s[name] = round(parent.recv(), 1)  # one at a time: warm-ups do not overlap
             workers[name] = (proc, parent)
         samples: dict[str, list[float]] = {name: [] for name in workers}
@@ -283,8 +284,10 @@ def measure_shape(shape: str, rounds: int, steps: int, with_bf16: bool) -> dict[
                 samples[name].append(BATCH * CTX * steps / conn.recv())
         med = {name: round(statistics.median(v)) for name, v in samples.items()}
         best = max((k for k in med if k.startswith("pocketlm")), key=med.__getitem__)
-        workers[best][1].send(("floor",))
-        floor_s = workers[best][1].recv()
+        # The floor is taken on the AdamW step: Muon's Newton-Schulz products are optimizer work
+        # the other loops do not do, and would inflate "the kernels every loop runs".
+        workers["pocketlm fp32 adamw (compiled)"][1].send(("floor",))
+        floor_s = workers["pocketlm fp32 adamw (compiled)"][1].recv()
     finally:
         for proc, conn in workers.values():
             if proc.is_alive():
@@ -313,6 +316,7 @@ def main() -> None:
         m = measure_shape(shape, args.rounds, args.steps, with_bf16)
         med = m["tokens_per_s"]
         best_ours = med[m["best"]]
+        best_fp32 = max(v for k, v in med.items() if k.startswith("pocketlm fp32"))
         hf_plain = max(v for k, v in med.items() if k.startswith("hf") and "malloc" not in k)
         hf_reuse = med["hf llama fp32 + malloc reuse"]
         ref_best = max(v for k, v in med.items() if k.startswith("gpt2-ref"))
@@ -323,7 +327,7 @@ def main() -> None:
             "warmup_s": m["warmup_s"],
             "best": m["best"],
             "ratio_vs_hf_in_run": round(best_ours / hf_plain, 2),
-            "ratio_vs_hf_with_malloc_reuse": round(best_ours / hf_reuse, 2),
+            "ratio_vs_hf_with_malloc_reuse": round(best_fp32 / hf_reuse, 2),  # both fp32
             "ratio_vs_gpt2_ref_in_run": round(best_ours / ref_best, 2),
             "ratio_vs_nanogpt_anchor_best": round(best_ours / anchor_best, 2),
             # matmul + attention time of PocketLM's best step: no loop around these kernels can

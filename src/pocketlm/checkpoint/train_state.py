@@ -82,6 +82,12 @@ def load_train_state(
                 )
         for idx, scalars in m["scalars"].items():
             per_param.setdefault(int(idx), {}).update(scalars)
-        opt.load_state_dict({"state": per_param, "param_groups": m["param_groups"]})
+        # Keep this run's kernel choice (fused/foreach), not the saving run's: a checkpoint from
+        # an older version or another torch must not switch the optimizer's implementation.
+        groups = [
+            {**saved, **{k: now[k] for k in ("fused", "foreach") if k in now}}
+            for saved, now in zip(m["param_groups"], opt.param_groups)
+        ]
+        opt.load_state_dict({"state": per_param, "param_groups": groups})
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
     return state, rng

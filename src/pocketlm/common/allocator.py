@@ -21,17 +21,19 @@ def reuse_freed_memory() -> bool:
     page-faulted and zeroed by the kernel again: 2-10k page faults per step at 1-6M parameters,
     7-10% of a CPU step. With large blocks served from the heap and no trimming, a step reuses
     the pages of the last one (0 faults). The process then keeps its peak memory until it exits,
-    which a training process does anyway.
+    which a training process does anyway. Process-wide and not undone; a no-op (that still
+    answers True) when another allocator such as jemalloc is preloaded.
     """
     if not sys.platform.startswith("linux"):
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
+    mallopt = None
+    for name in ("libc.so.6", ctypes.util.find_library("c"), None):  # None: the process's symbols
+        try:
+            mallopt = ctypes.CDLL(name).mallopt
+            break
+        except (OSError, AttributeError, TypeError):  # musl and others have no mallopt
+            continue
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok_mmap = any(mallopt(_M_MMAP_THRESHOLD, size) == 1 for size in _MMAP_THRESHOLDS_BYTES)

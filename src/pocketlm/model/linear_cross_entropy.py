@@ -14,12 +14,15 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100  # as in F.cross_entropy: targets equal to it add no loss and no gradient
-_CHUNK_ELEMENTS = 1 << 19  # logits per chunk (2 MiB in fp32): stays in a CPU core's L2
+# Logits per chunk and the row range, by device: on a CPU a chunk (2 MiB in fp32) stays in a
+# core's L2; on a GPU bigger chunks (32 MiB) keep the kernels large and launches few.
+_CHUNKING = {"cpu": (1 << 19, 64, 1024), "gpu": (1 << 23, 256, 8192)}
 
 
-def chunk_rows(vocab_size: int) -> int:
-    """Rows per chunk for a vocabulary: ~512k logits, clamped to 64..1024 rows (a power of two)."""
-    rows = max(64, min(1024, _CHUNK_ELEMENTS // max(1, vocab_size)))
+def chunk_rows(vocab_size: int, device_type: str = "cpu") -> int:
+    """Rows per chunk: ~512k logits on CPU (64..1024 rows), ~8M on GPUs (256..8192), a power of 2."""
+    elements, least, most = _CHUNKING["cpu" if device_type == "cpu" else "gpu"]
+    rows = max(least, min(most, elements // max(1, vocab_size)))
     return 1 << (rows.bit_length() - 1)
 
 
@@ -40,16 +43,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         needs_h = grad_enabled and ctx.needs_input_grad[0]
         needs_w = grad_enabled and ctx.needs_input_grad[1]
         valid = targets != IGNORE_INDEX  # (N,)
-        n_valid = int(valid.sum())
+        # 1 / targets as a tensor: no host sync on a GPU; 0 targets -> loss 0, not NaN.
+        inv_n = 1.0 / valid.sum().clamp(min=1).to(torch.float32)  # ()
         w_c = weight.to(compute_dtype)  # (vocab, dim)
-        grad_h = torch.zeros_like(hidden) if needs_h else None
+        grad_h = torch.empty_like(hidden) if needs_h else None  # every row is written below
         grad_w = (
             torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             if needs_w
             else None
         )
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        inv_n = 1.0 / max(n_valid, 1)
         for start in range(0, hidden.shape[0], rows):
             stop = min(start + rows, hidden.shape[0])
             ok = valid[start:stop]  # (c,)
@@ -86,6 +89,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return total * inv_n
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the stored gradients are constants
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
@@ -106,8 +110,7 @@ def linear_cross_entropy(
 ) -> torch.Tensor:
     """Mean cross-entropy of `hidden @ weight.T` against targets, -100 ignored; (..., dim) -> ()."""
     device_type = hidden.device.type
-    autocast_on = torch.is_autocast_enabled(device_type) if _autocast_takes_device() else False
-    compute_dtype = torch.get_autocast_dtype(device_type) if autocast_on else hidden.dtype
+    compute_dtype = _autocast_dtype(device_type) or hidden.dtype
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, dim)
     y = targets.reshape(-1)  # (N,)
     if h.shape[0] != y.shape[0]:
@@ -118,15 +121,17 @@ def linear_cross_entropy(
             weight,
             y,
             compute_dtype,
-            rows or chunk_rows(weight.shape[0]),
+            rows or chunk_rows(weight.shape[0], device_type),
             torch.is_grad_enabled(),
         )
 
 
-def _autocast_takes_device() -> bool:
-    """torch >= 2.4 answers is_autocast_enabled(device_type); older torch has no such form."""
-    try:
-        torch.is_autocast_enabled("cpu")
-    except TypeError:
-        return False
-    return True
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in force for the device type, or None when autocast is off."""
+    try:  # torch >= 2.4
+        on = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch 2.3 has per-device functions only
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+    return torch.get_autocast_dtype(device_type) if on else None

@@ -239,11 +239,13 @@ class CausalLM(nn.Module):
         if type(self.lm_head) is nn.Linear:
             return linear_cross_entropy(hidden, self.lm_head.weight, targets)
         logits = self.lm_head(hidden)  # (B, T, vocab)
-        return F.cross_entropy(
+        summed = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             targets.reshape(-1),
             ignore_index=IGNORE_INDEX,
+            reduction="sum",
         )
+        return summed / (targets != IGNORE_INDEX).sum().clamp(min=1)  # no targets: 0, as fused
 
     def num_params(self) -> int:
         """Unique parameters (tied weights counted once)."""

@@ -122,8 +122,9 @@ def train(
     precision = resolve_precision(config.precision, device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    if device.type == "cpu":
-        reuse_freed_memory()  # each step reuses the last step's pages instead of faulting anew
+    if device.type == "cpu" and reuse_freed_memory():
+        # each step reuses the last step's pages instead of faulting them in anew
+        _log.info("malloc set to keep freed memory for reuse (no page faults between steps)")
     torch.manual_seed(config.seed)
     budget = parse_budget(config.budget)
     tokens_per_step = task.tokens_per_batch * config.grad_accum
@@ -152,7 +153,7 @@ def train(
     model.train()
     loss_fn = task.loss
     if should_compile(config.compile, budget, device):
-        # Compile model + loss together so the cross-entropy over the logits fuses too.
+        # The model's forward compiles; the fused LM head + loss inside it stays eager by design.
         loss_fn = torch.compile(task.loss)
         _log.info("compiling the training step with torch.compile (the first step takes ~20-40 s)")
 

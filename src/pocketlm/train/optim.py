@@ -19,10 +19,11 @@ def _is_decayed(name: str, param: torch.Tensor) -> bool:
 def adamw_kernel(device: torch.device) -> dict[str, bool]:
     """AdamW's fused kernel where torch has it for the device (CUDA; CPU since torch 2.4), else
     foreach. On 2 CPU cores the fused step is ~5x faster (c2: 3.4 ms vs 19 ms)."""
-    try:
+    try:  # recent torch checks the device only when stepping, so take one step on a probe
         probe = torch.zeros(1, device=device, requires_grad=True)
-        torch.optim.AdamW([probe], fused=True)
-    except (RuntimeError, TypeError, ValueError):
+        probe.grad = torch.zeros_like(probe)
+        torch.optim.AdamW([probe], fused=True).step()
+    except (RuntimeError, TypeError, ValueError, NotImplementedError):
         return {"foreach": True}
     return {"fused": True}
 

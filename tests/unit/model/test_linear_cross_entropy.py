@@ -107,15 +107,20 @@ def test_model_forward_with_targets_equals_loss_over_its_logits() -> None:
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_bf16_autocast_stays_close_to_fp32() -> None:
+def test_bf16_autocast_computes_in_bf16_and_stays_close_to_fp32() -> None:
     hidden, weight, targets = _inputs(n=64, dim=32, vocab=300)
-    ref_loss, ref_gh, _ = _reference(hidden, weight, targets)
+    ref_loss, ref_gh, ref_gw = _reference(hidden, weight, targets)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = linear_cross_entropy(hidden, weight, targets)
+        # the same products as autocast's own bf16 linear: the head did run in bf16
+        logits_bf16 = F.linear(hidden.detach(), weight.detach())
     loss.backward()
-    assert loss.dtype == torch.float32 and hidden.grad.dtype == torch.float32
+    assert loss.dtype == torch.float32 and hidden.grad.dtype == weight.grad.dtype == torch.float32
+    torch.testing.assert_close(loss.detach(), F.cross_entropy(logits_bf16.float(), targets))
+    assert loss.item() != ref_loss.item()  # not silently fp32
     torch.testing.assert_close(loss.detach(), ref_loss, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(hidden.grad, ref_gh, rtol=0.1, atol=2e-3)
+    torch.testing.assert_close(weight.grad, ref_gw, rtol=0.1, atol=2e-3)
 
 
 def test_chunk_rows_keeps_about_half_a_million_logits() -> None:
@@ -123,3 +128,5 @@ def test_chunk_rows_keeps_about_half_a_million_logits() -> None:
     assert chunk_rows(151_936) == 64  # never fewer rows than 64
     assert chunk_rows(100) == 1024  # never more than 1024
     assert chunk_rows(5000) == 64  # 104 rounded down to a power of two
+    assert chunk_rows(4096, "cuda") == 2048  # GPUs take bigger chunks: fewer, larger kernels
+    assert chunk_rows(151_936, "cuda") == 256

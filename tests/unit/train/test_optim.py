@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pocketlm.model.config import ModelConfig
@@ -21,6 +22,9 @@ def test_cpu_uses_the_fused_adamw_kernel_when_torch_has_it() -> None:
     assert adamw.defaults.get("fused") == expected.get("fused")
 
 
+@pytest.mark.skipif(
+    adamw_kernel(torch.device("cpu")) != {"fused": True}, reason="no fused CPU AdamW in this torch"
+)
 def test_fused_and_foreach_adamw_take_the_same_steps() -> None:
     config = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, n_kv_heads=2, max_seq_len=8)
     g = torch.Generator().manual_seed(0)
@@ -39,3 +43,26 @@ def test_fused_and_foreach_adamw_take_the_same_steps() -> None:
             o.zero_grad(set_to_none=True)
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_keeps_this_runs_adamw_kernel(tmp_path) -> None:
+    """A checkpoint written by a foreach AdamW resumes on the fused kernel (and vice versa)."""
+    from pocketlm.checkpoint.train_state import load_train_state, save_train_state
+
+    config = ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, n_kv_heads=2, max_seq_len=8)
+    model = build_model(config, seed=1)
+    old = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=True)
+    model(
+        torch.zeros(1, 8, dtype=torch.long), targets=torch.ones(1, 8, dtype=torch.long)
+    ).backward()
+    old.step()
+    save_train_state(tmp_path, [old], {"step": 1}, {})
+    new = torch.optim.AdamW(model.parameters(), lr=1e-2, **adamw_kernel(torch.device("cpu")))
+    load_train_state(tmp_path, [new])
+    now = adamw_kernel(torch.device("cpu"))
+    assert all(g.get("fused") == now.get("fused") for g in new.param_groups)
+    assert all(g.get("foreach") == now.get("foreach") for g in new.param_groups)
+    torch.testing.assert_close(
+        new.state_dict()["state"][0]["exp_avg"], old.state_dict()["state"][0]["exp_avg"]
+    )
+    new.step()  # the restored state works with this run's kernel

@@ -14,13 +14,14 @@ _PROBE = """
 import json, sys, torch, torch.nn.functional as F
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
+from pocketlm.train.optim import adamw_kernel
 from pocketlm.train.plan import memory_estimate, runtime_baseline_bytes
 d, L, h, V, B, T = map(int, sys.argv[1:7])
 torch.set_num_threads(1)
 base = runtime_baseline_bytes()
 cfg = ModelConfig(vocab_size=V, dim=d, n_layers=L, n_heads=h, n_kv_heads=h, max_seq_len=T)
 model = build_model(cfg)
-opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **adamw_kernel(torch.device('cpu')))
 x = torch.randint(0, V, (B, T)); y = torch.randint(0, V, (B, T))
 for _ in range(2):
     model(x, targets=y).backward(); opt.step(); opt.zero_grad(set_to_none=True)
