@@ -13,7 +13,7 @@ AdamW). "gpt2-ref" is a GPT-2 model in the style of nanoGPT (LayerNorm, GELU MLP
 positions) written here for an in-run baseline. Every variant runs in its own process, timed in
 turn round after round; PocketLM's with the malloc setting its training loop applies, the others
 as a user runs them, plus "hf + malloc reuse" to show what that setting alone gives a plain loop.
-Per shape it also profiles PocketLM's best step and reports the time of its matrix products and
+Per shape it also profiles PocketLM's AdamW step and reports the time of its matrix products and
 attention kernels (the same kernels every implementation runs): tokens / that time is the
 ceiling no loop can pass, and its ratio over hf the largest in-run ratio this machine allows.
 """
