@@ -45,6 +45,30 @@ def test_generate_is_reproducible_with_a_seed(random_model_dir):
     assert "finish: " in first.stderr and "backend " in first.stderr
 
 
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_runtime_flags_reach_the_engine(command, random_model_dir, monkeypatch):
+    """--device/--precision/--backend/--threads (shared with serve) all reach load_engine."""
+    import pocketlm.runtime.load
+
+    seen = {}
+
+    def fake_load_engine(model, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pocketlm.runtime.load, "load_engine", fake_load_engine)
+    extra = ["--prompt", "x"] if command == "generate" else []
+    flags = ["--device", "cpu", "--precision", "fp32", "--backend", "native", "--threads", "1"]
+    with pytest.raises(SystemExit):
+        main([command, "--model", str(random_model_dir), *extra, *flags])
+    assert (seen["device"], seen["precision"], seen["backend"], seen["threads"]) == (
+        "cpu",
+        "fp32",
+        "native",
+        1,
+    )
+
+
 def test_over_long_prompt_exits_2_with_a_clear_message(random_model_dir):
     r = generate("--model", str(random_model_dir), "--prompt", "the cat sat on the mat " * 30)
     assert r.returncode == 2 and r.stdout == ""

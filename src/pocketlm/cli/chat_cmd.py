@@ -6,7 +6,12 @@ import argparse
 import contextlib
 import sys
 
-from pocketlm.cli.options import add_parser, sampling_from_args
+from pocketlm.cli.options import (
+    add_parser,
+    add_runtime_options,
+    add_sampling_options,
+    sampling_from_args,
+)
 from pocketlm.cli.terminal import write_text
 
 PROMPT = "you> "
@@ -45,29 +50,14 @@ def register(subparsers) -> None:
     p.add_argument("--system", help="system prompt for the conversation")
     s = p.add_argument_group("sampling")
     s.add_argument("--max-tokens", type=int, default=256, help="most tokens per reply")
-    s.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (argmax)")
-    s.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    s.add_argument("--top-p", type=float, default=0.95, help="nucleus mass to keep (1 = off)")
-    s.add_argument("--min-p", type=float, default=0.0, help="relative probability floor (0 = off)")
-    s.add_argument(
-        "--repetition-penalty", type=float, default=1.1, help="> 1 discourages repeats (1 = off)"
+    add_sampling_options(
+        s,
+        temperature=0.7,
+        top_p=0.95,
+        repetition_penalty=1.1,
+        seed_help="seed for reproducible replies (default: random)",
     )
-    s.add_argument("--seed", type=int, help="seed for reproducible replies (default: random)")
-    r = p.add_argument_group("runtime")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    r.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="weights and compute precision",
-    )
-    r.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "torch", "native"],
-        help="PyTorch or the native C loop (CPU); auto: native on the CPU when it can",
-    )
-    r.add_argument("--threads", type=int, default=0, help="native backend threads (0 = all cores)")
+    add_runtime_options(p, threads_help="native backend threads (0 = all cores)")
     p.set_defaults(handler=_chat)
 
 

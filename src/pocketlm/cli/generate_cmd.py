@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pocketlm.cli.options import add_parser, sampling_from_args
+from pocketlm.cli.options import (
+    add_parser,
+    add_runtime_options,
+    add_sampling_options,
+    sampling_from_args,
+)
 from pocketlm.cli.terminal import write_text
 
 
@@ -35,24 +40,13 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", required=True, help="text to continue")
     s = p.add_argument_group("sampling")
     s.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate")
-    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (argmax)")
-    s.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    s.add_argument(
-        "--top-p", type=float, default=1.0, help="keep the smallest set with this mass (1 = off)"
+    add_sampling_options(
+        s,
+        temperature=0.8,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        seed_help="seed for reproducible sampling (default: random)",
     )
-    s.add_argument(
-        "--min-p",
-        type=float,
-        default=0.0,
-        help="drop tokens less likely than this times the top one (0 = off)",
-    )
-    s.add_argument(
-        "--repetition-penalty",
-        type=float,
-        default=1.0,
-        help="> 1 discourages tokens already seen (1 = off)",
-    )
-    s.add_argument("--seed", type=int, help="seed for reproducible sampling (default: random)")
     s.add_argument(
         "--stop",
         action="append",
@@ -60,21 +54,7 @@ def register(subparsers) -> None:
         metavar="TEXT",
         help="stop before this text (repeatable)",
     )
-    r = p.add_argument_group("runtime")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    r.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="weights and compute precision (auto: bf16 on CUDA, fp32 elsewhere)",
-    )
-    r.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "torch", "native"],
-        help="forward passes in PyTorch or the native C loop (CPU only); auto: native on the "
-        "CPU when it can run the model, else torch",
-    )
+    add_runtime_options(p, threads_help="native backend threads (0 = all cores)")
     d = p.add_argument_group("speculative decoding")
     d.add_argument(
         "--draft",
@@ -103,6 +83,7 @@ def _generate(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         backend=args.backend,
+        threads=args.threads,
         draft=args.draft,
         draft_tokens=args.draft_tokens,
     )

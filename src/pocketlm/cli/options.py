@@ -74,6 +74,57 @@ def done(path: object) -> int:
     return 0
 
 
+def add_sampling_options(
+    group: argparse._ArgumentGroup,
+    *,
+    temperature: float,
+    top_p: float,
+    repetition_penalty: float,
+    seed_help: str,
+) -> None:
+    """The sampling flags sampling_from_args reads (generate and chat differ only in defaults)."""
+    group.add_argument("--temperature", type=float, default=temperature, help="0 = greedy (argmax)")
+    group.add_argument(
+        "--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)"
+    )
+    group.add_argument(
+        "--top-p", type=float, default=top_p, help="keep the smallest set with this mass (1 = off)"
+    )
+    group.add_argument(
+        "--min-p",
+        type=float,
+        default=0.0,
+        help="drop tokens less likely than this times the top one (0 = off)",
+    )
+    group.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=repetition_penalty,
+        help="> 1 discourages tokens already seen (1 = off)",
+    )
+    group.add_argument("--seed", type=int, help=seed_help)
+
+
+def add_runtime_options(parser: argparse.ArgumentParser, *, threads_help: str) -> None:
+    """The "runtime" group: --device, --precision, --backend, --threads (generate, chat, serve)."""
+    r = parser.add_argument_group("runtime")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    r.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="weights and compute precision (auto: bf16 on CUDA, fp32 elsewhere)",
+    )
+    r.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "native"],
+        help="forward passes in PyTorch or the native C kernels (CPU only); auto: native on the "
+        "CPU when it can run the model, else torch",
+    )
+    r.add_argument("--threads", type=int, default=0, help=threads_help)
+
+
 def sampling_from_args(
     args: argparse.Namespace, *, max_new_tokens: int, stop: Sequence[str] = ()
 ) -> SamplingParams:

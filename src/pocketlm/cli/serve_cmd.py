@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pocketlm.cli.options import add_parser
+from pocketlm.cli.options import add_parser, add_runtime_options
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -60,25 +60,8 @@ def register(subparsers) -> None:
     b.add_argument("--slots", type=int, default=4, help="sequences generated together")
     b.add_argument("--max-queue", type=int, default=32, help="sequences waiting for a slot")
     b.add_argument("--max-len", type=int, help="context per slot in tokens (default: the model's)")
-    r = p.add_argument_group("runtime")
-    r.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "torch", "native"],
-        help="PyTorch or the native C kernels (CPU); auto: native on the CPU when it can",
-    )
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (torch)")
-    r.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="weights and compute precision (torch)",
-    )
-    r.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="native backend threads (0 = all cores but one, left to the HTTP side)",
+    add_runtime_options(
+        p, threads_help="native backend threads (0 = all cores but one, left to the HTTP side)"
     )
     p.set_defaults(handler=_serve)
 
