@@ -74,13 +74,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             probs.mul_(scale / row_sum)
             probs.scatter_add_(1, y_c, -scale)
             g_logits = probs.to(compute_dtype)
-            if grad_h is not None and hidden.dtype == compute_dtype:
-                torch.mm(g_logits, w_c, out=grad_h[start:stop])  # (c, dim)
-            elif grad_h is not None:
-                grad_h[start:stop] = (g_logits @ w_c).to(hidden.dtype)
+            if grad_h is not None:
+                grad_h[start:stop] = g_logits @ w_c  # (c, dim); assignment casts the dtype
             if grad_w is not None and compute_dtype == torch.float32:
-                grad_w.addmm_(g_logits.t(), h_c)  # (vocab, dim)
-            elif grad_w is not None:
+                grad_w.addmm_(g_logits.t(), h_c)  # (vocab, dim), accumulated in place
+            elif grad_w is not None:  # addmm_ cannot mix a bf16 product into fp32
                 grad_w.add_((g_logits.t() @ h_c).float())
         ctx.save_for_backward(
             grad_h if grad_h is not None else torch.empty(0),
