@@ -1,4 +1,5 @@
-"""Build the optional native CPU kernels (C, no external libraries). If no C compiler is found,
+"""Build the optional native CPU kernels (C, no external libraries): decode kernels for the
+runtime and causal attention for CPU training. If no C compiler is found,
 the package still installs and PocketLM runs on its PyTorch backend."""
 
 from setuptools import Extension, setup
@@ -20,6 +21,13 @@ setup(
             ],
             extra_link_args=["-pthread"],
             optional=True,
-        )
+        ),
+        Extension(
+            "pocketlm.model._attention",
+            sources=["src/pocketlm/model/native/attention.c"],
+            extra_compile_args=["-O3", "-std=gnu11", "-pthread", "-fopenmp", "-fno-math-errno"],
+            extra_link_args=["-pthread", "-fopenmp"],
+            optional=True,
+        ),
     ]
 )

@@ -1,8 +1,9 @@
 """THE model: a Llama-compatible decoder (RMSNorm, RoPE, SwiGLU, GQA, tied or untied embeddings).
 
 Parameter names are exactly those of `transformers`' LlamaForCausalLM, so a state dict moves
-between the two unchanged. Attention runs through scaled_dot_product_attention (flash kernels
-where the device has them). The KV cache is passed in by the caller.
+between the two unchanged. Attention runs through PocketLM's own CPU kernels where they apply
+(model/native_attention.py) and scaled_dot_product_attention (flash kernels where the device
+has them) everywhere else. The KV cache is passed in by the caller.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pocketlm.model import native_attention
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
@@ -46,7 +48,7 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (batch, heads, T, head_dim) by cos/sin broadcastable to (batch, 1, T, head_dim)."""
+    """Rotate x (..., head_dim) by cos/sin broadcastable to it: (B, 1, T, hd) for (B, H, T, hd)."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
@@ -66,6 +68,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.dim, config.kv_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(config.q_dim, config.dim, bias=False)
         self.dropout = config.dropout
+        # "auto": PocketLM's CPU kernels where they apply (model/native_attention.py), else SDPA
+        self.kernel = "auto"
 
     def forward(
         self,
@@ -77,17 +81,25 @@ class Attention(nn.Module):
         uniform: int | None,
     ) -> torch.Tensor:
         batch, seq, _ = x.shape
-        q = (
-            self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
-        )  # (B, H, T, hd)
-        k = (
-            self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        )  # (B, KV, T, hd)
-        v = (
-            self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        )  # (B, KV, T, hd)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)  # (B, T, H, hd)
+        k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, hd)
+        v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, hd)
+        dropout = self.dropout if self.training else 0.0
+        if (
+            cache is None
+            and self.kernel == "auto"
+            and cos.shape[0] == 1
+            and native_attention.applies(q, dropout)
+        ):
+            # (1, 1, T, hd) -> (1, T, 1, hd): rotate in the (B, T, H, hd) layout the kernels read
+            cos_t, sin_t = cos.transpose(1, 2), sin.transpose(1, 2)
+            out = native_attention.causal_attention(
+                apply_rope(q, cos_t, sin_t), apply_rope(k, cos_t, sin_t), v
+            )  # (B, T, H, hd)
+            return self.o_proj(out.reshape(batch, seq, self.n_heads * self.head_dim))
+        q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, T, hd)
+        k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, KV, T, hd)
+        v = v.transpose(1, 2)  # (B, KV, T, hd)
         mask = None
         causal = True
         if cache is not None:
@@ -120,7 +132,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
+            dropout_p=dropout,
             is_causal=causal and mask is None and seq > 1,
         )
         out = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)  # (B, T, H*hd)
@@ -250,6 +262,17 @@ class CausalLM(nn.Module):
     def num_params(self) -> int:
         """Unique parameters (tied weights counted once)."""
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+
+def set_attention_kernel(model: nn.Module, kind: str) -> None:
+    """Choose the attention kernel of every layer: "auto" (native on CPU where it applies) or "sdpa"."""
+    if kind not in native_attention.KERNELS:
+        raise ValueError(
+            f"attention kernel {kind!r}: choose one of {', '.join(native_attention.KERNELS)}"
+        )
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.kernel = kind
 
 
 def init_weights(model: CausalLM, seed: int = 0) -> CausalLM:

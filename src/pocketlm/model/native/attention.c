@@ -1,0 +1,512 @@
+/* Causal self-attention forward and backward for CPU training: fp32, AVX-512, head sizes that
+ * are multiples of 16. PyTorch's CPU flash kernel tiles for long sequences and large heads; at
+ * the small heads (32) and contexts (<= a few thousand) of small models it reaches a third of the
+ * machine's matmul speed. Here each block of 8 query rows computes its whole causal row of
+ * scores at once (8 x T floats stay in L1/L2), so softmax needs no online rescaling, and the
+ * five products of the backward pass run as register-blocked AVX-512 loops.
+ *
+ * Layout: q (B, H, T, D), k and v (B, KV, T, D) given by element strides (b, h, t) with unit
+ * stride along D; grouped-query heads share kv head h / (H / KV). The forward returns out and
+ * lse = log-sum-exp of each row's scaled scores (B, H, T), which the backward reuses instead of
+ * storing probabilities. Work is split over (batch, kv head) pairs, so dK and dV have one writer.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#else
+#define HAVE_X86 0
+#endif
+
+#define ROWS 8 /* query rows per block: 8 x 2 zmm accumulators in every product */
+#define AVX512 __attribute__((target("avx512f,avx512dq,fma")))
+
+typedef struct {
+    const float *base;
+    Py_ssize_t sb, sh, st; /* element strides of batch, head, position */
+} view;
+
+typedef struct {
+    view q, k, v, o, dout, dq, dk, dv;
+    float *lse; /* (B, H, T) contiguous */
+    int B, H, KV, T, D;
+    float scale;
+    int n_threads;
+    int backward;
+} job;
+
+#define ROW(vw, b, h, t) ((vw).base + (Py_ssize_t)(b) * (vw).sb + (Py_ssize_t)(h) * (vw).sh + (Py_ssize_t)(t) * (vw).st)
+
+#if HAVE_X86
+
+/* e^x for x <= 0 (scores minus their row maximum): Taylor degree 6 on the reduced argument. */
+AVX512 static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* out[r][j] = sum_d a[r][d] * bt[d][j] for 8 rows and j < n (n a multiple of 16): scores Q K^T
+ * and dP = dO V^T, with the right operand transposed (bt is D x ldb) so keys run along lanes. */
+AVX512 static void rows_times_t(const float *a, int D, const float *bt, int ldb, int n, float *out, int ldo) {
+    int j = 0;
+    for (; j + 32 <= n; j += 32) {
+        __m512 acc[ROWS][2];
+        for (int r = 0; r < ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        for (int d = 0; d < D; d++) {
+            const __m512 b0 = _mm512_loadu_ps(bt + (size_t)d * ldb + j), b1 = _mm512_loadu_ps(bt + (size_t)d * ldb + j + 16);
+            for (int r = 0; r < ROWS; r++) {
+                const __m512 av = _mm512_set1_ps(a[r * D + d]);
+                acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+            }
+        }
+        for (int r = 0; r < ROWS; r++) {
+            _mm512_storeu_ps(out + (size_t)r * ldo + j, acc[r][0]);
+            _mm512_storeu_ps(out + (size_t)r * ldo + j + 16, acc[r][1]);
+        }
+    }
+    for (; j < n; j += 16) {
+        __m512 acc[ROWS];
+        for (int r = 0; r < ROWS; r++) acc[r] = _mm512_setzero_ps();
+        for (int d = 0; d < D; d++) {
+            const __m512 b0 = _mm512_loadu_ps(bt + (size_t)d * ldb + j);
+            for (int r = 0; r < ROWS; r++) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r * D + d]), b0, acc[r]);
+        }
+        for (int r = 0; r < ROWS; r++) _mm512_storeu_ps(out + (size_t)r * ldo + j, acc[r]);
+    }
+}
+
+/* out[r][c] = sum_{j < n} p[r][j] * b_j[c] for 8 rows, c < D: P V and dS K, with b_j the rows of
+ * a strided (T, D) matrix. */
+AVX512 static void rows_times(const float *p, int ldp, int n, const float *b, Py_ssize_t ldb, int D, float *out) {
+    int c = 0;
+    for (; c + 32 <= D; c += 32) {
+        __m512 acc[ROWS][2];
+        for (int r = 0; r < ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        for (int j = 0; j < n; j++) {
+            const __m512 b0 = _mm512_loadu_ps(b + j * ldb + c), b1 = _mm512_loadu_ps(b + j * ldb + c + 16);
+            for (int r = 0; r < ROWS; r++) {
+                const __m512 pv = _mm512_set1_ps(p[(size_t)r * ldp + j]);
+                acc[r][0] = _mm512_fmadd_ps(pv, b0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(pv, b1, acc[r][1]);
+            }
+        }
+        for (int r = 0; r < ROWS; r++) {
+            _mm512_storeu_ps(out + r * D + c, acc[r][0]);
+            _mm512_storeu_ps(out + r * D + c + 16, acc[r][1]);
+        }
+    }
+    if (c < D) { /* one 16-wide column block left */
+        __m512 acc[ROWS];
+        for (int r = 0; r < ROWS; r++) acc[r] = _mm512_setzero_ps();
+        for (int j = 0; j < n; j++) {
+            const __m512 b0 = _mm512_loadu_ps(b + j * ldb + c);
+            for (int r = 0; r < ROWS; r++) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[(size_t)r * ldp + j]), b0, acc[r]);
+        }
+        for (int r = 0; r < ROWS; r++) _mm512_storeu_ps(out + r * D + c, acc[r]);
+    }
+}
+
+/* acc_j[c] += sum_r p[r][j] * a[r][c] for j < n, c < D: dV += P^T dO and dK += dS^T Q. The 8 x 32
+ * block of a stays in registers while j sweeps the keys, four keys at a time so that eight
+ * independent accumulators hide the FMA latency (one key alone is a chain of 8 dependent FMAs). */
+AVX512 static void add_rows_t_times(const float *p, int ldp, int n, const float *a, int D, float *acc, Py_ssize_t ldacc) {
+    for (int c = 0; c < D; c += 32) {
+        const int two = c + 32 <= D; /* else one 16-wide column block */
+        __m512 a0[ROWS], a1[ROWS];
+        for (int r = 0; r < ROWS; r++) {
+            a0[r] = _mm512_loadu_ps(a + r * D + c);
+            a1[r] = two ? _mm512_loadu_ps(a + r * D + c + 16) : _mm512_setzero_ps();
+        }
+        int j = 0;
+        for (; j + 4 <= n; j += 4) {
+            __m512 s0[4], s1[4];
+            for (int u = 0; u < 4; u++) {
+                s0[u] = _mm512_loadu_ps(acc + (j + u) * ldacc + c);
+                s1[u] = two ? _mm512_loadu_ps(acc + (j + u) * ldacc + c + 16) : _mm512_setzero_ps();
+            }
+            for (int r = 0; r < ROWS; r++) {
+                for (int u = 0; u < 4; u++) {
+                    const __m512 pv = _mm512_set1_ps(p[(size_t)r * ldp + j + u]);
+                    s0[u] = _mm512_fmadd_ps(pv, a0[r], s0[u]);
+                    if (two) s1[u] = _mm512_fmadd_ps(pv, a1[r], s1[u]);
+                }
+            }
+            for (int u = 0; u < 4; u++) {
+                _mm512_storeu_ps(acc + (j + u) * ldacc + c, s0[u]);
+                if (two) _mm512_storeu_ps(acc + (j + u) * ldacc + c + 16, s1[u]);
+            }
+        }
+        for (; j < n; j++) {
+            float *dst = acc + j * ldacc + c;
+            __m512 s0 = _mm512_loadu_ps(dst), s1 = two ? _mm512_loadu_ps(dst + 16) : _mm512_setzero_ps();
+            for (int r = 0; r < ROWS; r++) {
+                const __m512 pv = _mm512_set1_ps(p[(size_t)r * ldp + j]);
+                s0 = _mm512_fmadd_ps(pv, a0[r], s0);
+                s1 = _mm512_fmadd_ps(pv, a1[r], s1);
+            }
+            _mm512_storeu_ps(dst, s0);
+            if (two) _mm512_storeu_ps(dst + 16, s1);
+        }
+    }
+}
+
+/* dst[0:D] = src[0:D] * s (D a multiple of 16): block rows in and out without a libc call. */
+AVX512 static inline void copy_scaled(float *dst, const float *src, int D, float s) {
+    const __m512 v = _mm512_set1_ps(s);
+    for (int d = 0; d < D; d += 16) _mm512_storeu_ps(dst + d, _mm512_mul_ps(_mm512_loadu_ps(src + d), v));
+}
+
+AVX512 static inline void zero_floats(float *dst, int n16) {
+    for (int d = 0; d < n16; d += 16) _mm512_storeu_ps(dst + d, _mm512_setzero_ps());
+}
+
+AVX512 static inline float dot(const float *a, const float *b, int D) {
+    __m512 s = _mm512_setzero_ps();
+    for (int d = 0; d < D; d += 16) s = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), s);
+    return _mm512_reduce_add_ps(s);
+}
+
+AVX512 static float hmax(const float *x, int n) {
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    int j = 0;
+    for (; j + 16 <= n; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + j));
+    if (j < n) m = _mm512_max_ps(m, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), (__mmask16)((1u << (n - j)) - 1), x + j));
+    return _mm512_reduce_max_ps(m);
+}
+
+/* row[j] = e^(scale * row[j] - shift) for j < valid, 0 for valid <= j < n16; returns the sum. */
+AVX512 static float exp_row(float *row, int valid, int n16, float scale, float shift) {
+    const __m512 vs = _mm512_set1_ps(scale), vm = _mm512_set1_ps(shift);
+    __m512 sum = _mm512_setzero_ps();
+    for (int j = 0; j < n16; j += 16) {
+        const int left = valid - j;
+        const __mmask16 live = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+        const __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_fmsub_ps(_mm512_loadu_ps(row + j), vs, vm)));
+        _mm512_storeu_ps(row + j, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    return _mm512_reduce_add_ps(sum);
+}
+
+/* ds[j] = p[j] * (dp[j] - delta) * scale, in place in dp. */
+AVX512 static void softmax_grad_row(const float *p, float *dp, int n16, float delta, float scale) {
+    const __m512 vd = _mm512_set1_ps(delta), vs = _mm512_set1_ps(scale);
+    for (int j = 0; j < n16; j += 16)
+        _mm512_storeu_ps(dp + j, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(p + j), _mm512_sub_ps(_mm512_loadu_ps(dp + j), vd)), vs));
+}
+
+/* dense (n, D) rows from a strided view: K and V are read by every row block of every query
+ * head of the group, and at the row strides of a (B, T, H, D) tensor (1 KB and more) their rows
+ * would fight over a few L1 sets. */
+AVX512 static void copy_rows(const view *vw, int b, int h, int n, int D, float *dst) {
+    for (int t = 0; t < n; t++) copy_scaled(dst + (size_t)t * D, ROW(*vw, b, h, t), D, 1.0f);
+}
+
+/* dst (D x ldt) = the dense (n, D) rows of src transposed, columns n .. ldt zeroed: 16 positions
+ * of one column per gather, so every store is a full vector. */
+AVX512 static void transpose_rows(const float *src, int n, int D, float *dst, int ldt) {
+    const __m512i lanes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(D));
+    for (int t = 0; t < ldt; t += 16) {
+        const int left = n - t;
+        const __mmask16 live = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+        for (int d = 0; d < D; d++)
+            _mm512_storeu_ps(dst + (size_t)d * ldt + t, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, lanes, src + (size_t)t * D + d, 4));
+    }
+}
+
+/* Ask for the rows of the next block ahead of time: rows of a (B, T, H, D) tensor are far apart
+ * and the hardware prefetchers do not follow them. */
+static inline void prefetch_rows(const view *vw, int b, int h, int t0, int nr, int D) {
+    for (int r = 0; r < nr; r++) {
+        const char *row = (const char *)ROW(*vw, b, h, t0 + r);
+        for (int off = 0; off < D * 4; off += 64) __builtin_prefetch(row + off, 0, 3);
+    }
+}
+
+/* 8 rows starting at t0 into a dense (8, D) block, rows past T zeroed. */
+AVX512 static void gather_rows(const view *vw, int b, int h, int t0, int nr, int D, float *dst) {
+    for (int r = 0; r < ROWS; r++) {
+        if (r < nr)
+            copy_scaled(dst + r * D, ROW(*vw, b, h, t0 + r), D, 1.0f);
+        else
+            zero_floats(dst + r * D, D);
+    }
+}
+
+typedef struct {
+    float *kt, *vt, *kc, *vc, *dkc, *dvc, *s, *p, *qb, *gb, *ob;
+    int ldt;
+} scratch;
+
+AVX512 static void forward_head(const job *J, scratch *w, int b, int h) {
+    const int T = J->T, D = J->D, ldt = w->ldt;
+    float *lse = J->lse + ((size_t)b * J->H + h) * T;
+    for (int i0 = 0; i0 < T; i0 += ROWS) {
+        const int nr = T - i0 < ROWS ? T - i0 : ROWS, n = i0 + nr, n16 = (n + 15) & ~15;
+        gather_rows(&J->q, b, h, i0, nr, D, w->qb);
+        if (i0 + ROWS < T) prefetch_rows(&J->q, b, h, i0 + ROWS, T - i0 - ROWS < ROWS ? T - i0 - ROWS : ROWS, D);
+        rows_times_t(w->qb, D, w->kt, ldt, n16, w->s, ldt);
+        float inv_l[ROWS];
+        for (int r = 0; r < ROWS; r++) {
+            float *row = w->s + (size_t)r * ldt;
+            if (r >= nr) {
+                zero_floats(row, n16);
+                continue;
+            }
+            const int valid = i0 + r + 1; /* causal: keys 0 .. i */
+            const float m = hmax(row, valid) * J->scale;
+            const float l = exp_row(row, valid, n16, J->scale, m); /* unnormalised: 1/l goes on the output */
+            inv_l[r] = 1.0f / l;
+            lse[i0 + r] = m + logf(l);
+        }
+        rows_times(w->s, ldt, n, w->vc, D, D, w->ob);
+        for (int r = 0; r < nr; r++) copy_scaled((float *)ROW(J->o, b, h, i0 + r), w->ob + r * D, D, inv_l[r]);
+    }
+}
+
+AVX512 static void backward_head(const job *J, scratch *w, int b, int h) {
+    const int T = J->T, D = J->D, ldt = w->ldt;
+    const float *lse = J->lse + ((size_t)b * J->H + h) * T;
+    for (int i0 = 0; i0 < T; i0 += ROWS) {
+        const int nr = T - i0 < ROWS ? T - i0 : ROWS, n = i0 + nr, n16 = (n + 15) & ~15;
+        gather_rows(&J->q, b, h, i0, nr, D, w->qb);
+        gather_rows(&J->dout, b, h, i0, nr, D, w->gb);
+        if (i0 + ROWS < T) {
+            const int next = T - i0 - ROWS < ROWS ? T - i0 - ROWS : ROWS;
+            prefetch_rows(&J->q, b, h, i0 + ROWS, next, D);
+            prefetch_rows(&J->dout, b, h, i0 + ROWS, next, D);
+            prefetch_rows(&J->o, b, h, i0 + ROWS, next, D);
+        }
+        rows_times_t(w->qb, D, w->kt, ldt, n16, w->p, ldt);    /* scores */
+        rows_times_t(w->gb, D, w->vt, ldt, n16, w->s, ldt);    /* dP = dO V^T */
+        for (int r = 0; r < ROWS; r++) {
+            float *prow = w->p + (size_t)r * ldt, *dprow = w->s + (size_t)r * ldt;
+            if (r >= nr) {
+                zero_floats(prow, n16);
+                zero_floats(dprow, n16);
+                continue;
+            }
+            exp_row(prow, i0 + r + 1, n16, J->scale, lse[i0 + r]); /* P, from the saved lse */
+            const float delta = dot(w->gb + r * D, ROW(J->o, b, h, i0 + r), D); /* rowsum(dO * O) = rowsum(P * dP) */
+            softmax_grad_row(prow, dprow, n16, delta, J->scale); /* dS, scaled */
+        }
+        rows_times(w->s, ldt, n, w->kc, D, D, w->ob); /* dQ = dS K */
+        for (int r = 0; r < nr; r++) copy_scaled((float *)ROW(J->dq, b, h, i0 + r), w->ob + r * D, D, 1.0f);
+        add_rows_t_times(w->p, ldt, n, w->gb, D, w->dvc, D); /* dV += P^T dO */
+        add_rows_t_times(w->s, ldt, n, w->qb, D, w->dkc, D); /* dK += dS^T Q */
+    }
+}
+
+typedef struct {
+    const job *J;
+    int ith;
+} worker_arg;
+
+AVX512 static void *run_share(void *p) {
+    const worker_arg *wa = (const worker_arg *)p;
+    const job *J = wa->J;
+    const int items = J->B * J->KV, rep = J->H / J->KV;
+    const int lo = (int)((long)items * wa->ith / J->n_threads), hi = (int)((long)items * (wa->ith + 1) / J->n_threads);
+    if (lo >= hi) return NULL;
+    scratch w;
+    w.ldt = (J->T + 15) & ~15;
+    const size_t block = (size_t)ROWS * w.ldt, tbuf = (size_t)J->D * w.ldt;
+    float *mem = (float *)aligned_alloc(64, sizeof(float) * (6 * tbuf + 2 * block + 3 * (size_t)ROWS * J->D + 64));
+    if (!mem) return (void *)1;
+    w.kt = mem;
+    w.vt = w.kt + tbuf;
+    w.kc = w.vt + tbuf;
+    w.vc = w.kc + tbuf;
+    w.dkc = w.vc + tbuf;
+    w.dvc = w.dkc + tbuf;
+    w.s = w.dvc + tbuf;
+    w.p = w.s + block;
+    w.qb = w.p + block;
+    w.gb = w.qb + ROWS * J->D;
+    w.ob = w.gb + ROWS * J->D;
+    for (int it = lo; it < hi; it++) {
+        const int b = it / J->KV, kvh = it % J->KV;
+        copy_rows(&J->k, b, kvh, J->T, J->D, w.kc);
+        copy_rows(&J->v, b, kvh, J->T, J->D, w.vc);
+        transpose_rows(w.kc, J->T, J->D, w.kt, w.ldt);
+        if (J->backward) {
+            transpose_rows(w.vc, J->T, J->D, w.vt, w.ldt);
+            zero_floats(w.dkc, J->T * J->D);
+            zero_floats(w.dvc, J->T * J->D);
+        }
+        for (int h = kvh * rep; h < (kvh + 1) * rep; h++) {
+            if (J->backward)
+                backward_head(J, &w, b, h);
+            else
+                forward_head(J, &w, b, h);
+        }
+        if (J->backward) {
+            for (int t = 0; t < J->T; t++) {
+                copy_scaled((float *)ROW(J->dk, b, kvh, t), w.dkc + (size_t)t * J->D, J->D, 1.0f);
+                copy_scaled((float *)ROW(J->dv, b, kvh, t), w.dvc + (size_t)t * J->D, J->D, 1.0f);
+            }
+        }
+    }
+    free(mem);
+    return NULL;
+}
+
+#ifdef _OPENMP
+/* The shares run on OpenMP's threads: loaded after torch, this module shares torch's libgomp (one
+ * runtime per soname), so the kernels run on the very threads that spin-wait between torch's
+ * own operators instead of competing with them for the cores. */
+static int run_job(job *J) {
+    int n = J->n_threads < 1 ? 1 : J->n_threads;
+    if (n > J->B * J->KV) n = J->B * J->KV;
+    J->n_threads = n;
+    int err = 0;
+#pragma omp parallel num_threads(n) reduction(| : err)
+    {
+        worker_arg wa = {J, omp_get_thread_num()};
+        if (omp_get_num_threads() != n) { /* fewer threads than asked: take every share in turn */
+            if (omp_get_thread_num() == 0) {
+                for (int i = 0; i < n; i++) {
+                    wa.ith = i;
+                    err |= run_share(&wa) != NULL;
+                }
+            }
+        } else {
+            err |= run_share(&wa) != NULL;
+        }
+    }
+    return err ? -1 : 0;
+}
+#else
+static int run_job(job *J) {
+    int n = J->n_threads < 1 ? 1 : J->n_threads;
+    if (n > J->B * J->KV) n = J->B * J->KV;
+    if (n > 64) n = 64;
+    J->n_threads = n;
+    pthread_t threads[64];
+    worker_arg args[64];
+    int started = 1, err = 0;
+    for (int i = 1; i < n; i++, started++) {
+        args[i] = (worker_arg){J, i};
+        if (pthread_create(&threads[i], NULL, run_share, &args[i]) != 0) break;
+    }
+    for (int i = 0; i < n; i++) { /* shares whose thread did not start run here */
+        if (i == 0 || i >= started) {
+            args[i] = (worker_arg){J, i};
+            err |= run_share(&args[i]) != NULL;
+        }
+    }
+    for (int i = 1; i < started; i++) {
+        void *ret = NULL;
+        pthread_join(threads[i], &ret);
+        err |= ret != NULL;
+    }
+    return err ? -1 : 0;
+}
+#endif
+
+#endif /* HAVE_X86 */
+
+static int supported(void) {
+#if HAVE_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+#else
+    return 0;
+#endif
+}
+
+static int parse_view(PyObject *spec, view *out) {
+    unsigned long long ptr;
+    if (!PyArg_ParseTuple(spec, "Knnn", &ptr, &out->sb, &out->sh, &out->st)) return -1;
+    out->base = (const float *)(uintptr_t)ptr;
+    return 0;
+}
+
+/* forward(q, k, v, out, lse_ptr, (B, H, KV, T, D), scale, n_threads); each view is
+ * (data_ptr, batch stride, head stride, position stride) in float elements. */
+static PyObject *py_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *q, *k, *v, *o;
+    unsigned long long lse;
+    job J = {0};
+    if (!PyArg_ParseTuple(args, "OOOOK(iiiii)fi", &q, &k, &v, &o, &lse, &J.B, &J.H, &J.KV, &J.T, &J.D, &J.scale, &J.n_threads)) return NULL;
+    if (parse_view(q, &J.q) || parse_view(k, &J.k) || parse_view(v, &J.v) || parse_view(o, &J.o)) return NULL;
+    J.lse = (float *)(uintptr_t)lse;
+    if (!supported() || J.D % 16 || J.D <= 0 || J.KV <= 0 || J.H % J.KV) {
+        PyErr_SetString(PyExc_ValueError, "native attention needs AVX-512, a head size that is a multiple of 16 and H divisible by KV");
+        return NULL;
+    }
+    int rc = 0;
+#if HAVE_X86
+    Py_BEGIN_ALLOW_THREADS rc = run_job(&J);
+    Py_END_ALLOW_THREADS
+#endif
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* backward(q, k, v, out, dout, dq, dk, dv, lse_ptr, (B, H, KV, T, D), scale, n_threads) */
+static PyObject *py_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *q, *k, *v, *o, *g, *dq, *dk, *dv;
+    unsigned long long lse;
+    job J = {0};
+    if (!PyArg_ParseTuple(args, "OOOOOOOOK(iiiii)fi", &q, &k, &v, &o, &g, &dq, &dk, &dv, &lse, &J.B, &J.H, &J.KV, &J.T, &J.D, &J.scale, &J.n_threads))
+        return NULL;
+    if (parse_view(q, &J.q) || parse_view(k, &J.k) || parse_view(v, &J.v) || parse_view(o, &J.o) || parse_view(g, &J.dout) ||
+        parse_view(dq, &J.dq) || parse_view(dk, &J.dk) || parse_view(dv, &J.dv))
+        return NULL;
+    J.lse = (float *)(uintptr_t)lse;
+    J.backward = 1;
+    if (!supported() || J.D % 16 || J.D <= 0 || J.KV <= 0 || J.H % J.KV) {
+        PyErr_SetString(PyExc_ValueError, "native attention needs AVX-512, a head size that is a multiple of 16 and H divisible by KV");
+        return NULL;
+    }
+    int rc = 0;
+#if HAVE_X86
+    Py_BEGIN_ALLOW_THREADS rc = run_job(&J);
+    Py_END_ALLOW_THREADS
+#endif
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_supported(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyBool_FromLong(supported());
+}
+
+static PyMethodDef methods[] = {
+    {"forward", py_forward, METH_VARARGS, "Causal attention forward into out and lse (see attention.c)."},
+    {"backward", py_backward, METH_VARARGS, "Causal attention backward into dq, dk, dv (see attention.c)."},
+    {"supported", py_supported, METH_NOARGS, "Whether this CPU runs the kernels (AVX-512 F and DQ)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_attention", "Native causal attention for CPU training.", -1, methods};
+
+PyMODINIT_FUNC PyInit__attention(void) { return PyModule_Create(&module); }
