@@ -13,9 +13,11 @@ AdamW). "gpt2-ref" is a GPT-2 model in the style of nanoGPT (LayerNorm, GELU MLP
 positions) written here for an in-run baseline. Every variant runs in its own process, timed in
 turn round after round; PocketLM's with the malloc setting its training loop applies, the others
 as a user runs them, plus "hf + malloc reuse" to show what that setting alone gives a plain loop.
-Per shape it also profiles PocketLM's AdamW step and reports the time of its matrix products and
-attention kernels (the same kernels every implementation runs): tokens / that time is the
-ceiling no loop can pass, and its ratio over hf the largest in-run ratio this machine allows.
+PocketLM's attention runs on its own CPU kernels (model/native_attention.py); "pocketlm ... sdpa"
+is the same step on PyTorch's SDPA flash kernel, to show what they are worth. Per shape it also
+profiles PocketLM's AdamW step and reports the time of its matrix products (the same MKL kernels
+every implementation runs) and attention kernels: tokens / that time is the ceiling no loop
+around those kernels can pass, and its ratio over hf the largest in-run ratio they allow.
 """
 
 from __future__ import annotations
@@ -89,10 +91,10 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pocketlm_step(
-    shape: str, precision: str, compiled: bool, optimizer: str = "muon"
+    shape: str, precision: str, compiled: bool, optimizer: str = "muon", attention: str = "auto"
 ) -> Callable[[], None]:
     from pocketlm.model.config import ModelConfig
-    from pocketlm.model.transformer import build_model
+    from pocketlm.model.transformer import build_model, set_attention_kernel
     from pocketlm.train.config import OptimConfig
     from pocketlm.train.loop import autocast_context
     from pocketlm.train.optim import build_optimizers
@@ -100,6 +102,7 @@ def pocketlm_step(
     s = SHAPES[shape]
     config = ModelConfig(vocab_size=VOCAB, max_seq_len=CTX, n_kv_heads=s["n_heads"], **s)
     model = build_model(config)
+    set_attention_kernel(model, attention)  # "auto": PocketLM's CPU attention kernels, as training
     device = torch.device("cpu")
     optimizers = build_optimizers(model.named_parameters(), OptimConfig(kind=optimizer), device)
     params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
@@ -182,8 +185,10 @@ def gpt2_step(shape: str, precision: str) -> Callable[[], None]:
     return step
 
 
-# Kernels every implementation of this step runs at the same size: the matrix products and the
-# attention. Their time (self time in the profiler) bounds what any loop around them can reach.
+# The step's irreducible kernels: the matrix products (the same MKL kernels every implementation
+# runs at the same sizes) and the attention (PyTorch's flash kernel in the other loops, PocketLM's
+# own where it applies). Their time (self time in the profiler) bounds what any loop around them
+# can reach.
 _FLOOR_OPS = {
     "aten::mm",
     "aten::addmm",
@@ -192,6 +197,8 @@ _FLOOR_OPS = {
     "aten::baddbmm",
     "aten::_scaled_dot_product_flash_attention_for_cpu",
     "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+    "pocketlm::causal_attention",
+    "pocketlm::causal_attention_backward",
 }
 
 
@@ -251,6 +258,12 @@ def _variants(shape: str, with_bf16: bool) -> dict[str, tuple[str, tuple, bool]]
     v = {
         "pocketlm fp32 muon (compiled)": ("pocketlm", (shape, "fp32", True), True),
         "pocketlm fp32 adamw (compiled)": ("pocketlm", (shape, "fp32", True, "adamw"), True),
+        # the same step with PyTorch's SDPA attention: what PocketLM's attention kernels are worth
+        "pocketlm fp32 adamw sdpa (compiled)": (
+            "pocketlm",
+            (shape, "fp32", True, "adamw", "sdpa"),
+            True,
+        ),
         "pocketlm fp32 muon (eager)": ("pocketlm", (shape, "fp32", False), True),
         "hf llama fp32": ("hf", (shape, "fp32"), False),
         "hf llama fp32 + malloc reuse": ("hf", (shape, "fp32"), True),
@@ -330,6 +343,10 @@ def main() -> None:
             "ratio_vs_hf_with_malloc_reuse": round(best_fp32 / hf_reuse, 2),  # both fp32
             "ratio_vs_gpt2_ref_in_run": round(best_ours / ref_best, 2),
             "ratio_vs_nanogpt_anchor_best": round(best_ours / anchor_best, 2),
+            "ratio_native_attention_vs_sdpa": round(
+                med["pocketlm fp32 adamw (compiled)"] / med["pocketlm fp32 adamw sdpa (compiled)"],
+                2,
+            ),
             # matmul + attention time of PocketLM's best step: no loop around these kernels can
             # pass tokens / floor, so that over hf is the largest ratio this machine allows.
             "kernel_floor_ms_per_step": round(m["floor_s"] * 1000, 1),
@@ -343,11 +360,12 @@ def main() -> None:
             r = results[shape]
             print(f"\n{shape}: {SHAPES[shape]}, batch {BATCH}x{CTX}, vocab {VOCAB}")
             for name, v in med.items():
-                print(f"  {name:<32} {v:>7,} tok/s   (warm-up {m['warmup_s'][name]} s)")
+                print(f"  {name:<36} {v:>7,} tok/s   (warm-up {m['warmup_s'][name]} s)")
             print(
                 f"  PocketLM best / hf: {r['ratio_vs_hf_in_run']}x (/ hf + malloc reuse: "
                 f"{r['ratio_vs_hf_with_malloc_reuse']}x)   / gpt2-ref: {r['ratio_vs_gpt2_ref_in_run']}x"
                 f"   / nanoGPT anchor {anchor_best:,}: {r['ratio_vs_nanogpt_anchor_best']}x"
+                f"   native attention / sdpa: {r['ratio_native_attention_vs_sdpa']}x"
             )
             print(
                 f"  matmul + attention kernels: {r['kernel_floor_ms_per_step']} ms of the best step "

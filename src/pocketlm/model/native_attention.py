@@ -2,7 +2,7 @@
 
 At the head sizes of small models (32-64) PyTorch's CPU flash-attention kernel runs at a third
 of the machine's matmul speed; these kernels run the same maths (exact softmax, log-sum-exp
-saved for the backward pass, no T x T tensor kept) 1.6-2.5x faster for the forward and backward
+saved for the backward pass, no T x T tensor kept) 1.45-1.7x faster for the forward and backward
 together. They are registered as a torch custom op with its own backward, so `torch.compile`
 keeps them in its graph. Where they do not apply (no AVX-512, GPU, half precision, KV cache,
 dropout, head size not a multiple of 16) the model uses scaled_dot_product_attention.
