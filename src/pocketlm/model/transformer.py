@@ -86,9 +86,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, hd)
         dropout = self.dropout if self.training else 0.0
         if (
-            cache is None
+            cache is None  # so cos/sin are (1, 1, T, hd)
             and self.kernel == "auto"
-            and cos.shape[0] == 1
             and native_attention.applies(q, dropout)
         ):
             # (1, 1, T, hd) -> (1, T, 1, hd): rotate in the (B, T, H, hd) layout the kernels read

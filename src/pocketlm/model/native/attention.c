@@ -14,14 +14,14 @@
 #include <Python.h>
 
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
+#ifndef _OPENMP
+#error "build with -fopenmp (setup.py does): the kernels run on torch's OpenMP threads"
 #endif
+#include <omp.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -189,11 +189,16 @@ AVX512 static inline float dot(const float *a, const float *b, int D) {
     return _mm512_reduce_add_ps(s);
 }
 
+/* lanes j < left of a 16-lane block (all of them from 16 on, none at 0 or below) */
+static inline __mmask16 lanes_below(int left) {
+    return left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
+}
+
 AVX512 static float hmax(const float *x, int n) {
     __m512 m = _mm512_set1_ps(-INFINITY);
     int j = 0;
     for (; j + 16 <= n; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + j));
-    if (j < n) m = _mm512_max_ps(m, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), (__mmask16)((1u << (n - j)) - 1), x + j));
+    if (j < n) m = _mm512_max_ps(m, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), lanes_below(n - j), x + j));
     return _mm512_reduce_max_ps(m);
 }
 
@@ -202,9 +207,7 @@ AVX512 static float exp_row(float *row, int valid, int n16, float scale, float s
     const __m512 vs = _mm512_set1_ps(scale), vm = _mm512_set1_ps(shift);
     __m512 sum = _mm512_setzero_ps();
     for (int j = 0; j < n16; j += 16) {
-        const int left = valid - j;
-        const __mmask16 live = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
-        const __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_fmsub_ps(_mm512_loadu_ps(row + j), vs, vm)));
+        const __m512 e = _mm512_maskz_mov_ps(lanes_below(valid - j), exp512(_mm512_fmsub_ps(_mm512_loadu_ps(row + j), vs, vm)));
         _mm512_storeu_ps(row + j, e);
         sum = _mm512_add_ps(sum, e);
     }
@@ -230,8 +233,7 @@ AVX512 static void copy_rows(const view *vw, int b, int h, int n, int D, float *
 AVX512 static void transpose_rows(const float *src, int n, int D, float *dst, int ldt) {
     const __m512i lanes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(D));
     for (int t = 0; t < ldt; t += 16) {
-        const int left = n - t;
-        const __mmask16 live = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+        const __mmask16 live = lanes_below(n - t);
         for (int d = 0; d < D; d++)
             _mm512_storeu_ps(dst + (size_t)d * ldt + t, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, lanes, src + (size_t)t * D + d, 4));
     }
@@ -320,22 +322,16 @@ AVX512 static void backward_head(const job *J, scratch *w, int b, int h) {
     }
 }
 
-typedef struct {
-    const job *J;
-    int ith;
-} worker_arg;
-
-AVX512 static void *run_share(void *p) {
-    const worker_arg *wa = (const worker_arg *)p;
-    const job *J = wa->J;
+/* Thread ith's share of the (batch, kv head) pairs; nonzero when its scratch could not be had. */
+AVX512 static int run_share(const job *J, int ith) {
     const int items = J->B * J->KV, rep = J->H / J->KV;
-    const int lo = (int)((long)items * wa->ith / J->n_threads), hi = (int)((long)items * (wa->ith + 1) / J->n_threads);
-    if (lo >= hi) return NULL;
+    const int lo = (int)((long)items * ith / J->n_threads), hi = (int)((long)items * (ith + 1) / J->n_threads);
+    if (lo >= hi) return 0;
     scratch w;
     w.ldt = (J->T + 15) & ~15;
     const size_t block = (size_t)ROWS * w.ldt, tbuf = (size_t)J->D * w.ldt;
     float *mem = (float *)aligned_alloc(64, sizeof(float) * (6 * tbuf + 2 * block + 3 * (size_t)ROWS * J->D + 64));
-    if (!mem) return (void *)1;
+    if (!mem) return 1;
     w.kt = mem;
     w.vt = w.kt + tbuf;
     w.kc = w.vt + tbuf;
@@ -371,10 +367,9 @@ AVX512 static void *run_share(void *p) {
         }
     }
     free(mem);
-    return NULL;
+    return 0;
 }
 
-#ifdef _OPENMP
 /* The shares run on OpenMP's threads: loaded after torch, this module shares torch's libgomp (one
  * runtime per soname), so the kernels run on the very threads that spin-wait between torch's
  * own operators instead of competing with them for the cores. */
@@ -385,47 +380,15 @@ static int run_job(job *J) {
     int err = 0;
 #pragma omp parallel num_threads(n) reduction(| : err)
     {
-        worker_arg wa = {J, omp_get_thread_num()};
         if (omp_get_num_threads() != n) { /* fewer threads than asked: take every share in turn */
-            if (omp_get_thread_num() == 0) {
-                for (int i = 0; i < n; i++) {
-                    wa.ith = i;
-                    err |= run_share(&wa) != NULL;
-                }
-            }
+            if (omp_get_thread_num() == 0)
+                for (int i = 0; i < n; i++) err |= run_share(J, i);
         } else {
-            err |= run_share(&wa) != NULL;
+            err |= run_share(J, omp_get_thread_num());
         }
     }
     return err ? -1 : 0;
 }
-#else
-static int run_job(job *J) {
-    int n = J->n_threads < 1 ? 1 : J->n_threads;
-    if (n > J->B * J->KV) n = J->B * J->KV;
-    if (n > 64) n = 64;
-    J->n_threads = n;
-    pthread_t threads[64];
-    worker_arg args[64];
-    int started = 1, err = 0;
-    for (int i = 1; i < n; i++, started++) {
-        args[i] = (worker_arg){J, i};
-        if (pthread_create(&threads[i], NULL, run_share, &args[i]) != 0) break;
-    }
-    for (int i = 0; i < n; i++) { /* shares whose thread did not start run here */
-        if (i == 0 || i >= started) {
-            args[i] = (worker_arg){J, i};
-            err |= run_share(&args[i]) != NULL;
-        }
-    }
-    for (int i = 1; i < started; i++) {
-        void *ret = NULL;
-        pthread_join(threads[i], &ret);
-        err |= ret != NULL;
-    }
-    return err ? -1 : 0;
-}
-#endif
 
 #endif /* HAVE_X86 */
 
@@ -445,6 +408,21 @@ static int parse_view(PyObject *spec, view *out) {
     return 0;
 }
 
+/* Check the shapes and the CPU, then run the job with the GIL released. */
+static PyObject *run_checked(job *J) {
+    if (!supported() || J->D % 16 || J->D <= 0 || J->KV <= 0 || J->H % J->KV) {
+        PyErr_SetString(PyExc_ValueError, "native attention needs AVX-512, a head size that is a multiple of 16 and H divisible by KV");
+        return NULL;
+    }
+    int rc = 0;
+#if HAVE_X86
+    Py_BEGIN_ALLOW_THREADS rc = run_job(J);
+    Py_END_ALLOW_THREADS
+#endif
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 /* forward(q, k, v, out, lse_ptr, (B, H, KV, T, D), scale, n_threads); each view is
  * (data_ptr, batch stride, head stride, position stride) in float elements. */
 static PyObject *py_forward(PyObject *self, PyObject *args) {
@@ -455,17 +433,7 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOK(iiiii)fi", &q, &k, &v, &o, &lse, &J.B, &J.H, &J.KV, &J.T, &J.D, &J.scale, &J.n_threads)) return NULL;
     if (parse_view(q, &J.q) || parse_view(k, &J.k) || parse_view(v, &J.v) || parse_view(o, &J.o)) return NULL;
     J.lse = (float *)(uintptr_t)lse;
-    if (!supported() || J.D % 16 || J.D <= 0 || J.KV <= 0 || J.H % J.KV) {
-        PyErr_SetString(PyExc_ValueError, "native attention needs AVX-512, a head size that is a multiple of 16 and H divisible by KV");
-        return NULL;
-    }
-    int rc = 0;
-#if HAVE_X86
-    Py_BEGIN_ALLOW_THREADS rc = run_job(&J);
-    Py_END_ALLOW_THREADS
-#endif
-    if (rc) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return run_checked(&J);
 }
 
 /* backward(q, k, v, out, dout, dq, dk, dv, lse_ptr, (B, H, KV, T, D), scale, n_threads) */
@@ -481,17 +449,7 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
         return NULL;
     J.lse = (float *)(uintptr_t)lse;
     J.backward = 1;
-    if (!supported() || J.D % 16 || J.D <= 0 || J.KV <= 0 || J.H % J.KV) {
-        PyErr_SetString(PyExc_ValueError, "native attention needs AVX-512, a head size that is a multiple of 16 and H divisible by KV");
-        return NULL;
-    }
-    int rc = 0;
-#if HAVE_X86
-    Py_BEGIN_ALLOW_THREADS rc = run_job(&J);
-    Py_END_ALLOW_THREADS
-#endif
-    if (rc) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return run_checked(&J);
 }
 
 static PyObject *py_supported(PyObject *self, PyObject *args) {
