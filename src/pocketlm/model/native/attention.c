@@ -225,7 +225,11 @@ AVX512 static void softmax_grad_row(const float *p, float *dp, int n16, float de
  * head of the group, and at the row strides of a (B, T, H, D) tensor (1 KB and more) their rows
  * would fight over a few L1 sets. */
 AVX512 static void copy_rows(const view *vw, int b, int h, int n, int D, float *dst) {
-    for (int t = 0; t < n; t++) copy_scaled(dst + (size_t)t * D, ROW(*vw, b, h, t), D, 1.0f);
+    for (int t = 0; t < n; t++) {
+        if (t + 16 < n) /* far-apart rows: the hardware prefetchers do not follow them */
+            for (int off = 0; off < D * 4; off += 64) __builtin_prefetch((const char *)ROW(*vw, b, h, t + 16) + off, 0, 3);
+        copy_scaled(dst + (size_t)t * D, ROW(*vw, b, h, t), D, 1.0f);
+    }
 }
 
 /* dst (D x ldt) = the dense (n, D) rows of src transposed, columns n .. ldt zeroed: 16 positions
