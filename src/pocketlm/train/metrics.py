@@ -37,6 +37,23 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def smooth_centered(values: list[float], half_window: int) -> list[float]:
+    """Mean of each value with up to half_window neighbours on each side, the same number on both.
+
+    Centred, so a falling loss is not drawn late: a trailing average (an EMA) lags the steep
+    first hundreds of steps and draws the curve far above the raw points there. Near the ends
+    the window shrinks symmetrically, which keeps a straight line exact.
+    """
+    prefix = [0.0]
+    for v in values:
+        prefix.append(prefix[-1] + v)
+    out = []
+    for i in range(len(values)):
+        k = min(half_window, i, len(values) - 1 - i)
+        out.append((prefix[i + k + 1] - prefix[i - k]) / (2 * k + 1))
+    return out
+
+
 def plot_losses(rows: list[dict[str, Any]], out: Path, title: str = "training") -> Path:
     """Train loss (raw and smoothed) and validation loss against tokens seen, as a PNG."""
     import matplotlib
@@ -50,11 +67,8 @@ def plot_losses(rows: list[dict[str, Any]], out: Path, title: str = "training") 
     if train:
         xs, ys = zip(*train)
         ax.plot(xs, ys, color="#9ecae1", linewidth=0.8, label="train loss")
-        smooth, acc = [], None
-        for y in ys:
-            acc = y if acc is None else 0.9 * acc + 0.1 * y
-            smooth.append(acc)
-        ax.plot(xs, smooth, color="#08519c", linewidth=1.6, label="train loss (EMA)")
+        smooth = smooth_centered(list(ys), max(1, len(ys) // 50))
+        ax.plot(xs, smooth, color="#08519c", linewidth=1.6, label="train loss (smoothed)")
     if val:
         xs, ys = zip(*val)
         ax.plot(xs, ys, "o-", color="#e6550d", linewidth=1.6, markersize=4, label="validation loss")
