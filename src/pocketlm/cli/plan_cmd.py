@@ -16,8 +16,9 @@ def register(subparsers) -> None:
             "For a preset, explicit dimensions, or (by default) the candidate presets: parameters,\n"
             "training memory (weights, gradients, optimizer, activations, plus this process's own),\n"
             "the step time measured on this machine, tokens per second, tokens reachable in the budget,\n"
-            "epochs of the corpus that means, and the recommended size (the largest that still sees\n"
-            "~10 tokens per non-embedding parameter). The quickstart picks its model this way."
+            "epochs of the corpus that means, and the recommended size: the largest that still sees\n"
+            "~2 tokens per non-embedding parameter, the best trade-off measured for short CPU\n"
+            "budgets (benchmarks/RESULTS.md). The quickstart picks its model this way."
         ),
         examples=(
             "  pocketlm plan --tokens runs/tokens --budget 10m\n"

@@ -8,7 +8,7 @@ import pytest
 
 from pocketlm.model.config import ModelConfig
 from pocketlm.train.budget import parse_budget
-from pocketlm.train.plan import PlanRow, memory_estimate, recommend
+from pocketlm.train.plan import TOKENS_PER_PARAM, PlanRow, memory_estimate, recommend
 
 _PROBE = """
 import json, sys, torch, torch.nn.functional as F
@@ -54,12 +54,16 @@ def test_recommend_picks_the_largest_size_the_budget_can_feed():
     large = PlanRow(
         "l", ModelConfig(vocab_size=512, dim=256, n_layers=8, n_heads=4, n_kv_heads=4), 0.1, 1000
     )
-    # l has 6.4M non-embedding parameters: it needs >= 64M tokens = 64k steps of 1000 tokens
-    assert recommend([small, large], parse_budget("100000 steps")).name == "l"
-    assert recommend([small, large], parse_budget("50000 steps")).name == "s"
+    # l needs TOKENS_PER_PARAM tokens per non-embedding parameter, in steps of 1000 tokens
+    steps_for_l = TOKENS_PER_PARAM * large.config.num_params(include_embeddings=False) / 1000
+    assert recommend([small, large], parse_budget(f"{int(steps_for_l * 1.2)} steps")).name == "l"
+    assert recommend([small, large], parse_budget(f"{int(steps_for_l * 0.8)} steps")).name == "s"
     assert (
         recommend([large], parse_budget("20 steps")).name == "l"
     )  # nothing fits: the smallest given
+    # an explicit ratio overrides the default
+    budget = parse_budget(f"{int(steps_for_l * 1.2)} steps")
+    assert recommend([small, large], budget, tokens_per_param=10 * TOKENS_PER_PARAM).name == "s"
 
 
 def test_memory_estimate_parts():
