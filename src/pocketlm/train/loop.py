@@ -37,7 +37,7 @@ from pocketlm.train.clock import RunClock
 from pocketlm.train.config import TrainConfig
 from pocketlm.train.metrics import PLOT_FILE, MetricsLog, plot_losses, read_metrics
 from pocketlm.train.optim import build_optimizers, set_lr
-from pocketlm.train.peak import measured_peak_flops
+from pocketlm.train.peak import measured_peak_flops, remeasured_peak_flops
 from pocketlm.train.task import TrainTask
 
 _log = get_logger("pocketlm.train")
@@ -178,14 +178,10 @@ def train(
         return path
 
     # MFU is reported against this machine's measured matmul peak in the autocast dtype.
-    peak_flops = (
-        measured_peak_flops(
-            device.type,
-            "bfloat16" if precision == "bf16" else "float16" if precision == "fp16" else "float32",
-        )
-        if task.flops_per_token
-        else 1.0
+    peak_dtype = (
+        "bfloat16" if precision == "bf16" else "float16" if precision == "fp16" else "float32"
     )
+    peak_flops = measured_peak_flops(device.type, peak_dtype) if task.flops_per_token else 1.0
     started = time.perf_counter() - state["elapsed_s"]
     last_ckpt_time = time.perf_counter()
     window_start, window_tokens = time.perf_counter(), 0
@@ -306,6 +302,8 @@ def train(
         **last_eval,
     }
     if task.flops_per_token:
+        # probed again after training: the start-up probe may have met a busy moment
+        peak_flops = remeasured_peak_flops(device.type, peak_dtype)
         summary.update(
             {
                 "peak_tflops_measured": round(peak_flops / 1e12, 4),
