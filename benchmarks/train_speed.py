@@ -202,19 +202,22 @@ _FLOOR_OPS = {
 }
 
 
-def kernel_floor_s(step: Callable[[], None], steps: int = 2, repeats: int = 3) -> float:
-    """Seconds per step spent in matrix products and attention kernels (profiled; the least of
-    `repeats` profiles, since a noisy machine only ever adds time)."""
+def kernel_floor_s(step: Callable[[], None], steps: int = 2, repeats: int = 5) -> float:
+    """Seconds per step spent in matrix products and attention kernels: each kernel (by name and
+    input shapes) counted at its least time over `repeats` profiles, since a noisy machine only
+    ever adds time and one disturbed profile should not move the sum."""
     from torch.profiler import ProfilerActivity, profile
 
-    best = float("inf")
+    least_us: dict[tuple[str, str], float] = {}
     for _ in range(repeats):
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             for _ in range(steps):
                 step()
-        us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in _FLOOR_OPS)
-        best = min(best, us / 1e6 / steps)
-    return best
+        for e in prof.key_averages(group_by_input_shape=True):
+            if e.key in _FLOOR_OPS:
+                key = (e.key, str(e.input_shapes))
+                least_us[key] = min(least_us.get(key, float("inf")), e.self_cpu_time_total)
+    return sum(least_us.values()) / 1e6 / steps
 
 
 # --- one process per variant ----------------------------------------------------------------------
