@@ -221,13 +221,21 @@ AVX512 static void softmax_grad_row(const float *p, float *dp, int n16, float de
         _mm512_storeu_ps(dp + j, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(p + j), _mm512_sub_ps(_mm512_loadu_ps(dp + j), vd)), vs));
 }
 
+/* Ask for the rows of the next block ahead of time: rows of a (B, T, H, D) tensor are far apart
+ * and the hardware prefetchers do not follow them. */
+static inline void prefetch_rows(const view *vw, int b, int h, int t0, int nr, int D) {
+    for (int r = 0; r < nr; r++) {
+        const char *row = (const char *)ROW(*vw, b, h, t0 + r);
+        for (int off = 0; off < D * 4; off += 64) __builtin_prefetch(row + off, 0, 3);
+    }
+}
+
 /* dense (n, D) rows from a strided view: K and V are read by every row block of every query
  * head of the group, and at the row strides of a (B, T, H, D) tensor (1 KB and more) their rows
  * would fight over a few L1 sets. */
 AVX512 static void copy_rows(const view *vw, int b, int h, int n, int D, float *dst) {
     for (int t = 0; t < n; t++) {
-        if (t + 16 < n) /* far-apart rows: the hardware prefetchers do not follow them */
-            for (int off = 0; off < D * 4; off += 64) __builtin_prefetch((const char *)ROW(*vw, b, h, t + 16) + off, 0, 3);
+        if (t + 16 < n) prefetch_rows(vw, b, h, t + 16, 1, D);
         copy_scaled(dst + (size_t)t * D, ROW(*vw, b, h, t), D, 1.0f);
     }
 }
@@ -240,15 +248,6 @@ AVX512 static void transpose_rows(const float *src, int n, int D, float *dst, in
         const __mmask16 live = lanes_below(n - t);
         for (int d = 0; d < D; d++)
             _mm512_storeu_ps(dst + (size_t)d * ldt + t, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, lanes, src + (size_t)t * D + d, 4));
-    }
-}
-
-/* Ask for the rows of the next block ahead of time: rows of a (B, T, H, D) tensor are far apart
- * and the hardware prefetchers do not follow them. */
-static inline void prefetch_rows(const view *vw, int b, int h, int t0, int nr, int D) {
-    for (int r = 0; r < nr; r++) {
-        const char *row = (const char *)ROW(*vw, b, h, t0 + r);
-        for (int off = 0; off < D * 4; off += 64) __builtin_prefetch(row + off, 0, 3);
     }
 }
 
