@@ -49,7 +49,7 @@ def main() -> None:
     from pocketlm.common.config import load_config
     from pocketlm.common.log import setup_logging
     from pocketlm.evals.evaluate import evaluate_model
-    from pocketlm.train.pretrain import PretrainConfig, pretrain
+    from pocketlm.train.tasks.pretrain import PretrainConfig, pretrain
 
     setup_logging()
     tokens = prepare(args.workdir, args.vocab_size)

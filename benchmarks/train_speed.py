@@ -96,7 +96,7 @@ def pocketlm_step(
     from pocketlm.model.config import ModelConfig
     from pocketlm.model.transformer import build_model, set_attention_kernel
     from pocketlm.train.config import OptimConfig
-    from pocketlm.train.loop import autocast_context
+    from pocketlm.train.task import autocast_context
     from pocketlm.train.optim import build_optimizers
 
     s = SHAPES[shape]

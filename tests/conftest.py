@@ -177,7 +177,7 @@ def synthetic_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
 def tiny_pretrain_config(budget: str = "12 steps", **train_overrides):
     """A PretrainConfig for a ~30k-parameter model that trains in milliseconds per step."""
     from pocketlm.train.config import ScheduleConfig, TrainConfig
-    from pocketlm.train.pretrain import PretrainConfig, ShapeConfig
+    from pocketlm.train.tasks.pretrain import PretrainConfig, ShapeConfig
 
     train = dict(
         budget=budget,
@@ -199,7 +199,7 @@ def tiny_pretrain_config(budget: str = "12 steps", **train_overrides):
 @pytest.fixture(scope="session")
 def tiny_model_dir(synthetic_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained (a few steps) tiny model artifact on the synthetic tokens."""
-    from pocketlm.train.pretrain import pretrain
+    from pocketlm.train.tasks.pretrain import pretrain
 
     run = tmp_path_factory.mktemp("tiny-run") / "run"
     return pretrain(synthetic_pipeline["tokens"], run, tiny_pretrain_config("6 steps")).model_dir

@@ -41,6 +41,7 @@ __all__ = [
     "read_weights",
     "resolve_model_dir",
     "save_model",
+    "save_model_state",
 ]
 
 
@@ -68,6 +69,17 @@ def save_model(
     out: str | Path,
     model: CausalLM,
     tokenizer_dir: str | Path,
+    **kwargs: Any,
+) -> Path:
+    """Write a model artifact from a live model (see save_model_state for the keywords)."""
+    return save_model_state(out, weights_state_dict(model), model.config, tokenizer_dir, **kwargs)
+
+
+def save_model_state(
+    out: str | Path,
+    state: dict[str, torch.Tensor],
+    model_config: ModelConfig,
+    tokenizer_dir: str | Path,
     *,
     parents: Sequence[dict] = (),
     config: dict | None = None,
@@ -76,9 +88,12 @@ def save_model(
     overwrite: bool = False,
     extra: Callable[[ArtifactWriter], None] | None = None,
 ) -> Path:
-    """Write a model artifact; `extra(art)` may add files (e.g. train state) before the commit."""
+    """Write a model artifact from a whole CPU state dict; `extra(art)` may add files (e.g.
+    train state) before the commit. A tied LM head is not stored (as in HF)."""
     from safetensors.torch import save_file
 
+    if model_config.tie_embeddings:
+        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
     out = Path(out)
     try:
         with ArtifactWriter(
@@ -90,17 +105,17 @@ def save_model(
             overwrite=overwrite,
         ) as art:
             save_file(
-                weights_state_dict(model),
+                {k: v.contiguous() for k, v in state.items()},
                 str(art.path(WEIGHTS_FILE)),
                 metadata={"format": "pt", "producer": "pocketlm"},
             )
-            model.config.save(art.path(CONFIG_FILE))
+            model_config.save(art.path(CONFIG_FILE))
             for name in TOKENIZER_FILES:
                 shutil.copyfile(Path(tokenizer_dir) / name, art.path(name))
-            _set_model_max_length(art.path(TOKENIZER_CONFIG_FILE), model.config.max_seq_len)
+            _set_model_max_length(art.path(TOKENIZER_CONFIG_FILE), model_config.max_seq_len)
             if extra is not None:
                 extra(art)
-            base = {"params": model.num_params(), "model": model.config.to_dict()}
+            base = {"params": model_config.num_params(), "model": model_config.to_dict()}
             return art.commit({**base, **(summary or {})})
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):

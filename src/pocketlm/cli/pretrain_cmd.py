@@ -82,7 +82,8 @@ def register(subparsers) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from pocketlm.train.pretrain import PretrainConfig, pretrain
+    from pocketlm.common.env import dist_env
+    from pocketlm.train.tasks.pretrain import PretrainConfig, pretrain
 
     if args.max_tokens:
         args.budget = f"{args.max_tokens} tokens"
@@ -90,6 +91,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         args.budget = f"{args.max_steps} steps"
     config = config_from_args(PretrainConfig, args, _FLAGS)
     result = pretrain(args.tokens, args.out, config, resume=args.resume, command=command_line())
+    if dist_env().rank != 0:
+        return 0  # under torchrun the main rank reports
     if result.final:
         print(
             f"val loss {result.final.get('val_loss', float('nan')):.4f}, val bpb {result.final.get('val_bpb', float('nan')):.4f}"

@@ -23,6 +23,7 @@ class DistEnv:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    local_world_size: int = 1  # processes on this machine
 
     @property
     def is_distributed(self) -> bool:
@@ -34,12 +35,26 @@ class DistEnv:
 
 
 def dist_env() -> DistEnv:
-    """Read RANK / LOCAL_RANK / WORLD_SIZE as set by torchrun (defaults: single process)."""
-    return DistEnv(
-        rank=int(os.environ.get("RANK", "0")),
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-        world_size=int(os.environ.get("WORLD_SIZE", "1")),
-    )
+    """Read RANK / LOCAL_RANK / WORLD_SIZE / LOCAL_WORLD_SIZE as torchrun sets them (defaults:
+    a single process); raises ValueError naming a variable that is not a valid number."""
+    values = {}
+    for field, name, default in (
+        ("rank", "RANK", 0),
+        ("local_rank", "LOCAL_RANK", 0),
+        ("world_size", "WORLD_SIZE", 1),
+        ("local_world_size", "LOCAL_WORLD_SIZE", 0),
+    ):
+        raw = os.environ.get(name, "").strip()
+        try:
+            values[field] = int(raw) if raw else default
+        except ValueError:
+            raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+    # Without LOCAL_WORLD_SIZE (a launcher other than torchrun), assume one machine.
+    values["local_world_size"] = values["local_world_size"] or values["world_size"]
+    env = DistEnv(**values)
+    if env.world_size < 1 or not 0 <= env.rank < env.world_size:
+        raise ValueError(f"RANK={env.rank} is not within WORLD_SIZE={env.world_size}")
+    return env
 
 
 def progress_disabled() -> bool:

@@ -1,8 +1,11 @@
-"""Resumable, seekable batch loader over a token split.
+"""Resumable, seekable batch loader over a token split, sharded by rank.
 
 The split is cut into non-overlapping windows of ctx+1 tokens; each epoch visits all windows in
-a seeded permutation. A batch is a pure function of (seed, step, rank), so the loader's whole
-state is the step counter: resuming or seeking is exact, and ranks never overlap.
+a seeded permutation. Windows are dealt out by one global counter: a micro-batch on rank r of a
+world of W takes the windows `consumed + r * batch_size ...` and every rank then advances the
+counter by W * batch_size. So the windows one optimizer step sees across all ranks depend only
+on the global batch, not on how it is split into ranks and accumulation steps, and the loader's
+whole state is that counter: resuming is exact, also at another world size or batch split.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pocketlm.data.token_shards import TokenSplit
 
 
 class BatchLoader:
-    """Yields (inputs, targets), each int64 of shape (batch_size, ctx)."""
+    """Yields (inputs, targets), each int64 of shape (batch_size, ctx), for one rank."""
 
     def __init__(
         self,
@@ -32,6 +35,8 @@ class BatchLoader:
     ) -> None:
         if batch_size < 1 or ctx < 1:
             raise InputError(f"batch_size and ctx must be >= 1, got {batch_size} and {ctx}")
+        if not 0 <= rank < world_size:
+            raise InputError(f"rank {rank} is outside a world of {world_size}")
         self.split = split
         self.batch_size = batch_size
         self.ctx = ctx
@@ -47,19 +52,24 @@ class BatchLoader:
                 f"the {split.name} split has {len(split):,} tokens, fewer than one window of ctx+1 = {ctx + 1}",
                 hint="use a smaller --ctx or more data",
             )
-        self.step = 0
-        self._perms: dict[int, np.ndarray] = {}
+        self.consumed = 0  # windows dealt out so far, over all ranks
+        self._perms: dict[int, tuple[np.ndarray, int]] = {}
         self._offsets = np.arange(ctx + 1, dtype=np.int64)
 
     @property
+    def windows_per_batch(self) -> int:
+        """Windows one micro-batch takes over all ranks."""
+        return self.batch_size * self.world_size
+
+    @property
     def tokens_per_step(self) -> int:
-        """Tokens consumed per step across all ranks."""
-        return self.batch_size * self.ctx * self.world_size
+        """Tokens one micro-batch holds over all ranks."""
+        return self.windows_per_batch * self.ctx
 
     @property
     def epoch(self) -> float:
-        """Epochs completed (fractional) at the current step."""
-        return self.step * self.batch_size * self.world_size / self.num_windows
+        """Epochs completed (fractional) so far."""
+        return self.consumed / self.num_windows
 
     def _perm(self, epoch: int) -> tuple[np.ndarray, int]:
         """(window order, token offset) of an epoch."""
@@ -76,48 +86,54 @@ class BatchLoader:
                 self._perms[epoch] = (np.arange(self.num_windows), 0)
         return self._perms[epoch]
 
-    def batch_at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """The batch this rank sees at `step` (pure function of seed, step, rank)."""
-        first = (step * self.world_size + self.rank) * self.batch_size
-        ks = first + np.arange(self.batch_size, dtype=np.int64)  # (batch,) global window counters
+    def windows_at(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The windows with global counters first .. first+count-1 (a pure function of the seed)."""
+        ks = first + np.arange(count, dtype=np.int64)  # (count,) global window counters
         epochs, positions = np.divmod(ks, self.num_windows)
-        starts = np.empty(self.batch_size, dtype=np.int64)  # (batch,) first token of each row
+        starts = np.empty(count, dtype=np.int64)  # (count,) first token of each row
         for epoch in np.unique(epochs):
             sel = epochs == epoch
             order, shift = self._perm(int(epoch))
             starts[sel] = order[positions[sel]] * self.ctx + shift
         rows = np.asarray(
             self.split.tokens[starts[:, None] + self._offsets[None, :]], dtype=np.int64
-        )  # (batch, ctx+1)
+        )  # (count, ctx+1)
         return rows[:, :-1], rows[:, 1:]
+
+    def batch_at(self, consumed: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's micro-batch when `consumed` windows have been dealt out before it."""
+        return self.windows_at(consumed + self.rank * self.batch_size, self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return self
 
     def __next__(self) -> tuple[np.ndarray, np.ndarray]:
-        batch = self.batch_at(self.step)
-        self.step += 1
+        batch = self.batch_at(self.consumed)
+        self.consumed += self.windows_per_batch
         return batch
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable position (plus the settings it is valid for)."""
         return {
-            "step": self.step,
+            "consumed_windows": self.consumed,
             "seed": self.seed,
-            "batch_size": self.batch_size,
             "ctx": self.ctx,
-            "world_size": self.world_size,
             "num_windows": self.num_windows,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the position; refuses a state saved with other settings."""
-        for key in ("seed", "batch_size", "ctx", "world_size", "num_windows"):
+        """Restore the position (any batch size, rank or world size); refuses another data order."""
+        if "consumed_windows" not in state:
+            raise InputError(
+                "cannot resume the data loader: the checkpoint has no position "
+                f"(saved keys: {', '.join(sorted(state)) or 'none'})"
+            )
+        for key in ("seed", "ctx", "num_windows"):
             if state.get(key) != getattr(self, key):
                 raise InputError(
                     f"cannot resume the data loader: {key} was {state.get(key)}, now {getattr(self, key)}"
                 )
-        self.step = int(state["step"])
+        self.consumed = int(state["consumed_windows"])
 
 
 def eval_windows(

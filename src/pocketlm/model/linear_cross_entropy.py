@@ -1,4 +1,4 @@
-"""The LM head fused with cross-entropy: mean loss over targets without materialising all logits.
+"""The LM head fused with cross-entropy: loss over targets without materialising all logits.
 
 A plain loss computes logits (N, vocab) for every position, keeps them for backward, then runs
 log-softmax forward and backward over them: two full (N, vocab) tensors in memory and several
@@ -38,13 +38,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         compute_dtype: torch.dtype,
         rows: int,
         grad_enabled: bool,
+        mean: bool,
     ) -> torch.Tensor:
         # needs_input_grad says True under no_grad too; grad_enabled is the caller's grad mode.
         needs_h = grad_enabled and ctx.needs_input_grad[0]
         needs_w = grad_enabled and ctx.needs_input_grad[1]
         valid = targets != IGNORE_INDEX  # (N,)
         # 1 / targets as a tensor: no host sync on a GPU; 0 targets -> loss 0, not NaN.
-        inv_n = 1.0 / valid.sum().clamp(min=1).to(torch.float32)  # ()
+        # A summed loss (the training loop normalises by its own count) scales by 1.
+        inv_n = (
+            1.0 / valid.sum().clamp(min=1).to(torch.float32)
+            if mean
+            else torch.ones((), dtype=torch.float32, device=hidden.device)
+        )  # ()
         w_c = weight.to(compute_dtype)  # (vocab, dim)
         grad_h = torch.empty_like(hidden) if needs_h else None  # every row is written below
         grad_w = (
@@ -69,7 +75,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total += torch.where(ok, row_loss, 0.0).sum()
             if grad_h is None and grad_w is None:
                 continue
-            # d(mean loss)/d(logits) = (softmax - onehot) / n_valid, zero on ignored rows.
+            # d(loss)/d(logits) = (softmax - onehot) * inv_n, zero on ignored rows.
             scale = ok.to(probs.dtype)[:, None] * inv_n  # (c, 1)
             probs.mul_(scale / row_sum)
             probs.scatter_add_(1, y_c, -scale)
@@ -99,14 +105,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
 @torch.compiler.disable  # a Python loop over chunks; eager is what makes it cheap
 def linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int | None = None
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    rows: int | None = None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """Mean cross-entropy of `hidden @ weight.T` against targets, -100 ignored; (..., dim) -> ()."""
+    """Cross-entropy of `hidden @ weight.T` against targets, -100 ignored, "mean" over the
+    targets or "sum"; (..., dim) -> ()."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     device_type = hidden.device.type
     compute_dtype = _autocast_dtype(device_type) or hidden.dtype
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, dim)
@@ -121,6 +135,7 @@ def linear_cross_entropy(
             compute_dtype,
             rows or chunk_rows(weight.shape[0], device_type),
             torch.is_grad_enabled(),
+            reduction == "mean",
         )
 
 

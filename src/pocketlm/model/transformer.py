@@ -208,13 +208,15 @@ class CausalLM(nn.Module):
         *,
         output_positions: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
+        reduction: str = "mean",
     ) -> torch.Tensor:
         """Logits for every position, or only at output_positions (B,) -> (B, vocab).
 
         With a cache, input_ids are the new tokens of each row, written after the row's
         current length; the cache's lengths advance by T. With targets (B, T) (-100 = no
-        target) the result is instead the mean cross-entropy, computed by the LM head fused
-        with the loss so the (B, T, vocab) logits never exist at once.
+        target) the result is instead the cross-entropy ("mean" over the targets or their
+        "sum"), computed by the LM head fused with the loss so the (B, T, vocab) logits never
+        exist at once.
         """
         batch, seq = input_ids.shape
         x = self.model.embed_tokens(input_ids)  # (B, T, dim)
@@ -242,13 +244,13 @@ class CausalLM(nn.Module):
         if output_positions is not None:
             x = x[torch.arange(batch, device=x.device), output_positions]  # (B, dim)
         if targets is not None:
-            return self._loss(self.model.norm(x), targets)
+            return self._loss(self.model.norm(x), targets, reduction)
         return self.lm_head(self.model.norm(x))
 
-    def _loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the head's logits; fused unless the head was swapped (LoRA, int8)."""
+    def _loss(self, hidden: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+        """Cross-entropy of the head's logits; fused unless the head was swapped (LoRA, int8)."""
         if type(self.lm_head) is nn.Linear:
-            return linear_cross_entropy(hidden, self.lm_head.weight, targets)
+            return linear_cross_entropy(hidden, self.lm_head.weight, targets, reduction=reduction)
         logits = self.lm_head(hidden)  # (B, T, vocab)
         summed = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
@@ -256,6 +258,8 @@ class CausalLM(nn.Module):
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
+        if reduction == "sum":
+            return summed
         return summed / (targets != IGNORE_INDEX).sum().clamp(min=1)  # no targets: 0, as fused
 
     def num_params(self) -> int:

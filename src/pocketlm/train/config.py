@@ -19,6 +19,8 @@ class OptimConfig:
     grad_clip: float = 1.0  # 0 turns clipping off
     muon_lr: float = 0.0  # 0 = the same as lr (Muon's update RMS is matched to AdamW's)
     muon_momentum: float = 0.95
+    # Newton-Schulz precision: "auto" = bf16 where bf16 matmuls are native (CUDA, AVX512-BF16/AMX)
+    muon_precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -58,7 +60,9 @@ class TrainConfig:
     compile: Literal["auto", "on", "off"] = (
         "auto"  # auto: when the budget is long enough to pay back ~30 s
     )
-    threads: int = 0  # CPU threads for torch; 0 = all cores
+    threads: int = 0  # CPU threads per process; 0 = the usable cores / processes on this machine
+    # several processes (torchrun): "auto" = ddp; "fsdp2" shards weights, gradients, optimizer
+    parallel: Literal["auto", "none", "ddp", "fsdp2"] = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -10,10 +10,7 @@ from torch import nn
 from pocketlm.common.device import cpu_supports_bf16
 from pocketlm.train.config import OptimConfig
 from pocketlm.train.muon import Muon
-
-
-def _is_decayed(name: str, param: torch.Tensor) -> bool:
-    return param.ndim >= 2 and "embed_tokens" not in name and "norm" not in name
+from pocketlm.train.task import Role
 
 
 def adamw_kernel(device: torch.device) -> dict[str, bool]:
@@ -28,49 +25,62 @@ def adamw_kernel(device: torch.device) -> dict[str, bool]:
     return {"fused": True}
 
 
+# AdamW weight decay by role: matrices that map features decay; lookup tables, scales, biases
+# and adapters (whose zero start is their prior) do not.
+DECAYED_ROLES = frozenset({Role.HIDDEN, Role.HEAD})
+
+
 def build_optimizers(
-    named_params: Iterable[tuple[str, nn.Parameter]], config: OptimConfig, device: torch.device
+    params: Iterable[tuple[str, nn.Parameter, Role]], config: OptimConfig, device: torch.device
 ) -> list[torch.optim.Optimizer]:
-    """Optimizers over the trainable parameters (tied weights counted once)."""
-    unique: dict[int, tuple[str, nn.Parameter]] = {}
-    for name, p in named_params:
+    """Optimizers over (name, parameter, role) triples: with kind "muon", Muon takes the HIDDEN
+    matrices and AdamW the rest; with "adamw", AdamW takes all. Tied tensors count once."""
+    unique: dict[int, tuple[str, nn.Parameter, Role]] = {}
+    for name, p, role in params:
         if p.requires_grad and id(p) not in unique:
-            unique[id(p)] = (name, p)
-    params = list(unique.values())
-    if not params:
+            unique[id(p)] = (name, p, role)
+    if not unique:
         raise ValueError("no trainable parameters")
-    kwargs = adamw_kernel(device)
+    rest = list(unique.values())
     optimizers: list[torch.optim.Optimizer] = []
     if config.kind == "muon":
         native_bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
-        # Muon orthogonalises updates of hidden 2-D matrices; embeddings and the head stay on AdamW.
-        hidden = [
-            p for n, p in params if p.ndim == 2 and "embed_tokens" not in n and "lm_head" not in n
+        if config.muon_precision != "auto":
+            native_bf16 = config.muon_precision == "bf16"
+        # Muon orthogonalises updates of hidden 2-D matrices; everything else stays on AdamW.
+        hidden = [p for _, p, role in rest if role is Role.HIDDEN and p.ndim == 2]
+        if hidden:
+            hidden_ids = {id(p) for p in hidden}
+            rest = [t for t in rest if id(t[1]) not in hidden_ids]
+            optimizers.append(
+                Muon(
+                    hidden,
+                    lr=config.muon_lr or config.lr,
+                    momentum=config.muon_momentum,
+                    weight_decay=config.weight_decay,
+                    ns_dtype=torch.bfloat16 if native_bf16 else torch.float32,
+                )
+            )
+    if rest:
+        decay = [p for _, p, role in rest if role in DECAYED_ROLES]
+        no_decay = [p for _, p, role in rest if role not in DECAYED_ROLES]
+        groups = [
+            g
+            for g in (
+                {"params": decay, "weight_decay": config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            )
+            if g["params"]
         ]
-        hidden_ids = {id(p) for p in hidden}
-        params = [(n, p) for n, p in params if id(p) not in hidden_ids]
         optimizers.append(
-            Muon(
-                hidden,
-                lr=config.muon_lr or config.lr,
-                momentum=config.muon_momentum,
-                weight_decay=config.weight_decay,
-                ns_dtype=torch.bfloat16 if native_bf16 else torch.float32,
+            torch.optim.AdamW(
+                groups,
+                lr=config.lr,
+                betas=tuple(config.betas),
+                eps=config.eps,
+                **adamw_kernel(device),
             )
         )
-    decay = [p for n, p in params if _is_decayed(n, p)]
-    no_decay = [p for n, p in params if not _is_decayed(n, p)]
-    groups = [
-        g
-        for g in (
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        )
-        if g["params"]
-    ]
-    optimizers.append(
-        torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps, **kwargs)
-    )
     for opt in optimizers:
         for group in opt.param_groups:
             group["peak_lr"] = group["lr"]

@@ -14,8 +14,8 @@ from pocketlm.model.linear_cross_entropy import chunk_rows
 from pocketlm.model.presets import preset_config
 from pocketlm.model.transformer import build_model
 from pocketlm.train.budget import Budget
-from pocketlm.train.loop import autocast_context
 from pocketlm.train.optim import adamw_kernel
+from pocketlm.train.task import autocast_context
 
 DEFAULT_CANDIDATES = ("pico-1m", "nano-3m", "micro-6m", "mini-15m", "small-30m")
 # Pick the largest size that still sees this many training tokens per non-embedding parameter

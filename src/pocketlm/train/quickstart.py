@@ -136,7 +136,7 @@ def run_quickstart(
 
     def train_model() -> None:
         from pocketlm.common.config import replace
-        from pocketlm.train.pretrain import PretrainConfig, pretrain
+        from pocketlm.train.tasks.pretrain import PretrainConfig, pretrain
 
         preset = config.model or _plan(config, tokens_dir, device, precision, echo)
         chosen["preset"] = preset

@@ -18,3 +18,21 @@ def test_usable_cores_is_positive_and_within_the_machine():
 )
 def test_serving_threads_leaves_one_core_to_the_http_side_unless_told(requested, cores, expected):
     assert serving_threads(requested, cores) == expected
+
+
+def test_dist_env_reads_torchrun_variables_and_names_a_bad_one(monkeypatch) -> None:
+    from pocketlm.common.env import dist_env
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    alone = dist_env()
+    assert (alone.rank, alone.world_size, alone.local_world_size) == (0, 1, 1)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    env = dist_env()
+    assert (env.rank, env.local_rank, env.world_size, env.local_world_size) == (3, 1, 4, 2)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE='two'"):
+        dist_env()

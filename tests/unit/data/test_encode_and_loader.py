@@ -39,7 +39,7 @@ def test_bytes_per_token_recorded(synthetic_pipeline):
     assert s["splits"]["val"]["tokens"] > 0 and s["tokenizer_fingerprint"]
 
 
-def test_loader_is_a_pure_function_of_step_and_resumes_exactly(synthetic_pipeline):
+def test_loader_resumes_exactly_and_refuses_another_data_order(synthetic_pipeline):
     split = TokenShards(synthetic_pipeline["tokens"]).split("train")
     a = BatchLoader(split, batch_size=4, ctx=32, seed=3)
     first = [next(a) for _ in range(7)]
@@ -52,29 +52,48 @@ def test_loader_is_a_pure_function_of_step_and_resumes_exactly(synthetic_pipelin
         assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
     x, y = first[0]
     assert x.shape == (4, 32) and x.dtype == np.int64 and np.array_equal(x[:, 1:], y[:, :-1])
-    with pytest.raises(InputError, match="batch_size was 4, now 8"):
-        BatchLoader(split, batch_size=8, ctx=32, seed=3).load_state_dict(state)
+    with pytest.raises(InputError, match="seed was 3, now 4"):
+        BatchLoader(split, batch_size=4, ctx=32, seed=4).load_state_dict(state)
+    with pytest.raises(InputError, match="ctx was 32, now 16"):
+        BatchLoader(split, batch_size=4, ctx=16, seed=3).load_state_dict(state)
 
 
-def test_ranks_see_disjoint_windows_and_an_epoch_covers_everything(synthetic_pipeline):
-    split = TokenShards(synthetic_pipeline["tokens"]).split("train")
-    ctx = 16
-    loaders = [
-        BatchLoader(split, batch_size=2, ctx=ctx, seed=1, rank=r, world_size=2) for r in range(2)
-    ]
-    n = loaders[0].num_windows
-    seen = []
-    for _ in range(n // 4):
+def _step_windows(loaders, micro_batches):
+    """The windows one optimizer step reads over all ranks and micro-batches, sorted."""
+    rows = []
+    for _ in range(micro_batches):
         for ld in loaders:
             x, _ = next(ld)
-            seen.extend(x[:, 0].tolist())
-    starts = set()
-    for ld in loaders:
-        for step in range(n // 4):
-            first = (step * 2 + ld.rank) * 2
-            for k in range(first, first + 2):
-                starts.add(int(ld._perm(0)[0][k]))
-    assert len(starts) == (n // 4) * 4  # no window twice within the epoch
+            rows.extend(map(tuple, x.tolist()))
+    return sorted(rows)
+
+
+def test_a_step_reads_the_same_windows_however_the_global_batch_is_split(synthetic_pipeline):
+    """8 sequences a step: 2 ranks x 4, 1 rank x 8, or 1 rank x 4 x 2 micro-batches; a resume
+    may switch between them."""
+    split = TokenShards(synthetic_pipeline["tokens"]).split("train")
+
+    def ranks(world, batch):
+        return [
+            BatchLoader(split, batch, 16, seed=1, rank=r, world_size=world) for r in range(world)
+        ]
+
+    two, one, accum = ranks(2, 4), ranks(1, 8), ranks(1, 4)
+    for _ in range(3):
+        a, b, c = _step_windows(two, 1), _step_windows(one, 1), _step_windows(accum, 2)
+        assert a == b == c and len(set(a)) == 8
+    # resume the two-rank run on one rank with the same global batch: the same next step
+    resumed = ranks(1, 8)
+    resumed[0].load_state_dict(two[0].state_dict())
+    assert _step_windows(resumed, 1) == _step_windows(two, 1)
+
+
+def test_ranks_see_disjoint_windows_within_an_epoch(synthetic_pipeline):
+    split = TokenShards(synthetic_pipeline["tokens"]).split("train")
+    loaders = [BatchLoader(split, 2, 16, seed=1, rank=r, world_size=2) for r in range(2)]
+    n = loaders[0].num_windows
+    seen = _step_windows(loaders, n // 4)  # 4 windows a step: n // 4 steps fit in one epoch
+    assert len(set(seen)) == len(seen) == (n // 4) * 4  # no window twice within the epoch
 
 
 def test_loader_refuses_too_little_data(synthetic_pipeline):

@@ -49,6 +49,21 @@ def test_ignored_targets_add_no_loss_and_no_gradient() -> None:
     assert hidden.grad[::3].abs().max() == 0
 
 
+def test_sum_reduction_is_the_summed_cross_entropy_and_its_gradient() -> None:
+    hidden, weight, targets = _inputs()
+    targets[::4] = -100
+    h, w = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    ref = F.cross_entropy(h @ w.t(), targets, ignore_index=-100, reduction="sum")
+    ref.backward()
+    loss = linear_cross_entropy(hidden, weight, targets, rows=8, reduction="sum")
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), ref.detach(), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(hidden.grad, h.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weight.grad, w.grad, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        linear_cross_entropy(hidden, weight, targets, reduction="none")
+
+
 def test_all_targets_ignored_gives_zero_loss_not_nan() -> None:
     hidden, weight, targets = _inputs()
     loss = linear_cross_entropy(hidden, weight, torch.full_like(targets, -100))

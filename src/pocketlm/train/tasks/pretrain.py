@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from pocketlm.checkpoint.model_io import save_model
+from pocketlm.checkpoint.model_io import read_weights, save_model_state
 from pocketlm.common.config import to_dict
-from pocketlm.common.env import dist_env
-from pocketlm.common.errors import ConfigError, InputError
+from pocketlm.common.errors import ArtifactError, ConfigError, InputError
 from pocketlm.common.manifest import parent_ref
 from pocketlm.data.loader import BatchLoader
 from pocketlm.data.token_shards import TokenShards
@@ -25,7 +25,8 @@ from pocketlm.model.transformer import build_model
 from pocketlm.tokenizer.tokenizer import Tokenizer
 from pocketlm.train.config import TrainConfig
 from pocketlm.train.loop import RunResult, train
-from pocketlm.train.task import TrainTask
+from pocketlm.train.roles import roles_by_structure
+from pocketlm.train.task import RunContext, SaveRequest, TrainTask
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,12 @@ def resolve_model_config(shape: ShapeConfig, vocab_size: int, ctx: int) -> Model
 def pretrain_task(
     tokens_dir: str | Path,
     config: PretrainConfig,
+    ctx: RunContext,
     *,
     command: Sequence[str] | None = None,
     model_config: ModelConfig | None = None,
 ) -> TrainTask:
-    """The pretraining TrainTask over a tokens artifact."""
+    """The pretraining TrainTask over a tokens artifact, for this process's context."""
     tokens_dir = Path(tokens_dir)
     shards = TokenShards(tokens_dir)
     tokenizer = Tokenizer.load(shards.tokenizer_dir)
@@ -97,25 +99,23 @@ def pretrain_task(
         )
     if model_config.max_seq_len < tc.ctx:
         raise ConfigError(f"ctx {tc.ctx} exceeds the model's context {model_config.max_seq_len}")
-    dist = dist_env()
     batches = BatchLoader(
         shards.split("train"),
         tc.batch_size,
         tc.ctx,
         seed=tc.seed,
-        rank=dist.rank,
-        world_size=dist.world_size,
+        rank=ctx.dist.rank,
+        world_size=ctx.dist.world_size,
     )
     model = build_model(model_config, seed=tc.seed)
     byte_lengths = token_byte_lengths(tokenizer, model_config.vocab_size)
     has_val = shards.has_split("val")
     eval_split = shards.split("val" if has_val else "train")
 
-    def loss(
-        m: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
-    ) -> tuple[torch.Tensor, int]:
+    def loss(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         x, y = batch
-        return m(x, targets=y), y.numel()  # LM head fused with the loss: no (B, T, vocab) logits
+        # LM head fused with the loss: no (B, T, vocab) logits; every position is a target
+        return m(x, targets=y, reduction="sum"), y.numel()
 
     def to_device(
         batch: tuple[np.ndarray, np.ndarray], device: torch.device
@@ -125,7 +125,7 @@ def pretrain_task(
             device, non_blocking=True
         )
 
-    def evaluate(m: torch.nn.Module, *, device: torch.device, autocast: Any) -> dict[str, float]:
+    def evaluate(m: nn.Module, run_ctx: RunContext) -> dict[str, float]:
         r = evaluate_bpb(
             m,
             eval_split,
@@ -133,27 +133,38 @@ def pretrain_task(
             ctx=tc.ctx,
             batch_size=tc.batch_size,
             max_tokens=tc.eval_tokens,
-            device=device,
-            autocast=autocast,
+            device=run_ctx.device,
+            autocast=run_ctx.autocast(),
         )
         return {"val_loss": r.loss, "val_bpb": r.bpb}
 
     parents = [parent_ref(tokens_dir)]
 
-    def save(
-        m: torch.nn.Module, out: Path, extra: Any, summary: dict[str, Any], overwrite: bool = False
-    ) -> Path:
-        return save_model(
-            out,
-            m,
+    def save(request: SaveRequest) -> Path:
+        return save_model_state(
+            request.out,
+            request.state,
+            model_config,
             shards.tokenizer_dir,
             parents=parents,
             config=to_dict(config),
-            summary={**summary, "bytes_per_token": shards.bytes_per_token},
+            summary={**request.summary, "bytes_per_token": shards.bytes_per_token},
             command=command,
-            overwrite=overwrite,
-            extra=extra,
+            overwrite=request.overwrite,
+            extra=request.add_files,
         )
+
+    def load(checkpoint: Path) -> dict[str, torch.Tensor]:
+        tensors = read_weights(checkpoint)
+        expected = set(model.state_dict())
+        if model_config.tie_embeddings:
+            expected.discard("lm_head.weight")
+        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        if missing or unexpected:
+            raise ArtifactError(
+                f"{checkpoint}: weights do not match this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        return tensors
 
     return TrainTask(
         name="pretrain",
@@ -161,8 +172,10 @@ def pretrain_task(
         batches=batches,
         loss=loss,
         to_device=to_device,
-        tokens_per_batch=tc.batch_size * tc.ctx * dist.world_size,
+        tokens_per_batch=tc.batch_size * tc.ctx,
+        roles=roles_by_structure(model, heads=[model.lm_head]),
         save=save,
+        load=load,
         evaluate=evaluate,
         flops_per_token=model_config.flops_per_token(tc.ctx, training=True),
         describe={
@@ -192,10 +205,14 @@ def pretrain(
     *,
     resume: bool = False,
     command: Sequence[str] | None = None,
+    now: Callable[[], float] = time.perf_counter,
 ) -> RunResult:
     """Pretrain a model on `tokens_dir` into the run directory `out`."""
     config = config or PretrainConfig()
     if resume:
         _check_resume_tokenizer(Path(out), TokenShards(tokens_dir))
-    task = pretrain_task(tokens_dir, config, command=command)
-    return train(task, config.train, out, resume=resume, command=command)
+
+    def factory(ctx: RunContext) -> TrainTask:
+        return pretrain_task(tokens_dir, config, ctx, command=command)
+
+    return train(factory, config.train, out, resume=resume, command=command, now=now)

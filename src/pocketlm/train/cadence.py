@@ -1,0 +1,130 @@
+"""What happens between optimizer steps: counters, progress, metrics rows, evaluations and
+checkpoints, each on its cadence (steps, fractions of the run, or seconds).
+
+Every decision reads times that all ranks agree on (the main rank's clock, broadcast), so the
+ranks evaluate, checkpoint and stop at the same step; a rank that decided alone would leave the
+others waiting in a collective forever.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from pocketlm.common.units import format_count
+from pocketlm.train.checkpointing import save_checkpoint
+from pocketlm.train.run import Run
+from pocketlm.train.step import StepStats
+
+EVALS_PER_RUN = 8  # without eval_every: at each eighth of the run, and at the end
+
+
+def agree(values: list[float], run: Run) -> list[float]:
+    """The main rank's values on every rank (as they are when running alone)."""
+    if run.ctx.parallel == "none":
+        return values
+    import torch.distributed as tdist
+
+    t = torch.tensor(values, dtype=torch.float64, device=run.ctx.device)
+    tdist.broadcast(t, src=0)
+    return t.tolist()
+
+
+def start_cadence(run: Run) -> None:
+    """Book-keeping before the first step (also after a resume)."""
+    from pocketlm.train.peak import measured_peak_flops
+
+    if run.task.flops_per_token and run.ctx.is_main:
+        # MFU is reported against this machine's measured matmul peak in the autocast dtype.
+        run.peak_flops = measured_peak_flops(run.ctx.device.type, peak_dtype(run.ctx.precision))
+    run.started = run.now() - run.elapsed_s  # the probe above does not count against the budget
+    run.schedule.update(
+        next_eval=1 / EVALS_PER_RUN,
+        last_ckpt_s=run.elapsed_s,
+        window_start=run.now(),
+        window_tokens=0,
+    )
+    (run.elapsed_s,) = agree([run.measure_elapsed()], run)
+
+
+def peak_dtype(precision: str) -> str:
+    """The matmul dtype that bounds a run in `precision`."""
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
+
+
+def after_step(run: Run, stats: StepStats, step_seconds: float) -> None:
+    """Advance the counters, then log, evaluate and checkpoint where due."""
+    run.step += 1
+    run.tokens += run.tokens_per_step
+    run.schedule["window_tokens"] += run.tokens_per_step
+    run.elapsed_s, step_seconds = agree([run.measure_elapsed(), step_seconds], run)
+    run.clock.observe_step(run.step, step_seconds)
+    if run.bar is not None:
+        if run.clock.timed:
+            run.bar.total = run.clock.estimated_total(run.step, run.elapsed_s)
+        run.bar.update(1)
+    is_last = run.clock.finished(run.step, run.elapsed_s)
+    progress = run.clock.progress(run.step, run.elapsed_s)
+    config = run.config
+    do_eval = run.task.evaluate is not None and (
+        is_last
+        or (config.eval_every and run.step % config.eval_every == 0)
+        or (not config.eval_every and progress >= run.schedule["next_eval"])
+    )
+    if run.step % config.log_every == 0 or do_eval or run.step == 1:
+        row = _row(run, stats)
+        if do_eval:
+            run.last_eval = _evaluate(run)
+            run.schedule["next_eval"] = (math.floor(progress * EVALS_PER_RUN) + 1) / EVALS_PER_RUN
+            row.update({k: round(v, 6) for k, v in run.last_eval.items()})
+            run.schedule["window_start"] = run.now()
+        if run.metrics is not None:
+            run.metrics.write(row)
+        if run.bar is not None:
+            val = run.last_eval.get("val_bpb")
+            run.bar.set_postfix_str(
+                f"loss {stats.loss:.3f} | {format_count(row['tokens_per_s'])} tok/s"
+                + (f" | val bpb {val:.3f}" if val is not None else "")
+            )
+    if is_last:
+        return
+    by_steps = config.checkpoint_every and run.step % config.checkpoint_every == 0
+    by_time = (
+        not config.checkpoint_every
+        and run.elapsed_s - run.schedule["last_ckpt_s"] >= config.checkpoint_every_s
+    )
+    if by_steps or by_time:
+        save_checkpoint(run)
+        run.schedule["last_ckpt_s"] = run.elapsed_s
+
+
+def _row(run: Run, stats: StepStats) -> dict[str, Any]:
+    """A metrics row for the step just taken; tokens/s over the window since the last row."""
+    now = run.now()
+    tps = run.schedule["window_tokens"] / max(1e-9, now - run.schedule["window_start"])
+    run.schedule.update(window_start=now, window_tokens=0)
+    row: dict[str, Any] = {
+        "step": run.step,
+        "tokens": run.tokens,
+        "loss": round(stats.loss, 8),
+        "lr": stats.lr,
+        "tokens_per_s": round(tps, 1),
+        "elapsed_s": round(run.elapsed_s, 2),
+        "grad_norm": round(stats.grad_norm, 4),
+    }
+    if run.task.flops_per_token:
+        row["tflops"] = round(tps * run.task.flops_per_token / 1e12, 4)
+        per_rank = tps / run.ctx.dist.world_size  # each rank's share against one device's peak
+        row["mfu"] = round(per_rank * run.task.flops_per_token / run.peak_flops, 4)
+    return row
+
+
+def _evaluate(run: Run) -> dict[str, float]:
+    """The task's evaluation (on every rank); its duration is kept for the time budget."""
+    assert run.task.evaluate is not None
+    t0 = run.now()
+    result = run.task.evaluate(run.model, run.ctx)
+    (run.clock.eval_seconds,) = agree([run.now() - t0], run)
+    return result

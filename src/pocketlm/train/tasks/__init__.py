@@ -1,0 +1,1 @@
+"""Training tasks: each module builds TrainTasks for the one loop (train/loop.py)."""
