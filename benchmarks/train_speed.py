@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -90,28 +88,99 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+def _batch_task(model: nn.Module):
+    """A TrainTask factory over one fixed batch (the data loader is not what is measured)."""
+    from pocketlm.train.roles import roles_by_structure
+    from pocketlm.train.task import TrainTask
+
+    x, y = _batch()
+
+    class Same:
+        def __next__(self):
+            return x, y
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    def factory(ctx):
+        return TrainTask(
+            name="bench",
+            model=model,
+            batches=Same(),
+            # as in train/tasks/pretrain.py: the LM head fused with the summed loss
+            loss=lambda m, b: (m(b[0], targets=b[1], reduction="sum"), b[1].numel()),
+            to_device=lambda b, device: b,
+            tokens_per_batch=BATCH * CTX,
+            roles=roles_by_structure(model, heads=[model.lm_head]),
+            save=lambda request: request.out,
+            load=lambda checkpoint: {},
+        )
+
+    return factory
+
+
 def pocketlm_step(
     shape: str, precision: str, compiled: bool, optimizer: str = "muon", attention: str = "auto"
 ) -> Callable[[], None]:
+    """One optimizer step of PocketLM's training loop itself (train/step.py), set up by the loop."""
+    import tempfile
+
     from pocketlm.model.config import ModelConfig
     from pocketlm.model.transformer import build_model, set_attention_kernel
-    from pocketlm.train.config import OptimConfig
-    from pocketlm.train.task import autocast_context
-    from pocketlm.train.optim import build_optimizers
+    from pocketlm.train.config import OptimConfig, TrainConfig
+    from pocketlm.train.run import setup_run
+    from pocketlm.train.step import optimizer_step
 
     s = SHAPES[shape]
     config = ModelConfig(vocab_size=VOCAB, max_seq_len=CTX, n_kv_heads=s["n_heads"], **s)
     model = build_model(config)
     set_attention_kernel(model, attention)  # "auto": PocketLM's CPU attention kernels, as training
+    train_config = TrainConfig(
+        optim=OptimConfig(kind=optimizer),
+        batch_size=BATCH,
+        ctx=CTX,
+        budget="1000000 steps",
+        precision=precision,
+        device="cpu",
+        compile="on" if compiled else "off",
+    )
+    run = setup_run(
+        _batch_task(model),
+        train_config,
+        Path(tempfile.mkdtemp(prefix="train-speed-")),
+        resume=False,
+        command=None,
+        now=time.perf_counter,
+    )
+    return lambda: optimizer_step(run)
+
+
+def round1_step(shape: str, precision: str, compiled: bool) -> Callable[[], None]:
+    """Round 1's training step (mean loss, no target count, no gradient scaling), kept to show
+    the loop's rewrite costs nothing: same model, optimizers and loss kernel."""
+    from pocketlm.model.config import ModelConfig
+    from pocketlm.model.transformer import build_model
+    from pocketlm.train.config import OptimConfig
+    from pocketlm.train.optim import build_optimizers
+    from pocketlm.train.roles import roles_by_structure
+    from pocketlm.train.task import autocast_context
+
+    s = SHAPES[shape]
+    config = ModelConfig(vocab_size=VOCAB, max_seq_len=CTX, n_kv_heads=s["n_heads"], **s)
+    model = build_model(config)
+    roles = roles_by_structure(model, heads=[model.lm_head])
     device = torch.device("cpu")
-    optimizers = build_optimizers(model.named_parameters(), OptimConfig(kind=optimizer), device)
+    optimizers = build_optimizers(
+        [(n, p, roles[n]) for n, p in model.named_parameters()], OptimConfig(kind="muon"), device
+    )
     params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
     autocast = autocast_context(device, precision)
     x, y = _batch()
 
-    def loss_fn(
-        m: nn.Module, xy: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:  # as in train.pretrain: the LM head fused with the loss
+    def loss_fn(m: nn.Module, xy: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return m(xy[0], targets=xy[1])
 
     fn = torch.compile(loss_fn) if compiled else loss_fn
@@ -227,6 +296,7 @@ def kernel_floor_s(step: Callable[[], None], steps: int = 2, repeats: int = 5) -
 # times the processes in turn, round after round, so machine drift hits every variant alike.
 _BUILDERS: dict[str, Callable[..., Callable[[], None]]] = {
     "pocketlm": pocketlm_step,
+    "round1": round1_step,
     "hf": hf_step,
     "gpt2": gpt2_step,
 }
@@ -234,6 +304,9 @@ _BUILDERS: dict[str, Callable[..., Callable[[], None]]] = {
 
 def _worker(conn: Any, builder: str, args: tuple, reuse_memory: bool) -> None:
     """Build one step function, warm it up, then answer ("run", n) / ("floor",) / ("stop",)."""
+    import os
+
+    os.environ["POCKETLM_NO_PROGRESS"] = "1"  # the loop's set-up would draw a progress bar
     if reuse_memory:
         from pocketlm.common.allocator import reuse_freed_memory
 
@@ -260,6 +333,8 @@ def _variants(shape: str, with_bf16: bool) -> dict[str, tuple[str, tuple, bool]]
     """name -> (builder, builder args, reuse freed memory)."""
     v = {
         "pocketlm fp32 muon (compiled)": ("pocketlm", (shape, "fp32", True), True),
+        # round 1's step code beside the loop's own step: the rewrite must cost nothing
+        "round-1 step fp32 muon (compiled)": ("round1", (shape, "fp32", True), True),
         "pocketlm fp32 adamw (compiled)": ("pocketlm", (shape, "fp32", True, "adamw"), True),
         # the same step with PyTorch's SDPA attention: what PocketLM's attention kernels are worth
         "pocketlm fp32 adamw sdpa (compiled)": (
@@ -300,6 +375,14 @@ def measure_shape(shape: str, rounds: int, steps: int, with_bf16: bool) -> dict[
                 samples[name].append(BATCH * CTX * steps / conn.recv())
         med = {name: round(statistics.median(v)) for name, v in samples.items()}
         best = max((k for k in med if k.startswith("pocketlm")), key=med.__getitem__)
+        loop_vs_round1 = [
+            a / b
+            for a, b in zip(
+                samples["pocketlm fp32 muon (compiled)"],
+                samples["round-1 step fp32 muon (compiled)"],
+                strict=True,
+            )
+        ]
         # The floor is taken on the AdamW step: Muon's Newton-Schulz products are optimizer work
         # the other loops do not do, and would inflate "the kernels every loop runs".
         workers["pocketlm fp32 adamw (compiled)"][1].send(("floor",))
@@ -309,7 +392,13 @@ def measure_shape(shape: str, rounds: int, steps: int, with_bf16: bool) -> dict[
             if proc.is_alive():
                 conn.send(("stop",))
                 proc.join(timeout=30)
-    return {"tokens_per_s": med, "warmup_s": warmup_s, "best": best, "floor_s": floor_s}
+    return {
+        "tokens_per_s": med,
+        "warmup_s": warmup_s,
+        "best": best,
+        "floor_s": floor_s,
+        "loop_vs_round1_per_round": [round(r, 3) for r in loop_vs_round1],
+    }
 
 
 def main() -> None:
@@ -346,6 +435,9 @@ def main() -> None:
             "ratio_vs_hf_with_malloc_reuse": round(best_fp32 / hf_reuse, 2),  # both fp32
             "ratio_vs_gpt2_ref_in_run": round(best_ours / ref_best, 2),
             "ratio_vs_nanogpt_anchor_best": round(best_ours / anchor_best, 2),
+            # the same round's samples paired: the loop's step over round 1's step code
+            "loop_step_vs_round1_step": round(statistics.median(m["loop_vs_round1_per_round"]), 3),
+            "loop_step_vs_round1_step_per_round": m["loop_vs_round1_per_round"],
             "ratio_native_attention_vs_sdpa": round(
                 med["pocketlm fp32 adamw (compiled)"] / med["pocketlm fp32 adamw sdpa (compiled)"],
                 2,
@@ -371,19 +463,19 @@ def main() -> None:
                 f"   native attention / sdpa: {r['ratio_native_attention_vs_sdpa']}x"
             )
             print(
+                f"  the loop's step / round 1's step code: {r['loop_step_vs_round1_step']}x "
+                f"(per round: {r['loop_step_vs_round1_step_per_round']})"
+            )
+            print(
                 f"  matmul + attention kernels: {r['kernel_floor_ms_per_step']} ms of the best step "
                 f"({r['kernel_share_of_step']:.0%}); with nothing else the step would reach "
                 f"{r['ceiling_tokens_per_s']:,} tok/s = {r['ceiling_ratio_vs_hf']}x hf "
                 f"({r['ceiling_ratio_vs_hf_with_malloc_reuse']}x hf + malloc reuse), "
                 f"{r['ceiling_ratio_vs_nanogpt_anchor_best']}x the nanoGPT anchor"
             )
-    meta = {
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "bf16_native": cpu_supports_bf16(),
-    }
+    from machine import describe_machine
+
+    meta = {**describe_machine(), "threads": torch.get_num_threads()}
     out = {"meta": meta, "results": results}
     Path(__file__).resolve().parent.joinpath("results").mkdir(exist_ok=True)
     Path(__file__).resolve().parent.joinpath("results", "train_speed.json").write_text(
