@@ -48,9 +48,17 @@ def test_quickstart_runs_end_to_end_and_reuses_stages(text_folder, tmp_path):
 
 @pytest.mark.timeout(600)
 def test_quickstart_on_stdlib_with_a_tiny_budget(tmp_path):
+    """THE end-to-end pipeline test: the README's main command on the embedded corpus."""
+    import json
+
     report = run_quickstart(
         QuickstartConfig(budget="8s", model="pico-1m", ctx=128, batch_size=8),
         tmp_path / "std",
         echo=lambda s: None,
     )
     assert "validation bits per byte" in report.read_text()
+    data_report = (tmp_path / "std" / "corpus" / "data_report.md").read_text()
+    assert "`stdlib`" in data_report and "## Removed" in data_report
+    summary = json.loads((tmp_path / "std" / "tokens" / "manifest.json").read_text())["summary"]
+    assert summary["splits"]["train"]["tokens"] > 1_000_000
+    assert 2.0 < summary["bytes_per_token"] < 6.0  # Python source: ~3 bytes/token at 4k vocab

@@ -122,6 +122,7 @@ def test_existing_file_needs_overwrite(model_dir, tmp_path):
         export_gguf(model_dir, tmp_path / "x.gguf")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["f32", "bf16"])
 def test_llama_cpp_gives_the_same_greedy_tokens(model_dir, tmp_path, kind):
     llama_cpp = pytest.importorskip(

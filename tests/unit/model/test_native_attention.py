@@ -96,9 +96,20 @@ def test_the_causal_mask_holds() -> None:
 
 
 @needs_kernels
-def test_compiles_with_its_own_backward() -> None:
+@pytest.mark.parametrize(
+    "backend",
+    [
+        # dynamo + AOT autograd without code generation: the op traces with its own backward
+        "aot_eager",
+        # inductor's C++ code generation (~25 s on 2 cores): the slow tier
+        pytest.param("inductor", marks=pytest.mark.slow),
+    ],
+)
+def test_compiles_with_its_own_backward(backend: str) -> None:
     q, k, v, grad = _inputs(2, 33, 4, 2, 32, seed=3)
-    compiled = torch.compile(lambda a, b, c: native_attention.causal_attention(a, b, c) * 2.0)
+    compiled = torch.compile(
+        lambda a, b, c: native_attention.causal_attention(a, b, c) * 2.0, backend=backend
+    )
     out, grads = _grads(compiled, q, k, v, grad)
     ref, ref_grads = _grads(lambda a, b, c: _reference(a, b, c) * 2.0, q, k, v, grad)
     torch.testing.assert_close(out, ref, atol=5e-5, rtol=1e-4)
