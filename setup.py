@@ -4,12 +4,12 @@ the package still installs and PocketLM runs on its PyTorch backend."""
 
 from setuptools import Extension, setup
 
-NATIVE = "src/pocketlm/runtime/native/"
+NATIVE = "src/pocketlm/engine/native/"
 
 setup(
     ext_modules=[
         Extension(
-            "pocketlm.runtime._native",
+            "pocketlm.engine._native",
             sources=[NATIVE + f for f in ("module.c", "model.c", "kernels.c", "threadpool.c")],
             depends=[NATIVE + "plm.h"],
             extra_compile_args=[

@@ -61,7 +61,7 @@ def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would include the pa
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
 t_start = float(sys.argv[1])
-from pocketlm.runtime.native_backend import open_native_backend
+from pocketlm.engine.native_backend import open_native_backend
 import numpy as np, resource, statistics
 backend, tok = open_native_backend(sys.argv[2], threads=int(sys.argv[3]), max_len=256)
 rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pocketlm"
 
-# Who may import whom (DEVELOPERS.md: cli -> train -> evals -> runtime -> checkpoint -> model -> common;
+# Who may import whom (DEVELOPERS.md: cli -> train -> evals -> engine -> checkpoint -> model -> common;
 # the model never imports tokenizer, data or optimizers).
 ALLOWED: dict[str, set[str]] = {
     "common": set(),
@@ -19,17 +19,18 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"common", "tokenizer"},
     "model": {"common"},
     "checkpoint": {"common", "model", "tokenizer"},
-    "runtime": {"common", "model", "checkpoint", "tokenizer"},
-    "evals": {"common", "model", "checkpoint", "tokenizer", "data", "runtime"},
-    "compress": {"common", "model", "checkpoint", "tokenizer", "data", "runtime", "evals"},
-    "export": {"common", "model", "checkpoint", "tokenizer", "runtime"},
+    "engine": {"common", "model", "checkpoint", "tokenizer"},
+    "serve": {"common", "tokenizer", "engine"},
+    "evals": {"common", "model", "checkpoint", "tokenizer", "data", "engine"},
+    "compress": {"common", "model", "checkpoint", "tokenizer", "data", "engine", "evals"},
+    "export": {"common", "model", "checkpoint", "tokenizer", "engine"},
     "train": {
         "common",
         "model",
         "checkpoint",
         "tokenizer",
         "data",
-        "runtime",
+        "engine",
         "evals",
         "compress",
         "export",
@@ -40,11 +41,12 @@ ALLOWED: dict[str, set[str]] = {
         "checkpoint",
         "tokenizer",
         "data",
-        "runtime",
+        "engine",
         "evals",
         "compress",
         "export",
         "train",
+        "serve",
     },
 }
 

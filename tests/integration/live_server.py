@@ -93,8 +93,8 @@ def make_scheduler(
     backend: str = "auto",
 ):
     """A BatchScheduler over the model (optionally slowed down) and its tokenizer."""
-    from pocketlm.runtime.batch_backends import open_batch_backend
-    from pocketlm.runtime.scheduler import BatchScheduler
+    from pocketlm.engine.batch_backends import open_batch_backend
+    from pocketlm.engine.scheduler import BatchScheduler
 
     batch, tokenizer = open_batch_backend(model_dir, slots=slots, backend=backend, threads=1)
     if delay_s:
@@ -140,7 +140,7 @@ class LiveServer:
 @contextlib.contextmanager
 def live_server(scheduler, tokenizer, **settings) -> Iterator[LiveServer]:
     """Serve a scheduler with create_app(settings) for the duration of the block."""
-    from pocketlm.runtime.server import ServerSettings, create_app
+    from pocketlm.serve.app import ServerSettings, create_app
 
     settings.setdefault("model_id", "tiny")
     app = create_app(scheduler, tokenizer, ServerSettings(**settings))

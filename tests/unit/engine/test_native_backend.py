@@ -12,8 +12,8 @@ from pocketlm.common.errors import InputError
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
 
-native = pytest.importorskip("pocketlm.runtime._native", reason="native extension not built")
-from pocketlm.runtime.native_backend import NativeBackend, open_native_backend  # noqa: E402
+native = pytest.importorskip("pocketlm.engine._native", reason="native extension not built")
+from pocketlm.engine.native_backend import NativeBackend, open_native_backend  # noqa: E402
 
 ISAS = {
     "avx512-vnni": ["avx512-vnni", "avx2", "scalar"],

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 
 from pocketlm.common.errors import InputError, PocketLMError
 from pocketlm.common.log import get_logger
-from pocketlm.runtime.batch_backends import BatchBackend
-from pocketlm.runtime.engine import GenerationChunk, SequenceState, TokenLogprob
-from pocketlm.runtime.sampling import SamplingParams
+from pocketlm.engine.batch_backends import BatchBackend
+from pocketlm.engine.generation import GenerationChunk, SequenceState, TokenLogprob
+from pocketlm.engine.sampling import SamplingParams
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
-_log = get_logger("pocketlm.runtime")
+_log = get_logger("pocketlm.engine")
 
 
 class SchedulerBusy(PocketLMError):

@@ -13,8 +13,16 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pocketlm.runtime.engine import TokenLogprob
-from pocketlm.runtime.openai_protocol import (
+from pocketlm.engine.generation import TokenLogprob
+from pocketlm.engine.scheduler import (
+    BatchScheduler,
+    GenerationRequest,
+    SchedulerBusy,
+    SchedulerClosed,
+    SeqEvent,
+)
+from pocketlm.serve.metrics import ServerMetrics
+from pocketlm.serve.openai_protocol import (
     COMPLETION_DEFAULT_MAX_TOKENS,
     ChatCompletionRequest,
     CompletionRequest,
@@ -22,7 +30,7 @@ from pocketlm.runtime.openai_protocol import (
     error_body,
     parse_request,
 )
-from pocketlm.runtime.openai_responses import (
+from pocketlm.serve.openai_responses import (
     SSE_DONE,
     TokenTexts,
     chat_choice,
@@ -36,14 +44,6 @@ from pocketlm.runtime.openai_responses import (
     sse,
     usage,
 )
-from pocketlm.runtime.scheduler import (
-    BatchScheduler,
-    GenerationRequest,
-    SchedulerBusy,
-    SchedulerClosed,
-    SeqEvent,
-)
-from pocketlm.runtime.server_metrics import ServerMetrics
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 _DISCONNECT_POLL_S = 0.25

@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pocketlm.common.errors import InputError
+from pocketlm.engine.backend import ForwardBackend
+from pocketlm.engine.torch_backend import TorchBackend
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.transformer import build_model
-from pocketlm.runtime.backends import ForwardBackend
-from pocketlm.runtime.torch_backend import TorchBackend
 
 ATOL = 1e-5
 CTX = 24

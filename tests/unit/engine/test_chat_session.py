@@ -7,15 +7,15 @@ import json
 import pytest
 
 from pocketlm.common.errors import InputError
-from pocketlm.runtime.chat_session import ChatSession
-from pocketlm.runtime.sampling import SamplingParams
+from pocketlm.engine.chat_session import ChatSession
+from pocketlm.engine.sampling import SamplingParams
 
 PARAMS = SamplingParams(temperature=0, max_new_tokens=6)
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    from pocketlm.runtime.load import load_engine
+    from pocketlm.engine.load import load_engine
 
     return load_engine(tiny_model_dir, threads=1)
 

@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from pocketlm.runtime.engine import TokenLogprob
+from pocketlm.engine.generation import TokenLogprob
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 

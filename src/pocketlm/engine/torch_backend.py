@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from pocketlm.common.errors import InputError
+from pocketlm.engine.backend import check_room
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.transformer import CausalLM
-from pocketlm.runtime.backends import check_room
 
 
 class TorchBackend:

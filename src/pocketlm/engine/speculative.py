@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pocketlm.common.errors import InputError
-from pocketlm.runtime.sampling import SamplingParams, process_logits
+from pocketlm.engine.sampling import SamplingParams, process_logits
 
 
 def check_draft(target_tokenizer: Any, draft_tokenizer: Any) -> None:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from pocketlm.common.errors import InputError
-from pocketlm.runtime.engine import SequenceState
-from pocketlm.runtime.sampling import SamplingParams
-from pocketlm.runtime.scheduler import BatchScheduler, SchedulerBusy, SchedulerClosed
+from pocketlm.engine.generation import SequenceState
+from pocketlm.engine.sampling import SamplingParams
+from pocketlm.engine.scheduler import BatchScheduler, SchedulerBusy, SchedulerClosed
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
@@ -242,7 +242,7 @@ def test_logprobs_come_from_the_sampled_distribution(tok):
 
 # ---- a real model: the native and torch batch backends against single-sequence generation -----
 def _engine_tokens(model_dir, backend, prompts, params):
-    from pocketlm.runtime.load import load_engine
+    from pocketlm.engine.load import load_engine
 
     engine = load_engine(model_dir, backend=backend, threads=1)
     return [engine.complete(p, params, add_bos=False).token_ids for p in prompts]
@@ -250,8 +250,8 @@ def _engine_tokens(model_dir, backend, prompts, params):
 
 @pytest.mark.parametrize("backend", ["native", "torch"])
 def test_eight_concurrent_requests_equal_one_alone(tiny_model_dir, backend):
-    from pocketlm.runtime.batch_backends import open_batch_backend
-    from pocketlm.runtime.native_backend import native_isa
+    from pocketlm.engine.batch_backends import open_batch_backend
+    from pocketlm.engine.native_backend import native_isa
 
     if backend == "native" and native_isa() is None:
         pytest.skip("the native extension is not built")

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from pocketlm.common.errors import InputError, PocketLMError
+from pocketlm.engine.backend import ForwardBackend
+from pocketlm.engine.generation import GenerationEngine, held_back_length
+from pocketlm.engine.sampling import SamplingParams
+from pocketlm.engine.torch_backend import TorchBackend
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
-from pocketlm.runtime.backends import ForwardBackend
-from pocketlm.runtime.engine import GenerationEngine, held_back_length
-from pocketlm.runtime.sampling import SamplingParams
-from pocketlm.runtime.torch_backend import TorchBackend
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=200)
@@ -215,8 +215,8 @@ def test_masked_tokens_are_fine_and_the_engine_names_its_backend(tok):
 def test_engine_and_sampling_import_without_torch():
     code = (
         "import sys\n"
-        "import pocketlm.runtime.engine, pocketlm.runtime.sampling, pocketlm.runtime.backends\n"
-        "import pocketlm.runtime.load\n"
+        "import pocketlm.engine.generation, pocketlm.engine.sampling, pocketlm.engine.backend\n"
+        "import pocketlm.engine.load\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
     )
     proc = subprocess.run(

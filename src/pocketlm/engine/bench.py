@@ -39,7 +39,7 @@ def bench_model(
 
     from pocketlm.checkpoint.layout import WEIGHTS_FILE, resolve_model_dir
     from pocketlm.common.errors import InputError
-    from pocketlm.runtime.load import open_backend
+    from pocketlm.engine.load import open_backend
 
     directory = resolve_model_dir(model_dir)
     t0 = time.perf_counter()

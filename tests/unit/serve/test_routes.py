@@ -9,11 +9,11 @@ import pytest
 
 pytest.importorskip("pydantic")
 
-from pocketlm.runtime.openai_protocol import ProtocolError
-from pocketlm.runtime.scheduler import SchedulerClosed
-from pocketlm.runtime.server import ServerSettings
-from pocketlm.runtime.server_metrics import ServerMetrics
-from pocketlm.runtime.server_routes import GenerationRoutes
+from pocketlm.engine.scheduler import SchedulerClosed
+from pocketlm.serve.app import ServerSettings
+from pocketlm.serve.metrics import ServerMetrics
+from pocketlm.serve.openai_protocol import ProtocolError
+from pocketlm.serve.routes import GenerationRoutes
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 

@@ -1,4 +1,4 @@
-/* Python bindings: pocketlm.runtime._native.Model wraps one plm_model. Weights are passed as
+/* Python bindings: pocketlm.engine._native.Model wraps one plm_model. Weights are passed as
  * buffer objects (memory-mapped numpy arrays) that the Model keeps alive; forward() releases the
  * GIL while it runs. */
 #define PY_SSIZE_T_CLEAN
@@ -187,7 +187,7 @@ static PyMethodDef NativeModel_methods[] = {
 };
 
 static PyTypeObject NativeModelType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pocketlm.runtime._native.Model",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pocketlm.engine._native.Model",
     .tp_basicsize = sizeof(NativeModel),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,

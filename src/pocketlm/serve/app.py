@@ -17,8 +17,8 @@ from typing import Any
 
 from pocketlm.common.errors import require
 from pocketlm.common.log import get_logger
-from pocketlm.runtime.openai_protocol import ProtocolError, error_body
-from pocketlm.runtime.scheduler import BatchScheduler
+from pocketlm.engine.scheduler import BatchScheduler
+from pocketlm.serve.openai_protocol import ProtocolError, error_body
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 _log = get_logger("pocketlm.server")
@@ -48,14 +48,14 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.responses import HTMLResponse, JSONResponse, Response
 
-    from pocketlm.runtime.chat_page import CHAT_PAGE_HTML
-    from pocketlm.runtime.server_http import (
+    from pocketlm.serve.chat_page import CHAT_PAGE_HTML
+    from pocketlm.serve.metrics import CONTENT_TYPE, ServerMetrics
+    from pocketlm.serve.middleware import (
         ApiKeyMiddleware,
         BodyLimitMiddleware,
         MetricsMiddleware,
     )
-    from pocketlm.runtime.server_metrics import CONTENT_TYPE, ServerMetrics
-    from pocketlm.runtime.server_routes import GenerationRoutes
+    from pocketlm.serve.routes import GenerationRoutes
 
     metrics = ServerMetrics(ROUTES)
     created = int(time.time())

@@ -8,15 +8,15 @@ import pytest
 
 pytest.importorskip("pydantic")
 
-from pocketlm.runtime.engine import TokenLogprob
-from pocketlm.runtime.openai_protocol import (
+from pocketlm.engine.generation import TokenLogprob
+from pocketlm.serve.openai_protocol import (
     MAX_N,
     ChatCompletionRequest,
     CompletionRequest,
     ProtocolError,
     parse_request,
 )
-from pocketlm.runtime.openai_responses import (
+from pocketlm.serve.openai_responses import (
     SSE_DONE,
     TokenTexts,
     chat_logprobs,

@@ -22,8 +22,8 @@ from pocketlm.checkpoint.layout import (
 from pocketlm.checkpoint.safetensors_mmap import MappedTensors
 from pocketlm.common.device import usable_cores
 from pocketlm.common.errors import InputError, PocketLMError
+from pocketlm.engine.backend import check_room
 from pocketlm.model.config import ModelConfig
-from pocketlm.runtime.backends import check_room
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 F32, BF16, I8, I4 = 0, 1, 2, 3
@@ -36,7 +36,7 @@ class NativeUnavailable(PocketLMError):
 def native_isa() -> str | None:
     """The kernel set the extension would use on this CPU, or None when it is not built."""
     try:
-        from pocketlm.runtime import _native
+        from pocketlm.engine import _native
     except ImportError:
         return None
     return _native.cpu_isa()
@@ -86,7 +86,7 @@ class NativeBackend:
         isa: str = "",
     ) -> None:
         try:
-            from pocketlm.runtime import _native
+            from pocketlm.engine import _native
         except ImportError as exc:
             raise NativeUnavailable(
                 "the native extension is not built (reinstall pocketlm with a C compiler available)"

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pocketlm.common.errors import ConfigError
-from pocketlm.runtime.sampling import SamplingParams
+from pocketlm.engine.sampling import SamplingParams
 
 MAX_N = 8  # choices per request
 MAX_PROMPTS = 16  # prompts per /v1/completions request

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pocketlm.common.errors import ConfigError
-from pocketlm.runtime.sampling import (
+from pocketlm.engine.sampling import (
     SamplingParams,
     apply_repetition_penalty,
     apply_temperature,

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from pocketlm.common.errors import ConfigError, InputError
-from pocketlm.runtime.backends import check_room
+from pocketlm.engine.backend import check_room
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 
@@ -73,7 +73,7 @@ class NativeBatchBackend:
 
     name = "native"
 
-    def __init__(self, native) -> None:  # a runtime.native_backend.NativeBackend
+    def __init__(self, native) -> None:  # an engine.native_backend.NativeBackend
         self.native = native
         self._lengths = [0] * int(native.slots)
 
@@ -129,7 +129,7 @@ def open_batch_backend(
     max_len: int | None = None,
 ) -> tuple[BatchBackend, Tokenizer]:
     """(batch backend, tokenizer) for a model dir or training run, chosen as `load_engine` chooses."""
-    from pocketlm.runtime.load import BACKENDS, check_native_settings, native_fits, open_native
+    from pocketlm.engine.load import BACKENDS, check_native_settings, native_fits, open_native
 
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
@@ -143,7 +143,7 @@ def open_batch_backend(
         )
         if opened is not None:
             return NativeBatchBackend(opened[0]), opened[1]
-    from pocketlm.runtime.torch_batch_backend import open_torch_batch_backend
+    from pocketlm.engine.torch_batch_backend import open_torch_batch_backend
 
     return open_torch_batch_backend(
         model, slots=slots, device=device, precision=precision, max_len=max_len

@@ -12,8 +12,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from pocketlm.runtime.openai_protocol import error_body
-from pocketlm.runtime.server_metrics import ServerMetrics
+from pocketlm.serve.metrics import ServerMetrics
+from pocketlm.serve.openai_protocol import error_body
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

@@ -13,12 +13,12 @@ from pathlib import Path
 from pocketlm.common.device import gpu_may_be_present
 from pocketlm.common.errors import ConfigError, PocketLMError
 from pocketlm.common.log import get_logger
-from pocketlm.runtime.backends import ForwardBackend
-from pocketlm.runtime.engine import GenerationEngine
+from pocketlm.engine.backend import ForwardBackend
+from pocketlm.engine.generation import GenerationEngine
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 BACKENDS = ("auto", "torch", "native")
-_log = get_logger("pocketlm.runtime")
+_log = get_logger("pocketlm.engine")
 
 
 def load_engine(
@@ -46,7 +46,7 @@ def load_engine(
     target, tokenizer = open_backend(model, **settings)
     if draft is None:
         return GenerationEngine(target, tokenizer)
-    from pocketlm.runtime.speculative import check_draft
+    from pocketlm.engine.speculative import check_draft
 
     draft_backend, draft_tokenizer = open_backend(draft, **settings)
     check_draft(tokenizer, draft_tokenizer)
@@ -79,7 +79,7 @@ def _open_torch(
 ) -> tuple[ForwardBackend, Tokenizer]:
     from pocketlm.checkpoint.model_io import load_model
     from pocketlm.common.device import resolve_device, resolve_precision, torch_dtype
-    from pocketlm.runtime.torch_backend import TorchBackend
+    from pocketlm.engine.torch_backend import TorchBackend
 
     dev = resolve_device(device)
     dtype = torch_dtype(resolve_precision(precision, dev))
@@ -126,7 +126,7 @@ def open_native(
     """The native backend (with `slots` sequences) and tokenizer, or None (logged) when it cannot
     run and is not required."""
     try:
-        from pocketlm.runtime.native_backend import NativeUnavailable, open_native_backend
+        from pocketlm.engine.native_backend import NativeUnavailable, open_native_backend
     except ImportError as exc:
         return _native_failed(f"it is not available in this install ({exc})", required)
     try:

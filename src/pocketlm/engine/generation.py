@@ -16,8 +16,8 @@ from typing import Literal
 import numpy as np
 
 from pocketlm.common.errors import InputError, PocketLMError
-from pocketlm.runtime.backends import ForwardBackend
-from pocketlm.runtime.sampling import SamplingParams, make_generator, process_logits, sample_next
+from pocketlm.engine.backend import ForwardBackend
+from pocketlm.engine.sampling import SamplingParams, make_generator, process_logits, sample_next
 from pocketlm.tokenizer.tokenizer import StreamDecoder, Tokenizer
 
 FinishReason = Literal["stop", "length"]
@@ -324,7 +324,7 @@ class GenerationEngine:
         self, ids: list[int], params: SamplingParams, state: SequenceState
     ) -> Iterator[GenerationChunk]:
         """Tokens chosen by draft-and-verify rounds (SpeculativeDecoder), fed to the state."""
-        from pocketlm.runtime.speculative import SpeculativeDecoder
+        from pocketlm.engine.speculative import SpeculativeDecoder
 
         spec = SpeculativeDecoder(
             self.backend, self.draft, params, k=self.draft_tokens, rng=state.generator

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pocketlm.common.errors import InputError
-from pocketlm.runtime.engine import GenerationEngine
-from pocketlm.runtime.sampling import SamplingParams
+from pocketlm.engine.generation import GenerationEngine
+from pocketlm.engine.sampling import SamplingParams
 
 
 class ChatReply:

@@ -12,14 +12,14 @@ import pytest
 
 from pocketlm.checkpoint.model_io import save_model
 from pocketlm.common.errors import ConfigError, PocketLMError
+from pocketlm.engine import load
+from pocketlm.engine.load import load_engine
+from pocketlm.engine.sampling import SamplingParams
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
-from pocketlm.runtime import load
-from pocketlm.runtime.load import load_engine
-from pocketlm.runtime.sampling import SamplingParams
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
-NATIVE = "pocketlm.runtime.native_backend"
+NATIVE = "pocketlm.engine.native_backend"
 GREEDY = SamplingParams(temperature=0, max_new_tokens=3)
 
 
@@ -119,7 +119,7 @@ def test_bad_backend_settings(model_dir, native):
 def test_auto_device_without_gpu_nodes_does_not_import_torch():
     code = (
         "import sys\n"
-        "from pocketlm.runtime import load\n"
+        "from pocketlm.engine import load\n"
         "load.gpu_may_be_present = lambda: False\n"
         "print(load.native_fits('auto', 'auto'), 'torch' in sys.modules)\n"
     )

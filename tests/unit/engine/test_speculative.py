@@ -7,11 +7,11 @@ import pytest
 
 from pocketlm.checkpoint.model_io import load_model, save_model
 from pocketlm.common.errors import InputError
+from pocketlm.engine.sampling import SamplingParams
+from pocketlm.engine.speculative import SpeculativeDecoder, check_draft
+from pocketlm.engine.torch_backend import TorchBackend
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
-from pocketlm.runtime.sampling import SamplingParams
-from pocketlm.runtime.speculative import SpeculativeDecoder, check_draft
-from pocketlm.runtime.torch_backend import TorchBackend
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,8 @@ def _greedy(backend, prompt, n):
 def _backends(kind, path):
     if kind == "torch":
         return TorchBackend(load_model(path).model)
-    native = pytest.importorskip("pocketlm.runtime.native_backend")
-    pytest.importorskip("pocketlm.runtime._native")
+    native = pytest.importorskip("pocketlm.engine.native_backend")
+    pytest.importorskip("pocketlm.engine._native")
     return native.open_native_backend(path)[0]
 
 
@@ -106,7 +106,7 @@ def test_sampled_speculation_keeps_the_target_distribution(pair):
     target_dir, draft_dir = pair
     params = SamplingParams(temperature=1.0, top_k=8)
     target, draft = _backends("torch", target_dir), _backends("torch", draft_dir)
-    from pocketlm.runtime.speculative import distribution
+    from pocketlm.engine.speculative import distribution
 
     prompt = [1, 7, 8]
     target.reset()
@@ -137,10 +137,10 @@ def test_draft_with_another_tokenizer_is_refused(synthetic_pipeline, tmp_path):
 
 @pytest.mark.parametrize("backend", ["torch", "native"])
 def test_engine_with_a_draft_writes_the_same_text_at_temperature_zero(pair, backend):
-    from pocketlm.runtime.load import load_engine
+    from pocketlm.engine.load import load_engine
 
     if backend == "native":
-        pytest.importorskip("pocketlm.runtime._native")
+        pytest.importorskip("pocketlm.engine._native")
     target_dir, draft_dir = pair
     params = SamplingParams(temperature=0, max_new_tokens=30)
     plain = load_engine(target_dir, backend=backend).complete("the cat", params)
@@ -153,7 +153,7 @@ def test_engine_with_a_draft_writes_the_same_text_at_temperature_zero(pair, back
 
 
 def test_engine_with_a_draft_stops_at_the_context_end(pair):
-    from pocketlm.runtime.load import load_engine
+    from pocketlm.engine.load import load_engine
 
     target_dir, draft_dir = pair
     engine = load_engine(target_dir, backend="torch", draft=draft_dir, max_len=24)
@@ -162,7 +162,7 @@ def test_engine_with_a_draft_stops_at_the_context_end(pair):
 
 
 def test_engine_with_a_draft_refuses_a_repetition_penalty(pair):
-    from pocketlm.runtime.load import load_engine
+    from pocketlm.engine.load import load_engine
 
     target_dir, draft_dir = pair
     engine = load_engine(target_dir, backend="torch", draft=draft_dir)
