@@ -1,1 +1,2 @@
-"""Running models: sampling, ONE generation engine over pluggable forward backends."""
+"""Running models: THE backend protocol (torch, native), sampling, ONE generation engine,
+speculative decoding, continuous batching, THE model opener, chat sessions and bench."""

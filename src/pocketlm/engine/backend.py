@@ -1,11 +1,13 @@
-"""Forward backends: what the generation engine needs from a model (no torch here).
+"""THE backend protocol: what generation, speculative decoding and batching need from a model.
 
-A backend owns one sequence's context (its KV cache): `prefill` appends prompt tokens in one
-pass, `decode` appends one token, both return the logits (vocab,) for the next position as a
-numpy float32 array. Implementations: `torch_backend.TorchBackend` (any device PyTorch drives)
-and the native C decode loop; batched and continuous-batching backends will drive the model with
-several KV cache rows behind the same per-sequence engine logic. A backend may also carry a
-short `name` ("torch", "native") that the CLI reports.
+A backend holds `slots` independent sequences, each with its own cached context (a KV cache row).
+`prefill` appends prompt tokens to one slot, `decode` appends one token to each of several slots
+in ONE forward, `extend` appends tokens to one slot and scores every one of them (speculative
+verification), `truncate` forgets a slot's tail and `release` its whole context. Logits always come
+back to the host as numpy float32. The single-sequence engine and the speculative decoder drive
+slot 0; the batching scheduler drives them all. Implementations: `torch_backend.TorchBackend` (any
+device PyTorch drives) and `native_backend.NativeBackend` (the C kernels, CPU, no torch). Nothing
+here imports torch.
 """
 
 from __future__ import annotations
@@ -19,12 +21,19 @@ from pocketlm.common.errors import InputError
 
 
 @runtime_checkable
-class ForwardBackend(Protocol):
-    """One sequence's forward passes with a cached context."""
+class Backend(Protocol):
+    """Forward passes for `slots` independent sequences with cached contexts."""
+
+    name: str  # short, for reports: "torch", "native"
+
+    @property
+    def slots(self) -> int:
+        """How many sequences the backend holds at once."""
+        ...
 
     @property
     def context_length(self) -> int:
-        """The most tokens the context holds (prompt + generated)."""
+        """The most tokens one slot's context holds (prompt + generated)."""
         ...
 
     @property
@@ -34,24 +43,36 @@ class ForwardBackend(Protocol):
 
     @property
     def device(self) -> str:
-        """Where the forward passes run, e.g. "cpu" or "cuda:0" (the logits are always on the host)."""
+        """Where the forward passes run ("cpu", "cuda:0"); logits always come back to the host."""
         ...
 
     @property
-    def position(self) -> int:
-        """Tokens in the context now."""
+    def prefill_chunk(self) -> int | None:
+        """Most prompt tokens a batching step should prefill at once (None: a whole prompt)."""
         ...
 
-    def reset(self) -> None:
-        """Forget the context (start a new sequence)."""
+    def position(self, slot: int) -> int:
+        """Tokens in the slot's context now."""
         ...
 
-    def prefill(self, token_ids: Sequence[int]) -> np.ndarray:
-        """Append tokens to the context in one pass; float32 logits (V,) after the last one."""
+    def prefill(self, slot: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Append tokens to a slot in one call; float32 logits (V,) after the last one."""
         ...
 
-    def decode(self, token_id: int) -> np.ndarray:
-        """Append one token; float32 logits (V,) for the next position."""
+    def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
+        """Append token_ids[i] to slots[i] (distinct slots) in one forward; float32 logits (n, V)."""
+        ...
+
+    def extend(self, slot: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Append tokens to a slot; float32 logits (n, V) after each of them."""
+        ...
+
+    def truncate(self, slot: int, position: int) -> None:
+        """Forget the slot's tokens after the first `position` ones."""
+        ...
+
+    def release(self, slot: int) -> None:
+        """Forget the slot's whole context (its cache is reused by the next sequence)."""
         ...
 
 
@@ -61,3 +82,31 @@ def check_room(position: int, n_new: int, context: int) -> None:
         raise InputError(
             f"context full: {position} tokens + {n_new} new exceed the context of {context}"
         )
+
+
+def check_slots(slots: Sequence[int], n_slots: int) -> None:
+    """Raise InputError unless `slots` are distinct slot indices in 0..n_slots-1."""
+    bad = [s for s in slots if not 0 <= s < n_slots]
+    if bad:
+        raise InputError(f"slot {bad[0]} does not exist: this backend has slots 0..{n_slots - 1}")
+    if len(set(slots)) != len(slots):
+        raise InputError(f"slots must be distinct, got {list(slots)}")
+
+
+def check_append(backend: Backend, slot: int, n_new: int) -> None:
+    """Raise InputError unless n_new >= 1 tokens fit after the context of `slot` in `backend`."""
+    check_slots((slot,), backend.slots)
+    if n_new == 0:
+        raise InputError("nothing to run: no tokens given (an empty prompt?)")
+    check_room(backend.position(slot), n_new, backend.context_length)
+
+
+def check_decode(backend: Backend, slots: Sequence[int], token_ids: Sequence[int]) -> None:
+    """Raise InputError unless there is one token for each of distinct slots and each fits."""
+    check_slots(slots, backend.slots)
+    if len(slots) == 0 or len(slots) != len(token_ids):
+        raise InputError(
+            f"decode needs one token for each slot: {len(slots)} slots, {len(token_ids)} tokens"
+        )
+    for s in slots:
+        check_room(backend.position(s), 1, backend.context_length)

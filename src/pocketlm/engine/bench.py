@@ -43,7 +43,7 @@ def bench_model(
 
     directory = resolve_model_dir(model_dir)
     t0 = time.perf_counter()
-    fwd, tokenizer = open_backend(
+    model_backend, tokenizer = open_backend(
         directory,
         backend=backend,
         threads=threads,
@@ -52,32 +52,32 @@ def bench_model(
         precision=precision,
     )
     load_s = time.perf_counter() - t0
-    if prompt_tokens + new_tokens > fwd.context_length:
+    if prompt_tokens + new_tokens > model_backend.context_length:
         raise InputError(
-            f"prompt ({prompt_tokens}) + new tokens ({new_tokens}) exceed the context of {fwd.context_length}"
+            f"prompt ({prompt_tokens}) + new tokens ({new_tokens}) exceed the context of {model_backend.context_length}"
         )
     rng = random.Random(seed)
     ordinary = [i for i in range(tokenizer.vocab_size) if i not in tokenizer.special_ids]
     prompt = [tokenizer.bos_id] + [rng.choice(ordinary) for _ in range(prompt_tokens - 1)]
     prefill_s, decode_s, ttft_s = [], [], None
     for r in range(repeats):
-        fwd.reset()
+        model_backend.release(0)
         start = time.perf_counter()
-        logits = fwd.prefill(prompt)
+        logits = model_backend.prefill(0, prompt)
         token = int(np.argmax(logits))
         prefill_s.append(time.perf_counter() - start)
         if r == 0:
             ttft_s = load_s + prefill_s[0]
         start = time.perf_counter()
         for _ in range(new_tokens):
-            token = int(np.argmax(fwd.decode(token)))
+            token = int(np.argmax(model_backend.decode((0,), (token,))[0]))
         decode_s.append(time.perf_counter() - start)
     weights = directory / WEIGHTS_FILE
     return {
         "model": str(directory),
-        "backend": getattr(fwd, "name", type(fwd).__name__),
-        "isa": getattr(fwd, "isa", None),
-        "threads": getattr(fwd, "threads", None),
+        "backend": model_backend.name,
+        "isa": getattr(model_backend, "isa", None),  # native only
+        "threads": getattr(model_backend, "threads", None),  # native only
         "prompt_tokens": prompt_tokens,
         "new_tokens": new_tokens,
         "load_s": round(load_s, 4),

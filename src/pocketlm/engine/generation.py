@@ -1,9 +1,9 @@
-"""THE generation engine: prompt -> streamed text chunks, over any ForwardBackend.
+"""THE generation engine: prompt -> streamed text chunks, over slot 0 of any Backend.
 
 The per-sequence logic (sampling, stop tokens, stop strings, incremental detokenisation) lives
-in `SequenceState`, which knows nothing about how logits are computed: the engine drives it with
-one backend today; a batched scheduler can drive many of them later. Logits are numpy arrays:
-nothing here imports torch, so a native backend starts without it.
+in `SequenceState`, which knows nothing about how logits are computed: the engine drives one
+with slot 0 of a backend, the batching scheduler (`scheduler.py`) drives one per slot. Logits
+are numpy arrays: nothing here imports torch, so a native backend starts without it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from pocketlm.common.errors import InputError, PocketLMError
-from pocketlm.engine.backend import ForwardBackend
+from pocketlm.engine.backend import Backend
 from pocketlm.engine.sampling import SamplingParams, make_generator, process_logits, sample_next
 from pocketlm.tokenizer.tokenizer import StreamDecoder, Tokenizer
 
@@ -204,37 +204,31 @@ class SequenceState:
 
 
 class GenerationEngine:
-    """Prompt in, streamed text out: sampling and stopping over one ForwardBackend."""
+    """Prompt in, streamed text out: sampling and stopping over slot 0 of a Backend."""
 
     def __init__(
         self,
-        backend: ForwardBackend,
+        backend: Backend,
         tokenizer: Tokenizer,
         *,
-        draft: ForwardBackend | None = None,
+        draft: Backend | None = None,
         draft_tokens: int = 4,
     ) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
         # Speculative decoding: a smaller model with the same tokenizer proposes `draft_tokens`
-        # tokens that the model checks in one forward (backends need extend() and truncate()).
+        # tokens that the model checks in one forward (`extend`, then `truncate` what it rejects).
         self.draft = draft
         self.draft_tokens = draft_tokens
         self.last_acceptance: float | None = None  # share of draft tokens kept, last generation
-        if draft is not None:
-            for b, role in ((backend, "model"), (draft, "draft model")):
-                if not (hasattr(b, "extend") and hasattr(b, "truncate")):
-                    raise InputError(
-                        f"the {role}'s backend ({type(b).__name__}) cannot verify draft tokens"
-                    )
-            if draft_tokens < 1:
-                raise InputError(f"draft tokens per step must be >= 1, got {draft_tokens}")
-        self._active = 0  # id of the generation that owns the backend's context
+        if draft is not None and draft_tokens < 1:
+            raise InputError(f"draft tokens per step must be >= 1, got {draft_tokens}")
+        self._active = 0  # id of the generation that owns the backend's slot 0
 
     @property
     def name(self) -> str:
-        """The backend's short name ("torch", "native"), or its class name when it has none."""
-        return str(getattr(self.backend, "name", type(self.backend).__name__))
+        """The backend's short name ("torch", "native")."""
+        return self.backend.name
 
     def encode_prompt(self, prompt: str | Sequence[int], *, add_bos: bool = True) -> list[int]:
         """Token ids of a prompt: text is encoded (one bos prepended if add_bos), ids are used as given."""
@@ -313,12 +307,13 @@ class GenerationEngine:
         yield replace(chunk, timings=timings)
 
     def _plain_chunks(self, ids: list[int], state: SequenceState) -> Iterator[GenerationChunk]:
-        """One prefill, then one decode per token, sampling the model's own logits."""
-        self.backend.reset()
-        token, chunk = state.step(self.backend.prefill(ids))
+        """One prefill, then one decode per token, sampling the model's own logits (slot 0)."""
+        backend = self.backend
+        backend.release(0)
+        token, chunk = state.step(backend.prefill(0, ids))
         while True:
             yield chunk
-            token, chunk = state.step(self.backend.decode(token))
+            token, chunk = state.step(backend.decode((0,), (token,))[0])
 
     def _speculative_chunks(
         self, ids: list[int], params: SamplingParams, state: SequenceState

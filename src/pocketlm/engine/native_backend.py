@@ -1,30 +1,24 @@
 """The native CPU backend: the C kernels in `_native` over memory-mapped weights, without torch.
 
 Weights stay in their final layout in model.safetensors (fp32, bf16, int8 rows or int4 groups)
-and are mapped, not copied: the process touches only the pages it needs. The engine's prefill /
-decode protocol maps onto one C call per forward; the GIL is released while it runs.
+and are mapped, not copied: the process touches only the pages it needs. Every Backend method
+maps onto one C call, `forward(tokens, positions, slots, logits, all_logits)`, which places each
+token at its position in its slot's KV cache; the GIL is released while it runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from pocketlm.checkpoint.layout import (
-    CONFIG_FILE,
-    QUANT_FILE,
-    WEIGHTS_FILE,
-    refuse_pickles,
-    resolve_model_dir,
-)
+from pocketlm.checkpoint.layout import QUANT_FILE, WEIGHTS_FILE
 from pocketlm.checkpoint.safetensors_mmap import MappedTensors
 from pocketlm.common.device import usable_cores
-from pocketlm.common.errors import InputError, PocketLMError
-from pocketlm.engine.backend import check_room
+from pocketlm.common.errors import ConfigError, PocketLMError
+from pocketlm.engine.backend import check_append, check_decode, check_slots
 from pocketlm.model.config import ModelConfig
-from pocketlm.tokenizer.tokenizer import Tokenizer
 
 F32, BF16, I8, I4 = 0, 1, 2, 3
 
@@ -70,9 +64,12 @@ def _vector(t: MappedTensors, name: str) -> np.ndarray | None:
 
 
 class NativeBackend:
-    """ForwardBackend over the C kernels; logits come back as float32 numpy arrays (V,)."""
+    """The Backend over the C kernels (CPU); logits come back as numpy float32 (V,) or (n, V)."""
 
     name = "native"
+    # Multiples of the C side's 64-token chunks: chunked prefill then computes exactly what one
+    # call over the whole prompt computes.
+    prefill_chunk = 256
 
     def __init__(
         self,
@@ -85,6 +82,8 @@ class NativeBackend:
         slots: int = 1,
         isa: str = "",
     ) -> None:
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ConfigError(f"slots must be an integer >= 1, got {slots!r}")
         try:
             from pocketlm.engine import _native
         except ImportError as exc:
@@ -122,7 +121,6 @@ class NativeBackend:
             )
         self._context_length = min(max_len or c.max_seq_len, c.max_seq_len)
         self.threads = threads or usable_cores()
-        self.slots = slots
         cfg = (
             c.vocab_size,
             c.dim,
@@ -141,98 +139,77 @@ class NativeBackend:
             cfg, embed, head, _vector(t, "model.norm.weight"), layers, self.threads, isa
         )
         self.isa = self._model.isa()
-        self._logits = np.empty(c.vocab_size, dtype=np.float32)
-        self._position = 0
+        self._lengths = [0] * slots  # tokens in each slot's context
+
+    @property
+    def slots(self) -> int:
+        """How many sequences the backend holds at once."""
+        return len(self._lengths)
 
     @property
     def context_length(self) -> int:
+        """The most tokens one slot's context holds."""
         return self._context_length
 
     @property
     def vocab_size(self) -> int:
+        """Length of the logits vectors."""
         return self.config.vocab_size
 
     @property
     def device(self) -> str:
+        """Always "cpu"."""
         return "cpu"
 
-    @property
-    def position(self) -> int:
-        return self._position
+    def position(self, slot: int) -> int:
+        """Tokens in the slot's context now."""
+        return self._lengths[slot]
 
-    def reset(self) -> None:
-        """Forget the context (cache entries are overwritten by position)."""
-        self._position = 0
+    def prefill(self, slot: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Append tokens to a slot (one call; long prompts run in chunks inside); logits (V,) after
+        the last one (only it goes through the head)."""
+        return self._append(slot, token_ids, every=False)
 
-    def _run(self, ids: np.ndarray) -> np.ndarray:
-        n = ids.shape[0]
-        check_room(self._position, n, self._context_length)
-        positions = np.arange(self._position, self._position + n, dtype=np.int32)
-        self._model.forward(ids, positions, np.zeros(n, dtype=np.int32), self._logits)
-        self._position += n
-        return self._logits.copy()
+    def extend(self, slot: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Append tokens to a slot; float32 logits (n, V) after each of them."""
+        return self._append(slot, token_ids, every=True)
 
-    def prefill(self, token_ids: Any) -> np.ndarray:
-        """Append tokens (one call; long prompts run in chunks inside); logits after the last."""
-        ids = np.ascontiguousarray(token_ids, dtype=np.int32)
-        if ids.size == 0:
-            raise InputError("nothing to prefill: the prompt has no tokens")
-        return self._run(ids)
-
-    def decode(self, token_id: int) -> np.ndarray:
-        """Append one token; logits (V,) for the next position."""
-        return self._run(np.array([token_id], dtype=np.int32))
-
-    def extend(self, token_ids: Any) -> np.ndarray:
-        """Append tokens; logits (n, V) after each of them (speculative verification)."""
-        ids = np.ascontiguousarray(token_ids, dtype=np.int32)
-        check_room(self._position, ids.shape[0], self._context_length)
-        return self.forward_all(ids, self._position)
-
-    def truncate(self, position: int) -> None:
-        """Forget everything after `position` tokens (later writes overwrite the cache)."""
-        self._position = min(self._position, max(0, position))
-
-    def forward_all(self, token_ids: Any, start: int = 0) -> np.ndarray:
-        """Logits (T, V) for every position of token_ids placed at `start` in slot 0 (tests, eval)."""
-        ids = np.ascontiguousarray(token_ids, dtype=np.int32)
-        n = ids.shape[0]
-        out = np.empty((n, self.config.vocab_size), dtype=np.float32)
-        self._model.forward(
-            ids, np.arange(start, start + n, dtype=np.int32), np.zeros(n, dtype=np.int32), out, True
-        )
-        self._position = start + n
+    def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
+        """Token i at the end of sequence slots[i] (distinct slots), one call; logits (n, V)."""
+        slots = [int(s) for s in slots]
+        check_decode(self, slots, token_ids)
+        ids = np.ascontiguousarray(token_ids, dtype=np.int32)  # (n,)
+        out = np.empty((ids.shape[0], self.vocab_size), dtype=np.float32)  # (n, V)
+        positions = np.array([self._lengths[s] for s in slots], dtype=np.int32)  # (n,)
+        self._model.forward(ids, positions, np.array(slots, dtype=np.int32), out, True)
+        for s in slots:
+            self._lengths[s] += 1
         return out
 
-    def prefill_slot(self, slot: int, token_ids: Any, start: int) -> np.ndarray:
-        """Continuous batching: append tokens to one slot's sequence at `start`; logits (V,) after the last."""
-        ids = np.ascontiguousarray(token_ids, dtype=np.int32)
-        n = ids.shape[0]
-        out = np.empty(self.config.vocab_size, dtype=np.float32)
-        self._model.forward(
-            ids,
-            np.arange(start, start + n, dtype=np.int32),
-            np.full(n, slot, dtype=np.int32),
-            out,
-            False,
-        )
-        return out
+    def truncate(self, slot: int, position: int) -> None:
+        """Forget the slot's tokens after the first `position` (later writes overwrite the cache)."""
+        check_slots((slot,), self.slots)
+        self._lengths[slot] = min(self._lengths[slot], max(0, position))
+
+    def release(self, slot: int) -> None:
+        """Forget the slot's context (cache entries are overwritten by position)."""
+        check_slots((slot,), self.slots)
+        self._lengths[slot] = 0
 
     def profile(self, enable: bool = True) -> dict[str, float]:
         """Seconds spent per phase (embed, norm, qkv, attention, ffn, lm_head, ...) since the last call."""
         return self._model.profile(enable)
 
-    def forward_batch(self, token_ids: Any, positions: Any, slots: Any) -> np.ndarray:
-        """Continuous batching: token i at positions[i] of sequence slots[i]; logits (n, V) for each."""
-        ids = np.ascontiguousarray(token_ids, dtype=np.int32)
-        out = np.empty((ids.shape[0], self.config.vocab_size), dtype=np.float32)
-        self._model.forward(
-            ids,
-            np.ascontiguousarray(positions, dtype=np.int32),
-            np.ascontiguousarray(slots, dtype=np.int32),
-            out,
-            True,
-        )
+    def _append(self, slot: int, token_ids: Sequence[int], *, every: bool) -> np.ndarray:
+        """Tokens at the end of one slot's sequence: logits (n, V) after each if `every`, else (V,)."""
+        ids = np.ascontiguousarray(token_ids, dtype=np.int32)  # (n,)
+        n = ids.shape[0]
+        check_append(self, slot, n)
+        start = self._lengths[slot]
+        out = np.empty((n, self.vocab_size) if every else self.vocab_size, dtype=np.float32)
+        positions = np.arange(start, start + n, dtype=np.int32)  # (n,)
+        self._model.forward(ids, positions, np.full(n, slot, dtype=np.int32), out, every)
+        self._lengths[slot] = start + n
         return out
 
 
@@ -240,20 +217,3 @@ def _read_json(path: Path) -> dict | None:
     import json
 
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def open_native_backend(
-    model_dir: str | Path,
-    *,
-    threads: int = 0,
-    max_len: int | None = None,
-    slots: int = 1,
-    isa: str = "",
-) -> tuple[NativeBackend, Tokenizer]:
-    """(backend, tokenizer) for a model dir or training run; raises NativeUnavailable if it cannot run."""
-    directory = resolve_model_dir(model_dir)
-    refuse_pickles(directory)
-    config = ModelConfig.load(directory / CONFIG_FILE)
-    return NativeBackend(
-        directory, config, threads=threads, max_len=max_len, slots=slots, isa=isa
-    ), Tokenizer.load(directory)

@@ -1,4 +1,4 @@
-"""Continuous batching: many generations share one BatchBackend, one decode step for all at once.
+"""Continuous batching: many generations share one Backend, one decode step for all at once.
 
 Requests (prompt ids + SamplingParams + a sink for their events) wait in a bounded queue. One
 background thread loops: drop cancelled requests (their slots are free again at once), admit
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from pocketlm.common.errors import InputError, PocketLMError
 from pocketlm.common.log import get_logger
-from pocketlm.engine.batch_backends import BatchBackend
+from pocketlm.engine.backend import Backend
 from pocketlm.engine.generation import GenerationChunk, SequenceState, TokenLogprob
 from pocketlm.engine.sampling import SamplingParams
 from pocketlm.tokenizer.tokenizer import Tokenizer
@@ -133,11 +133,11 @@ class SchedulerStats:
 
 
 class BatchScheduler:
-    """Continuous batching over one BatchBackend, driven by one background thread."""
+    """Continuous batching over the slots of one Backend, driven by one background thread."""
 
     def __init__(
         self,
-        backend: BatchBackend,
+        backend: Backend,
         tokenizer: Tokenizer,
         *,
         max_queue: int = 32,

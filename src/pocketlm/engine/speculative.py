@@ -3,8 +3,8 @@ one forward, and the longest agreeing prefix is kept (Leviathan et al., 2023; Ch
 
 At temperature 0 the output is exactly the target's own greedy output. When sampling, drafts are
 accepted with probability min(1, p/q) and a rejection resamples from max(0, p - q), which keeps the
-target's distribution. Both backends must share the tokenizer; they need `extend(ids) -> (n, V)`
-logits for every new position and `truncate(position)` to drop rejected cache entries.
+target's distribution. Both backends must share the tokenizer; the decoder drives their slot 0:
+`extend` scores every new position at once and `truncate` drops rejected cache entries.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pocketlm.common.errors import InputError
+from pocketlm.engine.backend import Backend
 from pocketlm.engine.sampling import SamplingParams, process_logits
 
 
@@ -40,12 +41,12 @@ def distribution(logits: np.ndarray, params: SamplingParams, vocab: int) -> np.n
 
 
 class SpeculativeDecoder:
-    """Drives a target and a draft backend for one sequence; yields accepted token ids in order."""
+    """Drives slot 0 of a target and a draft backend; yields accepted token ids in order."""
 
     def __init__(
         self,
-        target: Any,
-        draft: Any,
+        target: Backend,
+        draft: Backend,
         params: SamplingParams,
         *,
         k: int = 4,
@@ -71,17 +72,17 @@ class SpeculativeDecoder:
         front of the k proposals, so a single `extend` of k + 1 tokens both stores it and scores
         every proposal plus the bonus position.
         """
-        self.target.reset()
-        self.draft.reset()
-        y = self._draw(distribution(self.target.prefill(prompt_ids), self.params, self.vocab))
-        self.draft.prefill(prompt_ids)
+        self.target.release(0)
+        self.draft.release(0)
+        y = self._draw(distribution(self.target.prefill(0, prompt_ids), self.params, self.vocab))
+        self.draft.prefill(0, prompt_ids)
         yield y
         committed = len(prompt_ids) + 1  # the sequence so far; the target holds all but y
         draft_feed = [y]  # tokens the draft has not seen yet
         while True:
             room = min(self.target.context_length, self.draft.context_length) - committed
             k = max(0, min(self.k, room))
-            d_rows = self.draft.extend(draft_feed)  # (len(draft_feed), V)
+            d_rows = self.draft.extend(0, draft_feed)  # (len(draft_feed), V)
             d_logits = d_rows[-1]
             proposals: list[int] = []
             q_dists: list[np.ndarray] = []
@@ -91,8 +92,8 @@ class SpeculativeDecoder:
                 proposals.append(x)
                 q_dists.append(q)
                 if i < k - 1:
-                    d_logits = self.draft.decode(x)
-            rows = self.target.extend([y, *proposals])  # (k + 1, V): row i scores proposal i
+                    d_logits = self.draft.decode((0,), (x,))[0]
+            rows = self.target.extend(0, [y, *proposals])  # (k + 1, V): row i scores proposal i
             n_ok = 0
             for i, x in enumerate(proposals):
                 p = distribution(rows[i], self.params, self.vocab)
@@ -114,9 +115,9 @@ class SpeculativeDecoder:
             y = self._draw(p)
             yield y
             # The target keeps the old y and the accepted proposals; the new y is pending.
-            self.target.truncate(committed + n_ok)
+            self.target.truncate(0, committed + n_ok)
             drafted = min(n_ok, k - 1) if k else 0  # accepted proposals the draft has consumed
-            self.draft.truncate(committed + drafted)
+            self.draft.truncate(0, committed + drafted)
             draft_feed = [*proposals[drafted:n_ok], y]
             committed += n_ok + 1
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pocketlm.common.errors import InputError
-from pocketlm.engine.backend import ForwardBackend
+from pocketlm.engine.backend import Backend
 from pocketlm.engine.torch_backend import TorchBackend
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.kv_cache import KVCache
@@ -63,12 +63,16 @@ def test_chunked_prefill_and_decode_equal_full_forward(config, length, chunks, s
     end = 0
     for piece in pieces:
         # One token goes through decode, more through a (continued) prefill.
-        logits = backend.decode(piece[0]) if end and len(piece) == 1 else backend.prefill(piece)
+        logits = (
+            backend.decode([0], piece[:1])[0]
+            if end and len(piece) == 1
+            else backend.prefill(0, piece)
+        )
         end += len(piece)
         assert isinstance(logits, np.ndarray)
         assert logits.shape == (config.vocab_size,) and logits.dtype == np.float32
         torch.testing.assert_close(torch.from_numpy(logits), full[end - 1], atol=ATOL, rtol=0)
-    assert backend.position == length == end
+    assert backend.position(0) == length == end
 
 
 @settings(max_examples=8, deadline=None)
@@ -112,31 +116,31 @@ def small_model(**overrides):
 
 def test_backend_satisfies_protocol_and_resets():
     backend = TorchBackend(small_model())
-    assert isinstance(backend, ForwardBackend)
-    assert (backend.context_length, backend.vocab_size, backend.position) == (8, 32, 0)
-    assert backend.device == "cpu" and backend.name == "torch"
-    a = backend.prefill([1, 2, 3])
-    backend.decode(4)
-    assert backend.position == 4
-    backend.reset()
-    assert backend.position == 0
-    np.testing.assert_array_equal(backend.prefill([1, 2, 3]), a)
+    assert isinstance(backend, Backend)
+    assert (backend.context_length, backend.vocab_size, backend.position(0)) == (8, 32, 0)
+    assert backend.device == "cpu" and backend.name == "torch" and backend.slots == 1
+    a = backend.prefill(0, [1, 2, 3])
+    backend.decode([0], [4])
+    assert backend.position(0) == 4
+    backend.release(0)
+    assert backend.position(0) == 0
+    np.testing.assert_array_equal(backend.prefill(0, [1, 2, 3]), a)
 
 
 def test_backend_refuses_overflow_and_empty_prefill():
     backend = TorchBackend(small_model(), max_len=4)
     assert backend.context_length == 4
     with pytest.raises(InputError, match="context"):
-        backend.prefill([1, 2, 3, 4, 5])
-    backend.prefill([1, 2, 3, 4])
+        backend.prefill(0, [1, 2, 3, 4, 5])
+    backend.prefill(0, [1, 2, 3, 4])
     with pytest.raises(InputError, match="context full"):
-        backend.decode(5)
+        backend.decode([0], [5])
     with pytest.raises(InputError, match="no tokens"):
-        backend.prefill([])
+        backend.prefill(0, [])
 
 
 def test_backend_moves_model_to_requested_dtype():
     backend = TorchBackend(small_model(), dtype=torch.bfloat16)
     assert next(backend.model.parameters()).dtype == torch.bfloat16
-    logits = backend.prefill([1, 2])
+    logits = backend.prefill(0, [1, 2])
     assert logits.dtype == np.float32 and np.isfinite(logits).all()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pocketlm.common.errors import InputError, PocketLMError
-from pocketlm.engine.backend import ForwardBackend
+from pocketlm.engine.backend import Backend
 from pocketlm.engine.generation import GenerationEngine, held_back_length
 from pocketlm.engine.sampling import SamplingParams
 from pocketlm.engine.torch_backend import TorchBackend
@@ -28,7 +28,11 @@ def tok(synthetic_pipeline) -> Tokenizer:
 
 
 class ScriptedBackend:
-    """A backend (no model) whose logits make greedy decoding emit a fixed script of tokens."""
+    """A one-slot Backend (no model) whose logits make greedy decoding emit a fixed script."""
+
+    name = "scripted"
+    slots = 1
+    prefill_chunk = None
 
     def __init__(
         self,
@@ -45,10 +49,18 @@ class ScriptedBackend:
     context_length = property(lambda self: self._context)
     vocab_size = property(lambda self: self._vocab)
     device = property(lambda self: "cpu")
-    position = property(lambda self: self._position)
 
-    def reset(self) -> None:
+    def position(self, slot: int) -> int:
+        return self._position
+
+    def release(self, slot: int) -> None:
         self._position, self._emitted = 0, 0
+
+    def truncate(self, slot: int, position: int) -> None:
+        raise NotImplementedError("the engine never truncates without a draft model")
+
+    def extend(self, slot: int, token_ids: Sequence[int]) -> np.ndarray:
+        raise NotImplementedError("the engine never extends without a draft model")
 
     def _next(self) -> np.ndarray:
         logits = np.full(self._vocab, self.fill, dtype=np.float32)
@@ -56,21 +68,23 @@ class ScriptedBackend:
         self._emitted += 1
         return logits
 
-    def prefill(self, token_ids: Sequence[int]) -> np.ndarray:
+    def prefill(self, slot: int, token_ids: Sequence[int]) -> np.ndarray:
+        assert slot == 0
         self.prefills.append(list(token_ids))
         self._position += len(token_ids)
         assert self._position <= self._context
         return self._next()
 
-    def decode(self, token_id: int) -> np.ndarray:
+    def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
+        assert list(slots) == [0] and len(token_ids) == 1
         self._position += 1
         assert self._position <= self._context
-        return self._next()
+        return self._next()[None]  # (1, V)
 
 
 def scripted(tok: Tokenizer, script: Sequence[int], **kw) -> GenerationEngine:
     backend = ScriptedBackend(script, **kw)
-    assert isinstance(backend, ForwardBackend)
+    assert isinstance(backend, Backend)
     return GenerationEngine(backend, tok)
 
 
@@ -209,14 +223,15 @@ def test_masked_tokens_are_fine_and_the_engine_names_its_backend(tok):
     engine = scripted(tok, tok.encode("the cat"), fill=-np.inf)  # only the script is possible
     result = engine.complete("hi", SamplingParams(temperature=1.0, max_new_tokens=2, seed=0))
     assert result.token_ids == tok.encode("the cat")[:2]
-    assert engine.name == "ScriptedBackend"
+    assert engine.name == "scripted"
 
 
 def test_engine_and_sampling_import_without_torch():
     code = (
         "import sys\n"
         "import pocketlm.engine.generation, pocketlm.engine.sampling, pocketlm.engine.backend\n"
-        "import pocketlm.engine.load\n"
+        "import pocketlm.engine.load, pocketlm.engine.speculative, pocketlm.engine.scheduler\n"
+        "import pocketlm.engine.chat_session, pocketlm.engine.bench, pocketlm.engine.native_backend\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
     )
     proc = subprocess.run(

@@ -1,4 +1,5 @@
-"""load_engine: backend choice (torch, native, auto) and falling back when native cannot run."""
+"""open_backend / load_engine: backend choice (torch, native, auto), falling back when native
+cannot run, and slots."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from pocketlm.engine.load import load_engine
 from pocketlm.engine.sampling import SamplingParams
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
-from pocketlm.tokenizer.tokenizer import Tokenizer
 
 NATIVE = "pocketlm.engine.native_backend"
 GREEDY = SamplingParams(temperature=0, max_new_tokens=3)
@@ -33,20 +33,26 @@ def model_dir(synthetic_pipeline, tmp_path_factory) -> Path:
 
 
 class FakeNative:
-    """Stands in for the native backend: greedy picks token 7 forever."""
+    """Stands in for the native backend: greedy picks token 7 forever, in every slot."""
 
     name = "native"
-    context_length, vocab_size, device, position = 32, 512, "cpu", 0
+    context_length, vocab_size, device, prefill_chunk = 32, 512, "cpu", 256
 
-    def reset(self) -> None:
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+
+    def position(self, slot: int) -> int:
+        return 0
+
+    def release(self, slot: int) -> None:
         pass
 
-    def prefill(self, token_ids) -> np.ndarray:
-        return self.decode(0)
+    def prefill(self, slot: int, token_ids) -> np.ndarray:
+        return self.decode([slot], [0])[0]
 
-    def decode(self, token_id: int) -> np.ndarray:
-        logits = np.zeros(self.vocab_size, dtype=np.float32)
-        logits[7] = 1.0
+    def decode(self, slots, token_ids) -> np.ndarray:
+        logits = np.zeros((len(slots), self.vocab_size), dtype=np.float32)
+        logits[:, 7] = 1.0
         return logits
 
 
@@ -62,13 +68,13 @@ def native(monkeypatch, model_dir):
     module.calls = []
     module.fail = None
 
-    def open_native_backend(model, *, threads=0, max_len=None, slots=1):
-        module.calls.append((Path(model), threads, max_len))
+    def native_backend(directory, config, *, threads=0, max_len=None, slots=1):
+        module.calls.append((Path(directory), threads, max_len))
         if module.fail is not None:
             raise NativeUnavailable(module.fail)
-        return FakeNative(), Tokenizer.load(model_dir)
+        return FakeNative(slots)
 
-    module.open_native_backend = open_native_backend
+    module.NativeBackend = native_backend
     monkeypatch.setitem(sys.modules, NATIVE, module)
     return module
 
@@ -128,3 +134,30 @@ def test_auto_device_without_gpu_nodes_does_not_import_torch():
     )
     assert proc.stdout.split() == ["True", "False"], proc.stdout + proc.stderr
     assert not load.native_fits("cuda", "auto") and not load.native_fits("cpu", "fp16")
+
+
+def test_slots_reach_either_backend(model_dir, native):
+    torch_backend, _ = load.open_backend(model_dir, slots=3, device="cpu", backend="torch")
+    assert (torch_backend.name, torch_backend.slots) == ("torch", 3)
+    native_backend, tokenizer = load.open_backend(model_dir, slots=2, device="cpu", max_len=16)
+    assert (native_backend.name, native_backend.slots) == ("native", 2)
+    assert tokenizer.vocab_size == 512 and native.calls == [(model_dir, 0, 16)]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="slots"):
+            load.open_backend(model_dir, slots=bad)
+
+
+def test_the_native_path_opens_and_generates_without_torch(model_dir):
+    pytest.importorskip("pocketlm.engine._native", reason="native extension not built")
+    code = (
+        "import sys\n"
+        "from pocketlm.engine.load import load_engine\n"
+        "from pocketlm.engine.sampling import SamplingParams\n"
+        f"engine = load_engine({str(model_dir)!r}, device='cpu', backend='native', threads=1)\n"
+        "engine.complete('the', SamplingParams(temperature=0, max_new_tokens=3))\n"
+        "print(engine.name, 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert proc.stdout.split() == ["native", "False"], proc.stdout + proc.stderr

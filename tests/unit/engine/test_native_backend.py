@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from pocketlm.checkpoint.layout import CONFIG_FILE
 from pocketlm.checkpoint.model_io import load_model, save_model
 from pocketlm.common.errors import InputError
+from pocketlm.engine.load import open_backend
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
 
 native = pytest.importorskip("pocketlm.engine._native", reason="native extension not built")
-from pocketlm.engine.native_backend import NativeBackend, open_native_backend  # noqa: E402
+from pocketlm.engine.native_backend import NativeBackend  # noqa: E402
 
 ISAS = {
     "avx512-vnni": ["avx512-vnni", "avx2", "scalar"],
@@ -48,6 +50,13 @@ def variant_dirs(float_model_dir, tmp_path_factory):
     return out
 
 
+def open_native(model_dir, **kwargs) -> NativeBackend:
+    """The native backend for a model dir, through THE opener (never a silent torch fallback)."""
+    backend, _ = open_backend(model_dir, backend="native", device="cpu", **kwargs)
+    assert isinstance(backend, NativeBackend)
+    return backend
+
+
 def _torch_logits(model_dir, ids):
     loaded = load_model(model_dir)
     with torch.no_grad():
@@ -60,14 +69,15 @@ def test_native_logits_match_pytorch(variant_dirs, scheme, isa):
     rng = np.random.default_rng(0)
     ids = rng.integers(3, 512, size=40).tolist()
     ref = _torch_logits(variant_dirs[scheme], ids)
-    backend, _ = open_native_backend(variant_dirs[scheme], threads=2, isa=isa)
+    d = variant_dirs[scheme]
+    backend = NativeBackend(d, ModelConfig.load(d / CONFIG_FILE), threads=2, isa=isa)
     assert backend.isa == isa
-    full = backend.forward_all(ids)  # prefill path (GEMM kernels)
+    full = backend.extend(0, ids)  # prefill path (GEMM kernels), logits after every token
     tol = TOLERANCE[scheme] * float(np.abs(ref).max())
     assert np.abs(full - ref).max() <= tol
-    backend.reset()
-    steps = [backend.prefill(ids[:10])] + [
-        backend.decode(t) for t in ids[10:]
+    backend.release(0)
+    steps = [backend.prefill(0, ids[:10])] + [
+        backend.decode([0], [t])[0] for t in ids[10:]
     ]  # decode path (GEMV kernels)
     assert np.abs(np.stack(steps) - ref[9:]).max() <= tol
 
@@ -80,38 +90,36 @@ def test_native_greedy_tokens_equal_pytorch(variant_dirs, scheme):
     with torch.no_grad():
         for _ in range(16):
             ids.append(int(loaded.model(torch.tensor([ids]))[0, -1].argmax()))
-    backend, _ = open_native_backend(variant_dirs[scheme], threads=2)
+    backend = open_native(variant_dirs[scheme], threads=2)
     out = list(prompt)
-    token = int(np.argmax(backend.prefill(prompt)))
+    token = int(np.argmax(backend.prefill(0, prompt)))
     for _ in range(16):
         out.append(token)
-        token = int(np.argmax(backend.decode(token)))
+        token = int(np.argmax(backend.decode([0], [token])[0]))
     assert out == ids
 
 
 def test_thread_count_does_not_change_results(variant_dirs):
     ids = list(range(5, 45))
-    a = open_native_backend(variant_dirs["int8"], threads=1)[0].forward_all(ids)
-    b = open_native_backend(variant_dirs["int8"], threads=2)[0].forward_all(ids)
+    a = open_native(variant_dirs["int8"], threads=1).extend(0, ids)
+    b = open_native(variant_dirs["int8"], threads=2).extend(0, ids)
     assert np.array_equal(a, b)
 
 
 def test_long_prompts_run_in_chunks(variant_dirs):
-    from pocketlm.model.config import ModelConfig
-
     d = variant_dirs["fp32"]
-    config = ModelConfig.load(d / "model_config.json")
+    config = ModelConfig.load(d / CONFIG_FILE)
     small = NativeBackend(d, config, threads=2, max_batch=7)  # 40 tokens -> 6 chunks
     big = NativeBackend(d, config, threads=2, max_batch=64)
     ids = list(range(3, 43))
-    assert np.allclose(small.prefill(ids), big.prefill(ids), atol=1e-5)
+    assert np.allclose(small.prefill(0, ids), big.prefill(0, ids), atol=1e-5)
 
 
 def test_context_overflow_is_a_clear_error(variant_dirs):
-    backend, _ = open_native_backend(variant_dirs["fp32"], max_len=16)
-    backend.prefill(list(range(3, 19)))
+    backend = open_native(variant_dirs["fp32"], max_len=16)
+    backend.prefill(0, list(range(3, 19)))
     with pytest.raises(InputError, match="context full"):
-        backend.decode(5)
+        backend.decode([0], [5])
 
 
 def test_batched_slots_equal_sequences_run_alone(variant_dirs):
@@ -119,15 +127,15 @@ def test_batched_slots_equal_sequences_run_alone(variant_dirs):
     logits it gets when it runs alone (same kernels, same arithmetic), for every precision."""
     for scheme in ("fp32", "bf16", "int8", "int4"):
         d = variant_dirs[scheme]
-        backend, _ = open_native_backend(d, threads=2, slots=3)
+        backend = open_native(d, threads=2, slots=3)
         seqs = [list(range(5, 17)), list(range(100, 107)), list(range(300, 320))]
         alone = []
         for s in seqs:
-            single, _ = open_native_backend(d, threads=2)
-            single.prefill(s[:-1])
-            alone.append(single.decode(s[-1]))
+            single = open_native(d, threads=2)
+            single.prefill(0, s[:-1])
+            alone.append(single.decode([0], [s[-1]])[0])
         for slot, s in enumerate(seqs):
-            backend.prefill_slot(slot, s[:-1], 0)
-        last = backend.forward_batch([s[-1] for s in seqs], [len(s) - 1 for s in seqs], [0, 1, 2])
+            backend.prefill(slot, s[:-1])
+        last = backend.decode([0, 1, 2], [s[-1] for s in seqs])
         for i in range(3):
             assert np.array_equal(last[i], alone[i]), scheme

@@ -24,7 +24,8 @@ def tok(synthetic_pipeline) -> Tokenizer:
 
 
 class ScriptedBatch:
-    """A BatchBackend without a model: the next token is a fixed function of the slot's last token."""
+    """A Backend without a model (no extend/truncate: the scheduler never uses them): the next
+    token is a fixed function of the slot's last token."""
 
     name = "scripted"
 
@@ -250,12 +251,12 @@ def _engine_tokens(model_dir, backend, prompts, params):
 
 @pytest.mark.parametrize("backend", ["native", "torch"])
 def test_eight_concurrent_requests_equal_one_alone(tiny_model_dir, backend):
-    from pocketlm.engine.batch_backends import open_batch_backend
+    from pocketlm.engine.load import open_backend
     from pocketlm.engine.native_backend import native_isa
 
     if backend == "native" and native_isa() is None:
         pytest.skip("the native extension is not built")
-    batch, tokenizer = open_batch_backend(tiny_model_dir, slots=4, backend=backend, threads=1)
+    batch, tokenizer = open_backend(tiny_model_dir, slots=4, backend=backend, threads=1)
     prompts = [
         tokenizer.encode(text, add_bos=True)
         for text in (

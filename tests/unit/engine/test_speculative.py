@@ -7,6 +7,7 @@ import pytest
 
 from pocketlm.checkpoint.model_io import load_model, save_model
 from pocketlm.common.errors import InputError
+from pocketlm.engine.load import open_backend
 from pocketlm.engine.sampling import SamplingParams
 from pocketlm.engine.speculative import SpeculativeDecoder, check_draft
 from pocketlm.engine.torch_backend import TorchBackend
@@ -55,20 +56,19 @@ def pair(synthetic_pipeline, tmp_path_factory):
 
 
 def _greedy(backend, prompt, n):
-    backend.reset()
-    out, logits = [], backend.prefill(prompt)
+    backend.release(0)
+    out, logits = [], backend.prefill(0, prompt)
     for _ in range(n):
         out.append(int(np.argmax(logits)))
-        logits = backend.decode(out[-1])
+        logits = backend.decode([0], [out[-1]])[0]
     return out
 
 
 def _backends(kind, path):
     if kind == "torch":
         return TorchBackend(load_model(path).model)
-    native = pytest.importorskip("pocketlm.engine.native_backend")
     pytest.importorskip("pocketlm.engine._native")
-    return native.open_native_backend(path)[0]
+    return open_backend(path, backend="native")[0]
 
 
 @pytest.mark.parametrize("kind", ["torch", "native"])
@@ -109,8 +109,8 @@ def test_sampled_speculation_keeps_the_target_distribution(pair):
     from pocketlm.engine.speculative import distribution
 
     prompt = [1, 7, 8]
-    target.reset()
-    p = distribution(target.prefill(prompt), params, 512)
+    target.release(0)
+    p = distribution(target.prefill(0, prompt), params, 512)
     counts = np.zeros(512)
     rng = np.random.default_rng(0)
     n = 400
