@@ -29,7 +29,7 @@ _log = get_logger("pocketlm.engine")
 
 
 class SchedulerBusy(PocketLMError):
-    """The waiting queue is full: try again later (HTTP 503)."""
+    """The waiting queue is full: try again later."""
 
 
 class SchedulerClosed(PocketLMError):
@@ -121,7 +121,7 @@ class _Running:
 
 @dataclass(frozen=True)
 class SchedulerStats:
-    """A snapshot for /health and /metrics."""
+    """A snapshot of the slots, the queue and the token counters."""
 
     slots: int
     active: int

@@ -16,6 +16,7 @@ from pocketlm.engine.load import open_backend
 from pocketlm.engine.sampling import SamplingParams
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
+from pocketlm.tokenizer.tokenizer import Tokenizer
 
 KINDS = ["torch", "native"]
 CONTEXT = 24
@@ -136,7 +137,7 @@ def test_the_engine_over_many_slots_equals_one_slot(model_dir, kind):
     many = _open(model_dir, kind, slots=3)
     many.prefill(1, [7, 8, 9])  # other slots hold other sequences meanwhile
     many.prefill(2, [10, 11])
-    tokenizer = open_backend(model_dir, backend="torch", device="cpu")[1]
+    tokenizer = Tokenizer.load(model_dir)
     for params in (
         SamplingParams(temperature=0, max_new_tokens=12),
         SamplingParams(temperature=1.0, top_k=20, max_new_tokens=12, seed=3),

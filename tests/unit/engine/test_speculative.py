@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pocketlm.checkpoint.model_io import load_model, save_model
+from pocketlm.checkpoint.model_io import save_model
 from pocketlm.common.errors import InputError
 from pocketlm.engine.load import open_backend
 from pocketlm.engine.sampling import SamplingParams
 from pocketlm.engine.speculative import SpeculativeDecoder, check_draft
-from pocketlm.engine.torch_backend import TorchBackend
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
 
@@ -65,10 +64,9 @@ def _greedy(backend, prompt, n):
 
 
 def _backends(kind, path):
-    if kind == "torch":
-        return TorchBackend(load_model(path).model)
-    pytest.importorskip("pocketlm.engine._native")
-    return open_backend(path, backend="native")[0]
+    if kind == "native":
+        pytest.importorskip("pocketlm.engine._native")
+    return open_backend(path, backend=kind, device="cpu", precision="fp32")[0]
 
 
 @pytest.mark.parametrize("kind", ["torch", "native"])
