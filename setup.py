@@ -1,5 +1,5 @@
-"""Build the optional native CPU kernels (C, no external libraries): decode kernels for the
-runtime and causal attention for CPU training. If no C compiler is found,
+"""Build the optional native CPU kernels (C, no external libraries): the inference engine's
+kernels (pocketlm.engine._native) and causal attention for CPU training. If no C compiler is found,
 the package still installs and PocketLM runs on its PyTorch backend."""
 
 from setuptools import Extension, setup
