@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from pocketlm.common.errors import InputError
+from pocketlm.common.errors import ConfigError, InputError
 
 
 @runtime_checkable
@@ -82,6 +82,12 @@ def check_room(position: int, n_new: int, context: int) -> None:
         raise InputError(
             f"context full: {position} tokens + {n_new} new exceed the context of {context}"
         )
+
+
+def check_slot_count(slots: object) -> None:
+    """Raise ConfigError unless `slots` (how many sequences a backend holds) is an integer >= 1."""
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ConfigError(f"slots must be an integer >= 1, got {slots!r}")
 
 
 def check_slots(slots: Sequence[int], n_slots: int) -> None:

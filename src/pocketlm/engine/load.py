@@ -15,7 +15,7 @@ from pocketlm.checkpoint.layout import CONFIG_FILE, refuse_pickles, resolve_mode
 from pocketlm.common.device import gpu_may_be_present
 from pocketlm.common.errors import ConfigError, PocketLMError
 from pocketlm.common.log import get_logger
-from pocketlm.engine.backend import Backend
+from pocketlm.engine.backend import Backend, check_slot_count
 from pocketlm.engine.generation import GenerationEngine
 from pocketlm.model.config import ModelConfig
 from pocketlm.tokenizer.tokenizer import Tokenizer
@@ -43,8 +43,7 @@ def open_backend(
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
-    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-        raise ConfigError(f"slots must be an integer >= 1, got {slots!r}")
+    check_slot_count(slots)  # before any model is read
     if backend == "native":
         check_native_settings(device, precision)
     if backend == "native" or (backend == "auto" and native_fits(device, precision)):

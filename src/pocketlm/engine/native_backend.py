@@ -16,8 +16,8 @@ import numpy as np
 from pocketlm.checkpoint.layout import QUANT_FILE, WEIGHTS_FILE
 from pocketlm.checkpoint.safetensors_mmap import MappedTensors
 from pocketlm.common.device import usable_cores
-from pocketlm.common.errors import ConfigError, PocketLMError
-from pocketlm.engine.backend import check_append, check_decode, check_slots
+from pocketlm.common.errors import PocketLMError
+from pocketlm.engine.backend import check_append, check_decode, check_slot_count, check_slots
 from pocketlm.model.config import ModelConfig
 
 F32, BF16, I8, I4 = 0, 1, 2, 3
@@ -82,8 +82,7 @@ class NativeBackend:
         slots: int = 1,
         isa: str = "",
     ) -> None:
-        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-            raise ConfigError(f"slots must be an integer >= 1, got {slots!r}")
+        check_slot_count(slots)
         try:
             from pocketlm.engine import _native
         except ImportError as exc:

@@ -15,8 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pocketlm.common.errors import ConfigError
-from pocketlm.engine.backend import check_append, check_decode, check_slots
+from pocketlm.engine.backend import check_append, check_decode, check_slot_count, check_slots
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.transformer import CausalLM
 
@@ -36,8 +35,7 @@ class TorchBackend:
         dtype: torch.dtype | None = None,
         max_len: int | None = None,
     ) -> None:
-        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-            raise ConfigError(f"slots must be an integer >= 1, got {slots!r}")
+        check_slot_count(slots)
         first = next(model.parameters())
         self.torch_device = torch.device(device) if device is not None else first.device
         self.dtype = dtype or first.dtype

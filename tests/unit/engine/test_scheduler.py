@@ -241,7 +241,7 @@ def test_logprobs_come_from_the_sampled_distribution(tok):
     assert plain.step(logits)[1].logprob is None
 
 
-# ---- a real model: the native and torch batch backends against single-sequence generation -----
+# ---- a real model: 4-slot native and torch backends against single-sequence generation ---------
 def _engine_tokens(model_dir, backend, prompts, params):
     from pocketlm.engine.load import load_engine
 
