@@ -1,15 +1,15 @@
-"""Build the optional native CPU kernels (C, no external libraries): decode kernels for the
-runtime and causal attention for CPU training. If no C compiler is found,
+"""Build the optional native CPU kernels (C, no external libraries): the inference engine's
+kernels (pocketlm.engine._native) and causal attention for CPU training. If no C compiler is found,
 the package still installs and PocketLM runs on its PyTorch backend."""
 
 from setuptools import Extension, setup
 
-NATIVE = "src/pocketlm/runtime/native/"
+NATIVE = "src/pocketlm/engine/native/"
 
 setup(
     ext_modules=[
         Extension(
-            "pocketlm.runtime._native",
+            "pocketlm.engine._native",
             sources=[NATIVE + f for f in ("module.c", "model.c", "kernels.c", "threadpool.c")],
             depends=[NATIVE + "plm.h"],
             extra_compile_args=[

@@ -61,20 +61,20 @@ def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would include the pa
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
 t_start = float(sys.argv[1])
-from pocketlm.runtime.native_backend import open_native_backend
+from pocketlm.engine.load import open_backend
 import numpy as np, resource, statistics
-backend, tok = open_native_backend(sys.argv[2], threads=int(sys.argv[3]), max_len=256)
+backend, tok = open_backend(sys.argv[2], backend="native", threads=int(sys.argv[3]), max_len=256)
 rng = np.random.default_rng(0)
 prompt = rng.integers(8, tok.vocab_size, size=int(sys.argv[4])).tolist()
 n_new, reps = int(sys.argv[5]), int(sys.argv[6])
 pre, dec, ttft = [], [], None
 for r in range(reps):
-    backend.reset()
-    t0 = time.perf_counter(); token = int(np.argmax(backend.prefill(prompt))); pre.append(time.perf_counter() - t0)
+    backend.release(0)
+    t0 = time.perf_counter(); token = int(np.argmax(backend.prefill(0, prompt))); pre.append(time.perf_counter() - t0)
     if ttft is None: ttft = time.time() - t_start
     if r == 0: backend.profile(True)
     t0 = time.perf_counter()
-    for _ in range(n_new): token = int(np.argmax(backend.decode(token)))
+    for _ in range(n_new): token = int(np.argmax(backend.decode((0,), (token,))[0]))
     dec.append(time.perf_counter() - t0)
     if r == 0: prof = backend.profile(False)
 print(json.dumps({"prefill": len(prompt) / statistics.median(pre), "decode": n_new / statistics.median(dec), "ttft": ttft,

@@ -16,8 +16,8 @@ import statistics
 import time
 from pathlib import Path
 
-from pocketlm.runtime.load import load_engine
-from pocketlm.runtime.sampling import SamplingParams
+from pocketlm.engine.load import load_engine
+from pocketlm.engine.sampling import SamplingParams
 
 PROMPTS = [
     "once upon a time, there was a little girl named",

@@ -11,36 +11,28 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pocketlm"
 
-# Who may import whom (DEVELOPERS.md: cli -> train -> evals -> runtime -> checkpoint -> model -> common;
-# the model never imports tokenizer, data or optimizers).
+# Who may import whom: exactly the arrows the code uses (DEVELOPERS.md). The server sits on the
+# engine (serve -> engine), never the reverse; the model never imports tokenizer, data or
+# optimizers. A new arrow is a design decision: add it here (and to DEVELOPERS.md) on purpose.
 ALLOWED: dict[str, set[str]] = {
     "common": set(),
     "tokenizer": {"common"},
     "data": {"common", "tokenizer"},
     "model": {"common"},
     "checkpoint": {"common", "model", "tokenizer"},
-    "runtime": {"common", "model", "checkpoint", "tokenizer"},
-    "evals": {"common", "model", "checkpoint", "tokenizer", "data", "runtime"},
-    "compress": {"common", "model", "checkpoint", "tokenizer", "data", "runtime", "evals"},
-    "export": {"common", "model", "checkpoint", "tokenizer", "runtime"},
-    "train": {
-        "common",
-        "model",
-        "checkpoint",
-        "tokenizer",
-        "data",
-        "runtime",
-        "evals",
-        "compress",
-        "export",
-    },
+    "engine": {"common", "model", "checkpoint", "tokenizer"},
+    "serve": {"common", "tokenizer", "engine"},
+    "evals": {"common", "checkpoint", "tokenizer", "data"},
+    "compress": {"common", "model", "checkpoint", "data", "evals"},
+    "export": {"common", "model", "checkpoint", "tokenizer"},
+    "train": {"common", "model", "checkpoint", "tokenizer", "data", "engine", "evals"},
     "cli": {
         "common",
         "model",
-        "checkpoint",
         "tokenizer",
         "data",
-        "runtime",
+        "engine",
+        "serve",
         "evals",
         "compress",
         "export",
@@ -77,8 +69,9 @@ def test_every_subpackage_is_known():
     assert packages <= set(ALLOWED), f"add {packages - set(ALLOWED)} to ALLOWED and DEVELOPERS.md"
 
 
-def test_imports_point_down_the_layers():
-    violations = []
+def _arrows() -> dict[str, dict[str, list[str]]]:
+    """package -> imported package -> where ("path:line") each import is."""
+    found: dict[str, dict[str, list[str]]] = {p: {} for p in ALLOWED}
     for path, package in _modules():
         if package is None:
             continue
@@ -86,10 +79,37 @@ def test_imports_point_down_the_layers():
             parts = name.split(".")
             if parts[0] != "pocketlm" or len(parts) < 2 or parts[1] not in ALLOWED:
                 continue
-            target = parts[1]
-            if target != package and target not in ALLOWED[package]:
-                violations.append(f"{path.relative_to(SRC)}:{line}: {package} imports {name}")
+            if parts[1] != package:
+                where = f"{path.relative_to(SRC)}:{line}"
+                found.setdefault(package, {}).setdefault(parts[1], []).append(where)
+    return found
+
+
+def test_imports_point_down_the_layers():
+    violations = [
+        f"{where}: {package} imports {target}"
+        for package, targets in _arrows().items()
+        for target, places in targets.items()
+        if target not in ALLOWED[package]
+        for where in places
+    ]
     assert not violations, "\n".join(violations)
+
+
+def test_the_table_lists_only_arrows_the_code_uses():
+    arrows = _arrows()
+    unused = {
+        p: sorted(ALLOWED[p] - set(arrows[p])) for p in ALLOWED if ALLOWED[p] - set(arrows[p])
+    }
+    assert not unused, f"remove these arrows from ALLOWED (nothing uses them): {unused}"
+
+
+def test_server_depends_on_engine_never_the_reverse():
+    assert "engine" in ALLOWED["serve"] and "serve" not in ALLOWED["engine"]
+    assert [p for p in ALLOWED if "serve" in ALLOWED[p]] == ["cli"]  # only commands start servers
+    arrows = _arrows()
+    assert "engine" in arrows["serve"], "serve is built on the engine"
+    assert "serve" not in arrows["engine"], arrows["engine"].get("serve")
 
 
 def test_model_never_imports_optimizers_tokenizer_or_data():

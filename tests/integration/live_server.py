@@ -1,6 +1,6 @@
-"""Helpers for server tests: a live uvicorn server on 127.0.0.1 in a thread, and slow backends.
+"""Helpers for server tests: a live uvicorn server on 127.0.0.1 in a thread, and a slow backend.
 
-`SlowBatchBackend` / `SlowBackend` wrap a real backend, sleep on every decode step and never let
+`SlowBackend` wraps a real backend, sleeps on every decode step and never lets
 the model end a reply early (eos and end-of-turn get a very low logit), so a test can hold a
 slot, disconnect mid-stream or interrupt a reply at a known moment.
 """
@@ -30,8 +30,8 @@ def _mask(logits: np.ndarray, stop_ids: Sequence[int]) -> np.ndarray:
     return out
 
 
-class SlowBatchBackend:
-    """A BatchBackend that sleeps `delay_s` per decode step and never emits stop tokens."""
+class SlowBackend:
+    """A Backend wrapper that sleeps `delay_s` per decode step and never emits stop tokens."""
 
     def __init__(self, inner, stop_ids: Sequence[int], delay_s: float) -> None:
         self.inner = inner
@@ -55,33 +55,14 @@ class SlowBatchBackend:
         time.sleep(self.delay_s)
         return _mask(self.inner.decode(slots, token_ids), self.stop_ids)
 
+    def extend(self, slot: int, token_ids) -> np.ndarray:
+        return _mask(self.inner.extend(slot, token_ids), self.stop_ids)
+
+    def truncate(self, slot: int, position: int) -> None:
+        self.inner.truncate(slot, position)
+
     def release(self, slot: int) -> None:
         self.inner.release(slot)
-
-
-class SlowBackend:
-    """A single-sequence ForwardBackend wrapper: sleeps per decode, never emits stop tokens."""
-
-    def __init__(self, inner, stop_ids: Sequence[int], delay_s: float) -> None:
-        self.inner = inner
-        self.stop_ids = list(stop_ids)
-        self.delay_s = delay_s
-        self.name = f"slow-{getattr(inner, 'name', 'backend')}"
-
-    context_length = property(lambda self: self.inner.context_length)
-    vocab_size = property(lambda self: self.inner.vocab_size)
-    device = property(lambda self: self.inner.device)
-    position = property(lambda self: self.inner.position)
-
-    def reset(self) -> None:
-        self.inner.reset()
-
-    def prefill(self, token_ids) -> np.ndarray:
-        return _mask(self.inner.prefill(token_ids), self.stop_ids)
-
-    def decode(self, token_id: int) -> np.ndarray:
-        time.sleep(self.delay_s)
-        return _mask(self.inner.decode(token_id), self.stop_ids)
 
 
 def make_scheduler(
@@ -93,14 +74,14 @@ def make_scheduler(
     backend: str = "auto",
 ):
     """A BatchScheduler over the model (optionally slowed down) and its tokenizer."""
-    from pocketlm.runtime.batch_backends import open_batch_backend
-    from pocketlm.runtime.scheduler import BatchScheduler
+    from pocketlm.engine.load import open_backend
+    from pocketlm.engine.scheduler import BatchScheduler
 
-    batch, tokenizer = open_batch_backend(model_dir, slots=slots, backend=backend, threads=1)
+    opened, tokenizer = open_backend(model_dir, slots=slots, backend=backend, threads=1)
     if delay_s:
         stops = (tokenizer.eos_id, tokenizer.end_of_turn_id)
-        batch = SlowBatchBackend(batch, stops, delay_s)
-    return BatchScheduler(batch, tokenizer, max_queue=max_queue), tokenizer
+        opened = SlowBackend(opened, stops, delay_s)
+    return BatchScheduler(opened, tokenizer, max_queue=max_queue), tokenizer
 
 
 class LiveServer:
@@ -140,7 +121,7 @@ class LiveServer:
 @contextlib.contextmanager
 def live_server(scheduler, tokenizer, **settings) -> Iterator[LiveServer]:
     """Serve a scheduler with create_app(settings) for the duration of the block."""
-    from pocketlm.runtime.server import ServerSettings, create_app
+    from pocketlm.serve.app import ServerSettings, create_app
 
     settings.setdefault("model_id", "tiny")
     app = create_app(scheduler, tokenizer, ServerSettings(**settings))

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 _SLOW_CHAT = textwrap.dedent(
     """
     import sys
-    import pocketlm.runtime.load as load
-    from pocketlm.runtime.engine import GenerationEngine
+    import pocketlm.engine.load as load
+    from pocketlm.engine.generation import GenerationEngine
     from tests.integration.live_server import SlowBackend
 
     real = load.load_engine

@@ -48,7 +48,7 @@ def test_generate_is_reproducible_with_a_seed(random_model_dir):
 @pytest.mark.parametrize("command", ["generate", "chat"])
 def test_runtime_flags_reach_the_engine(command, random_model_dir, monkeypatch):
     """--device/--precision/--backend/--threads (shared with serve) all reach load_engine."""
-    import pocketlm.runtime.load
+    import pocketlm.engine.load
 
     seen = {}
 
@@ -56,7 +56,7 @@ def test_runtime_flags_reach_the_engine(command, random_model_dir, monkeypatch):
         seen.update(kwargs)
         raise SystemExit(0)
 
-    monkeypatch.setattr(pocketlm.runtime.load, "load_engine", fake_load_engine)
+    monkeypatch.setattr(pocketlm.engine.load, "load_engine", fake_load_engine)
     extra = ["--prompt", "x"] if command == "generate" else []
     flags = ["--device", "cpu", "--precision", "fp32", "--backend", "native", "--threads", "1"]
     with pytest.raises(SystemExit):

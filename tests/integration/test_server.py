@@ -356,7 +356,7 @@ _SERVE_SLOW = textwrap.dedent(
     """
     import sys
     from tests.integration.live_server import make_scheduler
-    from pocketlm.runtime.server import ServerSettings, create_app, run_server
+    from pocketlm.serve.app import ServerSettings, create_app, run_server
 
     scheduler, tokenizer = make_scheduler(sys.argv[1], slots=1, delay_s=0.2)
     app = create_app(scheduler, tokenizer, ServerSettings(model_id="tiny"))

@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from pocketlm.evals.speed import bench_model
+    from pocketlm.engine.bench import bench_model
 
     r = bench_model(
         args.model,

@@ -120,8 +120,8 @@ def _reply(session, text: str) -> None:
 
 def _chat(args: argparse.Namespace) -> int:
     from pocketlm.common.errors import PocketLMError
-    from pocketlm.runtime.chat_session import ChatSession
-    from pocketlm.runtime.load import load_engine
+    from pocketlm.engine.chat_session import ChatSession
+    from pocketlm.engine.load import load_engine
 
     params = sampling_from_args(args, max_new_tokens=args.max_tokens)
     engine = load_engine(

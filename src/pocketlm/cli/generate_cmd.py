@@ -75,7 +75,7 @@ def _draft_note(engine) -> str:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from pocketlm.runtime.load import load_engine
+    from pocketlm.engine.load import load_engine
 
     params = sampling_from_args(args, max_new_tokens=args.max_new_tokens, stop=args.stop)
     engine = load_engine(

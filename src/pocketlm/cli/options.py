@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from pocketlm.runtime.sampling import SamplingParams
+    from pocketlm.engine.sampling import SamplingParams
 
 T = TypeVar("T")
 
@@ -130,7 +130,7 @@ def sampling_from_args(
 ) -> SamplingParams:
     """SamplingParams from the shared flags --temperature/--top-k/--top-p/--min-p/
     --repetition-penalty/--seed (generate and chat)."""
-    from pocketlm.runtime.sampling import SamplingParams
+    from pocketlm.engine.sampling import SamplingParams
 
     return SamplingParams(
         max_new_tokens=max_new_tokens,

@@ -109,11 +109,11 @@ def _serve(args: argparse.Namespace) -> int:
     require("fastapi", "serve", "pocketlm serve")
     require("uvicorn", "serve", "pocketlm serve")
     from pocketlm.common.device import serving_threads, usable_cores
-    from pocketlm.runtime.batch_backends import open_batch_backend
-    from pocketlm.runtime.scheduler import BatchScheduler
-    from pocketlm.runtime.server import DEFAULT_PUBLIC_PATHS, ServerSettings, create_app, run_server
+    from pocketlm.engine.load import open_backend
+    from pocketlm.engine.scheduler import BatchScheduler
+    from pocketlm.serve.app import DEFAULT_PUBLIC_PATHS, ServerSettings, create_app, run_server
 
-    backend, tokenizer = open_batch_backend(
+    backend, tokenizer = open_backend(
         args.model,
         slots=args.slots,
         backend=args.backend,

@@ -1,1 +1,1 @@
-"""Evaluation: bits per byte, task accuracy, speed and memory, reports."""
+"""Evaluation: bits per byte, task accuracy, reports."""

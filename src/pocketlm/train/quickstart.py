@@ -213,8 +213,8 @@ def _plan(
 
 
 def _samples(model_dir: Path, prompts: Sequence[str], device: str) -> list[tuple[str, str]]:
-    from pocketlm.runtime.load import load_engine
-    from pocketlm.runtime.sampling import SamplingParams
+    from pocketlm.engine.load import load_engine
+    from pocketlm.engine.sampling import SamplingParams
 
     engine = load_engine(model_dir, device=device)
     return [

@@ -1,0 +1,161 @@
+"""THE one way to open a saved model for inference: `open_backend`, and `load_engine` over it.
+
+Two backends: "torch" (any device and precision PyTorch drives) and "native" (the C kernels on
+the CPU, which start without importing torch). "auto" takes the native one when the model runs
+on the CPU in full precision and it can open the model, else torch. Generation, chat, the
+server and bench all open their models here.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pocketlm.checkpoint.layout import CONFIG_FILE, refuse_pickles, resolve_model_dir
+from pocketlm.common.device import gpu_may_be_present
+from pocketlm.common.errors import ConfigError, PocketLMError
+from pocketlm.common.log import get_logger
+from pocketlm.engine.backend import Backend, check_slot_count
+from pocketlm.engine.generation import GenerationEngine
+from pocketlm.model.config import ModelConfig
+from pocketlm.tokenizer.tokenizer import Tokenizer
+
+BACKENDS = ("auto", "torch", "native")
+_log = get_logger("pocketlm.engine")
+
+
+def open_backend(
+    model: str | Path,
+    *,
+    slots: int = 1,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int = 0,
+    max_len: int | None = None,
+) -> tuple[Backend, Tokenizer]:
+    """(backend holding `slots` sequences, tokenizer) for a model dir or a training run.
+
+    backend: "torch", "native" (CPU only; a PocketLMError says why when it cannot run) or
+    "auto" (native when the device is the CPU and precision auto/fp32, falling back to torch).
+    threads: native backend threads (0 = its default). max_len: context per slot in tokens
+    (default and ceiling: the model's).
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
+    check_slot_count(slots)  # before any model is read
+    if backend == "native":
+        check_native_settings(device, precision)
+    if backend == "native" or (backend == "auto" and native_fits(device, precision)):
+        opened = _open_native(
+            model, slots=slots, threads=threads, max_len=max_len, required=backend == "native"
+        )
+        if opened is not None:
+            return opened
+    return _open_torch(model, slots=slots, device=device, precision=precision, max_len=max_len)
+
+
+def load_engine(
+    model: str | Path,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    max_len: int | None = None,
+    backend: str = "auto",
+    threads: int = 0,
+    draft: str | Path | None = None,
+    draft_tokens: int = 4,
+) -> GenerationEngine:
+    """An engine over a one-slot backend from open_backend (same settings and choice).
+
+    draft: a smaller model with the same tokenizer for speculative decoding (opened with the
+    same settings), proposing `draft_tokens` tokens per step.
+    """
+    settings = dict(
+        device=device, precision=precision, max_len=max_len, backend=backend, threads=threads
+    )
+    target, tokenizer = open_backend(model, **settings)
+    if draft is None:
+        return GenerationEngine(target, tokenizer)
+    from pocketlm.engine.speculative import check_draft
+
+    draft_backend, draft_tokenizer = open_backend(draft, **settings)
+    check_draft(tokenizer, draft_tokenizer)
+    return GenerationEngine(target, tokenizer, draft=draft_backend, draft_tokens=draft_tokens)
+
+
+def check_native_settings(device: str, precision: str) -> None:
+    """Raise ConfigError when the device or precision asked for rule out the native backend."""
+    if device.strip().lower() not in ("auto", "cpu"):
+        raise ConfigError(
+            f"the native backend runs on the CPU only, not on device {device!r}: "
+            "use --device cpu (or auto), or --backend torch"
+        )
+    if precision not in ("auto", "fp32"):
+        raise ConfigError(
+            f"the native backend chooses its own precision; --precision {precision} needs "
+            "--backend torch (or use --precision auto)"
+        )
+
+
+def native_fits(device: str, precision: str) -> bool:
+    """True when "auto" should try the native backend: the model would run on the CPU in fp32."""
+    if precision not in ("auto", "fp32"):
+        return False
+    spec = device.strip().lower()
+    if spec == "cpu":
+        return True
+    if spec != "auto":
+        return False
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return True  # no torch: the CPU is all there is
+    if "torch" not in sys.modules and not gpu_may_be_present():
+        return True  # no GPU device nodes: resolving would import torch only to pick the CPU
+    from pocketlm.common.device import resolve_device
+
+    return resolve_device("auto").type == "cpu"
+
+
+def _open_torch(
+    model: str | Path, *, slots: int, device: str, precision: str, max_len: int | None
+) -> tuple[Backend, Tokenizer]:
+    """The torch backend on the resolved device and precision, and the model's tokenizer."""
+    from pocketlm.checkpoint.model_io import load_model
+    from pocketlm.common.device import resolve_device, resolve_precision, torch_dtype
+    from pocketlm.engine.torch_backend import TorchBackend
+
+    dev = resolve_device(device)
+    dtype = torch_dtype(resolve_precision(precision, dev))
+    loaded = load_model(model, device=dev, dtype=dtype)
+    backend = TorchBackend(loaded.model, slots=slots, device=dev, dtype=dtype, max_len=max_len)
+    return backend, loaded.tokenizer
+
+
+def _open_native(
+    model: str | Path, *, slots: int, threads: int, max_len: int | None, required: bool
+) -> tuple[Backend, Tokenizer] | None:
+    """The native backend and tokenizer, or None (logged) when it cannot run and is not required."""
+    try:
+        from pocketlm.engine.native_backend import NativeBackend, NativeUnavailable
+    except ImportError as exc:
+        return _native_failed(f"it is not available in this install ({exc})", required)
+    directory = resolve_model_dir(model)
+    refuse_pickles(directory)
+    config = ModelConfig.load(directory / CONFIG_FILE)
+    try:
+        backend = NativeBackend(directory, config, threads=threads, max_len=max_len, slots=slots)
+    except NativeUnavailable as exc:
+        return _native_failed(str(exc), required)
+    return backend, Tokenizer.load(directory)
+
+
+def _native_failed(reason: str, required: bool) -> None:
+    """Raise PocketLMError with the reason when native was required; else log it and return None."""
+    if required:
+        raise PocketLMError(
+            f"the native backend cannot run this model: {reason}; use --backend torch (or auto)"
+        )
+    _log.debug("native backend not used (%s); using torch", reason)
+    return None

@@ -1,0 +1,218 @@
+"""The native CPU backend: the C kernels in `_native` over memory-mapped weights, without torch.
+
+Weights stay in their final layout in model.safetensors (fp32, bf16, int8 rows or int4 groups)
+and are mapped, not copied: the process touches only the pages it needs. Every Backend method
+maps onto one C call, `forward(tokens, positions, slots, logits, all_logits)`, which places each
+token at its position in its slot's KV cache; the GIL is released while it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pocketlm.checkpoint.layout import QUANT_FILE, WEIGHTS_FILE
+from pocketlm.checkpoint.safetensors_mmap import MappedTensors
+from pocketlm.common.device import usable_cores
+from pocketlm.common.errors import PocketLMError
+from pocketlm.engine.backend import check_append, check_decode, check_slot_count, check_slots
+from pocketlm.model.config import ModelConfig
+
+F32, BF16, I8, I4 = 0, 1, 2, 3
+
+
+class NativeUnavailable(PocketLMError):
+    """The native backend cannot run this model here (no compiled extension, unsupported layout)."""
+
+
+def native_isa() -> str | None:
+    """The kernel set the extension would use on this CPU, or None when it is not built."""
+    try:
+        from pocketlm.engine import _native
+    except ImportError:
+        return None
+    return _native.cpu_isa()
+
+
+def _matrix(t: MappedTensors, prefix: str, rows: int, cols: int, group: int) -> tuple:
+    """(dtype, rows, cols, group, data, scales) for the C side, from `prefix`.weight or .qweight/.scales."""
+    if f"{prefix}.weight" in t:
+        kind = t.dtype(f"{prefix}.weight")
+        if kind not in ("F32", "BF16"):
+            raise NativeUnavailable(
+                f"{prefix}.weight is {kind}; the native backend reads F32, BF16, int8 or int4 weights"
+            )
+        w = t.get(f"{prefix}.weight")
+        if w.shape != (rows, cols):
+            raise NativeUnavailable(f"{prefix}.weight has shape {w.shape}, expected {(rows, cols)}")
+        return (F32 if kind == "F32" else BF16, rows, cols, 0, w, None)
+    if f"{prefix}.qweight" not in t:
+        raise NativeUnavailable(f"no weights for {prefix}")
+    q, s = t.get(f"{prefix}.qweight"), t.get(f"{prefix}.scales")
+    if t.dtype(f"{prefix}.qweight") == "I8":
+        return (I8, rows, cols, 0, q, np.ascontiguousarray(s, dtype=np.float32))
+    return (I4, rows, cols, group, q, s.view(np.uint16))
+
+
+def _vector(t: MappedTensors, name: str) -> np.ndarray | None:
+    if name not in t:
+        return None
+    v = t.get(name)
+    return v if v.dtype == np.float32 else v.astype(np.float32)
+
+
+class NativeBackend:
+    """The Backend over the C kernels (CPU); logits come back as numpy float32 (V,) or (n, V)."""
+
+    name = "native"
+    # Multiples of the C side's 64-token chunks: chunked prefill then computes exactly what one
+    # call over the whole prompt computes.
+    prefill_chunk = 256
+
+    def __init__(
+        self,
+        directory: Path,
+        config: ModelConfig,
+        *,
+        threads: int = 0,
+        max_len: int | None = None,
+        max_batch: int = 64,
+        slots: int = 1,
+        isa: str = "",
+    ) -> None:
+        check_slot_count(slots)
+        try:
+            from pocketlm.engine import _native
+        except ImportError as exc:
+            raise NativeUnavailable(
+                "the native extension is not built (reinstall pocketlm with a C compiler available)"
+            ) from exc
+        self.config = config
+        self.directory = directory
+        quant = _read_json(directory / QUANT_FILE) or {"scheme": "none"}
+        group = int(quant.get("group_size", 32))
+        t = MappedTensors(directory / WEIGHTS_FILE)
+        self._tensors = t  # keeps the mapping alive
+        c = config
+        hd, qd, kvd, ffn = c.resolved_head_dim, c.q_dim, c.kv_dim, c.resolved_ffn_dim
+        embed = _matrix(t, "model.embed_tokens", c.vocab_size, c.dim, group)
+        head = embed if c.tie_embeddings else _matrix(t, "lm_head", c.vocab_size, c.dim, group)
+        layers = []
+        for i in range(c.n_layers):
+            p = f"model.layers.{i}."
+            layers.append(
+                (
+                    _vector(t, p + "input_layernorm.weight"),
+                    _vector(t, p + "post_attention_layernorm.weight"),
+                    _vector(t, p + "self_attn.q_proj.bias"),
+                    _vector(t, p + "self_attn.k_proj.bias"),
+                    _vector(t, p + "self_attn.v_proj.bias"),
+                    _matrix(t, p + "self_attn.q_proj", qd, c.dim, group),
+                    _matrix(t, p + "self_attn.k_proj", kvd, c.dim, group),
+                    _matrix(t, p + "self_attn.v_proj", kvd, c.dim, group),
+                    _matrix(t, p + "self_attn.o_proj", c.dim, qd, group),
+                    _matrix(t, p + "mlp.gate_proj", ffn, c.dim, group),
+                    _matrix(t, p + "mlp.up_proj", ffn, c.dim, group),
+                    _matrix(t, p + "mlp.down_proj", c.dim, ffn, group),
+                )
+            )
+        self._context_length = min(max_len or c.max_seq_len, c.max_seq_len)
+        self.threads = threads or usable_cores()
+        cfg = (
+            c.vocab_size,
+            c.dim,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            hd,
+            ffn,
+            self._context_length,
+            max_batch,
+            slots,
+            c.rope_theta,
+            c.norm_eps,
+        )
+        self._model = _native.Model(
+            cfg, embed, head, _vector(t, "model.norm.weight"), layers, self.threads, isa
+        )
+        self.isa = self._model.isa()
+        self._lengths = [0] * slots  # tokens in each slot's context
+
+    @property
+    def slots(self) -> int:
+        """How many sequences the backend holds at once."""
+        return len(self._lengths)
+
+    @property
+    def context_length(self) -> int:
+        """The most tokens one slot's context holds."""
+        return self._context_length
+
+    @property
+    def vocab_size(self) -> int:
+        """Length of the logits vectors."""
+        return self.config.vocab_size
+
+    @property
+    def device(self) -> str:
+        """Always "cpu"."""
+        return "cpu"
+
+    def position(self, slot: int) -> int:
+        """Tokens in the slot's context now."""
+        return self._lengths[slot]
+
+    def prefill(self, slot: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Append tokens to a slot (one call; long prompts run in chunks inside); logits (V,) after
+        the last one (only it goes through the head)."""
+        return self._append(slot, token_ids, every=False)
+
+    def extend(self, slot: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Append tokens to a slot; float32 logits (n, V) after each of them."""
+        return self._append(slot, token_ids, every=True)
+
+    def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
+        """Token i at the end of sequence slots[i] (distinct slots), one call; logits (n, V)."""
+        slots = [int(s) for s in slots]
+        check_decode(self, slots, token_ids)
+        ids = np.ascontiguousarray(token_ids, dtype=np.int32)  # (n,)
+        out = np.empty((ids.shape[0], self.vocab_size), dtype=np.float32)  # (n, V)
+        positions = np.array([self._lengths[s] for s in slots], dtype=np.int32)  # (n,)
+        self._model.forward(ids, positions, np.array(slots, dtype=np.int32), out, True)
+        for s in slots:
+            self._lengths[s] += 1
+        return out
+
+    def truncate(self, slot: int, position: int) -> None:
+        """Forget the slot's tokens after the first `position` (later writes overwrite the cache)."""
+        check_slots((slot,), self.slots)
+        self._lengths[slot] = min(self._lengths[slot], max(0, position))
+
+    def release(self, slot: int) -> None:
+        """Forget the slot's context (cache entries are overwritten by position)."""
+        check_slots((slot,), self.slots)
+        self._lengths[slot] = 0
+
+    def profile(self, enable: bool = True) -> dict[str, float]:
+        """Seconds spent per phase (embed, norm, qkv, attention, ffn, lm_head, ...) since the last call."""
+        return self._model.profile(enable)
+
+    def _append(self, slot: int, token_ids: Sequence[int], *, every: bool) -> np.ndarray:
+        """Tokens at the end of one slot's sequence: logits (n, V) after each if `every`, else (V,)."""
+        ids = np.ascontiguousarray(token_ids, dtype=np.int32)  # (n,)
+        n = ids.shape[0]
+        check_append(self, slot, n)
+        start = self._lengths[slot]
+        out = np.empty((n, self.vocab_size) if every else self.vocab_size, dtype=np.float32)
+        positions = np.arange(start, start + n, dtype=np.int32)  # (n,)
+        self._model.forward(ids, positions, np.full(n, slot, dtype=np.int32), out, every)
+        self._lengths[slot] = start + n
+        return out
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

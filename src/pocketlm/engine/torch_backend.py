@@ -1,0 +1,156 @@
+"""The PyTorch backend: one CausalLM and a KVCache with one row per slot, on any device torch drives.
+
+A prefill or extend runs on a one-row view of its slot's cache. A decode step runs the contiguous
+span of rows from the lowest to the highest slot it touches in one (rows, 1) forward; rows inside
+the span that take no token this step get a dummy token whose cache write is undone by restoring
+their length (the entry lies beyond the row's length, where attention masks it out, and is
+overwritten by the row's next token). A full row has no room for that dummy write, so it splits
+the step into one forward per span on either side of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from pocketlm.engine.backend import check_append, check_decode, check_slot_count, check_slots
+from pocketlm.model.kv_cache import KVCache
+from pocketlm.model.transformer import CausalLM
+
+
+class TorchBackend:
+    """The Backend over a CausalLM; logits come back as numpy float32 (V,) or (n, V)."""
+
+    name = "torch"
+    prefill_chunk = None  # a whole prompt per call
+
+    def __init__(
+        self,
+        model: CausalLM,
+        *,
+        slots: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        max_len: int | None = None,
+    ) -> None:
+        check_slot_count(slots)
+        first = next(model.parameters())
+        self.torch_device = torch.device(device) if device is not None else first.device
+        self.dtype = dtype or first.dtype
+        if first.device != self.torch_device or first.dtype != self.dtype:
+            model = model.to(device=self.torch_device, dtype=self.dtype)  # moves it in place
+        self.model = model.eval()
+        self.config = model.config
+        self._device = str(next(model.parameters()).device)  # with its index: "cuda:0"
+        self._context_length = min(max_len or self.config.max_seq_len, self.config.max_seq_len)
+        with torch.inference_mode():
+            self.cache = KVCache.allocate(
+                self.config, slots, self._context_length, device=self.torch_device, dtype=self.dtype
+            )
+
+    @property
+    def slots(self) -> int:
+        """How many sequences the backend holds at once."""
+        return self.cache.batch
+
+    @property
+    def context_length(self) -> int:
+        """The most tokens one slot's context holds."""
+        return self._context_length
+
+    @property
+    def vocab_size(self) -> int:
+        """Length of the logits vectors."""
+        return self.config.vocab_size
+
+    @property
+    def device(self) -> str:
+        """Where the forward passes run, with its index ("cpu", "cuda:0")."""
+        return self._device
+
+    def position(self, slot: int) -> int:
+        """Tokens in the slot's context now."""
+        return self.cache.lengths[slot]
+
+    def prefill(self, slot: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Append tokens to a slot in one forward; float32 logits (V,) after the last one."""
+        check_append(self, slot, len(token_ids))
+        return self._append(slot, token_ids, every=False)
+
+    def extend(self, slot: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Append tokens to a slot in one forward; float32 logits (n, V) after each of them."""
+        check_append(self, slot, len(token_ids))
+        return self._append(slot, token_ids, every=True)
+
+    def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
+        """One token for each of distinct slots, one forward per span; float32 logits (n, V)."""
+        check_decode(self, slots, token_ids)
+        token_of = {int(s): int(t) for s, t in zip(slots, token_ids)}
+        out = np.empty((len(slots), self.vocab_size), dtype=np.float32)
+        row_of = {int(s): i for i, s in enumerate(slots)}
+        for span in self._spans(sorted(token_of)):
+            logits = self._decode_span(span, [token_of[s] for s in span])  # (len(span), V)
+            out[[row_of[s] for s in span]] = logits
+        return out
+
+    def truncate(self, slot: int, position: int) -> None:
+        """Forget the slot's tokens after the first `position` (masked by position, overwritten later)."""
+        check_slots((slot,), self.slots)
+        self.cache.reset_row(slot, min(self.cache.lengths[slot], max(0, position)))
+
+    def release(self, slot: int) -> None:
+        """Forget the slot's context; its cache memory is reused by the next sequence."""
+        check_slots((slot,), self.slots)
+        self.cache.reset_row(slot, 0)
+
+    def _view(self, first: int, last: int) -> KVCache:
+        """A cache over rows first..last (inclusive) sharing this cache's memory."""
+        return KVCache(
+            self.cache.k[:, first : last + 1],  # (L, rows, KV, S, hd) view
+            self.cache.v[:, first : last + 1],
+            list(self.cache.lengths[first : last + 1]),
+        )
+
+    def _append(self, slot: int, token_ids: Sequence[int], *, every: bool) -> np.ndarray:
+        """Run tokens on one slot's row: logits (n, V) after each token if `every`, else (V,)."""
+        view = self._view(slot, slot)
+        n = len(token_ids)
+        with torch.inference_mode():
+            ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.torch_device)
+            if every:
+                logits = self.model(ids, view)[0]  # (1, n, V) -> (n, V)
+            else:
+                last = torch.tensor([n - 1], dtype=torch.long, device=self.torch_device)  # (1,)
+                logits = self.model(ids, view, output_positions=last)[0]  # (1, V) -> (V,)
+            out = logits.float().cpu().numpy()
+        self.cache.lengths[slot] = view.lengths[0]
+        return out
+
+    def _spans(self, slots: list[int]) -> list[list[int]]:
+        """Sorted slots in groups whose row span holds no full row that takes no token."""
+        spans = [[slots[0]]]
+        for s in slots[1:]:
+            idle = range(spans[-1][-1] + 1, s)
+            if any(self.cache.lengths[r] >= self._context_length for r in idle):
+                spans.append([s])
+            else:
+                spans[-1].append(s)
+        return spans
+
+    def _decode_span(self, slots: list[int], token_ids: list[int]) -> np.ndarray:
+        """One (rows, 1) forward over rows slots[0]..slots[-1]; logits (len(slots), V)."""
+        first, last = slots[0], slots[-1]
+        view = self._view(first, last)
+        tokens = [0] * (last - first + 1)  # a dummy token for rows that take none this step
+        for s, t in zip(slots, token_ids):
+            tokens[s - first] = t
+        with torch.inference_mode():
+            ids = torch.tensor(tokens, dtype=torch.long, device=self.torch_device)[:, None]
+            logits = self.model(ids, view)  # (rows, 1, V)
+            picked = torch.tensor([s - first for s in slots], device=self.torch_device)
+            out = logits[picked, -1].float().cpu().numpy()  # (n, V)
+        for s in slots:
+            self.cache.lengths[s] += 1
+        return out

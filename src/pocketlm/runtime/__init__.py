@@ -1,1 +1,0 @@
-"""Running models: sampling, ONE generation engine over pluggable forward backends."""

@@ -1,0 +1,189 @@
+"""The OpenAI-compatible local server: FastAPI routes over one continuous-batching scheduler.
+
+Routes: `/v1/models`, `/v1/completions`, `/v1/chat/completions` (SSE streaming or whole),
+`/health`, `/metrics` (Prometheus text) and `/`, a small chat page. FastAPI and uvicorn are
+optional (`pip install 'pocketlm[serve]'`) and imported lazily with an install hint.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at
+# runtime, and `fastapi.Request` is only bound inside create_app (a lazy import).
+import asyncio
+import signal
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pocketlm.common.errors import require
+from pocketlm.common.log import get_logger
+from pocketlm.engine.scheduler import BatchScheduler
+from pocketlm.serve.openai_protocol import ProtocolError, error_body
+from pocketlm.tokenizer.tokenizer import Tokenizer
+
+_log = get_logger("pocketlm.server")
+ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
+DEFAULT_PUBLIC_PATHS = ("/health", "/")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the server behaves: model id, key, public paths, body cap, shutdown grace."""
+
+    model_id: str
+    api_key: str | None = None
+    public_paths: tuple[str, ...] = DEFAULT_PUBLIC_PATHS
+    max_body_bytes: int = 1_000_000
+    retry_after_s: int = 1
+    backend_name: str = ""
+
+
+def _fastapi():
+    return require("fastapi", "serve", "pocketlm serve")
+
+
+def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: ServerSettings) -> Any:
+    """The ASGI app; its lifespan starts the scheduler and stops it (cancelling work) at shutdown."""
+    fastapi = _fastapi()
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.responses import HTMLResponse, JSONResponse, Response
+
+    from pocketlm.serve.chat_page import CHAT_PAGE_HTML
+    from pocketlm.serve.metrics import CONTENT_TYPE, ServerMetrics
+    from pocketlm.serve.middleware import (
+        ApiKeyMiddleware,
+        BodyLimitMiddleware,
+        MetricsMiddleware,
+    )
+    from pocketlm.serve.routes import GenerationRoutes
+
+    metrics = ServerMetrics(ROUTES)
+    created = int(time.time())
+    routes = GenerationRoutes(scheduler, tokenizer, settings, metrics, created)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        scheduler.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(scheduler.stop, drain=False, timeout=5.0)
+
+    app = fastapi.FastAPI(
+        title="PocketLM", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
+    app.state.metrics = metrics
+    app.state.scheduler = scheduler
+
+    def error(status: int, body: dict, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(ProtocolError)
+    async def protocol_error(request, exc: ProtocolError):
+        return error(exc.status, exc.body(), exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        code = {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
+        message = {
+            404: f"unknown URL {request.url.path}: see /v1/models, /v1/completions, /v1/chat/completions",
+            405: f"method {request.method} is not allowed on {request.url.path}",
+        }.get(exc.status_code, str(exc.detail))
+        return error(exc.status_code, error_body(message, code=code), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def server_error(request, exc: Exception):
+        _log.exception("request failed")
+        return error(500, error_body(f"internal error: {exc}", type="server_error"))
+
+    @app.get("/")
+    async def page():
+        return HTMLResponse(CHAT_PAGE_HTML)
+
+    @app.get("/health")
+    async def health():
+        stats = scheduler.stats()
+        body = {
+            "status": "ok" if stats.running else "unavailable",
+            "model": settings.model_id,
+            "backend": settings.backend_name,
+            "context_length": scheduler.context_length,
+            "slots": stats.slots,
+            "active": stats.active,
+            "queued": stats.queued,
+        }
+        return JSONResponse(body, status_code=200 if stats.running else 503)
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(scheduler.stats()), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [routes.model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        if model_id != settings.model_id:
+            raise ProtocolError(
+                f"the model '{model_id}' does not exist; this server has '{settings.model_id}'",
+                param="model",
+                code="model_not_found",
+                status=404,
+            )
+        return routes.model_card()
+
+    @app.post("/v1/completions")
+    async def completions(request: fastapi.Request):
+        return await routes.completions(request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: fastapi.Request):
+        return await routes.chat_completions(request)
+
+    # Outermost first: count everything, then check the key, then cap the body.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.api_key:
+        app.add_middleware(
+            ApiKeyMiddleware, api_key=settings.api_key, public_paths=settings.public_paths
+        )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def run_server(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    shutdown_timeout_s: float = 3.0,
+    log_level: str = "info",
+) -> None:
+    """Serve `app` with uvicorn until SIGINT/SIGTERM; in-flight work gets shutdown_timeout_s."""
+    uvicorn = require("uvicorn", "serve", "pocketlm serve")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=shutdown_timeout_s,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal under the
+    # handler that was there before: make that a no-op, so a stopped server exits with status 0.
+    quiet = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _ignore) for sig in _STOP_SIGNALS} if quiet else {}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A signal handler that does nothing (the server already stopped)."""

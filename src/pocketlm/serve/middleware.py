@@ -1,0 +1,150 @@
+"""Plain ASGI middleware for the server: metrics, API-key check, request-body size cap.
+
+Written against the ASGI interface directly (not Starlette's BaseHTTPMiddleware) so streamed
+responses pass through untouched and a client's disconnect still reaches the endpoint.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from pocketlm.serve.metrics import ServerMetrics
+from pocketlm.serve.openai_protocol import error_body
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    type: str = "invalid_request_error",
+    headers: Iterable[tuple[str, str]] = (),
+) -> None:
+    """Send a whole JSON response with an OpenAI error body."""
+    body = json.dumps(error_body(message, type=type, code=code)).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by route and status and times it to its last byte."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            self.metrics.observe_request(scope["path"], status, time.perf_counter() - start)
+
+
+class ApiKeyMiddleware:
+    """Requires `Authorization: Bearer KEY` on every path except the public ones."""
+
+    def __init__(self, app: ASGIApp, api_key: str, public_paths: Iterable[str]) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+        self.public = frozenset(public_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.public:
+            await self.app(scope, receive, send)
+            return
+        given = (_header(scope, b"authorization") or "").strip().encode("latin-1")
+        if not hmac.compare_digest(given, self.expected):
+            message = (
+                "missing API key: send 'Authorization: Bearer KEY'"
+                if not given
+                else "incorrect API key provided"
+            )
+            await send_error(
+                send,
+                401,
+                message,
+                code="invalid_api_key",
+                headers=[("www-authenticate", "Bearer")],
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `max_bytes` with 413 (by Content-Length, or while reading)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        too_big = f"the request body is larger than the limit of {self.max_bytes} bytes"
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await send_error(send, 400, "invalid Content-Length header")
+                return
+            if size > self.max_bytes:
+                await send_error(send, 413, too_big, code="request_too_large")
+                return
+        # Read the whole body here (bounded), then hand it to the app; later receive() calls
+        # still go to the server so the app can notice a disconnect.
+        chunks, total, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_bytes:
+                await send_error(send, 413, too_big, code="request_too_large")
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
