@@ -203,3 +203,30 @@ def tiny_model_dir(synthetic_pipeline, tmp_path_factory: pytest.TempPathFactory)
 
     run = tmp_path_factory.mktemp("tiny-run") / "run"
     return pretrain(synthetic_pipeline["tokens"], run, tiny_pretrain_config("6 steps")).model_dir
+
+
+# The native engine's kernel sets by ISA cap level (POCKETLM_ISA), and what each level reports
+# (no bf16 kernels in the engine yet: its best set runs under the avx512 cap).
+ENGINE_KERNELS = {"portable": "portable", "avx2": "avx2", "avx512": "avx512-vnni"}
+
+
+def engine_isa_params() -> list:
+    """pytest params over every engine ISA level; the ones this CPU cannot run skip, saying why."""
+    ISA_LEVELS = tuple(ENGINE_KERNELS)
+    try:
+        from pocketlm.engine import _native
+
+        best = {v: k for k, v in ENGINE_KERNELS.items()}[_native.cpu_isa()]
+    except ImportError:
+        best = None
+    params = []
+    for level in ISA_LEVELS:
+        if best is None:
+            mark = pytest.mark.skip(reason="the native extension is not built")
+        elif ISA_LEVELS.index(level) > ISA_LEVELS.index(best):
+            need = "AVX-512 F/BW/VL/DQ + VNNI" if level == "avx512" else "AVX2 + FMA + F16C"
+            mark = pytest.mark.skip(reason=f"this CPU lacks {need}: its best kernels are {best}")
+        else:
+            mark = ()
+        params.append(pytest.param(level, marks=mark, id=level))
+    return params

@@ -31,7 +31,8 @@ def _mask(logits: np.ndarray, stop_ids: Sequence[int]) -> np.ndarray:
 
 
 class SlowBackend:
-    """A Backend wrapper that sleeps `delay_s` per decode step and never emits stop tokens."""
+    """A Backend wrapper that sleeps `delay_s` per decode step and never emits the banned
+    tokens (the stop tokens, and more if asked)."""
 
     def __init__(self, inner, stop_ids: Sequence[int], delay_s: float) -> None:
         self.inner = inner
@@ -72,15 +73,26 @@ def make_scheduler(
     max_queue: int = 32,
     delay_s: float = 0.0,
     backend: str = "auto",
+    visible_only: bool = False,
 ):
-    """A BatchScheduler over the model (optionally slowed down) and its tokenizer."""
+    """A BatchScheduler over the model (optionally slowed down) and its tokenizer.
+
+    visible_only: the model never picks a token whose text is only whitespace (a tiny test
+    model's greedy reply can be all newlines, which a browser shows as nothing).
+    """
     from pocketlm.engine.load import open_backend
     from pocketlm.engine.scheduler import BatchScheduler
 
     opened, tokenizer = open_backend(model_dir, slots=slots, backend=backend, threads=1)
-    if delay_s:
-        stops = (tokenizer.eos_id, tokenizer.end_of_turn_id)
-        opened = SlowBackend(opened, stops, delay_s)
+    if delay_s or visible_only:
+        banned = [tokenizer.eos_id, tokenizer.end_of_turn_id]
+        if visible_only:
+            banned += [
+                i
+                for i in range(tokenizer.vocab_size)
+                if i not in tokenizer.special_ids and not tokenizer.decode([i]).strip()
+            ]
+        opened = SlowBackend(opened, banned, delay_s)
     return BatchScheduler(opened, tokenizer, max_queue=max_queue), tokenizer
 
 

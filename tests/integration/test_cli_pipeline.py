@@ -74,4 +74,3 @@ def test_cli_errors_are_one_clear_line_with_exit_2(tmp_path):
     assert r.returncode == 2 and "did you mean 'clean.min_chars'" in r.stderr
     r = pocketlm("tokenizer", "train", "--data", str(tmp_path), "--out", str(tmp_path / "t"))
     assert r.returncode == 2 and "not a PocketLM artifact" in r.stderr
-

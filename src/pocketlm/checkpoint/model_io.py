@@ -159,7 +159,8 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
 def load_model(
     path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> LoadedModel:
-    """Load a model artifact (or a run's final model / latest checkpoint) onto `device`."""
+    """Load a model artifact (or a run's final model / latest checkpoint) onto `device`, its
+    float tensors in `dtype` (None: as stored)."""
     directory = resolve_model_dir(path)
     state = read_weights(directory)
     manifest = read_manifest(directory, kind=MODEL_KIND)
@@ -175,8 +176,8 @@ def load_model(
         if quant["scheme"] in ("int8", "int4"):
             quantize_modules(model, quant["scheme"], quant.get("group_size", 32), empty=True)
     model = build_model_from_state(model, config, state, directory)
-    if quant["scheme"] in ("int8", "int4"):
-        dtype = None  # integer weights stay as stored; activations run in fp32
+    # Quantized layers keep integer weights and their scales whatever the dtype; their
+    # activations (and float parts: norms, biases) take it.
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     model.eval()
     return LoadedModel(model, config, tokenizer, directory, manifest)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pocketlm.cli.options import add_parser
+from pocketlm.cli.options import add_parser, add_precision_option
 
 
 def register(subparsers) -> None:
@@ -30,6 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--backend", choices=["auto", "native", "torch"], default="auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all usable cores)")
     p.add_argument("--device", default="cpu", help="for the torch backend: cpu, cuda, auto")
+    add_precision_option(p, "for the torch backend", "auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_bench)
 
@@ -45,6 +46,7 @@ def _bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         repeats=args.repeats,
         device=args.device,
+        precision=args.precision,
     )
     if args.json:
         print(json.dumps(r))

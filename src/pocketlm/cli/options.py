@@ -105,16 +105,23 @@ def add_sampling_options(
     group.add_argument("--seed", type=int, help=seed_help)
 
 
+def add_precision_option(group: Any, what: str, default: str | None) -> None:
+    """--precision with THE rule in its help (common.device.resolve_precision)."""
+    from pocketlm.common.device import PRECISION_RULE
+
+    group.add_argument(
+        "--precision",
+        default=default,
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help=f"{what} ({PRECISION_RULE}; default: auto)",
+    )
+
+
 def add_runtime_options(parser: argparse.ArgumentParser, *, threads_help: str) -> None:
     """The "runtime" group: --device, --precision, --backend, --threads (generate, chat, serve)."""
     r = parser.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    r.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="weights and compute precision (auto: bf16 on CUDA, fp32 elsewhere)",
-    )
+    add_precision_option(r, "precision of the torch backend's weights and compute", "auto")
     r.add_argument(
         "--backend",
         default="auto",

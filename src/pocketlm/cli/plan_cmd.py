@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pocketlm.cli.options import add_parser
+from pocketlm.cli.options import add_parser, add_precision_option
 
 
 def register(subparsers) -> None:
@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--ctx", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto")
+    add_precision_option(p, "autocast precision the training steps are measured in", "auto")
     p.set_defaults(handler=_plan)
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from pocketlm.cli.options import add_config_options, add_parser, command_line, config_from_args
+from pocketlm.cli.options import (
+    add_config_options,
+    add_parser,
+    add_precision_option,
+    command_line,
+    config_from_args,
+)
 
 _FLAGS = {
     "preset": "model.preset",
@@ -66,11 +72,7 @@ def register(subparsers) -> None:
     budget.add_argument("--budget", help="wall-clock budget, e.g. 5m, 90s, 1h (default: 5m)")
     budget.add_argument("--max-tokens", help="token budget, e.g. 20M")
     budget.add_argument("--max-steps", type=int, help="optimizer-step budget")
-    run.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="autocast precision (default: auto)",
-    )
+    add_precision_option(run, "autocast precision of the training step", None)
     run.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
     run.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     run.add_argument("--seed", type=int, help="seed for weights and data order")

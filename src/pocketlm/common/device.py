@@ -67,9 +67,14 @@ def gpu_may_be_present() -> bool:
 
 
 def cpu_supports_bf16() -> bool:
-    """True when this x86 CPU has native bf16 dot products (AVX512-BF16 or AMX)."""
+    """True when this x86 CPU has native bf16 dot products (AVX512-BF16 or AMX) and the ISA cap
+    (POCKETLM_ISA) allows them."""
     import torch
 
+    from pocketlm.common.isa import isa_allows, isa_cap
+
+    if not isa_allows("avx512bf16", isa_cap()):
+        return False
     capability = torch.backends.cpu.get_cpu_capability()
     flags = _cpu_flags()
     if flags:
@@ -88,8 +93,18 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+PRECISION_RULE = (
+    "auto: bf16 where the device multiplies bf16 natively (CUDA GPUs with bf16, CPUs with "
+    "AVX512-BF16 or AMX), else fp32"
+)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 on CUDA with bf16 support, fp32 elsewhere; checks explicit choices."""
+    """THE precision rule, for training (autocast) and the torch inference backend alike:
+    'auto' -> bf16 where the device multiplies bf16 natively (CUDA with bf16; x86 CPUs with
+    AVX512-BF16 or AMX), fp32 elsewhere; explicit choices are checked. Quantized weights stay
+    integers; their activations take this precision. The native CPU backend computes in fp32 on
+    the weights as stored and takes no precision."""
     import torch
 
     if precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -17,6 +17,7 @@ from pocketlm.checkpoint.layout import QUANT_FILE, WEIGHTS_FILE
 from pocketlm.checkpoint.safetensors_mmap import MappedTensors
 from pocketlm.common.device import usable_cores
 from pocketlm.common.errors import PocketLMError
+from pocketlm.common.isa import check_isa, isa_cap
 from pocketlm.engine.backend import check_append, check_decode, check_slot_count, check_slots
 from pocketlm.model.config import ModelConfig
 
@@ -82,6 +83,8 @@ class NativeBackend:
         slots: int = 1,
         isa: str = "",
     ) -> None:
+        """isa: a cap on the kernel set ("portable", "avx2", "avx512"; "" = POCKETLM_ISA, or the
+        best this CPU runs); `self.isa` says which set was chosen."""
         check_slot_count(slots)
         try:
             from pocketlm.engine import _native
@@ -135,7 +138,13 @@ class NativeBackend:
             c.norm_eps,
         )
         self._model = _native.Model(
-            cfg, embed, head, _vector(t, "model.norm.weight"), layers, self.threads, isa
+            cfg,
+            embed,
+            head,
+            _vector(t, "model.norm.weight"),
+            layers,
+            self.threads,
+            check_isa(isa, "isa") if isa else isa_cap(),
         )
         self.isa = self._model.isa()
         self._lengths = [0] * slots  # tokens in each slot's context

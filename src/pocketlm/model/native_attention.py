@@ -5,7 +5,8 @@ of the machine's matmul speed; these kernels run the same maths (exact softmax, 
 saved for the backward pass, no T x T tensor kept) 1.45-1.7x faster for the forward and backward
 together. They are registered as a torch custom op with its own backward, so `torch.compile`
 keeps them in its graph. Where they do not apply (no AVX-512, GPU, half precision, KV cache,
-dropout, head size not a multiple of 16) the model uses scaled_dot_product_attention.
+dropout, head size not a multiple of 16, POCKETLM_ISA below avx512) the model uses
+scaled_dot_product_attention.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ def _extension() -> ModuleType | None:
 
 @torch.compiler.assume_constant_result  # a fact of the machine: torch.compile need not trace it
 def available() -> bool:
-    """Whether this machine and build run the native attention kernels."""
-    return _extension() is not None
+    """Whether this machine and build run the native attention kernels, under the ISA cap
+    (POCKETLM_ISA below avx512 sends attention to SDPA)."""
+    from pocketlm.common.isa import isa_allows, isa_cap
+
+    return isa_allows("avx512", isa_cap()) and _extension() is not None
 
 
 def applies(q: torch.Tensor, dropout: float) -> bool:

@@ -4,7 +4,9 @@ int8: per output channel (row), w = q * scale[row], q in [-127, 127].
 int4: groups of `group` values along each row (a multiple of 32), w = (q - 8) * d[group], q in
       [0, 15], packed two per byte in blocks of 32 values: byte j of a block holds value j in its
       low nibble and value j + 16 in its high nibble (the GGUF Q4_0 layout), d stored as fp16.
-Both stay in this layout on disk, in memory and in the native kernels.
+Both stay in this layout on disk, in memory and in the native kernels. Activations may be any
+float dtype (fp32, bf16, fp16): `module.to(dtype)` converts biases but never the integer weights
+or their scales, and the forward pass computes in the activations' dtype.
 """
 
 from __future__ import annotations
@@ -89,6 +91,16 @@ def dequantize_int4(
     return ((q.to(dtype) - 8) * d.to(dtype)[:, :, None]).reshape(out_f, in_f)
 
 
+def _apply_keeping_scales(module: nn.Module, fn, recurse: bool) -> nn.Module:
+    """nn.Module._apply (moves and casts every tensor), then the scales back to their stored
+    dtype (fp32 per row, fp16 per group): a model cast to bf16 keeps its quantization exact."""
+    stored = module.scales.dtype
+    nn.Module._apply(module, fn, recurse)
+    if module.scales.dtype != stored:
+        module.scales = module.scales.to(stored)
+    return module
+
+
 class QuantizedLinear(nn.Module):
     """y = x W^T (+ b) with W stored as int8 rows or int4 groups; dequantised on the fly."""
 
@@ -147,20 +159,24 @@ class QuantizedLinear(nn.Module):
             return dequantize_int8(self.qweight, self.scales, dtype)
         return dequantize_int4(self.qweight, self.scales, self.group, dtype)
 
+    def _apply(self, fn, recurse=True):  # the nn.Module hook behind .to() / .cuda() / .half()
+        return _apply_keeping_scales(self, fn, recurse)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
         if (
             self.scheme == "int8"
             and x.device.type == "cpu"
-            and x.dtype == torch.float32
+            and x.dtype in (torch.float32, torch.bfloat16)
             and hasattr(torch, "_weight_int8pack_mm")
         ):
             shape = x.shape
             y = torch._weight_int8pack_mm(
-                x.reshape(-1, shape[-1]), self.qweight, self.scales
+                x.reshape(-1, shape[-1]), self.qweight, self.scales.to(x.dtype)
             )  # (N, out)
             y = y.reshape(*shape[:-1], self.out_features)
-            return y + self.bias if self.bias is not None else y
-        return F.linear(x, self.dequantized(x.dtype), self.bias)
+            return y + bias if bias is not None else y
+        return F.linear(x, self.dequantized(x.dtype), bias)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.scheme}" + (
@@ -176,13 +192,19 @@ class QuantizedEmbedding(nn.Module):
         self.scheme, self.group, self.dim = table.scheme, table.group, table.in_features
         self.register_buffer("qweight", table.qweight)  # (vocab, dim) int8 or (vocab, dim/2) uint8
         self.register_buffer("scales", table.scales)
+        # Follows .to(dtype) like a float weight would: the dtype the rows come out in.
+        self.register_buffer("out_probe", torch.empty(0), persistent=False)
+
+    def _apply(self, fn, recurse=True):  # the nn.Module hook behind .to() / .cuda() / .half()
+        return _apply_keeping_scales(self, fn, recurse)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        dtype = self.out_probe.dtype
         if self.scheme == "int8":
-            return self.qweight[ids].float() * self.scales[ids][..., None]
+            return (self.qweight[ids].float() * self.scales[ids].float()[..., None]).to(dtype)
         flat = ids.reshape(-1)
         rows = dequantize_int4(self.qweight[flat], self.scales[flat], self.group)  # (N, dim)
-        return rows.reshape(*ids.shape, self.dim)
+        return rows.reshape(*ids.shape, self.dim).to(dtype)
 
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -79,32 +79,48 @@ function busy(on) {
   stop.disabled = !on;
 }
 
-async function errorText(response) {
-  try { return (await response.json()).error.message; } catch (e) { return response.statusText; }
+async function errorOf(response) {
+  try { return (await response.json()).error; } catch (e) { return { message: response.statusText }; }
+}
+
+// Send the conversation; while it does not fit the model's context, leave out the oldest turns
+// (a user message and its reply at a time; never the new message) and say how many were dropped.
+async function open(history, body) {
+  for (let first = 0; ; first += 2) {
+    const messages = [];
+    const system = $("system").value.trim();
+    if (system) messages.push({ role: "system", content: system });
+    messages.push(...history.slice(first));
+    const response = await fetch("/v1/chat/completions", {
+      method: "POST", headers: headers(), signal: controller.signal,
+      body: JSON.stringify({ ...body, messages }),
+    });
+    if (response.ok) {
+      if (first > 0) bubble("system", first + " earlier messages left the context window.");
+      return response;
+    }
+    const error = await errorOf(response);
+    if (error.code !== "context_length_exceeded" || first + 2 >= history.length) {
+      throw new Error(response.status + ": " + error.message);
+    }
+  }
 }
 
 async function chat(text) {
   const mine = conversation;
   history.push({ role: "user", content: text });
   bubble("user", text);
-  const out = bubble("assistant", "");
-  const messages = [];
-  const system = $("system").value.trim();
-  if (system) messages.push({ role: "system", content: system });
-  messages.push(...history);
   const body = {
-    messages, stream: true,
+    stream: true,
     temperature: Number($("temperature").value),
     max_tokens: Number($("max-tokens").value),
   };
   controller = new AbortController();
   busy(true);
-  let reply = "";
+  let reply = "", out = null;
   try {
-    const response = await fetch("/v1/chat/completions", {
-      method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
-    });
-    if (!response.ok) throw new Error(response.status + ": " + await errorText(response));
+    const response = await open(history, body);
+    out = bubble("assistant", "");
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -134,7 +150,7 @@ async function chat(text) {
   } finally {
     controller = null;
     busy(false);
-    out.dataset.done = "1";
+    (out || bubble("assistant", "")).dataset.done = "1";
     if (mine === conversation) history.push({ role: "assistant", content: reply });
     input.focus();
   }

@@ -36,3 +36,23 @@ def test_dist_env_reads_torchrun_variables_and_names_a_bad_one(monkeypatch) -> N
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="WORLD_SIZE='two'"):
         dist_env()
+
+
+def test_one_precision_rule_for_training_and_inference(monkeypatch) -> None:
+    import torch
+
+    from pocketlm.common import device as dev
+    from pocketlm.common.errors import ConfigError
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev, "cpu_supports_bf16", lambda: True)
+    assert dev.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.undo()
+    monkeypatch.setenv("POCKETLM_ISA", "avx512")  # below avx512bf16: bf16 is not native
+    assert dev.cpu_supports_bf16() is False and dev.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(dev, "cpu_supports_bf16", lambda: False)
+    assert dev.resolve_precision("auto", cpu) == "fp32"
+    assert dev.resolve_precision("bf16", cpu) == "bf16"  # asked for: emulated, slower, allowed
+    with pytest.raises(ConfigError, match="fp16 autocast is not supported on CPU"):
+        dev.resolve_precision("fp16", cpu)
+    assert "AVX512-BF16" in dev.PRECISION_RULE

@@ -13,15 +13,11 @@ from pocketlm.common.errors import InputError
 from pocketlm.engine.load import open_backend
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
+from tests.conftest import ENGINE_KERNELS, engine_isa_params
 
 native = pytest.importorskip("pocketlm.engine._native", reason="native extension not built")
 from pocketlm.engine.native_backend import NativeBackend  # noqa: E402
 
-ISAS = {
-    "avx512-vnni": ["avx512-vnni", "avx2", "scalar"],
-    "avx2": ["avx2", "scalar"],
-    "scalar": ["scalar"],
-}[native.cpu_isa()]
 # Stated tolerances: fp32 and bf16 run the same arithmetic as PyTorch (bf16 weights widen exactly);
 # int8/int4 kernels also quantise activations to int8 per 32 values (as llama.cpp's Q8_0 dot does).
 # The int8 activation error grows with how peaked attention is; trained models stay well inside this.
@@ -63,15 +59,16 @@ def _torch_logits(model_dir, ids):
         return loaded.model(torch.tensor([ids]))[0].float().numpy()
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", engine_isa_params())
 @pytest.mark.parametrize("scheme", ["fp32", "bf16", "int8", "int4"])
 def test_native_logits_match_pytorch(variant_dirs, scheme, isa):
+    """Every kernel family (GEMV and GEMM per weight format) at every ISA level this CPU runs."""
     rng = np.random.default_rng(0)
     ids = rng.integers(3, 512, size=40).tolist()
     ref = _torch_logits(variant_dirs[scheme], ids)
     d = variant_dirs[scheme]
     backend = NativeBackend(d, ModelConfig.load(d / CONFIG_FILE), threads=2, isa=isa)
-    assert backend.isa == isa
+    assert backend.isa == ENGINE_KERNELS[isa]
     full = backend.extend(0, ids)  # prefill path (GEMM kernels), logits after every token
     tol = TOLERANCE[scheme] * float(np.abs(ref).max())
     assert np.abs(full - ref).max() <= tol
@@ -139,3 +136,17 @@ def test_batched_slots_equal_sequences_run_alone(variant_dirs):
         last = backend.decode([0, 1, 2], [s[-1] for s in seqs])
         for i in range(3):
             assert np.array_equal(last[i], alone[i]), scheme
+
+
+@pytest.mark.parametrize("isa", engine_isa_params())
+def test_pocketlm_isa_caps_the_kernels_of_every_opened_model(variant_dirs, monkeypatch, isa):
+    monkeypatch.setenv("POCKETLM_ISA", isa)
+    assert open_native(variant_dirs["int4"]).isa == ENGINE_KERNELS[isa]
+
+
+def test_a_bad_isa_cap_is_a_clear_error(variant_dirs, monkeypatch):
+    from pocketlm.common.errors import ConfigError
+
+    monkeypatch.setenv("POCKETLM_ISA", "sse2")
+    with pytest.raises(ConfigError, match="POCKETLM_ISA='sse2'"):
+        open_native(variant_dirs["fp32"])

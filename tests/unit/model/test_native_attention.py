@@ -12,7 +12,9 @@ from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model, set_attention_kernel
 
 needs_kernels = pytest.mark.skipif(
-    not native_attention.available(), reason="native attention needs an AVX-512 CPU and the build"
+    not native_attention.available(),
+    reason="native attention needs AVX-512 (avx512f, avx512dq) in the CPU, the compiled "
+    "extension, and POCKETLM_ISA at avx512 or auto",
 )
 
 
@@ -176,3 +178,35 @@ def test_applies_and_kernel_choice_are_checked() -> None:
     assert not native_attention.applies(torch.zeros(1, 1, 2, 32), 0.0)  # one position
     with pytest.raises(ValueError, match="auto, sdpa"):
         set_attention_kernel(_model(), "flash")
+
+
+@pytest.mark.parametrize("cap", ["portable", "avx2", "avx512", "auto"])
+def test_the_isa_cap_decides_whether_attention_runs_natively(monkeypatch, cap) -> None:
+    """Below avx512 the kernels never run (SDPA does, with the same result); at avx512 or auto
+    they run wherever the machine has them. Runs on every machine."""
+    monkeypatch.setenv("POCKETLM_ISA", cap)
+    built = native_attention._extension() is not None
+    assert native_attention.available() == (built and cap in ("avx512", "auto"))
+    calls = []
+    real = native_attention.causal_attention
+    monkeypatch.setattr(
+        native_attention, "causal_attention", lambda q, k, v: calls.append(1) or real(q, k, v)
+    )
+    model = _model().eval()
+    ids = torch.randint(0, 128, (1, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        auto = model(ids)
+        set_attention_kernel(model, "sdpa")
+        sdpa = model(ids)
+    assert bool(calls) == native_attention.available()
+    torch.testing.assert_close(auto, sdpa, atol=1e-5, rtol=1e-5)
+
+
+def test_a_bad_isa_cap_names_the_variable(monkeypatch) -> None:
+    from pocketlm.common.errors import ConfigError
+
+    monkeypatch.setenv("POCKETLM_ISA", "avx1024")
+    with pytest.raises(
+        ConfigError, match="POCKETLM_ISA='avx1024': use auto, portable, avx2, avx512"
+    ):
+        native_attention.available()

@@ -555,7 +555,8 @@ void plm_select_kernels(plm_kernels *k, const char *force) {
                  __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
     int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     if (force && *force) {
-        if (!strcmp(force, "scalar")) { avx512 = 0; avx2 = 0; }
+        /* a cap: the best kernel set at or below it ("avx512" or "" = the best there is) */
+        if (!strcmp(force, "portable")) { avx512 = 0; avx2 = 0; }
         else if (!strcmp(force, "avx2")) { avx512 = 0; }
     }
     if (avx512) {
@@ -563,10 +564,10 @@ void plm_select_kernels(plm_kernels *k, const char *force) {
     } else if (avx2) {
         *k = (plm_kernels){"avx2", gemv_f32_avx2, gemv_bf16_avx2, gemv_i8_avx2, gemv_i4_avx2, gemm_f32_avx2, dot_avx2, plm_quantize_vec, axpy_avx2};
     } else {
-        *k = (plm_kernels){"scalar", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, dot_scalar, plm_quantize_vec, axpy_scalar};
+        *k = (plm_kernels){"portable", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, dot_scalar, plm_quantize_vec, axpy_scalar};
     }
 #else
     (void)force;
-    *k = (plm_kernels){"scalar", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, dot_scalar, plm_quantize_vec, axpy_scalar};
+    *k = (plm_kernels){"portable", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, dot_scalar, plm_quantize_vec, axpy_scalar};
 #endif
 }

@@ -210,7 +210,7 @@ static PyObject *f16_to_f32(PyObject *Py_UNUSED(self), PyObject *args) {
 }
 
 static PyMethodDef module_methods[] = {
-    {"cpu_isa", cpu_isa, METH_NOARGS, "best kernel set for this CPU: avx512-vnni, avx2 or scalar"},
+    {"cpu_isa", cpu_isa, METH_NOARGS, "best kernel set for this CPU: avx512-vnni, avx2 or portable"},
     {"f16_to_f32", f16_to_f32, METH_VARARGS, "convert one IEEE half (as int bits) to float"},
     {NULL, NULL, 0, NULL},
 };
