@@ -119,6 +119,8 @@ def _reply(session, text: str) -> None:
 
 
 def _chat(args: argparse.Namespace) -> int:
+    import signal
+
     from pocketlm.common.errors import PocketLMError
     from pocketlm.engine.chat_session import ChatSession
     from pocketlm.engine.load import load_engine
@@ -132,6 +134,9 @@ def _chat(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     session = ChatSession(engine, params, system=args.system)
+    # Ctrl-C stops a reply: make it raise KeyboardInterrupt even when the shell that started
+    # us ignores SIGINT (as it does for background jobs), which Python would inherit.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with contextlib.suppress(ImportError):  # not on every platform
         import readline  # noqa: F401  (line editing and history for input())
     write_text(
