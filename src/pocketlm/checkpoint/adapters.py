@@ -5,14 +5,13 @@ every base file). Loading checks the base is still the same before handing the t
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pocketlm.common.errors import ArtifactError, PocketLMError
+from pocketlm.common.errors import ArtifactError, OutOfSpaceError, is_out_of_space
 from pocketlm.common.manifest import ArtifactWriter, parent_ref, read_manifest
 
 ADAPTER_KIND = "adapter"
@@ -54,9 +53,9 @@ def save_adapter(
                 extra(art)
             counts = {"tensors": len(tensors), "params": sum(v.numel() for v in tensors.values())}
             return art.commit({"base": base_ref, **counts, **(summary or {})})
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise PocketLMError(
+    except Exception as exc:  # safetensors wraps I/O errors in its own type
+        if is_out_of_space(exc):
+            raise OutOfSpaceError(
                 f"out of disk space while saving {out}: nothing was replaced; free some space and resume"
             ) from exc
         raise

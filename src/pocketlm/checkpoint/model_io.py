@@ -7,7 +7,6 @@ are refused with a message saying how to convert them.
 
 from __future__ import annotations
 
-import errno
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ from pocketlm.checkpoint.layout import (
     refuse_pickles,
     resolve_model_dir,
 )
-from pocketlm.common.errors import ArtifactError, PocketLMError
+from pocketlm.common.errors import ArtifactError, OutOfSpaceError, is_out_of_space
 from pocketlm.common.manifest import ArtifactWriter, read_manifest
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.quantized import quantize_modules
@@ -117,9 +116,9 @@ def save_model_state(
                 extra(art)
             base = {"params": model_config.num_params(), "model": model_config.to_dict()}
             return art.commit({**base, **(summary or {})})
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise PocketLMError(
+    except Exception as exc:  # safetensors wraps I/O errors in its own type
+        if is_out_of_space(exc):
+            raise OutOfSpaceError(
                 f"out of disk space while saving {out}: nothing was replaced, earlier checkpoints are intact; "
                 "free some space (or keep fewer checkpoints with --set train.keep_checkpoints=1) and resume"
             ) from exc

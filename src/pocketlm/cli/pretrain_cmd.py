@@ -77,7 +77,10 @@ def register(subparsers) -> None:
     run.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     run.add_argument("--seed", type=int, help="seed for weights and data order")
     run.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (from its start if it was "
+        "stopped before its first one)",
     )
     add_config_options(p)
     p.set_defaults(handler=_pretrain)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import re
 from pathlib import Path
 
 
@@ -73,3 +75,20 @@ def require(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc
+
+
+class OutOfSpaceError(PocketLMError):
+    """A write failed because the disk (or the quota, or the file-size limit) is full."""
+
+
+# ENOSPC (no space), EDQUOT (quota), EFBIG (file-size limit): the disk cannot take the write.
+_OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """True for an OSError, or a library's wrapped I/O error ("... (os error 28)"), that says
+    the disk, quota or file-size limit is full."""
+    if isinstance(exc, OSError) and exc.errno in _OUT_OF_SPACE_ERRNOS:
+        return True
+    match = re.search(r"os error (\d+)", str(exc))
+    return match is not None and int(match.group(1)) in _OUT_OF_SPACE_ERRNOS

@@ -40,9 +40,13 @@ def start_cadence(run: Run) -> None:
         # MFU is reported against this machine's measured matmul peak in the autocast dtype.
         run.peak_flops = measured_peak_flops(run.ctx.device.type, peak_dtype(run.ctx.precision))
     run.started = run.now() - run.elapsed_s  # the probe above does not count against the budget
+    progress = run.clock.progress(run.step, run.elapsed_s)
+    per_run = run.config.checkpoints_per_run
     run.schedule.update(
         next_eval=1 / EVALS_PER_RUN,
         last_ckpt_s=run.elapsed_s,
+        # the next 1/N mark of the run after where it stands (a resumed run keeps its marks)
+        next_ckpt=(math.floor(progress * per_run) + 1) / per_run if per_run else 2.0,
         window_start=run.now(),
         window_tokens=0,
     )
@@ -90,14 +94,19 @@ def after_step(run: Run, stats: StepStats, step_seconds: float) -> None:
             )
     if is_last:
         return
-    by_steps = config.checkpoint_every and run.step % config.checkpoint_every == 0
-    by_time = (
-        not config.checkpoint_every
-        and run.elapsed_s - run.schedule["last_ckpt_s"] >= config.checkpoint_every_s
-    )
-    if by_steps or by_time:
+    if config.checkpoint_every:
+        due = run.step % config.checkpoint_every == 0
+    else:  # by time, and at each 1/N of the run so that short runs can resume too
+        due = (
+            run.elapsed_s - run.schedule["last_ckpt_s"] >= config.checkpoint_every_s
+            or progress >= run.schedule["next_ckpt"]
+        )
+    if due:
         save_checkpoint(run)
         run.schedule["last_ckpt_s"] = run.elapsed_s
+        per_run = config.checkpoints_per_run
+        if per_run and progress >= run.schedule["next_ckpt"]:
+            run.schedule["next_ckpt"] = (math.floor(progress * per_run) + 1) / per_run
 
 
 def _row(run: Run, stats: StepStats) -> dict[str, Any]:

@@ -32,7 +32,11 @@ _log = get_logger("pocketlm.train")
 
 
 def save_checkpoint(run: Run) -> Path | None:
-    """Write checkpoints/step-N (main rank; None elsewhere) and keep the newest few."""
+    """Write checkpoints/step-N (main rank; None elsewhere) and keep the newest few. A complete
+    checkpoint of this very step (a run resumed after its last one) is kept as it is."""
+    existing = run.ckpt_dir / checkpoint_name(run.step)
+    if (existing / "manifest.json").is_file():
+        return existing if run.ctx.is_main else None
     state = full_state_dict(run.model, run.ctx)
     optimizer_states = [
         named_optimizer_state(opt, run.names, keep=run.ctx.is_main) for opt in run.optimizers
@@ -76,14 +80,18 @@ def save_final(run: Run, summary: dict[str, Any]) -> Path:
     return out
 
 
-def restore_latest(run: Run) -> None:
+def restore_latest(run: Run) -> bool:
     """Restore weights (what the task keeps), optimizer moments, data position, counters and
-    RNG from the newest complete checkpoint."""
+    RNG from the newest complete checkpoint; False when the run has none yet (killed before
+    its first checkpoint: it starts from the beginning, which is where it was)."""
+    if not run.run_dir.is_dir():
+        raise ArtifactError(
+            f"{run.run_dir}: nothing to resume (no such run directory); drop --resume to start it"
+        )
     latest = latest_checkpoint(run.ckpt_dir)
     if latest is None:
-        raise ArtifactError(
-            f"{run.run_dir}: nothing to resume (no complete checkpoint in {run.ckpt_dir})"
-        )
+        _log.info("%s has no checkpoint yet: starting the run from its beginning", run.run_dir)
+        return False
     load_state_into(run.model, run.task.load(latest))
     saved, optimizer_states, rng = load_train_state(latest)
     if len(optimizer_states) != len(run.optimizers):
@@ -102,6 +110,7 @@ def restore_latest(run: Run) -> None:
     run.elapsed_s = float(saved["elapsed_s"])
     _restore_rng(rng, run.ctx.device)
     _log.info("resumed from %s (step %d, %s tokens)", latest, run.step, format_count(run.tokens))
+    return True
 
 
 def _note_world_change(saved: dict[str, Any], run: Run) -> None:

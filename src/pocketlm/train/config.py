@@ -52,7 +52,9 @@ class TrainConfig:
     eval_every: int = 0  # steps between evaluations; 0 = about 8 evaluations per run
     eval_tokens: int = 65536  # validation tokens per evaluation
     checkpoint_every_s: float = 300.0  # wall-clock seconds between checkpoints (and one at the end)
-    checkpoint_every: int = 0  # steps between checkpoints; 0 = use checkpoint_every_s
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = by time and by checkpoints_per_run
+    # also at each 1/N of the run (by steps, tokens or time), so a short run can resume too
+    checkpoints_per_run: int = 4
     keep_checkpoints: int = 2
     log_every: int = 10
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -70,3 +72,5 @@ class TrainConfig:
             raise ValueError("batch_size and grad_accum must be >= 1 and ctx >= 2")
         if self.keep_checkpoints < 1:
             raise ValueError("keep_checkpoints must be >= 1")
+        if self.checkpoints_per_run < 0:
+            raise ValueError("checkpoints_per_run must be >= 0")

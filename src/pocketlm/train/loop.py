@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketlm.common.errors import ConfigError
+from pocketlm.checkpoint.run_checkpoints import latest_checkpoint
+from pocketlm.common.errors import ConfigError, OutOfSpaceError, is_out_of_space
 from pocketlm.common.log import get_logger
 from pocketlm.common.units import format_count, format_duration
 from pocketlm.train.cadence import after_step, peak_dtype, start_cadence
@@ -67,6 +68,14 @@ def train(
             stats = optimizer_step(run)
             after_step(run, stats, run.now() - started)
         return finish(run)
+    except Exception as exc:  # safetensors, numpy and matplotlib wrap I/O errors their own way
+        if not (isinstance(exc, OutOfSpaceError) or is_out_of_space(exc)):
+            raise
+        raise OutOfSpaceError(
+            f"out of disk space while training in {run.run_dir}: the last good checkpoint, "
+            f"{latest_checkpoint(run.ckpt_dir) or '(none yet)'}, is intact; free some space, then "
+            "run the same command with --resume"
+        ) from exc
     finally:
         if run.bar is not None:
             run.bar.close()

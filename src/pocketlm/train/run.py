@@ -129,7 +129,7 @@ def setup_run(
     if resume:
         from pocketlm.train.checkpointing import restore_latest
 
-        restore_latest(run)
+        resume = restore_latest(run)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         run.metrics = MetricsLog(run_dir, resume_step=run.step if resume else None)

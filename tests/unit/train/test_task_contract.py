@@ -193,12 +193,29 @@ def test_a_time_budget_is_exact_under_an_injected_clock(tmp_path):
         time.sleep(random.random() * 0.002)  # real time passes too, unevenly: it must not matter
         clock.t += 1.0
 
-    config = _config("10s", checkpoint_every=0, checkpoint_every_s=3.0)
+    config = _config("10s", checkpoint_every=0, checkpoint_every_s=3.0, checkpoints_per_run=0)
     result = train(toy_factory(base, on_loss=one_second), config, tmp_path / "run", now=clock)
     assert (result.steps, result.seconds) == (10, 10.0)
     assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [3, 6, 9, 10]
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["elapsed_s"] for r in rows] == [float(s) for s in range(1, 11)]
+
+
+def test_every_run_checkpoints_at_each_quarter_whatever_its_length(tmp_path):
+    """No time-based checkpoint falls due in a short run: the quarter marks still give it four,
+    on steps for a step budget and on the injected clock for a time budget."""
+    base = make_base(tmp_path / "base")
+    steps = _config("12 steps", checkpoint_every=0)  # checkpoint_every_s stays 300
+    train(toy_factory(base), steps, tmp_path / "steps")
+    assert [s for s, _ in list_checkpoints(tmp_path / "steps" / "checkpoints")] == [3, 6, 9, 12]
+    clock = FakeClock()
+
+    def one_second():
+        clock.t += 1.0
+
+    timed = _config("21s", checkpoint_every=0)  # 20 usable seconds, 1 s a step
+    train(toy_factory(base, on_loss=one_second), timed, tmp_path / "timed", now=clock)
+    assert [s for s, _ in list_checkpoints(tmp_path / "timed" / "checkpoints")] == [5, 10, 15, 20]
 
 
 def test_roles_decide_the_optimizers_not_names():
