@@ -62,3 +62,49 @@ def test_quickstart_on_stdlib_with_a_tiny_budget(tmp_path):
     summary = json.loads((tmp_path / "std" / "tokens" / "manifest.json").read_text())["summary"]
     assert summary["splits"]["train"]["tokens"] > 1_000_000
     assert 2.0 < summary["bytes_per_token"] < 6.0  # Python source: ~3 bytes/token at 4k vocab
+
+
+_QUICKSTART = """
+import sys
+from pocketlm.train.quickstart import QuickstartConfig, run_quickstart
+config = QuickstartConfig(corpus=(sys.argv[1],), budget="12s", vocab_size=320, ctx=64,
+                          batch_size=4, model="pico-1m", device="cpu")
+run_quickstart(config, sys.argv[2], echo=lambda line: print(line, flush=True))
+"""
+
+
+@pytest.mark.timeout(600)
+def test_an_interrupted_quickstart_resumes_its_training_stage(text_folder, tmp_path):
+    """Killed (SIGKILL) after a checkpoint of its training stage, the quickstart run again
+    reuses the data stages and continues training from that checkpoint, not from step 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pocketlm.checkpoint.run_checkpoints import list_checkpoints
+    from pocketlm.train.metrics import read_metrics
+
+    out = tmp_path / "qs"
+    env = {**os.environ, "POCKETLM_NO_PROGRESS": "1"}
+    args = [sys.executable, "-c", _QUICKSTART, str(text_folder), str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 240
+    while not list_checkpoints(out / "pretrain" / "checkpoints") and time.monotonic() < deadline:
+        assert proc.poll() is None, "the quickstart ended before its first checkpoint"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (step, _), *_ = list_checkpoints(out / "pretrain" / "checkpoints")
+    lines: list[str] = []
+    config = QuickstartConfig(
+        corpus=(str(text_folder),), budget="12s", vocab_size=320, ctx=64, batch_size=4,
+        model="pico-1m", device="cpu",
+    )  # fmt: skip
+    report = run_quickstart(config, out, echo=lines.append)
+    assert sum("reusing" in line for line in lines) == 3  # corpus, tokenizer, tokens
+    assert any("(resuming)" in line for line in lines)
+    steps = [r["step"] for r in read_metrics(out / "pretrain" / "metrics.jsonl")]
+    assert steps[0] == 1 and steps == sorted(steps) and step < steps[-1]  # one continuous run
+    assert "validation bits per byte" in report.read_text()

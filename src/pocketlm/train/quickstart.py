@@ -90,6 +90,9 @@ def run_quickstart(
             reuse = False
             t0 = time.perf_counter()
             echo(f"[{index}/6] {name}: building {path}")
+            # marked as started, so a run interrupted in this stage can continue it next time
+            started = {**previous, **state, f"{name}:started": signatures[name]}
+            state_path.write_text(json.dumps(started, indent=2), encoding="utf-8")
             build()
             echo(f"        done in {format_duration(time.perf_counter() - t0)}")
         state[name] = signatures[name]
@@ -138,8 +141,24 @@ def run_quickstart(
         from pocketlm.common.config import replace
         from pocketlm.train.tasks.pretrain import PretrainConfig, pretrain
 
-        preset = config.model or _plan(config, tokens_dir, device, precision, echo)
+        # An interrupted training stage with the same settings continues where it stopped
+        # (with the size it had chosen; measuring again could pick another).
+        resume = (
+            upstream_reused
+            and previous.get("pretrain:started") == signatures["pretrain"]
+            and bool(previous.get("pretrain:preset"))
+            and run_dir.is_dir()
+        )
+        preset = (
+            previous["pretrain:preset"]
+            if resume
+            else config.model or _plan(config, tokens_dir, device, precision, echo)
+        )
         chosen["preset"] = preset
+        recorded = json.loads(state_path.read_text(encoding="utf-8"))
+        state_path.write_text(
+            json.dumps({**recorded, "pretrain:preset": preset}, indent=2), encoding="utf-8"
+        )
         pc = replace(
             PretrainConfig(),
             **{
@@ -151,11 +170,6 @@ def run_quickstart(
                 "train.device": config.device,
                 "train.seed": config.seed,
             },
-        )
-        resume = (
-            upstream_reused
-            and (run_dir / "checkpoints").exists()
-            and previous.get("pretrain") == signatures["pretrain"]
         )
         if not resume and run_dir.exists():
             import shutil
