@@ -66,7 +66,7 @@ def test_quantize_bench_and_gguf(tiny_model_dir, synthetic_pipeline, tmp_path):
         "q8_0",
     )
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "m.gguf").stat().st_size > 1000 and (tmp_path / "Modelfile").exists()
+    assert (tmp_path / "m.gguf").stat().st_size > 1000 and (tmp_path / "m.Modelfile").exists()
     r = pocketlm("bench", "--model", str(tmp_path / "nothing"))
     assert r.returncode == 2 and "no such model directory" in r.stderr
 

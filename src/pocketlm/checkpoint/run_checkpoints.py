@@ -45,3 +45,41 @@ def prune_checkpoints(directory: str | Path, keep: int) -> list[Path]:
         for p in d.glob(".step-*.tmp-*"):
             shutil.rmtree(p, ignore_errors=True)
     return removed
+
+
+def is_run_dir(directory: str | Path) -> bool:
+    """True for a training run's directory (it has run_config.json, checkpoints/ or model/)."""
+    d = Path(directory)
+    return d.is_dir() and any(
+        (d / name).exists() for name in ("run_config.json", "checkpoints", "model")
+    )
+
+
+def run_status(directory: str | Path) -> dict:
+    """What state a training run is in: "finished" (its final model is written), "interrupted"
+    (checkpoints but no final model: --resume continues it), or "started" (no checkpoint yet),
+    with the task, steps, tokens and last validation numbers where known."""
+    import json
+
+    from pocketlm.common.manifest import read_manifest
+
+    d = Path(directory)
+    status: dict = {"run": str(d)}
+    if (d / "run_config.json").is_file():
+        described = json.loads((d / "run_config.json").read_text(encoding="utf-8"))
+        status["task"] = described.get("task")
+        status["budget"] = described.get("train", {}).get("budget")
+    checkpoints = list_checkpoints(d / "checkpoints")
+    if checkpoints:
+        status["checkpoints"] = [step for step, _ in checkpoints]
+    if (d / "model" / "manifest.json").is_file():
+        summary = read_manifest(d / "model").get("summary", {})
+        status["state"] = "finished"
+        status["model"] = str(d / "model")
+        status.update({k: summary[k] for k in ("steps", "tokens", "val_bpb") if k in summary})
+    elif checkpoints:
+        status["state"] = "interrupted"
+        status["steps"] = checkpoints[-1][0]
+    else:
+        status["state"] = "started"
+    return status

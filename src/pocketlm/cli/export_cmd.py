@@ -64,13 +64,13 @@ def register_gguf(subparsers) -> None:
         description=(
             "Write a model as a single GGUF file (architecture llama, tokenizer gpt2 with pre-tokenizer\n"
             "gpt-2, chat template and special tokens in the metadata) that llama.cpp and Ollama run\n"
-            "unchanged, and an Ollama Modelfile beside it. --type picks the weight format; an int4 model\n"
+            "unchanged, and an Ollama Modelfile beside it (model.gguf -> model.Modelfile). --type picks the weight format; an int4 model\n"
             "exports to q4_0 exactly."
         ),
         examples=(
             "  pocketlm export gguf --model runs/pretrain --out runs/model.gguf\n"
             "  pocketlm export gguf --model runs/q4 --out runs/model-q4_0.gguf --type q4_0\n"
-            "  cd runs && ollama create pocket -f Modelfile && ollama run pocket"
+            "  cd runs && ollama create model -f model.Modelfile && ollama run model"
         ),
     )
     p.add_argument(

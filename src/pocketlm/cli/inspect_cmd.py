@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from pocketlm.cli.options import add_parser
 
@@ -31,9 +32,12 @@ def _flatten(prefix: str, value: object, out: list[tuple[str, object]]) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from pocketlm.common.manifest import read_manifest, verify_files
+    from pocketlm.checkpoint.run_checkpoints import is_run_dir
+    from pocketlm.common.manifest import MANIFEST_NAME, read_manifest, verify_files
     from pocketlm.common.units import format_bytes
 
+    if not (Path(args.path) / MANIFEST_NAME).is_file() and is_run_dir(args.path):
+        return _inspect_run(args)
     manifest = read_manifest(args.path)
     if args.json:
         print(json.dumps(manifest, indent=2))
@@ -73,4 +77,34 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.verify:
         verify_files(args.path)
         print("verify: every file matches its size and sha256")
+    return 0
+
+
+_RUN_STATES = {
+    "finished": "finished: its final model is {model}",
+    "interrupted": "interrupted after step {steps}: the same command with --resume continues it",
+    "started": "started, no checkpoint yet: the same command with --resume starts it again",
+}
+
+
+def _inspect_run(args: argparse.Namespace) -> int:
+    """A training run's directory: its state, then its final model's manifest if finished."""
+    from pocketlm.checkpoint.run_checkpoints import run_status
+    from pocketlm.common.units import format_count
+
+    status = run_status(args.path)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"{args.path}: training run ({status.get('task') or 'task unknown'}), "
+          + _RUN_STATES[status["state"]].format(**status))  # fmt: skip
+    if "tokens" in status:
+        print(f"  steps {status['steps']}, tokens {format_count(status['tokens'])}"
+              + (f", val bits/byte {status['val_bpb']:.4f}" if "val_bpb" in status else ""))  # fmt: skip
+    if status.get("checkpoints"):
+        print(f"  checkpoints at steps {', '.join(map(str, status['checkpoints']))}")
+    if status["state"] == "finished":
+        print()
+        args.path = status["model"]
+        return _inspect(args)
     return 0

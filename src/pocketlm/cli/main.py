@@ -49,7 +49,7 @@ Start here:  pocketlm quickstart      (the whole pipeline on Python's own stdlib
 
 _EPILOG = """\
 Every command takes --help. Settings come from flags, a --config TOML file and --set key=value.
-Docs: README.md and docs/ in the PocketLM repository.
+Docs: README.md in the PocketLM repository; every command's --help has examples.
 """
 
 _COMMANDS = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ def export_gguf(
     command: Sequence[str] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write `out` (.gguf), `Modelfile` beside it and `<out>.manifest.json`; returns `out`."""
+    """Write `out` (.gguf), `<stem>.Modelfile` beside it and `<out>.manifest.json`; returns `out`."""
     gguf = require("gguf", "gguf", "GGUF export")
     if out_type not in GGUF_TYPES:
         raise ConfigError(f"--type must be one of {', '.join(GGUF_TYPES)}, got {out_type!r}")
@@ -193,8 +194,9 @@ def export_gguf(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    modelfile = out.parent / "Modelfile"
-    modelfile.write_text(_modelfile(out.name), encoding="utf-8")
+    # One Modelfile per GGUF file (model.gguf -> model.Modelfile): a second export into the same
+    # folder must not overwrite the first one's.
+    modelfile_path(out).write_text(_modelfile(out), encoding="utf-8")
     manifest = {
         "kind": "gguf",
         "schema": 1,
@@ -237,10 +239,16 @@ def _add_tokenizer(writer: Any, gguf: Any, tok: Any, vocab_size: int, directory:
     writer.add_chat_template(CHAT_TEMPLATE)
 
 
-def _modelfile(gguf_name: str) -> str:
+def modelfile_path(gguf: Path) -> Path:
+    """The Ollama Modelfile written beside a GGUF file: model.gguf -> model.Modelfile."""
+    return gguf.with_name(gguf.stem + ".Modelfile")
+
+
+def _modelfile(gguf: Path) -> str:
+    name = re.sub(r"[^a-z0-9._-]+", "-", gguf.stem.lower()) or "pocketlm"
     return (
-        f"# Ollama: ollama create my-model -f Modelfile && ollama run my-model\n"
-        f"FROM ./{gguf_name}\n"
+        f"# Ollama: ollama create {name} -f {modelfile_path(gguf).name} && ollama run {name}\n"
+        f"FROM ./{gguf.name}\n"
         f'TEMPLATE """{OLLAMA_TEMPLATE}"""\n'
         'PARAMETER stop "<|end|>"\n'
         'PARAMETER stop "<|endoftext|>"\n'

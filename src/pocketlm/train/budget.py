@@ -37,6 +37,12 @@ def parse_budget(text: str) -> Budget:
         if amount <= 0:
             raise ConfigError(f"budget must be positive, got {text!r}")
         return Budget(kind, float(amount))
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        # A bare number is ambiguous (seconds? minutes? tokens?): say so instead of guessing.
+        raise ConfigError(
+            f"budget {text!r} has no unit: write {s}s, {s}m or {s}h for time, '{s}M tokens' or "
+            f"'{s} steps'"
+        )
     try:
         return Budget("time", parse_duration(s))
     except ConfigError:

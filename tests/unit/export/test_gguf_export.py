@@ -87,7 +87,7 @@ def test_f32_export_metadata_and_tensors(model_dir, tmp_path):
         tensors["blk.0.ffn_down.weight"], sd["model.layers.0.mlp.down_proj.weight"]
     )
     assert "output.weight" not in tensors  # tied: llama.cpp uses token_embd
-    assert "FROM ./m.gguf" in (tmp_path / "Modelfile").read_text()
+    assert "FROM ./m.gguf" in (tmp_path / "m.Modelfile").read_text()
     meta = json.loads((tmp_path / "m.gguf.manifest.json").read_text())
     assert meta["kind"] == "gguf" and meta["parents"][0]["kind"] == "model"
 
@@ -112,6 +112,14 @@ def test_other_types_are_close(model_dir, tmp_path, kind):
     ref = load_model(model_dir).model.model.layers[0].mlp.gate_proj.weight.detach().numpy()
     err = np.abs(tensors["blk.0.ffn_gate.weight"] - ref).max() / np.abs(ref).max()
     assert err < {"bf16": 0.01, "f16": 0.001, "q8_0": 0.02}[kind]
+
+
+def test_two_exports_in_one_folder_keep_their_own_modelfiles(model_dir, tmp_path):
+    export_gguf(model_dir, tmp_path / "a.gguf", out_type="f32")
+    export_gguf(model_dir, tmp_path / "b.gguf", out_type="bf16")
+    a, b = (tmp_path / "a.Modelfile").read_text(), (tmp_path / "b.Modelfile").read_text()
+    assert "FROM ./a.gguf" in a and "ollama create a -f a.Modelfile" in a
+    assert "FROM ./b.gguf" in b
 
 
 def test_existing_file_needs_overwrite(model_dir, tmp_path):

@@ -33,3 +33,9 @@ def test_budgets():
     assert steps_for(parse_budget("1M tokens"), 4096) == 244
     with pytest.raises(ConfigError, match="cannot read budget"):
         parse_budget("forever")
+
+
+@pytest.mark.parametrize("bare", ["5", "30", "2.5"])
+def test_a_budget_without_a_unit_is_refused_with_the_choices(bare):
+    with pytest.raises(ConfigError, match=rf"budget '{bare}' has no unit: write {bare}s, {bare}m"):
+        parse_budget(bare)
