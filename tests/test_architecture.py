@@ -25,9 +25,11 @@ ALLOWED: dict[str, set[str]] = {
     "evals": {"common", "checkpoint", "tokenizer", "data"},
     "compress": {"common", "model", "checkpoint", "data", "evals"},
     "export": {"common", "model", "checkpoint", "tokenizer"},
-    "train": {"common", "model", "checkpoint", "tokenizer", "data", "engine", "evals"},
+    "train": {"common", "model", "checkpoint", "tokenizer", "data", "evals"},
+    "pipelines": {"common", "tokenizer", "data", "engine", "train"},
     "cli": {
         "common",
+        "checkpoint",  # inspect reads a training run's state
         "model",
         "tokenizer",
         "data",
@@ -37,6 +39,7 @@ ALLOWED: dict[str, set[str]] = {
         "compress",
         "export",
         "train",
+        "pipelines",
     },
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pocketlm.train.quickstart import QuickstartConfig, run_quickstart
+from pocketlm.pipelines.quickstart import QuickstartConfig, run_quickstart
 
 
 @pytest.mark.timeout(600)
@@ -66,7 +66,7 @@ def test_quickstart_on_stdlib_with_a_tiny_budget(tmp_path):
 
 _QUICKSTART = """
 import sys
-from pocketlm.train.quickstart import QuickstartConfig, run_quickstart
+from pocketlm.pipelines.quickstart import QuickstartConfig, run_quickstart
 config = QuickstartConfig(corpus=(sys.argv[1],), budget="12s", vocab_size=320, ctx=64,
                           batch_size=4, model="pico-1m", device="cpu")
 run_quickstart(config, sys.argv[2], echo=lambda line: print(line, flush=True))

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from pocketlm.train.quickstart import QuickstartConfig, run_quickstart
+    from pocketlm.pipelines.quickstart import QuickstartConfig, run_quickstart
 
     config = QuickstartConfig(
         corpus=tuple(args.corpus),

@@ -1,0 +1,1 @@
+"""Multi-stage commands that chain the stages (corpus, tokenizer, tokens, training, report)."""
