@@ -20,6 +20,7 @@ def test_quickstart_runs_end_to_end_and_reuses_stages(text_folder, tmp_path):
         "tokens seen",
         "tokens/s",
         "validation bits per byte",
+        "machine load | other programs used",
         "loss.png",
         "## Samples",
     ):

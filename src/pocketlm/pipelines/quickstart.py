@@ -17,6 +17,7 @@ from pocketlm.common.errors import ArtifactError
 from pocketlm.common.log import get_logger
 from pocketlm.common.manifest import read_manifest
 from pocketlm.common.units import format_count, format_duration
+from pocketlm.pipelines.machine_load import LOAD_FILE, load_row, load_warning, machine_load
 
 _log = get_logger("pocketlm.quickstart")
 STATE_FILE = "quickstart.json"
@@ -180,7 +181,8 @@ def run_quickstart(
             + (" (resuming)" if resume else "")
             + f" — progress, loss and tokens/s below; metrics in {run_dir / 'metrics.jsonl'}"
         )
-        pretrain(tokens_dir, run_dir, pc, resume=resume, command=command)
+        with machine_load(run_dir / LOAD_FILE):
+            pretrain(tokens_dir, run_dir, pc, resume=resume, command=command)
 
     stage(4, "pretrain", "model", run_dir / "model", train_model)
     report = _report(config, out, tokens_dir, run_dir, echo)
@@ -272,6 +274,7 @@ def _report(
             else ""
         )
         + " |",
+        load_row(run_dir / LOAD_FILE),
         f"| validation loss | {s.get('val_loss', float('nan')):.4f} nats/token |",
         f"| **validation bits per byte** | **{s.get('val_bpb', float('nan')):.4f}** |",
         "",
@@ -282,10 +285,17 @@ def _report(
     ]
     for prompt, completion in samples:
         lines += ["```", prompt + completion, "```", ""]
+    warning = load_warning(run_dir / LOAD_FILE)
+    if warning:
+        lines[lines.index("![loss curve](pretrain/loss.png)")] = (
+            f"> **Warning:** {warning}\n\n![loss curve](pretrain/loss.png)"
+        )
     report = out / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
     echo(
         f"\nval bpb {s.get('val_bpb', float('nan')):.4f} after {format_count(s['tokens'])} tokens ({format_count(s['params'])} params)"
     )
+    if warning:
+        echo(f"warning: {warning}")
     echo("Sample:\n" + samples[0][0] + samples[0][1])
     return report

@@ -13,11 +13,15 @@ from typing import Any
 
 import torch
 
+from pocketlm.common.cpu_load import free_cores, others_busy_cores, sample_cpu
+from pocketlm.common.log import get_logger
 from pocketlm.common.units import format_count
 from pocketlm.train.checkpointing import save_checkpoint
+from pocketlm.train.distributed import threads_per_rank
 from pocketlm.train.run import Run
 from pocketlm.train.step import StepStats
 
+_log = get_logger("pocketlm.train")
 EVALS_PER_RUN = 8  # without eval_every: at each eighth of the run, and at the end
 
 
@@ -43,6 +47,7 @@ def start_cadence(run: Run) -> None:
     progress = run.clock.progress(run.step, run.elapsed_s)
     per_run = run.config.checkpoints_per_run
     run.schedule.update(
+        threads_checked_s=run.elapsed_s,
         next_eval=1 / EVALS_PER_RUN,
         last_ckpt_s=run.elapsed_s,
         # the next 1/N mark of the run after where it stands (a resumed run keeps its marks)
@@ -51,6 +56,7 @@ def start_cadence(run: Run) -> None:
         window_tokens=0,
     )
     (run.elapsed_s,) = agree([run.measure_elapsed()], run)
+    run.cpu_sample = sample_cpu()
 
 
 def peak_dtype(precision: str) -> str:
@@ -94,6 +100,7 @@ def after_step(run: Run, stats: StepStats, step_seconds: float) -> None:
             )
     if is_last:
         return
+    _adapt_threads(run)
     if config.checkpoint_every:
         due = run.step % config.checkpoint_every == 0
     else:  # by time, and at each 1/N of the run so that short runs can resume too
@@ -137,3 +144,25 @@ def _evaluate(run: Run) -> dict[str, float]:
     result = run.task.evaluate(run.model, run.ctx)
     (run.clock.eval_seconds,) = agree([run.now() - t0], run)
     return result
+
+
+def _adapt_threads(run: Run) -> None:
+    """Every threads_recheck_s, size this process's CPU threads to the cores other programs
+    left free since the last check (threads waiting on a taken core stall the whole step)."""
+    config = run.config
+    if config.threads or not config.threads_recheck_s or run.ctx.device.type != "cpu":
+        return
+    if run.elapsed_s - run.schedule["threads_checked_s"] < config.threads_recheck_s:
+        return
+    now = sample_cpu()
+    others = others_busy_cores(run.cpu_sample, now)
+    run.cpu_sample, run.schedule["threads_checked_s"] = now, run.elapsed_s
+    threads = threads_per_rank(0, run.ctx.dist, free_cores(others))
+    if threads != torch.get_num_threads():
+        _log.info(
+            "other programs use %.1f cores: training on %d threads (was %d)",
+            others,
+            threads,
+            torch.get_num_threads(),
+        )
+        torch.set_num_threads(threads)

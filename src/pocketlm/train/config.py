@@ -62,7 +62,10 @@ class TrainConfig:
     compile: Literal["auto", "on", "off"] = (
         "auto"  # auto: when the budget is long enough to pay back ~30 s
     )
-    threads: int = 0  # CPU threads per process; 0 = the usable cores / processes on this machine
+    # CPU threads per process; 0 = the cores other programs leave free / processes on this
+    # machine, re-checked every threads_recheck_s of training (0 = never)
+    threads: int = 0
+    threads_recheck_s: float = 30.0
     # several processes (torchrun): "auto" = ddp; "fsdp2" shards weights, gradients, optimizer
     parallel: Literal["auto", "none", "ddp", "fsdp2"] = "auto"
     seed: int = 0

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from pocketlm.common.cpu_load import free_cores, runnable_others
 from pocketlm.common.device import resolve_device, resolve_precision, usable_cores
 from pocketlm.common.env import DistEnv, dist_env
 from pocketlm.common.errors import ConfigError
@@ -42,6 +43,11 @@ def resolve_parallel(requested: str, dist: DistEnv) -> str:
     return requested
 
 
+def cores_for_training() -> int:
+    """The usable cores other processes leave free right now (all of them on an idle machine)."""
+    return free_cores(runnable_others(), usable_cores())
+
+
 def threads_per_rank(requested: int, dist: DistEnv, cores: int) -> int:
     """CPU threads for this process: as requested, or (0) the usable cores shared by the local ranks."""
     return requested if requested > 0 else max(1, cores // max(1, dist.local_world_size))
@@ -58,7 +64,7 @@ def open_run_context(
     if dev.type == "cuda" and dist.world_size > 1:
         dev = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(dev)
-    n_threads = threads_per_rank(threads, dist, usable_cores())
+    n_threads = threads_per_rank(threads, dist, cores_for_training())
     if dev.type == "cpu" or threads:
         torch.set_num_threads(n_threads)
     if mode != "none":

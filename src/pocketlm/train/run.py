@@ -54,6 +54,7 @@ class Run:
     schedule: dict[str, float] = field(default_factory=dict)  # cadence book-keeping
     last_eval: dict[str, float] = field(default_factory=dict)
     peak_flops: float = 1.0
+    cpu_sample: Any = None  # CPU counters at the last thread-count check (common/cpu_load.py)
 
     @property
     def ckpt_dir(self) -> Path:
