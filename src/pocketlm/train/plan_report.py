@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from pocketlm.common.errors import ConfigError
 from pocketlm.common.units import format_bytes, format_count
@@ -13,7 +14,7 @@ def run_plan(args: argparse.Namespace) -> str:
     from pocketlm.common.device import resolve_device, resolve_precision
     from pocketlm.data.token_shards import TokenShards
     from pocketlm.model.config import ModelConfig
-    from pocketlm.model.presets import PRESETS, preset_config
+    from pocketlm.model.presets import preset_config
     from pocketlm.train.budget import parse_budget
     from pocketlm.train.plan import (
         DEFAULT_CANDIDATES,
@@ -93,13 +94,36 @@ def run_plan(args: argparse.Namespace) -> str:
             f"{format_bytes(mem['optimizer']):>9}{format_bytes(mem['activations']):>9}{r.seconds_per_step:>7.2f}s{format_count(r.tokens_per_s):>8}"
             f"{format_count(tokens):>9}{epochs:>8}{mark}"
         )
-    hint = (
-        f": pocketlm pretrain --model {best.name} --budget {args.budget} ..."
-        if best.name in PRESETS
-        else ""
-    )
     lines += [
         "",
-        f"recommended: {best.name} ({format_count(best.config.num_params())} parameters){hint}",
+        f"recommended: {best.name} ({format_count(best.config.num_params())} parameters)",
+        "  " + pretrain_command(best, args, budget),
     ]
     return "\n".join(lines)
+
+
+def pretrain_command(best: Any, args: argparse.Namespace, budget: Any) -> str:
+    """The whole `pocketlm pretrain` command that trains the recommended size, ready to run."""
+    from pocketlm.model.presets import PRESETS
+
+    if best.name in PRESETS:
+        shape = f"--model {best.name}"
+    else:
+        c = best.config
+        shape = f"--layers {c.n_layers} --dim {c.dim} --heads {c.n_heads} --kv-heads {c.n_kv_heads}"
+    amount = {
+        "time": f"--budget {args.budget}",
+        "tokens": f"--max-tokens {format_count(budget.amount)}",
+        "steps": f"--max-steps {int(budget.amount)}",
+    }[budget.kind]
+    parts = [
+        "pocketlm pretrain",
+        f"--tokens {args.tokens or 'TOKENS_DIR'}",
+        shape,
+        amount,
+        f"--ctx {args.ctx}" if args.ctx != 256 else "",
+        f"--batch-size {args.batch_size}" if args.batch_size != 16 else "",
+        f"--precision {args.precision}" if args.precision != "auto" else "",
+        "--out runs/pretrain",
+    ]
+    return " ".join(p for p in parts if p)

@@ -110,3 +110,13 @@ def test_plan_cli(synthetic_pipeline):
     )
     assert r.returncode == 0, r.stderr
     assert "recommended: 2x32" in r.stdout and "epochs" in r.stdout and "tok/s" in r.stdout
+    # the suggested command is whole and runs as it is: the CLI's own parser accepts it
+    import shlex
+
+    from pocketlm.cli.main import build_parser
+
+    command = r.stdout.strip().splitlines()[-1].strip()
+    assert "..." not in command and "…" not in command
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert (args.layers, args.dim, args.heads, args.ctx, args.batch_size) == (2, 32, 2, 32, 4)
+    assert args.tokens == str(synthetic_pipeline["tokens"]) and args.max_tokens == "1M"
