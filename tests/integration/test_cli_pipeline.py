@@ -74,3 +74,30 @@ def test_cli_errors_are_one_clear_line_with_exit_2(tmp_path):
     assert r.returncode == 2 and "did you mean 'clean.min_chars'" in r.stderr
     r = pocketlm("tokenizer", "train", "--data", str(tmp_path), "--out", str(tmp_path / "t"))
     assert r.returncode == 2 and "not a PocketLM artifact" in r.stderr
+
+
+def test_malformed_csv_stops_with_its_line_or_is_counted_and_named(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = [
+        f"{i},Row number {i} has a long enough text to be kept by the filters." for i in range(4)
+    ]
+    rows[1] = '1,"this quote is never closed and would swallow the rows after it'
+    (src / "table.csv").write_text("id,text\n" + "\n".join(rows) + "\n")
+    r = pocketlm("data", "build", str(src), "--out", str(tmp_path / "o1"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    offset = len("id,text\n") + len(rows[0]) + 1
+    assert f"table.csv, line 3, byte offset {offset}: malformed CSV" in r.stderr
+    r = pocketlm(
+        "data", "build", str(src), "--out", str(tmp_path / "o2"), "--on-bad-record", "skip"
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "o2" / "manifest.json").read_text())["summary"]
+    assert summary["accounting"]["records"] == {
+        "in": 4,
+        "kept": 3,
+        "dropped": {"bad:invalid_csv": 1},
+    }
+    named = (tmp_path / "o2" / "dropped_files.jsonl").read_text()
+    assert '"status": "partial"' in named and "table.csv" in named
+    assert "table.csv" in (tmp_path / "o2" / "data_report.md").read_text()

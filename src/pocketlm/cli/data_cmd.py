@@ -41,7 +41,12 @@ def register(subparsers) -> None:
         description=(
             "Read SOURCEs, clean them (Unicode normalisation, control characters, whitespace, length and\n"
             "repetition filters, optional PII scrubbing), remove exact and near duplicates (MinHash LSH),\n"
-            "split train/validation by content hash, and write Parquet shards plus data_report.md.\n\n"
+            "split train/validation by content hash, and write Parquet shards plus data_report.md.\n"
+            "Nothing is dropped silently: the report counts every dropped record by reason and names\n"
+            "every file that lost records (all of them in dropped_files.jsonl). A malformed record\n"
+            "(CSV with a stray quote or the wrong number of fields, invalid JSON or UTF-8) stops the\n"
+            "build with its file, line and byte offset, unless --on-bad-record skip. A line over\n"
+            "sources.max_record_bytes (default 4 x clean.max_chars) is dropped unread.\n\n"
             "A SOURCE is a file or folder (txt, md, rst, html, code, jsonl, csv/tsv, parquet), 'stdlib'\n"
             "(the running Python's standard library and docs: real text that exists offline), or\n"
             "hf:NAME_OR_PATH (a Hugging Face dataset saved on disk, or a hub name when online)."
@@ -88,7 +93,8 @@ def register(subparsers) -> None:
     build.add_argument(
         "--on-bad-record",
         choices=["error", "skip"],
-        help="stop at the first bad record (default) or skip and count it in the report",
+        help="stop at the first bad record, naming file, line and byte offset (default), or skip "
+        "it and count it in the report",
     )
     build.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     add_config_options(build)

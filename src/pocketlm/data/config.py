@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pocketlm.data.filters import FilterThresholds
@@ -80,6 +80,11 @@ class CorpusConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
+
+    def source_options(self) -> SourceOptions:
+        """`sources` with max_record_bytes resolved: 0 -> 4 bytes per character of clean.max_chars."""
+        limit = self.sources.max_record_bytes or max(1024, 4 * self.clean.max_chars)
+        return replace(self.sources, max_record_bytes=limit)
 
 
 @dataclass(frozen=True)

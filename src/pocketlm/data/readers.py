@@ -1,23 +1,27 @@
-"""Per-format readers: each yields Documents and reports bad records with file, line and byte offset."""
+"""Per-format readers: each yields Documents and tells the file's ledger about every record and byte.
+
+Bad records are located by file, line and byte offset; a line over sources.max_record_bytes is
+dropped unread (too_long_raw). CSV lives in csv_reader.py.
+"""
 
 from __future__ import annotations
 
-import csv
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pocketlm.common.errors import InputError
+from pocketlm.data.accounting import TOO_LONG_RAW, FileLedger
+from pocketlm.data.lines import Line, iter_lines
 from pocketlm.data.normalize import html_to_text
-from pocketlm.data.records import BadRecordLog, Document
+from pocketlm.data.records import Document
 from pocketlm.data.source_options import SourceOptions
 
-OnBytes = Callable[[int], None]
 
-
-def _decode_error(
+def decode_error(
     path: Path, data: bytes, exc: UnicodeDecodeError, base_offset: int = 0, base_line: int = 1
 ) -> InputError:
+    """The InputError for bytes that are not UTF-8, located by line and byte offset in the file."""
     line = base_line + data.count(b"\n", 0, exc.start)
     return InputError(
         f"not valid UTF-8 ({exc.reason}, byte 0x{data[exc.start]:02x})",
@@ -28,68 +32,139 @@ def _decode_error(
     )
 
 
-def _iter_lines(path: Path, on_bytes: OnBytes) -> Iterator[tuple[int, int, bytes]]:
-    """(line number from 1, byte offset, raw line with its newline) for a file read in binary."""
-    offset = 0
-    with path.open("rb") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            yield line_no, offset, raw
-            offset += len(raw)
-            on_bytes(len(raw))
-
-
 def read_text_file(
-    path: Path,
-    source: str,
-    opts: SourceOptions,
-    bad: BadRecordLog,
-    on_bytes: OnBytes,
-    *,
-    is_html: bool = False,
+    path: Path, opts: SourceOptions, ledger: FileLedger, *, is_html: bool = False
 ) -> Iterator[Document]:
     """txt / md / rst / code / html: one doc per file (big files cut at lines), paragraph or line."""
     size = path.stat().st_size
+    limit = opts.record_limit_bytes()
     unit = "file" if is_html else opts.text_unit
-    if unit == "file" and size <= opts.max_doc_bytes:
+    if unit == "file" and size <= min(opts.max_doc_bytes, limit):
         data = path.read_bytes()
-        on_bytes(len(data))
+        ledger.progress(len(data))
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            bad.handle(_decode_error(path, data, exc), "invalid_utf8")
+            ledger.bad(decode_error(path, data, exc), "invalid_utf8", len(data))
             return
-        yield Document(html_to_text(text) if is_html else text, source, f"{path}")
+        yield ledger.emit(html_to_text(text) if is_html else text, f"{path}", len(data))
         return
-    # Streamed: group lines into documents without holding the file in memory.
-    chunk: list[str] = []
-    chunk_bytes = 0
-    start_line = 1
-    for line_no, offset, raw in _iter_lines(path, on_bytes):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            bad.handle(
-                _decode_error(path, raw, exc, base_offset=offset, base_line=line_no), "invalid_utf8"
-            )
-            continue
+    # Streamed: no line over the limit is ever held whole, and no document grows past it.
+    with path.open("rb") as fh:
+        lines = _decoded_lines(path, iter_lines(fh, limit, ledger.progress), ledger)
         if unit == "line":
-            if line.strip():
-                yield Document(line.rstrip("\n"), source, f"{path}:{line_no}")
+            yield from _line_docs(path, lines, ledger, limit)
+        elif unit == "paragraph":
+            yield from _paragraph_docs(path, lines, ledger, limit)
+        else:
+            yield from _file_chunks(path, lines, ledger, limit, opts.max_doc_bytes)
+
+
+def _decoded_lines(
+    path: Path, lines: Iterator[Line], ledger: FileLedger
+) -> Iterator[tuple[Line, str | None]]:
+    """(line, text) with text None for a line over the limit; a line that is not UTF-8 is bad."""
+    for line in lines:
+        if line.raw is None:
+            yield line, None
             continue
-        boundary = (unit == "paragraph" and not line.strip()) or (
-            unit == "file" and chunk_bytes + len(raw) > opts.max_doc_bytes
-        )
-        if boundary and chunk:
-            yield Document("".join(chunk), source, f"{path}:{start_line}")
-            chunk, chunk_bytes = [], 0
+        try:
+            yield line, line.raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            error = decode_error(path, line.raw, exc, line.offset, line.number)
+            ledger.bad(error, "invalid_utf8", line.size_bytes)
+
+
+def too_long(path: Path, line: Line, what: str, limit_bytes: int) -> InputError:
+    """Where and how big a line (or paragraph) over the read limit is, for the report."""
+    return InputError(
+        f"{what} of {line.size_bytes:,} bytes is over the read limit of {limit_bytes:,} bytes "
+        "(sources.max_record_bytes)",
+        path=path,
+        line=line.number,
+        byte_offset=line.offset,
+    )
+
+
+def _line_docs(
+    path: Path, lines: Iterator[tuple[Line, str | None]], ledger: FileLedger, limit: int
+) -> Iterator[Document]:
+    for line, text in lines:
+        if text is None:
+            ledger.drop(TOO_LONG_RAW, line.size_bytes, too_long(path, line, "line", limit))
+        elif text.strip():
+            yield ledger.emit(text.rstrip("\n"), f"{path}:{line.number}", line.size_bytes)
+        else:
+            ledger.framing(line.size_bytes)
+
+
+def _paragraph_docs(
+    path: Path, lines: Iterator[tuple[Line, str | None]], ledger: FileLedger, limit: int
+) -> Iterator[Document]:
+    chunk: list[str] = []
+    start: Line | None = None  # first line of the paragraph
+    span = 0  # its bytes so far
+    dropping = False  # the paragraph went over the limit: it is counted, not kept
+    for line, text in lines:
+        blank = text is not None and not text.strip()
+        if not blank:
+            if start is None:
+                start = line
+            span += line.size_bytes
+            dropping = dropping or text is None or span > limit
+            if dropping:
+                chunk = []
+            else:
+                chunk.append(text)  # type: ignore[arg-type]
+            continue
+        if start is not None:
+            yield from _end_paragraph(path, chunk, start, span, dropping, ledger, limit)
+        chunk, start, span, dropping = [], None, 0, False
+        ledger.framing(line.size_bytes)
+    if start is not None:
+        yield from _end_paragraph(path, chunk, start, span, dropping, ledger, limit)
+
+
+def _end_paragraph(
+    path: Path,
+    chunk: list[str],
+    start: Line,
+    span: int,
+    dropped: bool,
+    ledger: FileLedger,
+    limit: int,
+) -> Iterator[Document]:
+    if dropped:
+        where = Line(start.number, start.offset, span, None)
+        ledger.drop(TOO_LONG_RAW, span, too_long(path, where, "paragraph", limit))
+    else:
+        yield ledger.emit("".join(chunk), f"{path}:{start.number}", span)
+
+
+def _file_chunks(
+    path: Path,
+    lines: Iterator[tuple[Line, str | None]],
+    ledger: FileLedger,
+    limit: int,
+    max_doc_bytes: int,
+) -> Iterator[Document]:
+    """A big file as documents of up to max_doc_bytes cut at lines; a line over the limit is dropped."""
+    chunk: list[str] = []
+    start = 0
+    span = 0
+    for line, text in lines:
+        if chunk and (text is None or span + line.size_bytes > max_doc_bytes):
+            yield ledger.emit("".join(chunk), f"{path}:{start}", span)
+            chunk, span = [], 0
+        if text is None:
+            ledger.drop(TOO_LONG_RAW, line.size_bytes, too_long(path, line, "line", limit))
+            continue
         if not chunk:
-            start_line = line_no
-        if unit == "paragraph" and not line.strip():
-            continue
-        chunk.append(line)
-        chunk_bytes += len(raw)
+            start = line.number
+        chunk.append(text)
+        span += line.size_bytes
     if chunk:
-        yield Document("".join(chunk), source, f"{path}:{start_line}")
+        yield ledger.emit("".join(chunk), f"{path}:{start}", span)
 
 
 def _get_field(record: object, dotted: str) -> object:
@@ -101,190 +176,124 @@ def _get_field(record: object, dotted: str) -> object:
     return node
 
 
-def read_jsonl(
-    path: Path, source: str, opts: SourceOptions, bad: BadRecordLog, on_bytes: OnBytes
-) -> Iterator[Document]:
+def read_jsonl(path: Path, opts: SourceOptions, ledger: FileLedger) -> Iterator[Document]:
     """One JSON object per line; the text is in opts.text_field."""
-    for line_no, offset, raw in _iter_lines(path, on_bytes):
-        if not raw.strip():
-            continue
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            bad.handle(
-                _decode_error(path, raw, exc, base_offset=offset, base_line=line_no), "invalid_utf8"
-            )
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            truncated = not raw.endswith(b"\n") or exc.msg.startswith(("Unterminated", "Expecting"))
-            what = "truncated JSON line" if truncated else "invalid JSON"
-            bad.handle(
-                InputError(
-                    f"{what} ({exc.msg} at column {exc.colno})",
-                    path=path,
-                    line=line_no,
-                    byte_offset=offset + exc.pos,
-                ),
-                "invalid_json",
-            )
-            continue
-        try:
-            text = _get_field(record, opts.text_field)
-        except KeyError:
-            keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
-            bad.handle(
-                InputError(
-                    f"missing field '{opts.text_field}' (the record has: {keys})",
-                    path=path,
-                    line=line_no,
-                    byte_offset=offset,
-                    hint="choose the field with --text-field NAME, or pass --on-bad-record skip",
-                ),
-                "missing_field",
-            )
-            continue
-        if not isinstance(text, str):
-            bad.handle(
-                InputError(
-                    f"field '{opts.text_field}' is {type(text).__name__}, not a string",
-                    path=path,
-                    line=line_no,
-                    byte_offset=offset,
-                ),
-                "wrong_type",
-            )
-            continue
-        yield Document(text, source, f"{path}:{line_no}")
+    limit = opts.record_limit_bytes()
+    with path.open("rb") as fh:
+        for line in iter_lines(fh, limit, ledger.progress):
+            if line.raw is None:
+                ledger.drop(TOO_LONG_RAW, line.size_bytes, too_long(path, line, "line", limit))
+                continue
+            record = _json_record(path, line, opts, ledger)
+            if record is not None:
+                yield ledger.emit(record, f"{path}:{line.number}", line.size_bytes)
 
 
-class _DecodedLines:
-    """Feeds csv.reader decoded lines while remembering line number and byte offset for errors."""
-
-    def __init__(self, path: Path, bad: BadRecordLog, on_bytes: OnBytes) -> None:
-        self.path, self.bad, self.on_bytes = path, bad, on_bytes
-        self.line_no = 0
-        self.offset = 0
-
-    def __iter__(self) -> Iterator[str]:
-        for line_no, offset, raw in _iter_lines(self.path, self.on_bytes):
-            self.line_no, self.offset = line_no, offset
-            try:
-                yield raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                self.bad.handle(
-                    _decode_error(self.path, raw, exc, base_offset=offset, base_line=line_no),
-                    "invalid_utf8",
-                )
-                yield "\n"
-
-
-def read_csv(
-    path: Path, source: str, opts: SourceOptions, bad: BadRecordLog, on_bytes: OnBytes
-) -> Iterator[Document]:
-    """CSV / TSV with a header row; the text is in opts.csv_column."""
-    lines = _DecodedLines(path, bad, on_bytes)
-    reader = csv.reader(iter(lines), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+def _json_record(path: Path, line: Line, opts: SourceOptions, ledger: FileLedger) -> str | None:
+    """The text of one JSONL line, or None for a blank line (framing) or a bad record (counted)."""
+    raw, size = line.raw or b"", line.size_bytes
+    if not raw.strip():
+        ledger.framing(size)
+        return None
     try:
-        header = next(reader)
-    except StopIteration:
-        return
-    if opts.csv_column not in header:
-        raise InputError(
-            f"no column '{opts.csv_column}' (columns: {', '.join(header)})",
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        ledger.bad(decode_error(path, raw, exc, line.offset, line.number), "invalid_utf8", size)
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        truncated = not raw.endswith(b"\n") or exc.msg.startswith(("Unterminated", "Expecting"))
+        what = "truncated JSON line" if truncated else "invalid JSON"
+        error = InputError(
+            f"{what} ({exc.msg} at column {exc.colno})",
             path=path,
-            line=1,
-            byte_offset=0,
-            hint="choose the column with --csv-column NAME",
+            line=line.number,
+            byte_offset=line.offset + len(text[: exc.pos].encode("utf-8")),
         )
-    col = header.index(opts.csv_column)
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            bad.handle(
-                InputError(
-                    f"malformed CSV ({exc})",
-                    path=path,
-                    line=lines.line_no,
-                    byte_offset=lines.offset,
-                ),
-                "invalid_csv",
-            )
-            continue
-        if not row:
-            continue
-        if col >= len(row):
-            bad.handle(
-                InputError(
-                    f"row has {len(row)} fields, column '{opts.csv_column}' is field {col + 1}",
-                    path=path,
-                    line=lines.line_no,
-                    byte_offset=lines.offset,
-                ),
-                "missing_field",
-            )
-            continue
-        yield Document(row[col], source, f"{path}:{lines.line_no}")
+        ledger.bad(error, "invalid_json", size)
+        return None
+    try:
+        value = _get_field(record, opts.text_field)
+    except KeyError:
+        keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+        error = InputError(
+            f"missing field '{opts.text_field}' (the record has: {keys})",
+            path=path,
+            line=line.number,
+            byte_offset=line.offset,
+            hint="choose the field with --text-field NAME, or pass --on-bad-record skip",
+        )
+        ledger.bad(error, "missing_field", size)
+        return None
+    if not isinstance(value, str):
+        error = InputError(
+            f"field '{opts.text_field}' is {type(value).__name__}, not a string",
+            path=path,
+            line=line.number,
+            byte_offset=line.offset,
+        )
+        ledger.bad(error, "wrong_type", size)
+        return None
+    return value
 
 
-def read_parquet(
-    path: Path, source: str, opts: SourceOptions, bad: BadRecordLog, on_bytes: OnBytes
-) -> Iterator[Document]:
-    """Parquet files, streamed by record batch; the text is in column opts.text_field."""
+def read_parquet(path: Path, opts: SourceOptions, ledger: FileLedger) -> Iterator[Document]:
+    """Parquet files, streamed by row group; the text is in column opts.text_field.
+
+    A row's bytes are its text's UTF-8 bytes (the file itself is compressed).
+    """
     import pyarrow.parquet as pq
 
+    total = path.stat().st_size
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise InputError(f"cannot read as Parquet ({exc})", path=path) from exc
+        ledger.progress(total)
+        ledger.unreadable(InputError(f"cannot read as Parquet ({exc})", path=path), total)
+        return
     columns = pf.schema_arrow.names
     if opts.text_field not in columns:
-        raise InputError(
+        ledger.progress(total)
+        error = InputError(
             f"no column '{opts.text_field}' (columns: {', '.join(columns)})",
             path=path,
             hint="choose the column with --text-field NAME",
         )
-    total = path.stat().st_size
+        ledger.unreadable(error, total)
+        return
     row = 0
     done_bytes = 0
     for group in range(pf.num_row_groups):
-        table = pf.read_row_group(group, columns=[opts.text_field])
-        for value in table.column(0).to_pylist():
-            row += 1
-            if value is None:
-                bad.handle(
-                    InputError(f"row {row}: '{opts.text_field}' is null", path=path),
-                    "missing_field",
-                )
-                continue
-            if not isinstance(value, str):
-                bad.handle(
-                    InputError(
-                        f"row {row}: '{opts.text_field}' is {type(value).__name__}, not a string",
-                        path=path,
-                    ),
-                    "wrong_type",
-                )
-                continue
-            yield Document(value, source, f"{path}#row={row}")
         share = total * (group + 1) // pf.num_row_groups - done_bytes
         done_bytes += share
-        on_bytes(share)
+        try:
+            values = pf.read_row_group(group, columns=[opts.text_field]).column(0).to_pylist()
+        except Exception as exc:  # a corrupt row group: count it, read the others
+            ledger.progress(share)
+            error = InputError(f"row group {group}: cannot read ({exc})", path=path)
+            ledger.bad(error, "invalid_parquet", 0)
+            continue
+        for value in values:
+            row += 1
+            if value is None:
+                error = InputError(f"row {row}: '{opts.text_field}' is null", path=path)
+                ledger.bad(error, "missing_field", 0)
+            elif not isinstance(value, str):
+                kind = type(value).__name__
+                error = InputError(
+                    f"row {row}: '{opts.text_field}' is {kind}, not a string", path=path
+                )
+                ledger.bad(error, "wrong_type", 0)
+            else:
+                yield ledger.emit(value, f"{path}#row={row}", len(value.encode("utf-8")))
+        ledger.progress(share)
 
 
 def read_records(
-    rows: Iterable[dict],
-    label: str,
-    source: str,
-    opts: SourceOptions,
-    bad: BadRecordLog,
-    on_bytes: OnBytes,
+    rows: Iterable[dict], label: str, opts: SourceOptions, ledger: FileLedger
 ) -> Iterator[Document]:
-    """Rows of an HF dataset (dicts): the text is in opts.text_field."""
+    """Rows of an HF dataset (dicts): the text is in opts.text_field; a row's bytes are its text's."""
     for i, record in enumerate(rows, start=1):
         try:
             text = _get_field(record, opts.text_field)
@@ -295,16 +304,14 @@ def read_records(
                 hint="choose the field with --text-field NAME",
             ) from None
         if not isinstance(text, str):
-            bad.handle(
-                InputError(
-                    f"row {i}: '{opts.text_field}' is {type(text).__name__}, not a string",
-                    path=label,
-                ),
-                "wrong_type",
+            error = InputError(
+                f"row {i}: '{opts.text_field}' is {type(text).__name__}, not a string", path=label
             )
+            ledger.bad(error, "wrong_type", 0)
             continue
-        on_bytes(len(text.encode("utf-8")))
-        yield Document(text, source, f"{label}#row={i}")
+        n_bytes = len(text.encode("utf-8"))
+        ledger.progress(n_bytes)
+        yield ledger.emit(text, f"{label}#row={i}", n_bytes)
 
 
 def sniff_binary(path: Path) -> bool:

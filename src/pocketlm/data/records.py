@@ -20,6 +20,8 @@ class Document:
     text: str
     source: str
     origin: str
+    span_bytes: int = 0  # bytes it took in its file (the whole JSONL line, CSV record, ...)
+    file_id: int = -1  # the FileLedger it is settled in (pocketlm.data.accounting)
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,27 +54,76 @@ class LengthHistogram:
         plt.close(fig)
 
 
-@dataclass
-class RemovalStats:
-    """What each step removed: documents and bytes per reason."""
-
-    docs: Counter = field(default_factory=Counter)
-    bytes: Counter = field(default_factory=Counter)
-
-    def add(self, reason: str, n_bytes: int) -> None:
-        self.docs[reason] += 1
-        self.bytes[reason] += n_bytes
-
-
 REASON_TEXT = {
     "too_short": "shorter than clean.min_chars",
     "too_long": "longer than clean.max_chars",
+    "too_long_raw": "a line or record over sources.max_record_bytes, dropped unread",
     "repeated_lines": "too many repeated lines (clean.max_dup_line_fraction)",
     "repeated_ngram": "one word pair dominates (clean.max_top_ngram_fraction)",
     "duplicated_ngrams": "too many repeated 5-grams (clean.max_dup_ngram_fraction)",
     "exact_duplicate": "exact duplicate of an earlier document",
     "near_duplicate": "near duplicate of an earlier document (MinHash LSH)",
 }
+
+
+def _why(outcome: str) -> str:
+    if outcome.startswith("bad:"):
+        return "bad record, skipped (--on-bad-record skip)"
+    return REASON_TEXT.get(outcome, "")
+
+
+def _accounting_lines(s: dict) -> list[str]:
+    acc = s["accounting"]
+    records, n_bytes = acc["records"], acc["bytes"]
+    lines = [
+        "",
+        "## Removed — where every record and byte went",
+        "",
+        "Records in = kept + dropped by reason; bytes in = kept + dropped + framing + files "
+        "skipped unread. Bytes are as stored in the files (Parquet and datasets: text bytes).",
+        "",
+        "| outcome | records | bytes | why |",
+        "|---|---:|---:|---|",
+        f"| in | {records['in']:,} | {format_bytes(n_bytes['in'])} | "
+        f"{acc['files']['read']:,} files read, {acc['files']['skipped']:,} skipped |",
+        f"| kept | {records['kept']:,} | {format_bytes(n_bytes['kept'])} | |",
+    ]
+    for reason, n in sorted(records["dropped"].items(), key=lambda kv: -kv[1]):
+        lines.append(
+            f"| {reason} | {n:,} | {format_bytes(n_bytes['dropped'][reason])} | {_why(reason)} |"
+        )
+    lines.append(f"| framing | — | {format_bytes(n_bytes['framing'])} | CSV headers, blank lines |")
+    lines.append(
+        f"| files skipped | — | {format_bytes(n_bytes['skipped_files'])} | "
+        "unsupported, binary or unreadable files, named below |"
+    )
+    if s["dropped_unread_examples"]:
+        lines += ["", "Dropped unread (first ones):", ""]
+        lines += [f"- {e}" for e in s["dropped_unread_examples"]]
+    return lines
+
+
+def _dropped_files_lines(s: dict) -> list[str]:
+    named = s["dropped_files"]
+    lines = ["", f"## Files dropped or cut ({named['count']:,})", ""]
+    if not named["count"]:
+        return [*lines, "None: every file read kept all its records."]
+    lines += [
+        "| file | status | records in | kept | bytes in | why |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for e in named["first"]:
+        dropped = ", ".join(f"{k}: {n:,}" for k, n in e.get("dropped", {}).items())
+        why = dropped or e["reason"]
+        lines.append(
+            f"| `{e['path']}` | {e['status']} | {e.get('records_in', 0):,} | "
+            f"{e.get('records_kept', 0):,} | {format_bytes(e['bytes_in'])} | {why} |"
+        )
+    if named["count"] > len(named["first"]):
+        lines += ["", f"… and {named['count'] - len(named['first']):,} more in `{named['file']}`."]
+    else:
+        lines += ["", f"The same list, machine-readable: `{named['file']}`."]
+    return lines
 
 
 def render_report(s: dict) -> str:
@@ -93,20 +141,14 @@ def render_report(s: dict) -> str:
         lines.append(
             f"| {split} | {s['splits'][split]['docs']:,} | {format_bytes(s['splits'][split]['bytes'])} |"
         )
-    lines += ["", "## Removed", "", "| step | documents | bytes | why |", "|---|---:|---:|---|"]
-    removed_docs = s["removed"]["docs"]
-    if not removed_docs:
-        lines.append("| — | 0 | 0 B | nothing removed |")
-    for reason, n in sorted(removed_docs.items(), key=lambda kv: -kv[1]):
-        lines.append(
-            f"| {reason} | {n:,} | {format_bytes(s['removed']['bytes'][reason])} | {REASON_TEXT.get(reason, '')} |"
-        )
+    lines += _accounting_lines(s)
     if s["bytes_changed_by_cleaning"]:
         lines += [
             "",
             f"Normalisation and whitespace repair changed the size of kept text by "
             f"{s['bytes_changed_by_cleaning']:+,} bytes.",
         ]
+    lines += _dropped_files_lines(s)
     if s["pii"]:
         lines += ["", "## PII scrubbed", "", "| kind | replacements |", "|---|---:|"]
         lines += [f"| {k} | {v:,} |" for k, v in sorted(s["pii"].items())]
@@ -114,14 +156,14 @@ def render_report(s: dict) -> str:
         "",
         "## Sources",
         "",
-        "| source | files | documents read | bytes read | documents kept | bytes kept | files skipped |",
+        "| source | files read | records in | bytes in | records kept | bytes written | files skipped |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for name, src in s["sources"].items():
         skipped = ", ".join(f"{k}: {v}" for k, v in sorted(src["skipped_files"].items())) or "—"
         lines.append(
-            f"| `{name}` | {src['files']:,} | {src['docs_read']:,} | {format_bytes(src['bytes_read'])} | "
-            f"{src['docs_kept']:,} | {format_bytes(src['bytes_kept'])} | {skipped} |"
+            f"| `{name}` | {src['files']:,} | {src['records_in']:,} | {format_bytes(src['bytes_in'])} | "
+            f"{src['records_kept']:,} | {format_bytes(src['bytes_written'])} | {skipped} |"
         )
     bad = s["bad_records"]
     lines += ["", "## Bad records", ""]

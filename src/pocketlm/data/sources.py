@@ -9,14 +9,13 @@ standard library sources and documentation topics), or `hf:NAME_OR_PATH` (a Hugg
 from __future__ import annotations
 
 import sysconfig
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pocketlm.common.errors import InputError, require
 from pocketlm.data import readers
-from pocketlm.data.readers import OnBytes
+from pocketlm.data.accounting import Accounting
+from pocketlm.data.csv_reader import read_csv
 from pocketlm.data.records import BadRecordLog, Document
 from pocketlm.data.source_options import SourceOptions
 
@@ -95,16 +94,6 @@ _STDLIB_SKIP_DIRS = frozenset(
 )
 
 
-@dataclass
-class SourceStats:
-    """Per-source totals for the report."""
-
-    files: int = 0
-    docs: int = 0
-    bytes: int = 0
-    skipped_files: Counter = field(default_factory=Counter)  # reason/extension -> count
-
-
 def file_kind(path: Path) -> str | None:
     """'text' | 'html' | 'jsonl' | 'csv' | 'parquet' for a known file type, else None."""
     suffix = path.suffix.lower()
@@ -147,20 +136,18 @@ def describe_source(spec: str) -> str:
     return "dir" if path.is_dir() else "file"
 
 
-def iter_source(
-    spec: str, opts: SourceOptions, bad: BadRecordLog, stats: SourceStats, on_bytes: OnBytes
-) -> Iterator[Document]:
-    """All documents of one source argument, in a deterministic order."""
+def iter_source(spec: str, opts: SourceOptions, book: Accounting) -> Iterator[Document]:
+    """All documents of one source argument, in a deterministic order; every file gets a ledger."""
     kind = describe_source(spec)
     if kind == "stdlib":
-        yield from _iter_stdlib(spec, opts, bad, stats, on_bytes)
+        yield from _iter_stdlib(spec, opts, book)
     elif kind == "hf":
-        yield from _iter_hf(spec, opts, bad, stats, on_bytes)
+        yield from _iter_hf(spec, opts, book)
     elif kind == "file":
-        yield from _iter_file(Path(spec), spec, opts, bad, stats, on_bytes, explicit=True)
+        yield from _iter_file(Path(spec), spec, opts, book, explicit=True)
     else:
         for path in _walk(Path(spec), opts.include_hidden):
-            yield from _iter_file(path, spec, opts, bad, stats, on_bytes, explicit=False)
+            yield from _iter_file(path, spec, opts, book, explicit=False)
 
 
 def _walk(root: Path, include_hidden: bool) -> Iterator[Path]:
@@ -173,37 +160,30 @@ def _walk(root: Path, include_hidden: bool) -> Iterator[Path]:
 
 
 def _iter_file(
-    path: Path,
-    source: str,
-    opts: SourceOptions,
-    bad: BadRecordLog,
-    stats: SourceStats,
-    on_bytes: OnBytes,
-    *,
-    explicit: bool,
+    path: Path, source: str, opts: SourceOptions, book: Accounting, *, explicit: bool
 ) -> Iterator[Document]:
     kind = file_kind(path)
     if kind is None:
         if not explicit:
-            stats.skipped_files[f"unsupported type {path.suffix or path.name}"] += 1
-            on_bytes(path.stat().st_size)
+            reason = f"unsupported type {path.suffix or path.name}"
+            book.skip_file(path, source, path.stat().st_size, reason)
             return
         kind = "text"  # an explicitly named file is read as text whatever its extension
     if kind in ("text", "html") and readers.sniff_binary(path):
         if explicit:
             raise InputError("looks like a binary file (contains NUL bytes), not text", path=path)
-        stats.skipped_files["binary"] += 1
-        on_bytes(path.stat().st_size)
+        book.skip_file(path, source, path.stat().st_size, "binary")
         return
-    stats.files += 1
+    ledger = book.open(path, source)
     if kind in ("text", "html"):
-        yield from readers.read_text_file(path, source, opts, bad, on_bytes, is_html=kind == "html")
+        yield from readers.read_text_file(path, opts, ledger, is_html=kind == "html")
     elif kind == "jsonl":
-        yield from readers.read_jsonl(path, source, opts, bad, on_bytes)
+        yield from readers.read_jsonl(path, opts, ledger)
     elif kind == "csv":
-        yield from readers.read_csv(path, source, opts, bad, on_bytes)
+        yield from read_csv(path, opts, ledger)
     else:
-        yield from readers.read_parquet(path, source, opts, bad, on_bytes)
+        yield from readers.read_parquet(path, opts, ledger)
+    book.done_reading(ledger)
 
 
 def stdlib_root() -> Path:
@@ -235,25 +215,27 @@ def stdlib_docs_bytes() -> int:
     return sum(len(t.encode("utf-8")) for t in _stdlib_topics().values())
 
 
-def _iter_stdlib(
-    source: str, opts: SourceOptions, bad: BadRecordLog, stats: SourceStats, on_bytes: OnBytes
-) -> Iterator[Document]:
+def _iter_stdlib(source: str, opts: SourceOptions, book: Accounting) -> Iterator[Document]:
     # The stdlib is read as it ships: a file that is not UTF-8 is counted and skipped, never fatal,
     # because the user cannot fix it.
-    lenient = BadRecordLog(policy="skip", counts=bad.counts, examples=bad.examples)
+    lenient = BadRecordLog(
+        policy="skip", counts=book.bad_log.counts, examples=book.bad_log.examples
+    )
     for path in stdlib_files():
-        stats.files += 1
-        yield from readers.read_text_file(path, source, opts, lenient, on_bytes)
+        ledger = book.open(path, source, lenient)
+        yield from readers.read_text_file(path, opts, ledger)
+        book.done_reading(ledger)
     topics = _stdlib_topics()
+    ledger = book.open("pydoc_data.topics", source)
     for name in sorted(topics):
         text = topics[name]
-        on_bytes(len(text.encode("utf-8")))
-        yield Document(text, source, f"pydoc_data.topics:{name}")
+        n_bytes = len(text.encode("utf-8"))
+        ledger.progress(n_bytes)
+        yield ledger.emit(text, f"pydoc_data.topics:{name}", n_bytes)
+    book.done_reading(ledger)
 
 
-def _iter_hf(
-    spec: str, opts: SourceOptions, bad: BadRecordLog, stats: SourceStats, on_bytes: OnBytes
-) -> Iterator[Document]:
+def _iter_hf(spec: str, opts: SourceOptions, book: Accounting) -> Iterator[Document]:
     name = spec[3:] if spec.startswith("hf:") else spec
     datasets = require("datasets", "hf", "Reading Hugging Face datasets")
     if Path(name).exists():
@@ -270,5 +252,6 @@ def _iter_hf(
     else:
         # Online path: the same reader over a streamed hub dataset.
         rows = iter(datasets.load_dataset(name, split=opts.hf_split, streaming=True))
-    stats.files += 1
-    yield from readers.read_records(rows, name, spec, opts, bad, on_bytes)
+    ledger = book.open(name, spec)
+    yield from readers.read_records(rows, name, opts, ledger)
+    book.done_reading(ledger)

@@ -7,16 +7,22 @@ import json
 import pytest
 
 from pocketlm.common.errors import InputError
-from pocketlm.data.readers import read_csv, read_jsonl, read_parquet, read_text_file
+from pocketlm.data.accounting import Accounting
+from pocketlm.data.csv_reader import read_csv
+from pocketlm.data.readers import read_jsonl, read_parquet, read_text_file
 from pocketlm.data.records import BadRecordLog
 from pocketlm.data.source_options import SourceOptions
-from pocketlm.data.sources import SourceStats, iter_source
+from pocketlm.data.sources import iter_source
+
+
+def _book(policy="error"):
+    return Accounting(BadRecordLog(policy=policy), lambda n: None)
 
 
 def _read(fn, path, policy="error", **opts):
-    bad = BadRecordLog(policy=policy)
-    docs = list(fn(path, "src", SourceOptions(**opts), bad, lambda n: None))
-    return docs, bad
+    book = _book(policy)
+    docs = list(fn(path, SourceOptions(**opts), book.open(path, "src")))
+    return docs, book.bad_log
 
 
 def test_invalid_utf8_names_file_line_and_offset(tmp_path):
@@ -113,19 +119,14 @@ def test_hf_dataset_saved_on_disk(tmp_path):
         {"train": datasets.Dataset.from_dict({"text": ["alpha text", "beta text"]})}
     )
     ds.save_to_disk(str(tmp_path / "hfds"))
-    stats = SourceStats()
-    docs = list(
-        iter_source(str(tmp_path / "hfds"), SourceOptions(), BadRecordLog(), stats, lambda n: None)
-    )
+    docs = list(iter_source(str(tmp_path / "hfds"), SourceOptions(), _book()))
     assert [d.text for d in docs] == ["alpha text", "beta text"]
     with pytest.raises(InputError, match="no split 'test'"):
         list(
             iter_source(
                 "hf:" + str(tmp_path / "hfds"),
                 SourceOptions(hf_split="test"),
-                BadRecordLog(),
-                SourceStats(),
-                lambda n: None,
+                _book(),
             )
         )
 
@@ -136,9 +137,7 @@ def test_missing_source_path():
             iter_source(
                 "/nonexistent/folder",
                 SourceOptions(),
-                BadRecordLog(),
-                SourceStats(),
-                lambda n: None,
+                _book(),
             )
         )
 
