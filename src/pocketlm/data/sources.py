@@ -155,8 +155,8 @@ def _walk(root: Path, include_hidden: bool) -> Iterator[Path]:
         rel = path.relative_to(root).parts
         if not include_hidden and any(p.startswith(".") for p in rel):
             continue
-        if path.is_file():
-            yield path
+        if path.is_file() or (path.is_symlink() and not path.exists()):
+            yield path  # a broken link is read and reported unreadable, never passed over
 
 
 def _iter_file(
@@ -166,24 +166,42 @@ def _iter_file(
     if kind is None:
         if not explicit:
             reason = f"unsupported type {path.suffix or path.name}"
-            book.skip_file(path, source, path.stat().st_size, reason)
+            book.skip_file(path, source, _size(path), reason)
             return
         kind = "text"  # an explicitly named file is read as text whatever its extension
-    if kind in ("text", "html") and readers.sniff_binary(path):
+    try:
+        binary = kind in ("text", "html") and readers.sniff_binary(path)
+    except OSError as exc:  # unreadable before the first byte: named like any unreadable file
+        ledger = book.open(path, source)
+        ledger.unreadable(InputError(f"cannot read the file ({exc.strerror or exc})", path=path), 0)
+        book.done_reading(ledger)
+        return
+    if binary:
         if explicit:
             raise InputError("looks like a binary file (contains NUL bytes), not text", path=path)
-        book.skip_file(path, source, path.stat().st_size, "binary")
+        book.skip_file(path, source, _size(path), "binary")
         return
     ledger = book.open(path, source)
-    if kind in ("text", "html"):
-        yield from readers.read_text_file(path, opts, ledger, is_html=kind == "html")
-    elif kind == "jsonl":
-        yield from readers.read_jsonl(path, opts, ledger)
-    elif kind == "csv":
-        yield from read_csv(path, opts, ledger)
-    else:
-        yield from readers.read_parquet(path, opts, ledger)
+    try:
+        if kind in ("text", "html"):
+            yield from readers.read_text_file(path, opts, ledger, is_html=kind == "html")
+        elif kind == "jsonl":
+            yield from readers.read_jsonl(path, opts, ledger)
+        elif kind == "csv":
+            yield from read_csv(path, opts, ledger)
+        else:
+            yield from readers.read_parquet(path, opts, ledger)
+    except OSError as exc:  # permission denied, a file that vanished, an I/O error mid-read
+        reason = f"cannot read the file ({exc.strerror or exc})"
+        ledger.unreadable(InputError(reason, path=path), _size(path))
     book.done_reading(ledger)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def stdlib_root() -> Path:

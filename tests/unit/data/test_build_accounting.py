@@ -330,3 +330,41 @@ def _texts(corpus: Path) -> list[str]:
     return [
         t for p in shard_paths(corpus, "train") for t in pq.read_table(p).column("text").to_pylist()
     ]
+
+
+def test_unreadable_files_and_broken_links_stop_the_build_or_are_named(tmp_path):
+    """Permission denied and a dangling symlink: an error naming the file by default, a named
+    skip with --on-bad-record skip; never a traceback, never a silent pass."""
+    import json
+    import os
+
+    from pocketlm.common.errors import InputError
+    from pocketlm.data.build import build_corpus
+    from pocketlm.data.config import CorpusConfig
+
+    src = tmp_path / "src"
+    src.mkdir()
+    from tests.conftest import make_document
+
+    rng = random.Random(3)
+    for i in range(3):
+        (src / f"ok{i}.txt").write_text(make_document(rng, 16))
+    locked = src / "locked.txt"
+    locked.write_text("secret " * 50)
+    (src / "gone.txt").symlink_to(src / "nowhere.txt")
+    os.chmod(locked, 0)
+    if os.access(locked, os.R_OK):  # root reads anything: only the broken link is tested then
+        os.chmod(locked, 0o644)
+        locked.unlink()
+    try:
+        with pytest.raises(InputError, match=r"cannot read the file"):
+            build_corpus([str(src)], tmp_path / "stop")
+        out = build_corpus(
+            [str(src)], tmp_path / "skip", CorpusConfig(on_bad_record="skip", val_fraction=0.0)
+        )
+    finally:
+        if locked.exists():
+            os.chmod(locked, 0o644)
+    named = [json.loads(line) for line in (out / "dropped_files.jsonl").read_text().splitlines()]
+    paths = {Path(entry["path"]).name for entry in named}
+    assert "gone.txt" in paths and (not locked.exists() or "locked.txt" in paths)
