@@ -359,8 +359,9 @@ _SERVE_SLOW = textwrap.dedent(
     from pocketlm.serve.app import ServerSettings, create_app, run_server
 
     scheduler, tokenizer = make_scheduler(sys.argv[1], slots=1, delay_s=0.2)
-    app = create_app(scheduler, tokenizer, ServerSettings(model_id="tiny"))
-    run_server(app, port=int(sys.argv[2]), shutdown_timeout_s=1.0, log_level="warning")
+    settings = ServerSettings(model_id="tiny", port=int(sys.argv[2]), shutdown_timeout_s=1.0)
+    app = create_app(scheduler, tokenizer, settings)
+    run_server(app, log_level="warning")
     """
 )
 

@@ -127,7 +127,10 @@ def _serve(args: argparse.Namespace) -> int:
         model_id=args.model_name or Path(args.model).resolve().name,
         api_key=key,
         public_paths=tuple(args.public_route or DEFAULT_PUBLIC_PATHS),
+        host=args.host,
+        port=args.port,
         max_body_bytes=args.max_body_bytes,
+        shutdown_timeout_s=args.shutdown_timeout,
         backend_name=backend.name,
     )
     app = create_app(scheduler, tokenizer, settings)
@@ -144,5 +147,5 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    run_server(app, host=args.host, port=args.port, shutdown_timeout_s=args.shutdown_timeout)
+    run_server(app)
     return 0

@@ -6,6 +6,7 @@ responses pass through untouched and a client's disconnect still reaches the end
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -103,11 +104,13 @@ class ApiKeyMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses request bodies over `max_bytes` with 413 (by Content-Length, or while reading)."""
+    """Refuses request bodies over `max_bytes` with 413 (by Content-Length, or while reading), and
+    bodies still arriving `timeout_s` after the head with 408."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -127,8 +130,20 @@ class BodyLimitMiddleware:
         # Read the whole body here (bounded), then hand it to the app; later receive() calls
         # still go to the server so the app can notice a disconnect.
         chunks, total, more = [], 0, True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:  # a body dribbled in slowly holds a connection: end it
+                await send_error(
+                    send,
+                    408,
+                    f"the request body did not arrive within {self.timeout_s:g} s",
+                    code="request_timeout",
+                    headers=[("Connection", "close")],
+                )
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
