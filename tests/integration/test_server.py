@@ -396,17 +396,60 @@ def test_sigterm_with_a_request_in_flight_exits_within_seconds(tiny_model_dir):
                 assert next(lines).startswith("data: ")
                 start = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
-                try:
-                    for _ in lines:  # the stream goes on during the grace period, then ends
-                        pass
-                except httpx.HTTPError:
-                    pass  # cut off: the in-flight request was cancelled
+                rest = [line for line in lines if line]  # goes on for the grace period, then ends
+        assert _ends_with_shutdown_error(rest)
         assert proc.wait(timeout=10) == 0
         assert time.monotonic() - start < 6
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _ends_with_shutdown_error(lines: list[str]) -> bool:
+    """True when SSE data lines end with a shutting_down error event, then [DONE]."""
+    assert lines[-1] == "data: [DONE]", lines[-3:]
+    error = json.loads(lines[-2].removeprefix("data: "))["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error["code"] == "shutting_down" and error["type"] == "server_busy"
+
+
+def test_shutdown_past_its_grace_answers_503_and_ends_streams_with_an_error(tiny_model_dir):
+    """A stream in flight and a request waiting for the slot, then a shutdown with 0.5 s grace
+    (the stream alone would take ~5 s: 200 ms a token, no early stop, a 32-token context)."""
+    scheduler, tokenizer = make_scheduler(tiny_model_dir, slots=1, max_queue=2, delay_s=0.2)
+    results: dict = {}
+    with live_server(scheduler, tokenizer, shutdown_timeout_s=0.5) as srv:
+
+        def stream() -> None:
+            body = {"messages": HELLO, "stream": True, "max_tokens": 1000}
+            with (
+                httpx.Client(base_url=srv.url, timeout=30) as c,
+                c.stream("POST", "/v1/chat/completions", json=body) as response,
+            ):
+                lines = [line for line in response.iter_lines() if line]
+                results["stream"] = lines
+
+        def whole() -> None:
+            body = {"messages": HELLO, "max_tokens": 1000}
+            results["whole"] = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=30)
+
+        threads = [threading.Thread(target=stream), threading.Thread(target=whole)]
+        threads[0].start()
+        assert wait_until(lambda: scheduler.stats().active == 1)
+        threads[1].start()
+        assert wait_until(lambda: scheduler.stats().queued == 1)
+        tokens_before = scheduler.stats().generated_tokens
+        start = time.monotonic()
+        srv.stop()
+        stopped_s = time.monotonic() - start
+        for t in threads:
+            t.join(30)
+    assert scheduler.stats().generated_tokens > tokens_before  # the grace period was honoured
+    assert stopped_s < 0.5 + 2.0  # answered by the grace period's end, not uvicorn's backstop
+    assert _ends_with_shutdown_error(results["stream"])
+    refused = _assert_error(results["whole"], 503)
+    assert refused["code"] == "shutting_down" and refused["type"] == "server_busy"
 
 
 def test_pocketlm_serve_cli_serves_and_stops_on_sigterm(tiny_model_dir, tmp_path):

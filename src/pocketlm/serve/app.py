@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pocketlm.common.errors import ConfigError, require
-from pocketlm.common.log import get_logger
 from pocketlm.engine.scheduler import BatchScheduler
 from pocketlm.serve.openai_protocol import ProtocolError, error_body
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
-_log = get_logger("pocketlm.server")
 ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
 DEFAULT_PUBLIC_PATHS = ("/health", "/")
 
@@ -69,6 +67,7 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
     from pocketlm.serve.middleware import (
         ApiKeyMiddleware,
         BodyLimitMiddleware,
+        ErrorGuardMiddleware,
         MetricsMiddleware,
     )
     from pocketlm.serve.routes import GenerationRoutes
@@ -101,17 +100,13 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
+        path = request.scope["path"]  # not request.url: that parses the Host header
         code = {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
         message = {
-            404: f"unknown URL {request.url.path}: see /v1/models, /v1/completions, /v1/chat/completions",
-            405: f"method {request.method} is not allowed on {request.url.path}",
+            404: f"unknown URL {path}: see /v1/models, /v1/completions, /v1/chat/completions",
+            405: f"method {request.method} is not allowed on {path}",
         }.get(exc.status_code, str(exc.detail))
         return error(exc.status_code, error_body(message, code=code), getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def server_error(request, exc: Exception):
-        _log.exception("request failed")
-        return error(500, error_body(f"internal error: {exc}", type="server_error"))
 
     @app.get("/")
     async def page():
@@ -158,7 +153,8 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
     async def chat_completions(request: fastapi.Request):
         return await routes.chat_completions(request)
 
-    # Outermost first: count everything, then check the key, then cap the body.
+    # Outermost first (added last): count everything, answer whatever happens, then check the
+    # key, then cap the body.
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
     )
@@ -166,6 +162,7 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
         app.add_middleware(
             ApiKeyMiddleware, api_key=settings.api_key, public_paths=settings.public_paths
         )
+    app.add_middleware(ErrorGuardMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

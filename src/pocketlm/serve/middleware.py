@@ -1,4 +1,5 @@
-"""Plain ASGI middleware for the server: metrics, API-key check, request-body size cap.
+"""Plain ASGI middleware for the server: metrics, an OpenAI answer whatever happens, API-key
+check, JSON content type, request-body size cap and read timeout.
 
 Written against the ASGI interface directly (not Starlette's BaseHTTPMiddleware) so streamed
 responses pass through untouched and a client's disconnect still reaches the endpoint.
@@ -13,8 +14,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from pocketlm.common.log import get_logger
 from pocketlm.serve.metrics import ServerMetrics
 from pocketlm.serve.openai_protocol import error_body
+from pocketlm.serve.openai_responses import SSE_DONE, sse
+
+_log = get_logger("pocketlm.server")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -71,6 +76,58 @@ class MetricsMiddleware:
             await self.app(scope, receive, counting_send)
         finally:
             self.metrics.observe_request(scope["path"], status, time.perf_counter() - start)
+
+
+class ErrorGuardMiddleware:
+    """Every request ends with an OpenAI answer, whatever happens inside.
+
+    An exception (logged here, never echoed to the client) answers 500; a cancellation (a
+    shutdown that ran past its grace and its backstop) answers 503 shutting_down. A stream
+    already under way ends with that error as an event and [DONE] instead of a cut connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = complete = streaming = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started, complete, streaming
+            if message["type"] == "http.response.start":
+                started = True
+                streaming = any(
+                    k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                    for k, v in message.get("headers", ())
+                )
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                complete = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+            if started:
+                return
+            # Returned without answering: only right when the client left (send is then a no-op).
+            status, type, code = 500, "server_error", "no_response"
+            message = "internal error: the server did not answer this request"
+        except asyncio.CancelledError:
+            # Swallowed on purpose: this is the request's own task, and its client is still
+            # owed an answer; uvicorn cancels each task once.
+            status, type, code = 503, "server_busy", "shutting_down"
+            message = "the server is shutting down and stopped this request"
+        except Exception:
+            _log.exception("request failed: %s %s", scope.get("method"), scope.get("path"))
+            status, type, code = 500, "server_error", "internal_error"
+            message = "internal error while answering this request; the server log has the details"
+        if not started:
+            await send_error(send, status, message, type=type, code=code)
+        elif streaming and not complete:
+            event = sse(error_body(message, type=type, code=code)) + SSE_DONE
+            await send({"type": "http.response.body", "body": event, "more_body": False})
 
 
 class ApiKeyMiddleware:
