@@ -165,8 +165,16 @@ def test_bad_requests_get_openai_errors(client):
     _assert_error(post("/v1/chat/completions", json={"messages": HELLO, "n": 1000}), 400, "n")
     _assert_error(post("/v1/chat/completions", json={"messages": HELLO, "top_p": -1}), 400, "top_p")
     nan = b'{"messages": [{"role": "user", "content": "x"}], "temperature": Infinity}'
-    _assert_error(post("/v1/chat/completions", content=nan), 400)
-    _assert_error(post("/v1/chat/completions", content=b"not json"), 400)
+    json_type = {"Content-Type": "application/json"}
+    _assert_error(post("/v1/chat/completions", content=nan, headers=json_type), 400)
+    _assert_error(post("/v1/chat/completions", content=b"not json", headers=json_type), 400)
+    lone = b'{"messages": [{"role": "user", "content": "a\\ud800"}]}'
+    error = _assert_error(post("/v1/chat/completions", content=lone, headers=json_type), 400)
+    assert error["param"] == "messages[0].content" and error["code"] == "invalid_unicode"
+    huge = {"prompt": "the cat " * 5000}  # 40 kB: refused by its size (unit tests: untokenized)
+    assert _assert_error(post("/v1/completions", json=huge), 400)["code"] == (
+        "context_length_exceeded"
+    )
     _assert_error(
         post("/v1/completions", json={"prompt": "x", "max_tokens": -5}), 400, "max_tokens"
     )
@@ -182,6 +190,83 @@ def test_bad_requests_get_openai_errors(client):
     _assert_error(client.get("/v1/chat/completions"), 405)
     _assert_error(client.get("/v1/models/other"), 404, "model")
     assert client.get("/v1/models/tiny").json()["id"] == "tiny"
+
+
+def test_bodies_that_are_not_declared_json_get_415(client):
+    body = json.dumps({"messages": HELLO, "max_tokens": 2}).encode()
+    for content_type in (None, "text/plain", "application/x-www-form-urlencoded", "text/json"):
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        response = client.post("/v1/chat/completions", content=body, headers=headers)
+        assert _assert_error(response, 415)["code"] == "unsupported_media_type"
+    latin = {"Content-Type": "application/json; charset=iso-8859-1"}
+    _assert_error(client.post("/v1/completions", content=body, headers=latin), 415)
+    utf8 = {"Content-Type": "application/json; charset=utf-8"}
+    assert client.post("/v1/chat/completions", content=body, headers=utf8).status_code == 200
+
+
+def test_a_foreign_host_is_refused_as_dns_rebinding_would_send_it(server, client):
+    body = {"messages": HELLO, "max_tokens": 2}
+    for host in ("evil.example", f"evil.example:{server.port}", "127.0.0.1.evil.example", "[::2]"):
+        response = client.post("/v1/chat/completions", json=body, headers={"Host": host})
+        assert _assert_error(response, 403)["code"] == "host_not_allowed", host
+    _assert_error(client.get("/", headers={"Host": "evil.example"}), 403)  # even the page
+    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", "localhost", "[::1]"):
+        response = client.post("/v1/chat/completions", json=body, headers={"Host": host})
+        assert response.status_code == 200, (host, response.text)
+
+
+def test_a_web_page_of_another_origin_gets_nothing(server, client):
+    """The attack from the issue: a cross-origin text/plain POST (no preflight needed)."""
+    text_plain = {"Content-Type": "text/plain", "Origin": "http://evil.example"}
+    body = json.dumps({"messages": HELLO, "max_tokens": 2})
+    response = client.post("/v1/chat/completions", content=body, headers=text_plain)
+    assert _assert_error(response, 403)["code"] == "origin_not_allowed"
+    assert "access-control-allow-origin" not in response.headers
+    for origin in ("http://localhost:3000", "null", f"http://127.0.0.1:{server.port + 1}"):
+        response = client.post(
+            "/v1/chat/completions", json={"messages": HELLO}, headers={"Origin": origin}
+        )
+        _assert_error(response, 403)
+        _assert_error(client.get("/v1/models", headers={"Origin": origin}), 403)
+    preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    _assert_error(client.options("/v1/chat/completions", headers=preflight), 403)
+    own = {"Origin": server.url}  # the chat page's own requests
+    response = client.post(
+        "/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2}, headers=own
+    )
+    assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
+
+
+def test_cors_origins_get_preflight_answers_and_cors_headers(tiny_model_dir):
+    scheduler, tokenizer = make_scheduler(tiny_model_dir, slots=1)
+    ui = "http://localhost:3000"
+    with (
+        live_server(scheduler, tokenizer, api_key=KEY, cors_origins=(ui,)) as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as c,
+    ):
+        asked = "authorization, content-type, x-stainless-os"
+        preflight = c.options(
+            "/v1/chat/completions",
+            headers={
+                "Origin": ui,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": asked,
+            },
+        )  # no key: a browser sends none with a preflight
+        assert preflight.status_code == 204, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == ui
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        assert preflight.headers["access-control-allow-headers"] == asked
+        response = c.post(
+            "/v1/chat/completions",
+            json={"messages": HELLO, "max_tokens": 2},
+            headers={"Origin": ui, **AUTH},
+        )
+        assert response.status_code == 200 and response.headers["access-control-allow-origin"] == ui
+        unauthorized = c.get("/v1/models", headers={"Origin": ui})
+        assert _assert_error(unauthorized, 401) and unauthorized.headers["vary"] == "Origin"
+        other = c.get("/v1/models", headers={"Origin": "http://localhost:3001", **AUTH})
+        _assert_error(other, 403)
 
 
 def test_control_tokens_typed_in_a_chat_message_stay_text(server, client, tiny_model_dir):

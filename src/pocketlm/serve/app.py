@@ -21,6 +21,7 @@ from pocketlm.serve.openai_protocol import ProtocolError, error_body
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
+POST_ROUTES = ("/v1/completions", "/v1/chat/completions")  # JSON bodies only
 DEFAULT_PUBLIC_PATHS = ("/health", "/")
 
 
@@ -33,6 +34,8 @@ class ServerSettings:
     port: int = 8000
     api_key: str | None = None
     public_paths: tuple[str, ...] = DEFAULT_PUBLIC_PATHS
+    allowed_hosts: tuple[str, ...] = ()  # Host names beyond the bound address and localhost
+    cors_origins: tuple[str, ...] = ()  # foreign page origins that may call the server
     max_body_bytes: int = 1_000_000
     max_connections: int = 256  # open at once; past it the oldest idle one is closed
     idle_timeout_s: float = 5.0  # a connection with no request is closed after this
@@ -68,10 +71,13 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
         ApiKeyMiddleware,
         BodyLimitMiddleware,
         ErrorGuardMiddleware,
+        JsonContentTypeMiddleware,
         MetricsMiddleware,
     )
+    from pocketlm.serve.origin_guard import AccessPolicy, OriginGuardMiddleware
     from pocketlm.serve.routes import GenerationRoutes
 
+    policy = AccessPolicy.build(settings.host, settings.allowed_hosts, settings.cors_origins)
     metrics = ServerMetrics(ROUTES)
     created = int(time.time())
     routes = GenerationRoutes(scheduler, tokenizer, settings, metrics, created)
@@ -153,15 +159,17 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
     async def chat_completions(request: fastapi.Request):
         return await routes.chat_completions(request)
 
-    # Outermost first (added last): count everything, answer whatever happens, then check the
-    # key, then cap the body.
+    # Outermost first (added last): count everything, answer whatever happens, refuse other
+    # hosts and foreign pages, check the key, refuse bodies that are not JSON, cap the body.
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
     )
+    app.add_middleware(JsonContentTypeMiddleware, paths=POST_ROUTES)
     if settings.api_key:
         app.add_middleware(
             ApiKeyMiddleware, api_key=settings.api_key, public_paths=settings.public_paths
         )
+    app.add_middleware(OriginGuardMiddleware, policy=policy)
     app.add_middleware(ErrorGuardMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

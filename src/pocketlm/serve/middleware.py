@@ -45,7 +45,8 @@ async def send_error(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header `name` (lowercase bytes) as text, or None."""
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
             return value.decode("latin-1")
@@ -142,7 +143,7 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or scope["path"] in self.public:
             await self.app(scope, receive, send)
             return
-        given = (_header(scope, b"authorization") or "").strip().encode("latin-1")
+        given = (header(scope, b"authorization") or "").strip().encode("latin-1")
         if not hmac.compare_digest(given, self.expected):
             message = (
                 "missing API key: send 'Authorization: Bearer KEY'"
@@ -160,6 +161,42 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+def json_content_type_problem(value: str | None) -> str | None:
+    """What is wrong with a Content-Type for a JSON body (None: it is application/json, UTF-8)."""
+    want = "send 'Content-Type: application/json' with a JSON body"
+    if value is None:
+        return f"the request has no Content-Type: {want}"
+    media, *params = value.split(";")
+    if media.strip().lower() != "application/json":
+        return f"the Content-Type {value[:100]!r} is not JSON: {want}"
+    for param in params:
+        key, _, charset = param.partition("=")
+        charset = charset.strip().strip('"').lower()
+        if key.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+            return f"the charset {charset[:40]!r} is not UTF-8: JSON is sent as UTF-8"
+    return None
+
+
+class JsonContentTypeMiddleware:
+    """Refuses a POST to `paths` whose body is not declared JSON with 415.
+
+    Pages send text/plain, form and multipart bodies to other origins without asking first;
+    application/json they must ask for (a CORS preflight), which the origin check answers.
+    """
+
+    def __init__(self, app: ASGIApp, paths: Iterable[str]) -> None:
+        self.app = app
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            problem = json_content_type_problem(header(scope, b"content-type"))
+            if problem is not None:
+                await send_error(send, 415, problem, code="unsupported_media_type")
+                return
+        await self.app(scope, receive, send)
+
+
 class BodyLimitMiddleware:
     """Refuses request bodies over `max_bytes` with 413 (by Content-Length, or while reading), and
     bodies still arriving `timeout_s` after the head with 408."""
@@ -173,7 +210,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _header(scope, b"content-length")
+        declared = header(scope, b"content-length")
         too_big = f"the request body is larger than the limit of {self.max_bytes} bytes"
         if declared is not None:
             try:
