@@ -1,5 +1,6 @@
-"""The OpenAI-compatible server, live on 127.0.0.1: the official client, raw HTTP, a fuzz of bad
-requests, disconnects, concurrency, the bounded queue and SIGTERM."""
+"""The OpenAI-compatible server, live on 127.0.0.1: the official client, raw HTTP, Host and Origin
+checks, disconnects, concurrency, the bounded queue, shutdown and SIGTERM (the fuzz of bad requests
+is test_server_fuzz.py, the HTTP limits test_server_limits.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,6 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 from tests.integration.live_server import (  # noqa: E402
     free_port,
@@ -303,73 +301,6 @@ def test_health_and_metrics(client):
         "time_to_first_token_seconds_count",
     ):
         assert f"pocketlm_{name} " in text
-
-
-_values = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=20),
-    st.lists(st.text(max_size=5), max_size=3),
-    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
-)
-_fields = (
-    "temperature",
-    "top_p",
-    "n",
-    "max_tokens",
-    "stop",
-    "seed",
-    "logprobs",
-    "top_logprobs",
-    "stream",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "prompt",
-    "messages",
-    "stream_options",
-)
-_bodies = st.one_of(
-    st.dictionaries(st.sampled_from(_fields), _values, max_size=6).map(
-        lambda d: (
-            {"messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "max_tokens": 4} | d
-        )
-    ),
-    st.dictionaries(st.sampled_from(_fields), _values, max_size=6),
-    st.builds(
-        lambda m: {"messages": m},
-        st.lists(
-            st.dictionaries(
-                st.sampled_from(["role", "content", "name"]),
-                st.one_of(
-                    st.sampled_from(["user", "system", "assistant", "tool"]),
-                    st.text(max_size=30),
-                    st.integers(),
-                ),
-            ),
-            max_size=3,
-        ),
-    ),
-    _values,
-)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(route=st.sampled_from(["/v1/chat/completions", "/v1/completions"]), body=_bodies)
-def test_fuzzed_requests_never_get_5xx(client, route, body):
-    if isinstance(body, dict) and body.get("max_tokens") is None:
-        body = body | {"max_tokens": 4}  # keep valid requests short
-    response = client.post(route, content=json.dumps(body).encode())
-    assert response.status_code < 500, response.text
-    if response.status_code >= 400:
-        _assert_error(response, response.status_code)
-    elif "text/event-stream" in response.headers.get("content-type", ""):
-        assert response.text.rstrip().endswith("data: [DONE]")
-        response.content.decode("utf-8")  # strict: always valid UTF-8
-    else:
-        assert response.json()["choices"]
 
 
 # ---- concurrency, disconnects, queue, shutdown ----------------------------------------------
