@@ -34,6 +34,9 @@ from pocketlm.serve.openai_protocol import error_body
 _log = get_logger("pocketlm.server")
 SHUTDOWN_BACKSTOP_S = 2.0  # uvicorn cancels what still runs this long after the grace period
 _RESERVED_FDS = 64  # descriptors kept for the model, logs and the listening socket
+# Pending connections the kernel queues, and so the most asyncio accepts in one burst before any
+# of them runs (and can close an old one): the open-files limit must leave room for a burst.
+LISTEN_BACKLOG = 128
 
 
 def error_response_bytes(
@@ -168,14 +171,16 @@ def http_protocol(*, header_timeout_s: float, max_connections: int) -> type[Open
 
 
 def connection_cap(requested: int) -> int:
-    """`requested`, or fewer when the open-files limit would run out first (with a warning)."""
+    """`requested`, or fewer when the open-files limit would run out first (with a warning): at
+    the limit the server could not accept, so not close, anything, and every new client hangs."""
     try:
         import resource  # Unix only
 
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (ImportError, ValueError, OSError):
         return requested
-    room = requested if soft == resource.RLIM_INFINITY else max(1, soft - _RESERVED_FDS)
+    spare = _RESERVED_FDS + LISTEN_BACKLOG
+    room = requested if soft == resource.RLIM_INFINITY else max(1, soft - spare)
     if requested > room:
         _log.warning(
             "max_connections %d is more than the open-files limit (%d) leaves: using %d",
@@ -218,6 +223,7 @@ def build_server(app: Any, *, log_level: str = "info") -> uvicorn.Server:
             max_connections=connection_cap(settings.max_connections),
         ),
         ws="none",  # no WebSocket routes: an Upgrade request is served as plain HTTP
+        backlog=LISTEN_BACKLOG,
         proxy_headers=False,  # no proxy in front: X-Forwarded-* must not change scheme or client
         timeout_keep_alive=settings.idle_timeout_s,  # type: ignore[arg-type]  # a float works
         timeout_graceful_shutdown=settings.shutdown_timeout_s + SHUTDOWN_BACKSTOP_S,  # type: ignore[arg-type]
