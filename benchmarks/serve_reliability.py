@@ -26,6 +26,8 @@ from pathlib import Path
 
 import httpx
 
+from serve_load import wait_healthy  # this folder's
+
 ROOT = Path(__file__).resolve().parents[1]
 JSON = {"Content-Type": "application/json"}
 HELLO = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -43,17 +45,7 @@ def start_server(args: argparse.Namespace, port: int, log) -> subprocess.Popen:
     proc = subprocess.Popen(
         cmd, cwd=tempfile.gettempdir(), env=env, preexec_fn=limit_files, stderr=log
     )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("the server exited; see its log")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server did not come up within 300 s")
+    return wait_healthy(proc, port)  # its log is a file: never a pipe nobody reads
 
 
 def answer(response: httpx.Response, start: float) -> dict:
