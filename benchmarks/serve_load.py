@@ -84,8 +84,12 @@ def start_server(args: argparse.Namespace, model: Path, port: int) -> subprocess
         "--threads",
         str(args.threads),
     ]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
+    return wait_healthy(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True), port)
+
+
+def wait_healthy(proc: subprocess.Popen, port: int, timeout_s: float = 300) -> subprocess.Popen:
+    """`proc` once the server on 127.0.0.1:port answers /health (SystemExit if it never does)."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"the server exited: {proc.stderr.read() if proc.stderr else ''}")
@@ -95,7 +99,7 @@ def start_server(args: argparse.Namespace, model: Path, port: int) -> subprocess
         except httpx.TransportError:
             time.sleep(0.2)
     proc.kill()
-    raise SystemExit("the server did not come up within 300 s")
+    raise SystemExit(f"the server did not come up within {timeout_s:g} s")
 
 
 def one_request(client: httpx.Client, max_tokens: int, seed: int) -> dict:

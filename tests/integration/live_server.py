@@ -8,10 +8,12 @@ slot, disconnect mid-stream or interrupt a reply at a known moment.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -97,23 +99,16 @@ def make_scheduler(
 
 
 class LiveServer:
-    """A uvicorn server for an app, run in a background thread on 127.0.0.1."""
+    """The server for an app made by create_app (build_server: its real protocol and limits), run
+    in a background thread on 127.0.0.1."""
 
-    def __init__(self, app, *, port: int | None = None, shutdown_timeout_s: float = 2.0) -> None:
-        import uvicorn
+    def __init__(self, app) -> None:
+        from pocketlm.serve.http_server import build_server
 
-        self.port = port or free_port()
+        settings = app.state.settings
+        self.port = settings.port
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=shutdown_timeout_s,
-            lifespan="on",
-        )
-        self.server = uvicorn.Server(config)
+        self.server = build_server(app, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self, timeout_s: float = 30.0) -> LiveServer:
@@ -132,11 +127,14 @@ class LiveServer:
 
 @contextlib.contextmanager
 def live_server(scheduler, tokenizer, **settings) -> Iterator[LiveServer]:
-    """Serve a scheduler with create_app(settings) for the duration of the block."""
+    """Serve a scheduler with create_app(ServerSettings(**settings)) on 127.0.0.1 and a free port
+    for the duration of the block."""
     from pocketlm.serve.app import ServerSettings, create_app
 
     settings.setdefault("model_id", "tiny")
-    app = create_app(scheduler, tokenizer, ServerSettings(**settings))
+    settings.setdefault("port", free_port())
+    settings.setdefault("shutdown_timeout_s", 2.0)
+    app = create_app(scheduler, tokenizer, ServerSettings(host="127.0.0.1", **settings))
     server = LiveServer(app).start()
     try:
         yield server
@@ -152,3 +150,68 @@ def wait_until(predicate, timeout_s: float = 5.0, step_s: float = 0.02) -> bool:
             return True
         time.sleep(step_s)
     return bool(predicate())
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """An HTTP response read off a raw socket."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def read_until_closed(sock: socket.socket, timeout_s: float) -> bytes:
+    """Everything the server sends until it closes the connection (or timeout_s passes)."""
+    deadline = time.monotonic() + timeout_s
+    chunks = []
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_response(raw: bytes, method: str = "GET") -> RawResponse | None:
+    """The (last, after any 1xx) response in raw bytes; None when there is none."""
+    import h11
+
+    if not raw:
+        return None
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(
+        h11.Request(
+            method="HEAD" if method == "HEAD" else "GET", target="/", headers=[("Host", "x")]
+        )
+    )
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(raw)
+    conn.receive_data(b"")
+    status, headers, body = None, {}, b""
+    while True:
+        event = conn.next_event()
+        if isinstance(event, h11.Response):
+            status = event.status_code
+            headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.InformationalResponse):
+            continue
+        else:  # EndOfMessage, ConnectionClosed
+            break
+    return None if status is None else RawResponse(status, headers, body)
+
+
+def raw_request(port: int, data: bytes, *, method: str = "GET", timeout_s: float = 10.0):
+    """Send raw bytes to 127.0.0.1:port; the response read until the server closes, or None."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(data)
+        return parse_response(read_until_closed(sock, timeout_s), method)

@@ -1,5 +1,6 @@
-"""The OpenAI-compatible server, live on 127.0.0.1: the official client, raw HTTP, a fuzz of bad
-requests, disconnects, concurrency, the bounded queue and SIGTERM."""
+"""The OpenAI-compatible server, live on 127.0.0.1: the official client, raw HTTP, Host and Origin
+checks, disconnects, concurrency, the bounded queue, shutdown and SIGTERM (the fuzz of bad requests
+is test_server_fuzz.py, the HTTP limits test_server_limits.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,6 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 from tests.integration.live_server import (  # noqa: E402
     free_port,
@@ -165,8 +163,16 @@ def test_bad_requests_get_openai_errors(client):
     _assert_error(post("/v1/chat/completions", json={"messages": HELLO, "n": 1000}), 400, "n")
     _assert_error(post("/v1/chat/completions", json={"messages": HELLO, "top_p": -1}), 400, "top_p")
     nan = b'{"messages": [{"role": "user", "content": "x"}], "temperature": Infinity}'
-    _assert_error(post("/v1/chat/completions", content=nan), 400)
-    _assert_error(post("/v1/chat/completions", content=b"not json"), 400)
+    json_type = {"Content-Type": "application/json"}
+    _assert_error(post("/v1/chat/completions", content=nan, headers=json_type), 400)
+    _assert_error(post("/v1/chat/completions", content=b"not json", headers=json_type), 400)
+    lone = b'{"messages": [{"role": "user", "content": "a\\ud800"}]}'
+    error = _assert_error(post("/v1/chat/completions", content=lone, headers=json_type), 400)
+    assert error["param"] == "messages[0].content" and error["code"] == "invalid_unicode"
+    huge = {"prompt": "the cat " * 5000}  # 40 kB: refused by its size (unit tests: untokenized)
+    assert _assert_error(post("/v1/completions", json=huge), 400)["code"] == (
+        "context_length_exceeded"
+    )
     _assert_error(
         post("/v1/completions", json={"prompt": "x", "max_tokens": -5}), 400, "max_tokens"
     )
@@ -182,6 +188,83 @@ def test_bad_requests_get_openai_errors(client):
     _assert_error(client.get("/v1/chat/completions"), 405)
     _assert_error(client.get("/v1/models/other"), 404, "model")
     assert client.get("/v1/models/tiny").json()["id"] == "tiny"
+
+
+def test_bodies_that_are_not_declared_json_get_415(client):
+    body = json.dumps({"messages": HELLO, "max_tokens": 2}).encode()
+    for content_type in (None, "text/plain", "application/x-www-form-urlencoded", "text/json"):
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        response = client.post("/v1/chat/completions", content=body, headers=headers)
+        assert _assert_error(response, 415)["code"] == "unsupported_media_type"
+    latin = {"Content-Type": "application/json; charset=iso-8859-1"}
+    _assert_error(client.post("/v1/completions", content=body, headers=latin), 415)
+    utf8 = {"Content-Type": "application/json; charset=utf-8"}
+    assert client.post("/v1/chat/completions", content=body, headers=utf8).status_code == 200
+
+
+def test_a_foreign_host_is_refused_as_dns_rebinding_would_send_it(server, client):
+    body = {"messages": HELLO, "max_tokens": 2}
+    for host in ("evil.example", f"evil.example:{server.port}", "127.0.0.1.evil.example", "[::2]"):
+        response = client.post("/v1/chat/completions", json=body, headers={"Host": host})
+        assert _assert_error(response, 403)["code"] == "host_not_allowed", host
+    _assert_error(client.get("/", headers={"Host": "evil.example"}), 403)  # even the page
+    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", "localhost", "[::1]"):
+        response = client.post("/v1/chat/completions", json=body, headers={"Host": host})
+        assert response.status_code == 200, (host, response.text)
+
+
+def test_a_web_page_of_another_origin_gets_nothing(server, client):
+    """The attack from the issue: a cross-origin text/plain POST (no preflight needed)."""
+    text_plain = {"Content-Type": "text/plain", "Origin": "http://evil.example"}
+    body = json.dumps({"messages": HELLO, "max_tokens": 2})
+    response = client.post("/v1/chat/completions", content=body, headers=text_plain)
+    assert _assert_error(response, 403)["code"] == "origin_not_allowed"
+    assert "access-control-allow-origin" not in response.headers
+    for origin in ("http://localhost:3000", "null", f"http://127.0.0.1:{server.port + 1}"):
+        response = client.post(
+            "/v1/chat/completions", json={"messages": HELLO}, headers={"Origin": origin}
+        )
+        _assert_error(response, 403)
+        _assert_error(client.get("/v1/models", headers={"Origin": origin}), 403)
+    preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    _assert_error(client.options("/v1/chat/completions", headers=preflight), 403)
+    own = {"Origin": server.url}  # the chat page's own requests
+    response = client.post(
+        "/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2}, headers=own
+    )
+    assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
+
+
+def test_cors_origins_get_preflight_answers_and_cors_headers(tiny_model_dir):
+    scheduler, tokenizer = make_scheduler(tiny_model_dir, slots=1)
+    ui = "http://localhost:3000"
+    with (
+        live_server(scheduler, tokenizer, api_key=KEY, cors_origins=(ui,)) as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as c,
+    ):
+        asked = "authorization, content-type, x-stainless-os"
+        preflight = c.options(
+            "/v1/chat/completions",
+            headers={
+                "Origin": ui,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": asked,
+            },
+        )  # no key: a browser sends none with a preflight
+        assert preflight.status_code == 204, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == ui
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        assert preflight.headers["access-control-allow-headers"] == asked
+        response = c.post(
+            "/v1/chat/completions",
+            json={"messages": HELLO, "max_tokens": 2},
+            headers={"Origin": ui, **AUTH},
+        )
+        assert response.status_code == 200 and response.headers["access-control-allow-origin"] == ui
+        unauthorized = c.get("/v1/models", headers={"Origin": ui})
+        assert _assert_error(unauthorized, 401) and unauthorized.headers["vary"] == "Origin"
+        other = c.get("/v1/models", headers={"Origin": "http://localhost:3001", **AUTH})
+        _assert_error(other, 403)
 
 
 def test_control_tokens_typed_in_a_chat_message_stay_text(server, client, tiny_model_dir):
@@ -218,73 +301,6 @@ def test_health_and_metrics(client):
         "time_to_first_token_seconds_count",
     ):
         assert f"pocketlm_{name} " in text
-
-
-_values = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=20),
-    st.lists(st.text(max_size=5), max_size=3),
-    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
-)
-_fields = (
-    "temperature",
-    "top_p",
-    "n",
-    "max_tokens",
-    "stop",
-    "seed",
-    "logprobs",
-    "top_logprobs",
-    "stream",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "prompt",
-    "messages",
-    "stream_options",
-)
-_bodies = st.one_of(
-    st.dictionaries(st.sampled_from(_fields), _values, max_size=6).map(
-        lambda d: (
-            {"messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "max_tokens": 4} | d
-        )
-    ),
-    st.dictionaries(st.sampled_from(_fields), _values, max_size=6),
-    st.builds(
-        lambda m: {"messages": m},
-        st.lists(
-            st.dictionaries(
-                st.sampled_from(["role", "content", "name"]),
-                st.one_of(
-                    st.sampled_from(["user", "system", "assistant", "tool"]),
-                    st.text(max_size=30),
-                    st.integers(),
-                ),
-            ),
-            max_size=3,
-        ),
-    ),
-    _values,
-)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(route=st.sampled_from(["/v1/chat/completions", "/v1/completions"]), body=_bodies)
-def test_fuzzed_requests_never_get_5xx(client, route, body):
-    if isinstance(body, dict) and body.get("max_tokens") is None:
-        body = body | {"max_tokens": 4}  # keep valid requests short
-    response = client.post(route, content=json.dumps(body).encode())
-    assert response.status_code < 500, response.text
-    if response.status_code >= 400:
-        _assert_error(response, response.status_code)
-    elif "text/event-stream" in response.headers.get("content-type", ""):
-        assert response.text.rstrip().endswith("data: [DONE]")
-        response.content.decode("utf-8")  # strict: always valid UTF-8
-    else:
-        assert response.json()["choices"]
 
 
 # ---- concurrency, disconnects, queue, shutdown ----------------------------------------------
@@ -359,8 +375,9 @@ _SERVE_SLOW = textwrap.dedent(
     from pocketlm.serve.app import ServerSettings, create_app, run_server
 
     scheduler, tokenizer = make_scheduler(sys.argv[1], slots=1, delay_s=0.2)
-    app = create_app(scheduler, tokenizer, ServerSettings(model_id="tiny"))
-    run_server(app, port=int(sys.argv[2]), shutdown_timeout_s=1.0, log_level="warning")
+    settings = ServerSettings(model_id="tiny", port=int(sys.argv[2]), shutdown_timeout_s=1.0)
+    app = create_app(scheduler, tokenizer, settings)
+    run_server(app, log_level="warning")
     """
 )
 
@@ -395,17 +412,60 @@ def test_sigterm_with_a_request_in_flight_exits_within_seconds(tiny_model_dir):
                 assert next(lines).startswith("data: ")
                 start = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
-                try:
-                    for _ in lines:  # the stream goes on during the grace period, then ends
-                        pass
-                except httpx.HTTPError:
-                    pass  # cut off: the in-flight request was cancelled
+                rest = [line for line in lines if line]  # goes on for the grace period, then ends
+        assert _ends_with_shutdown_error(rest)
         assert proc.wait(timeout=10) == 0
         assert time.monotonic() - start < 6
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _ends_with_shutdown_error(lines: list[str]) -> bool:
+    """True when SSE data lines end with a shutting_down error event, then [DONE]."""
+    assert lines[-1] == "data: [DONE]", lines[-3:]
+    error = json.loads(lines[-2].removeprefix("data: "))["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error["code"] == "shutting_down" and error["type"] == "server_busy"
+
+
+def test_shutdown_past_its_grace_answers_503_and_ends_streams_with_an_error(tiny_model_dir):
+    """A stream in flight and a request waiting for the slot, then a shutdown with 0.5 s grace
+    (the stream alone would take ~5 s: 200 ms a token, no early stop, a 32-token context)."""
+    scheduler, tokenizer = make_scheduler(tiny_model_dir, slots=1, max_queue=2, delay_s=0.2)
+    results: dict = {}
+    with live_server(scheduler, tokenizer, shutdown_timeout_s=0.5) as srv:
+
+        def stream() -> None:
+            body = {"messages": HELLO, "stream": True, "max_tokens": 1000}
+            with (
+                httpx.Client(base_url=srv.url, timeout=30) as c,
+                c.stream("POST", "/v1/chat/completions", json=body) as response,
+            ):
+                lines = [line for line in response.iter_lines() if line]
+                results["stream"] = lines
+
+        def whole() -> None:
+            body = {"messages": HELLO, "max_tokens": 1000}
+            results["whole"] = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=30)
+
+        threads = [threading.Thread(target=stream), threading.Thread(target=whole)]
+        threads[0].start()
+        assert wait_until(lambda: scheduler.stats().active == 1)
+        threads[1].start()
+        assert wait_until(lambda: scheduler.stats().queued == 1)
+        tokens_before = scheduler.stats().generated_tokens
+        start = time.monotonic()
+        srv.stop()
+        stopped_s = time.monotonic() - start
+        for t in threads:
+            t.join(30)
+    assert scheduler.stats().generated_tokens > tokens_before  # the grace period was honoured
+    assert stopped_s < 0.5 + 2.0  # answered by the grace period's end, not uvicorn's backstop
+    assert _ends_with_shutdown_error(results["stream"])
+    refused = _assert_error(results["whole"], 503)
+    assert refused["code"] == "shutting_down" and refused["type"] == "server_busy"
 
 
 def test_pocketlm_serve_cli_serves_and_stops_on_sigterm(tiny_model_dir, tmp_path):

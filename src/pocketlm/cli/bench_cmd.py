@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pocketlm.cli.options import add_parser, add_precision_option
+from pocketlm.cli.options import add_parser, add_precision_option, cap_threads
 
 
 def register(subparsers) -> None:
@@ -28,7 +28,12 @@ def register(subparsers) -> None:
         "--repeats", type=int, default=3, help="timed repetitions (medians are reported)"
     )
     p.add_argument("--backend", choices=["auto", "native", "torch"], default="auto")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all usable cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads (default: all usable cores; more are capped to them)",
+    )
     p.add_argument("--device", default="cpu", help="for the torch backend: cpu, cuda, auto")
     add_precision_option(p, "for the torch backend", "auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -43,7 +48,7 @@ def _bench(args: argparse.Namespace) -> int:
         prompt_tokens=args.prompt_tokens,
         new_tokens=args.new_tokens,
         backend=args.backend,
-        threads=args.threads,
+        threads=cap_threads(args.threads),
         repeats=args.repeats,
         device=args.device,
         precision=args.precision,

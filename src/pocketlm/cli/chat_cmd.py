@@ -10,6 +10,7 @@ from pocketlm.cli.options import (
     add_parser,
     add_runtime_options,
     add_sampling_options,
+    cap_threads,
     sampling_from_args,
 )
 from pocketlm.cli.terminal import write_text
@@ -131,7 +132,7 @@ def _chat(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         backend=args.backend,
-        threads=args.threads,
+        threads=cap_threads(args.threads),
     )
     session = ChatSession(engine, params, system=args.system)
     # Ctrl-C stops a reply: make it raise KeyboardInterrupt even when the shell that started

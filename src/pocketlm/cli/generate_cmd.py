@@ -9,6 +9,7 @@ from pocketlm.cli.options import (
     add_parser,
     add_runtime_options,
     add_sampling_options,
+    cap_threads,
     sampling_from_args,
 )
 from pocketlm.cli.terminal import write_text
@@ -83,7 +84,7 @@ def _generate(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         backend=args.backend,
-        threads=args.threads,
+        threads=cap_threads(args.threads),
         draft=args.draft,
         draft_tokens=args.draft_tokens,
     )

@@ -129,7 +129,29 @@ def add_runtime_options(parser: argparse.ArgumentParser, *, threads_help: str) -
         help="forward passes in PyTorch or the native C kernels (CPU only); auto: native on the "
         "CPU when it can run the model, else torch",
     )
-    r.add_argument("--threads", type=int, default=0, help=threads_help)
+    r.add_argument(
+        "--threads", type=int, default=0, help=f"{threads_help}; more than the usable cores: capped"
+    )
+
+
+def cap_threads(requested: int) -> int:
+    """--threads as given, or the usable cores when it asks for more (saying so on stderr).
+
+    More threads than cores only adds contention: --threads 1000 took minutes for 8 tokens.
+    """
+    from pocketlm.common.device import usable_cores
+    from pocketlm.common.errors import ConfigError
+
+    if requested < 0:
+        raise ConfigError(f"--threads must be >= 0 (0: automatic), got {requested}")
+    cores = usable_cores()
+    if requested > cores:
+        print(
+            f"warning: --threads {requested} is more than the {cores} usable cores: using {cores}",
+            file=sys.stderr,
+        )
+        return cores
+    return requested
 
 
 def sampling_from_args(

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pocketlm.cli.options import add_parser, add_runtime_options
+from pocketlm.cli.options import add_parser, add_runtime_options, cap_threads
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -23,7 +23,10 @@ def register(subparsers) -> None:
             "--slots sequences decode together, up to --max-queue more wait (then 503 with\n"
             "Retry-After). Binds 127.0.0.1 unless told otherwise; with --api-key (or\n"
             "--api-key-file) every route but the public ones needs 'Authorization: Bearer KEY'.\n"
-            "SIGTERM or Ctrl-C stops taking new work and exits within --shutdown-timeout seconds."
+            "Web pages cannot use it: a request must name this server in its Host header (against\n"
+            "DNS rebinding; see --allow-host) and a page of another origin is refused unless\n"
+            "--cors-origin names it. SIGTERM or Ctrl-C stops taking new work; what is in flight\n"
+            "gets --shutdown-timeout seconds, then a 503 (streams: an error event and [DONE])."
         ),
         examples=(
             "  pocketlm serve --model runs/sft\n"
@@ -48,13 +51,61 @@ def register(subparsers) -> None:
         help="a path that needs no key (repeatable; default: /health and /)",
     )
     n.add_argument(
-        "--max-body-bytes", type=int, default=1_000_000, help="largest request body (else 413)"
+        "--allow-host",
+        action="append",
+        metavar="NAME",
+        help="another name clients may give in the Host header (repeatable; * for any). "
+        "Accepted without it: the --host address, localhost, 127.0.0.1 and [::1]; on 0.0.0.0 "
+        "or :: also any IP address, but names (myhost.local) must be added: a check against "
+        "DNS rebinding, by which a web page reads answers through a name of its own",
     )
     n.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (scheme://host[:port], e.g. http://localhost:3000) use "
+        "the server, with CORS (repeatable; * for any page, then use --api-key). Pages of other "
+        "origins are refused (403); the chat page at / is the server's own origin",
+    )
+    lim = p.add_argument_group("limits")
+    lim.add_argument(
+        "--max-body-bytes", type=int, default=1_000_000, help="largest request body (else 413)"
+    )
+    lim.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="connections open at once; past it a new one closes the oldest idle or half-sent one "
+        "(503 when all have a request in flight); lowered to fit the open-files limit",
+    )
+    lim.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds a connection may stay open without a request",
+    )
+    lim.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds from a request's first byte to the end of its headers (else 408)",
+    )
+    lim.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds from the end of the headers to the end of the body (else 408)",
+    )
+    lim.add_argument(
         "--shutdown-timeout",
         type=float,
         default=3.0,
-        help="seconds in-flight requests get to finish at shutdown before they are cancelled",
+        metavar="S",
+        help="seconds in-flight requests get to finish at shutdown; then they get a 503 "
+        "(streams: an error event and [DONE])",
     )
     b = p.add_argument_group("batching")
     b.add_argument("--slots", type=int, default=4, help="sequences generated together")
@@ -94,6 +145,13 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"--max-queue must be >= 0, got {args.max_queue}")
     if args.max_body_bytes < 1024:
         raise ConfigError(f"--max-body-bytes must be >= 1024, got {args.max_body_bytes}")
+    if args.max_connections < 1:
+        raise ConfigError(f"--max-connections must be >= 1, got {args.max_connections}")
+    for flag in ("idle_timeout", "header_timeout", "body_timeout"):
+        if not getattr(args, flag) > 0:  # also refuses nan
+            raise ConfigError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    if not 0 <= args.shutdown_timeout < float("inf"):
+        raise ConfigError(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
     for path in args.public_route or ():
@@ -112,6 +170,10 @@ def _serve(args: argparse.Namespace) -> int:
     from pocketlm.engine.load import open_backend
     from pocketlm.engine.scheduler import BatchScheduler
     from pocketlm.serve.app import DEFAULT_PUBLIC_PATHS, ServerSettings, create_app, run_server
+    from pocketlm.serve.origin_guard import ANY, AccessPolicy
+
+    allow_hosts, cors_origins = tuple(args.allow_host or ()), tuple(args.cors_origin or ())
+    AccessPolicy.build(args.host, allow_hosts, cors_origins)  # bad names fail before loading
 
     backend, tokenizer = open_backend(
         args.model,
@@ -119,7 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
         precision=args.precision,
-        threads=serving_threads(args.threads, usable_cores()),
+        threads=serving_threads(cap_threads(args.threads), usable_cores()),
         max_len=args.max_len,
     )
     scheduler = BatchScheduler(backend, tokenizer, max_queue=args.max_queue)
@@ -127,7 +189,16 @@ def _serve(args: argparse.Namespace) -> int:
         model_id=args.model_name or Path(args.model).resolve().name,
         api_key=key,
         public_paths=tuple(args.public_route or DEFAULT_PUBLIC_PATHS),
+        host=args.host,
+        port=args.port,
+        allowed_hosts=allow_hosts,
+        cors_origins=cors_origins,
         max_body_bytes=args.max_body_bytes,
+        max_connections=args.max_connections,
+        idle_timeout_s=args.idle_timeout,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        shutdown_timeout_s=args.shutdown_timeout,
         backend_name=backend.name,
     )
     app = create_app(scheduler, tokenizer, settings)
@@ -137,6 +208,11 @@ def _serve(args: argparse.Namespace) -> int:
             "machine can use the model (add --api-key-file)",
             file=sys.stderr,
         )
+    if ANY in cors_origins and not key:
+        print(
+            "warning: --cors-origin * without an API key: any web page can use the model",
+            file=sys.stderr,
+        )
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(
         f"serving {settings.model_id} ({backend.name}, {args.slots} slots, context "
@@ -144,5 +220,5 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    run_server(app, host=args.host, port=args.port, shutdown_timeout_s=args.shutdown_timeout)
+    run_server(app)
     return 0

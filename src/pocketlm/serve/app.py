@@ -15,27 +15,44 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pocketlm.common.errors import require
-from pocketlm.common.log import get_logger
+from pocketlm.common.errors import ConfigError, require
 from pocketlm.engine.scheduler import BatchScheduler
 from pocketlm.serve.openai_protocol import ProtocolError, error_body
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
-_log = get_logger("pocketlm.server")
 ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
+POST_ROUTES = ("/v1/completions", "/v1/chat/completions")  # JSON bodies only
 DEFAULT_PUBLIC_PATHS = ("/health", "/")
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """How the server behaves: model id, key, public paths, body cap, shutdown grace."""
+    """How the server behaves: model id, address, key, who may call it, and its limits."""
 
     model_id: str
+    host: str = "127.0.0.1"
+    port: int = 8000
     api_key: str | None = None
     public_paths: tuple[str, ...] = DEFAULT_PUBLIC_PATHS
+    allowed_hosts: tuple[str, ...] = ()  # Host names beyond the bound address and localhost
+    cors_origins: tuple[str, ...] = ()  # foreign page origins that may call the server
     max_body_bytes: int = 1_000_000
+    max_connections: int = 256  # open at once; past it the oldest idle one is closed
+    idle_timeout_s: float = 5.0  # a connection with no request is closed after this
+    header_timeout_s: float = 10.0  # from a request's first byte to the end of its head (408)
+    body_timeout_s: float = 30.0  # from the end of the head to the end of the body (408)
+    shutdown_timeout_s: float = 3.0  # grace for in-flight requests at shutdown, then 503
     retry_after_s: int = 1
     backend_name: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("idle_timeout_s", "header_timeout_s", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.shutdown_timeout_s >= 0:
+            raise ConfigError(f"shutdown_timeout_s must be >= 0, got {self.shutdown_timeout_s}")
+        if self.max_connections < 1:
+            raise ConfigError(f"max_connections must be >= 1, got {self.max_connections}")
 
 
 def _fastapi():
@@ -53,10 +70,14 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
     from pocketlm.serve.middleware import (
         ApiKeyMiddleware,
         BodyLimitMiddleware,
+        ErrorGuardMiddleware,
+        JsonContentTypeMiddleware,
         MetricsMiddleware,
     )
+    from pocketlm.serve.origin_guard import AccessPolicy, OriginGuardMiddleware
     from pocketlm.serve.routes import GenerationRoutes
 
+    policy = AccessPolicy.build(settings.host, settings.allowed_hosts, settings.cors_origins)
     metrics = ServerMetrics(ROUTES)
     created = int(time.time())
     routes = GenerationRoutes(scheduler, tokenizer, settings, metrics, created)
@@ -74,6 +95,7 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
     )
     app.state.metrics = metrics
     app.state.scheduler = scheduler
+    app.state.settings = settings
 
     def error(status: int, body: dict, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse(body, status_code=status, headers=headers)
@@ -84,17 +106,13 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
+        path = request.scope["path"]  # not request.url: that parses the Host header
         code = {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
         message = {
-            404: f"unknown URL {request.url.path}: see /v1/models, /v1/completions, /v1/chat/completions",
-            405: f"method {request.method} is not allowed on {request.url.path}",
+            404: f"unknown URL {path}: see /v1/models, /v1/completions, /v1/chat/completions",
+            405: f"method {request.method} is not allowed on {path}",
         }.get(exc.status_code, str(exc.detail))
         return error(exc.status_code, error_body(message, code=code), getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def server_error(request, exc: Exception):
-        _log.exception("request failed")
-        return error(500, error_body(f"internal error: {exc}", type="server_error"))
 
     @app.get("/")
     async def page():
@@ -141,36 +159,28 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
     async def chat_completions(request: fastapi.Request):
         return await routes.chat_completions(request)
 
-    # Outermost first: count everything, then check the key, then cap the body.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Outermost first (added last): count everything, answer whatever happens, refuse other
+    # hosts and foreign pages, check the key, refuse bodies that are not JSON, cap the body.
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
+    app.add_middleware(JsonContentTypeMiddleware, paths=POST_ROUTES)
     if settings.api_key:
         app.add_middleware(
             ApiKeyMiddleware, api_key=settings.api_key, public_paths=settings.public_paths
         )
+    app.add_middleware(OriginGuardMiddleware, policy=policy)
+    app.add_middleware(ErrorGuardMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
 
-def run_server(
-    app: Any,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    shutdown_timeout_s: float = 3.0,
-    log_level: str = "info",
-) -> None:
-    """Serve `app` with uvicorn until SIGINT/SIGTERM; in-flight work gets shutdown_timeout_s."""
-    uvicorn = require("uvicorn", "serve", "pocketlm serve")
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        timeout_graceful_shutdown=shutdown_timeout_s,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
+def run_server(app: Any, *, log_level: str = "info") -> None:
+    """Serve an app made by create_app until SIGINT/SIGTERM (see http_server.build_server)."""
+    require("uvicorn", "serve", "pocketlm serve")
+    from pocketlm.serve.http_server import build_server
+
+    server = build_server(app, log_level=log_level)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal under the
     # handler that was there before: make that a no-op, so a stopped server exits with status 0.
     quiet = threading.current_thread() is threading.main_thread()

@@ -273,6 +273,48 @@ def parse_json(body: bytes) -> Any:
         ) from exc
 
 
+def _lone_surrogate(text: str) -> int | None:
+    """Where `text` holds a lone UTF-16 surrogate (JSON allows "\\ud800"; Unicode text does not)."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def check_unicode(data: Any) -> None:
+    """ProtocolError naming the field when any string in decoded JSON holds a lone surrogate.
+
+    json.loads turns an escaped pair into one character but keeps a lone escape as a surrogate,
+    which no tokenizer can encode: refuse it here, with where it is, rather than fail later.
+    """
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while stack:
+        loc, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if (at := _lone_surrogate(key)) is not None:
+                    _surrogate_error(loc, at, "a key")
+                stack.append(((*loc, key), item))
+        elif isinstance(value, list):
+            stack.extend(((*loc, i), item) for i, item in enumerate(value))
+        elif isinstance(value, str) and (at := _lone_surrogate(value)) is not None:
+            _surrogate_error(loc, at, "the text")
+
+
+def _surrogate_error(loc: tuple[Any, ...], at: int, what: str) -> None:
+    param = _param_name(loc)
+    where = f"'{param}'" if param else "the request body"
+    raise ProtocolError(
+        f"invalid value for {where}: {what} holds a lone UTF-16 surrogate at character {at}, "
+        "which is not Unicode text (escape a character outside the BMP as a surrogate pair)",
+        param=param,
+        code="invalid_unicode",
+    )
+
+
 def _param_name(loc: tuple[Any, ...]) -> str | None:
     """The parameter a pydantic error location points at, e.g. 'temperature', 'messages[0].role'."""
     if not loc:
@@ -293,6 +335,7 @@ def parse_request(model: type[_Request], body: bytes) -> _Request:
     data = parse_json(body)
     if not isinstance(data, dict):
         raise ProtocolError("the request body must be a JSON object", code="invalid_json")
+    check_unicode(data)
     try:
         request = model.model_validate(data)
     except ValidationError as exc:

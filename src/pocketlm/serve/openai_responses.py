@@ -56,7 +56,7 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(printable, chars)}
 
 
-_BYTE_DECODER = _byte_decoder()
+BYTE_DECODER = _byte_decoder()  # a byte-level BPE piece character -> the byte it stands for
 
 
 class TokenTexts:
@@ -72,10 +72,10 @@ class TokenTexts:
         if hit is None:
             text = self.tokenizer.decode([token_id])
             piece = self.tokenizer.backend.id_to_token(token_id) or ""
-            if token_id in self.tokenizer.special_ids or any(c not in _BYTE_DECODER for c in piece):
+            if token_id in self.tokenizer.special_ids or any(c not in BYTE_DECODER for c in piece):
                 raw = list(text.encode("utf-8"))
             else:
-                raw = [_BYTE_DECODER[c] for c in piece]
+                raw = [BYTE_DECODER[c] for c in piece]
             hit = self._cache[token_id] = (text, raw)
         return hit
 

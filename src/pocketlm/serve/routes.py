@@ -44,6 +44,7 @@ from pocketlm.serve.openai_responses import (
     sse,
     usage,
 )
+from pocketlm.serve.prompt_bound import PromptBound
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 _DISCONNECT_POLL_S = 0.25
@@ -98,6 +99,7 @@ class GenerationRoutes:
         self.metrics = metrics
         self.created = created
         self.texts = TokenTexts(tokenizer)
+        self.bound = PromptBound(tokenizer, scheduler.context_length)
 
     def model_card(self) -> dict[str, Any]:
         """This server's model as /v1/models lists it."""
@@ -107,6 +109,8 @@ class GenerationRoutes:
     async def completions(self, request: Any) -> Any:
         """POST /v1/completions."""
         req = parse_request(CompletionRequest, await request.body())
+        for prompt in req.prompts():  # each prompt is a sequence of its own
+            self.bound.check([prompt], "prompt")
         encoded = await asyncio.to_thread(self.tokenizer.encode_batch, req.prompts())
         sequences = []
         for p, prompt_ids in enumerate(encoded):
@@ -123,6 +127,7 @@ class GenerationRoutes:
         req = parse_request(ChatCompletionRequest, await request.body())
         # encode_chat starts with bos and keeps special-token text in messages as plain text.
         messages = req.template_messages()
+        self.bound.check([m["content"] for m in messages], "messages")
         ids = await asyncio.to_thread(self.tokenizer.encode_chat, messages)  # long prompts: slow
         ids = self._fit(ids, "messages")
         limit = req.token_limit()

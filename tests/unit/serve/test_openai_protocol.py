@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("pydantic")
 
@@ -115,6 +117,58 @@ def test_completion_requests():
     assert _error(CompletionRequest, b"{}").param == "prompt"
     many = json.dumps({"prompt": ["a"] * 16, "n": 8}).encode()
     assert _error(CompletionRequest, many).param == "n"
+
+
+def test_a_lone_surrogate_is_refused_naming_where_it_is():
+    lone = b'{"messages": [{"role": "user", "content": "ab\\ud800c"}]}'
+    err = _error(ChatCompletionRequest, lone)
+    assert (err.param, err.code) == ("messages[0].content", "invalid_unicode")
+    assert "character 2" in err.message
+    err = _error(CompletionRequest, b'{"prompt": ["ok", "\\udfff"]}')
+    assert err.param == "prompt"
+    err = _error(CompletionRequest, b'{"prompt": "x", "stop": ["\\ud800"]}')
+    assert err.param == "stop"
+    assert _error(CompletionRequest, b'{"prompt": "x", "\\ud800": 1}').param is None
+    pair = parse_request(CompletionRequest, b'{"prompt": "\\ud83d\\ude00"}')
+    assert pair.prompts() == ["\U0001f600"]  # an escaped pair is one character: fine
+
+
+# Any code point, with surrogates (rare in st.characters()) drawn often on purpose.
+_chars = st.characters() | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(_chars, max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(_chars, max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["prompt", "messages", "stop", "user", "model"])
+        | st.text(_chars, max_size=4),
+        _json_values,
+        max_size=4,
+    ),
+    model=st.sampled_from([ChatCompletionRequest, CompletionRequest]),
+)
+def test_any_unicode_parses_or_gets_a_400_that_encodes(fields, model):
+    """Strings of any code points, lone surrogates included (as JSON escapes): a request, or a
+    ProtocolError whose body is valid UTF-8 JSON; never another exception."""
+    base = {"prompt": "x", "messages": [{"role": "user", "content": "x"}]}
+    body = json.dumps(base | fields, ensure_ascii=True).encode()
+    try:
+        req = parse_request(model, body)
+    except ProtocolError as exc:
+        assert exc.status == 400
+        json.dumps(exc.body(), ensure_ascii=False).encode("utf-8")  # no surrogate in the reply
+        return
+    texts = req.prompts() if model is CompletionRequest else [m.text() for m in req.messages]
+    for text in (*texts, *req.stop_list()):
+        text.encode("utf-8")  # everything the tokenizer will see is Unicode
 
 
 def test_content_parts_and_developer_role():

@@ -6,6 +6,8 @@ import asyncio
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("pydantic")
 
@@ -13,6 +15,7 @@ from pocketlm.engine.scheduler import SchedulerClosed
 from pocketlm.serve.app import ServerSettings
 from pocketlm.serve.metrics import ServerMetrics
 from pocketlm.serve.openai_protocol import ProtocolError
+from pocketlm.serve.prompt_bound import max_token_bytes
 from pocketlm.serve.routes import GenerationRoutes
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
@@ -90,3 +93,77 @@ def test_a_chat_longer_than_the_context_names_messages(tok):
         )
         asyncio.run(routes.chat_completions(Request({"messages": messages})))
     assert info.value.param == "messages" and info.value.code == "context_length_exceeded"
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting the texts it is asked to encode."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self.tok = tok
+        self.encoded = 0
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+    def encode_batch(self, texts, **kw):
+        self.encoded += len(texts)
+        return self.tok.encode_batch(texts, **kw)
+
+    def encode_chat(self, messages, **kw):
+        self.encoded += len(messages)
+        return self.tok.encode_chat(messages, **kw)
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [
+        ("completions", {"prompt": "é" * 500_000}, "prompt"),
+        ("completions", {"prompt": ["short", "x" * 1_000_000]}, "prompt"),
+        (
+            "chat_completions",
+            {"messages": [{"role": "user", "content": "x" * 1_000_000}]},
+            "messages",
+        ),
+        (
+            "chat_completions",
+            {"messages": [{"role": "user", "content": "y" * 3000}] * 400},
+            "messages",
+        ),
+    ],
+)
+def test_a_prompt_too_long_for_the_context_is_refused_before_tokenizing(tok, route, body, param):
+    counting = CountingTokenizer(tok)
+    routes = GenerationRoutes(
+        RecordingScheduler(512), counting, ServerSettings(model_id="t"), ServerMetrics(()), 0
+    )
+    with pytest.raises(ProtocolError) as info:
+        asyncio.run(getattr(routes, route)(Request(body)))
+    assert info.value.param == param and info.value.code == "context_length_exceeded"
+    assert counting.encoded == 0  # refused by its size alone
+    assert f"more than {512 * max_token_bytes(tok)} bytes" in info.value.message
+
+
+def test_a_prompt_within_the_byte_bound_reaches_the_tokenizer(tok):
+    counting = CountingTokenizer(tok)
+    scheduler = RecordingScheduler(512)
+    routes = GenerationRoutes(
+        scheduler, counting, ServerSettings(model_id="t"), ServerMetrics(()), 0
+    )
+    with pytest.raises(ProtocolError, match="recorded"):
+        asyncio.run(routes.completions(Request({"prompt": ["the cat", "a dog"]})))
+    assert counting.encoded == 2 and len(scheduler.specs) == 2
+
+
+_pieces = st.sampled_from(["a", "the", " ", "\n", "é", "日", "😀", "<|end|>", "<|user|>", "\t"])
+_text = st.lists(_pieces | st.characters(codec="utf-8"), max_size=40).map("".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=_text)
+def test_no_text_is_fewer_tokens_than_its_bytes_allow(tok, text):
+    """The bound is sound: bytes <= tokens x max_token_bytes, with and without special parsing."""
+    longest = max_token_bytes(tok)
+    size = len(text.encode("utf-8"))
+    for parse_special in (True, False):
+        assert size <= len(tok.encode(text, parse_special=parse_special)) * longest
+    assert max_token_bytes(tok) >= max(len(t) for t in ("<|end|>", "<|assistant|>"))
