@@ -24,6 +24,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -84,7 +85,9 @@ def start_server(args: argparse.Namespace, model: Path, port: int) -> subprocess
         "--threads",
         str(args.threads),
     ]
-    return wait_healthy(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True), port)
+    # the server's log goes to a file: a pipe nobody reads fills up and blocks the server
+    log = open(Path(tempfile.gettempdir()) / f"serve_load-{port}.log", "w")  # noqa: SIM115
+    return wait_healthy(subprocess.Popen(cmd, stderr=log, text=True), port)
 
 
 def wait_healthy(proc: subprocess.Popen, port: int, timeout_s: float = 300) -> subprocess.Popen:
@@ -92,7 +95,9 @@ def wait_healthy(proc: subprocess.Popen, port: int, timeout_s: float = 300) -> s
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited: {proc.stderr.read() if proc.stderr else ''}")
+            raise SystemExit(
+                f"the server exited: {proc.stderr.read() if proc.stderr else 'see its log'}"
+            )
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc

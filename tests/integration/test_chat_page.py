@@ -40,6 +40,9 @@ def page_server(tiny_model_dir):
 def test_the_page_is_one_self_contained_document(page_server):
     response = httpx.get(page_server.url + "/", timeout=10)  # public: no key needed
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    # no other site may frame it
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     html = response.text
     for element in ('id="input"', 'id="send"', 'id="stop"', 'id="reset"', 'id="messages"'):
         assert element in html

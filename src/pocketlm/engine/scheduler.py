@@ -28,6 +28,14 @@ from pocketlm.tokenizer.tokenizer import Tokenizer
 _log = get_logger("pocketlm.engine")
 
 
+def _failure(exc: Exception) -> str:
+    """What a client is told when its generation fails: a PocketLM error says what went wrong
+    and how to fix it; anything else is an internal error (logged here, never echoed)."""
+    if isinstance(exc, PocketLMError):
+        return f"generation failed: {exc}"
+    return "generation failed: internal error (the server's log has the details)"
+
+
 class SchedulerBusy(PocketLMError):
     """The waiting queue is full: try again later."""
 
@@ -288,7 +296,7 @@ class BatchScheduler:
                 _log.exception("scheduler step failed")
                 with self._cond:
                     for run in self._prefilling + self._active:
-                        self._end(run, error=f"generation failed: {exc}")
+                        self._end(run, error=_failure(exc))
 
     def _admit(self, request: GenerationRequest) -> None:
         slot = self._free.pop()
@@ -347,7 +355,7 @@ class BatchScheduler:
             except Exception as exc:  # this request fails; the others go on
                 _log.exception("prefill failed")
                 with self._cond:
-                    self._end(run, error=f"generation failed: {exc}")
+                    self._end(run, error=_failure(exc))
                 continue
             run.prefilled += take
             if run.prefilled == len(ids):

@@ -116,7 +116,14 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
 
     @app.get("/")
     async def page():
-        return HTMLResponse(CHAT_PAGE_HTML)
+        # no other site may frame the page (clickjacking a keyless local server)
+        return HTMLResponse(
+            CHAT_PAGE_HTML,
+            headers={
+                "X-Frame-Options": "DENY",
+                "Content-Security-Policy": "frame-ancestors 'none'",
+            },
+        )
 
     @app.get("/health")
     async def health():

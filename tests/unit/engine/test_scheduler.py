@@ -279,3 +279,24 @@ def test_eight_concurrent_requests_equal_one_alone(tiny_model_dir, backend):
         s.stop()
     assert crowd == alone
     assert alone == _engine_tokens(tiny_model_dir, backend, prompts, params)
+
+
+@pytest.mark.parametrize(
+    ("failure", "told"),
+    [
+        (RuntimeError("secret /home/user/path in a traceback"), "internal error"),
+        (InputError("the model produced invalid logits; try --precision fp32"), "try --precision"),
+    ],
+)
+def test_a_failed_generation_says_what_a_user_can_act_on_and_nothing_internal(tok, failure, told):
+    class Failing(ScriptedBatch):
+        def decode(self, slots, token_ids):
+            raise failure
+
+    scheduler = BatchScheduler(Failing(), tok).start()
+    try:
+        events = list(scheduler.generate([tok.bos_id, 100], GREEDY, timeout=30))
+    finally:
+        scheduler.stop()
+    error = events[-1].error
+    assert error is not None and told in error and "secret" not in error
