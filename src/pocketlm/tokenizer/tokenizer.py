@@ -30,7 +30,16 @@ class Tokenizer:
     def __init__(self, backend, chat_template: str = CHAT_TEMPLATE) -> None:
         self.backend = backend
         self.chat_template = chat_template
+        # Ids must run 0..n-1: the count must bound every id encode() returns, and serializing
+        # a vocabulary with a huge id allocates for every id below it (the tokenizers library
+        # aborts the process when that fails), so check before to_str() below.
+        ids = set(backend.get_vocab(with_added_tokens=True).values())
         self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
+        if len(ids) != self.vocab_size or max(ids, default=-1) != self.vocab_size - 1:
+            raise ArtifactError(
+                f"token ids must be 0..{self.vocab_size - 1} without gaps, found {len(ids)} "
+                f"distinct ids up to {max(ids, default=-1)}"
+            )
         ids = {tok: backend.token_to_id(tok) for tok in SPECIAL_TOKENS}
         missing = [t for t, i in ids.items() if i is None]
         if missing:
@@ -65,9 +74,18 @@ class Tokenizer:
             backend = Backend.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
             raise ArtifactError(f"{path}: cannot load tokenizer ({exc})") from exc
+        except BaseException as exc:
+            # A Rust panic while parsing (e.g. a corrupt precompiled charsmap) surfaces as pyo3's
+            # PanicException, which derives from BaseException only.
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise ArtifactError(f"{path}: cannot load tokenizer ({exc})") from None
         # One chat template for every PocketLM model (render_chat); tokenizer_config.json carries
         # the same text for transformers.
-        return cls(backend)
+        try:
+            return cls(backend)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{path}: {exc}") from exc
 
     def encode(self, text: str, *, add_bos: bool = False, parse_special: bool = True) -> list[int]:
         """Token ids of `text` (no special tokens added unless add_bos).
