@@ -68,8 +68,8 @@ def fuzz_bases(synthetic_pipeline, tmp_path_factory) -> dict[str, Path]:
     }
     for scheme in ("bf16", "int8", "int4"):
         bases[f"a-{scheme}"], _ = quantize_model_dir(bases["a-fp32"], root / f"a-{scheme}", scheme)
-    bases["b-bf16"], _ = quantize_model_dir(bases["b-fp32"], root / "b-bf16", "bf16")
-    bases["b-int8"], _ = quantize_model_dir(bases["b-fp32"], root / "b-int8", "int8")
+    for scheme in ("bf16", "int8", "int4"):
+        bases[f"b-{scheme}"], _ = quantize_model_dir(bases["b-fp32"], root / f"b-{scheme}", scheme)
     return bases
 
 
