@@ -11,11 +11,11 @@ first token (`pocketlm inspect --verify` does it); their size and layout are che
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pocketlm.checkpoint.json_files import read_json_object
 from pocketlm.checkpoint.layout import (
     CONFIG_FILE,
     MODEL_KIND,
@@ -60,7 +60,7 @@ def check_model_dir(directory: Path) -> CheckedModel:
     check_tokenizer_fits(tokenizer, config, directory)
     for name in TOKENIZER_FILES:
         if name != TOKENIZER_FILE and (directory / name).exists():
-            _json_object(directory / name)
+            read_json_object(directory / name)
     weights = directory / WEIGHTS_FILE
     header, _ = read_header(weights)
     check_weights(header, config, quant, weights)
@@ -74,14 +74,3 @@ def check_tokenizer_fits(tokenizer: Tokenizer, config: ModelConfig, directory: P
             f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "
             f"is {config.vocab_size} ({TOKENIZER_FILE} and {CONFIG_FILE} disagree)"
         )
-
-
-def _json_object(path: Path) -> dict[str, Any]:
-    """A JSON file that must hold an object (the tokenizer's side files)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ArtifactError(f"{path}: corrupt ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path}: corrupt (not a JSON object)")
-    return data

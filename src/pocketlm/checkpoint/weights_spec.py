@@ -5,11 +5,11 @@ use it, so they accept and refuse the same files. No torch here: the native path
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pocketlm.checkpoint.json_files import read_json_object
 from pocketlm.checkpoint.layout import CONFIG_FILE, QUANT_FILE
 from pocketlm.common.errors import ArtifactError
 from pocketlm.model.config import ModelConfig
@@ -36,12 +36,7 @@ def read_quantization(directory: Path) -> dict[str, Any]:
     path = Path(directory) / QUANT_FILE
     if not path.is_file():
         return {"scheme": "none"}
-    try:
-        quant = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ArtifactError(f"{path}: corrupt ({exc})") from exc
-    if not isinstance(quant, dict):
-        raise ArtifactError(f"{path}: corrupt (not a JSON object)")
+    quant = read_json_object(path)
     unknown = set(quant) - _QUANT_KEYS
     if unknown:
         raise ArtifactError(
@@ -80,7 +75,6 @@ def expected_tensors(config: ModelConfig, quant: dict[str, Any]) -> dict[str, Te
         out[name] = TensorSpec((n,), FLOAT_DTYPES)
 
     c = config
-    ffn = c.resolved_ffn_dim
     matrix("model.embed_tokens", c.vocab_size, c.dim)
     if not c.tie_embeddings:
         matrix("lm_head", c.vocab_size, c.dim)
@@ -89,19 +83,29 @@ def expected_tensors(config: ModelConfig, quant: dict[str, Any]) -> dict[str, Te
         p = f"model.layers.{i}."
         vector(p + "input_layernorm.weight", c.dim)
         vector(p + "post_attention_layernorm.weight", c.dim)
-        for name, rows, cols in (
-            ("self_attn.q_proj", c.q_dim, c.dim),
-            ("self_attn.k_proj", c.kv_dim, c.dim),
-            ("self_attn.v_proj", c.kv_dim, c.dim),
-            ("self_attn.o_proj", c.dim, c.q_dim),
-            ("mlp.gate_proj", ffn, c.dim),
-            ("mlp.up_proj", ffn, c.dim),
-            ("mlp.down_proj", c.dim, ffn),
-        ):
+        for name, rows, cols in layer_matrices(c):
             matrix(p + name, rows, cols)
-            if c.qkv_bias and name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            if c.qkv_bias and name in BIASED:
                 vector(p + name + ".bias", rows)
     return out
+
+
+BIASED = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # with qkv_bias
+
+
+def layer_matrices(config: ModelConfig) -> tuple[tuple[str, int, int], ...]:
+    """(name, rows = out features, cols = in features) of each decoder layer's linear weights,
+    in the order the native backend hands them over."""
+    c, ffn = config, config.resolved_ffn_dim
+    return (
+        ("self_attn.q_proj", c.q_dim, c.dim),
+        ("self_attn.k_proj", c.kv_dim, c.dim),
+        ("self_attn.v_proj", c.kv_dim, c.dim),
+        ("self_attn.o_proj", c.dim, c.q_dim),
+        ("mlp.gate_proj", ffn, c.dim),
+        ("mlp.up_proj", ffn, c.dim),
+        ("mlp.down_proj", c.dim, ffn),
+    )
 
 
 def check_quantizable(config: ModelConfig, quant: dict[str, Any], where: Path) -> None:

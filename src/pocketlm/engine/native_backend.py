@@ -15,7 +15,12 @@ import numpy as np
 
 from pocketlm.checkpoint.layout import WEIGHTS_FILE
 from pocketlm.checkpoint.safetensors_mmap import MappedTensors
-from pocketlm.checkpoint.weights_spec import check_weights, read_quantization
+from pocketlm.checkpoint.weights_spec import (
+    BIASED,
+    check_weights,
+    layer_matrices,
+    read_quantization,
+)
 from pocketlm.common.device import usable_cores
 from pocketlm.common.errors import ArtifactError, ConfigError, PocketLMError
 from pocketlm.common.isa import check_isa, isa_cap
@@ -56,6 +61,25 @@ def _vector(t: MappedTensors, name: str) -> np.ndarray:
     if t.dtype(name) == "BF16":  # raw uint16 bits: the high half of a float32
         return (v.astype(np.uint32) << 16).view(np.float32)
     return v
+
+
+def c_weights(t: MappedTensors, c: ModelConfig, group: int) -> tuple:
+    """(embed, lm_head, final_norm, layers): the weights as the C Model takes them, each layer
+    (input norm, post-attention norm, q/k/v biases or None, then layer_matrices' matrices)."""
+    embed = _matrix(t, "model.embed_tokens", c.vocab_size, c.dim, group)
+    head = embed if c.tie_embeddings else _matrix(t, "lm_head", c.vocab_size, c.dim, group)
+    layers = []
+    for i in range(c.n_layers):
+        p = f"model.layers.{i}."
+        norms = [
+            _vector(t, p + n) for n in ("input_layernorm.weight", "post_attention_layernorm.weight")
+        ]
+        bias = [_vector(t, f"{p}{name}.bias") if c.qkv_bias else None for name in BIASED]
+        matrices = [
+            _matrix(t, p + name, rows, cols, group) for name, rows, cols in layer_matrices(c)
+        ]
+        layers.append((*norms, *bias, *matrices))
+    return embed, head, _vector(t, "model.norm.weight"), layers
 
 
 class NativeBackend:
@@ -99,30 +123,7 @@ class NativeBackend:
         check_weights(t.header, config, quant, weights)
         self._tensors = t  # keeps the mapping alive
         c = config
-        hd, qd, kvd, ffn = c.resolved_head_dim, c.q_dim, c.kv_dim, c.resolved_ffn_dim
-        embed = _matrix(t, "model.embed_tokens", c.vocab_size, c.dim, group)
-        head = embed if c.tie_embeddings else _matrix(t, "lm_head", c.vocab_size, c.dim, group)
-        layers = []
-        for i in range(c.n_layers):
-            p = f"model.layers.{i}."
-            bias = [
-                _vector(t, p + f"self_attn.{x}_proj.bias") if c.qkv_bias else None
-                for x in ("q", "k", "v")
-            ]
-            layers.append(
-                (
-                    _vector(t, p + "input_layernorm.weight"),
-                    _vector(t, p + "post_attention_layernorm.weight"),
-                    *bias,
-                    _matrix(t, p + "self_attn.q_proj", qd, c.dim, group),
-                    _matrix(t, p + "self_attn.k_proj", kvd, c.dim, group),
-                    _matrix(t, p + "self_attn.v_proj", kvd, c.dim, group),
-                    _matrix(t, p + "self_attn.o_proj", c.dim, qd, group),
-                    _matrix(t, p + "mlp.gate_proj", ffn, c.dim, group),
-                    _matrix(t, p + "mlp.up_proj", ffn, c.dim, group),
-                    _matrix(t, p + "mlp.down_proj", c.dim, ffn, group),
-                )
-            )
+        embed, head, final_norm, layers = c_weights(t, c, group)
         self._context_length = min(max_len or c.max_seq_len, c.max_seq_len)
         self.threads = threads or usable_cores()
         cfg = (
@@ -131,8 +132,8 @@ class NativeBackend:
             c.n_layers,
             c.n_heads,
             c.n_kv_heads,
-            hd,
-            ffn,
+            c.resolved_head_dim,
+            c.resolved_ffn_dim,
             self._context_length,
             max_batch,
             slots,
@@ -140,7 +141,6 @@ class NativeBackend:
             c.norm_eps,
         )
         isa = check_isa(isa, "isa") if isa else isa_cap()
-        final_norm = _vector(t, "model.norm.weight")
         try:
             self._model = _native.Model(cfg, embed, head, final_norm, layers, self.threads, isa)
         except ValueError as exc:  # the C side's own load-time bounds checks

@@ -16,6 +16,7 @@ from pocketlm.engine.load import open_backend
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
 from tests.conftest import ENGINE_KERNELS, engine_isa_params
+from tests.unit.engine.model_variants import WIDE, save_variants
 
 native = pytest.importorskip("pocketlm.engine._native", reason="native extension not built")
 from pocketlm.engine.native_backend import NativeBackend  # noqa: E402
@@ -156,25 +157,10 @@ def test_a_bad_isa_cap_is_a_clear_error(variant_dirs, monkeypatch):
 
 @pytest.fixture(scope="module")
 def wide_variant_dirs(synthetic_pipeline, tmp_path_factory):
-    """An untied model with q/k/v biases (random, so a misread bias shows) whose q_dim (128)
-    exceeds both dim (64) and ffn_dim (96), in every precision."""
-    from pocketlm.compress.quantize import quantize_model_dir
-
-    config = ModelConfig(
-        vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, ffn_dim=96,
-        max_seq_len=96, tie_embeddings=False, qkv_bias=True,
-    )  # fmt: skip
-    model = build_model(config, seed=7)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(torch.randn(p.shape, generator=gen))
-    base = tmp_path_factory.mktemp("wide")
-    out = {"fp32": save_model(base / "fp32", model, synthetic_pipeline["tokenizer"])}
-    for scheme in ("bf16", "int8", "int4"):
-        out[scheme], _ = quantize_model_dir(out["fp32"], base / scheme, scheme)
-    return out
+    """An untied model with random q/k/v biases whose q_dim exceeds dim and ffn_dim, in every
+    precision (model_variants.WIDE)."""
+    root = tmp_path_factory.mktemp("wide")
+    return save_variants(root, "wide", WIDE, synthetic_pipeline["tokenizer"], seed=7)
 
 
 @pytest.mark.parametrize("isa", engine_isa_params())
@@ -197,40 +183,18 @@ def _model_args(d):
     """The arguments NativeBackend hands the C side for model dir d, as mutable lists."""
     from pocketlm.checkpoint.safetensors_mmap import MappedTensors
     from pocketlm.checkpoint.weights_spec import read_quantization
-    from pocketlm.engine import native_backend as nb
+    from pocketlm.engine.native_backend import c_weights
 
     c = ModelConfig.load(d / CONFIG_FILE)
     t = MappedTensors(d / "model.safetensors")
-    group = read_quantization(d).get("group_size") or 32
-    ffn = c.resolved_ffn_dim
-    embed = list(nb._matrix(t, "model.embed_tokens", c.vocab_size, c.dim, group))
-    head = embed if c.tie_embeddings else list(nb._matrix(t, "lm_head", c.vocab_size, c.dim, group))
-    layers = []
-    for i in range(c.n_layers):
-        p = f"model.layers.{i}."
-        bias = [
-            nb._vector(t, p + f"self_attn.{x}_proj.bias") if c.qkv_bias else None for x in "qkv"
-        ]
-        mats = [
-            list(nb._matrix(t, p + name, rows, cols, group))
-            for name, rows, cols in (
-                ("self_attn.q_proj", c.q_dim, c.dim),
-                ("self_attn.k_proj", c.kv_dim, c.dim),
-                ("self_attn.v_proj", c.kv_dim, c.dim),
-                ("self_attn.o_proj", c.dim, c.q_dim),
-                ("mlp.gate_proj", ffn, c.dim),
-                ("mlp.up_proj", ffn, c.dim),
-                ("mlp.down_proj", c.dim, ffn),
-            )
-        ]
-        norms = [
-            nb._vector(t, p + "input_layernorm.weight"),
-            nb._vector(t, p + "post_attention_layernorm.weight"),
-        ]
-        layers.append([*norms, *bias, *mats])
-    cfg = [c.vocab_size, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.resolved_head_dim, ffn]
-    cfg += [c.max_seq_len, 8, 1, c.rope_theta, c.norm_eps]
-    return t, cfg, embed, head, nb._vector(t, "model.norm.weight"), layers
+    embed, head, final_norm, layers = c_weights(t, c, read_quantization(d).get("group_size") or 32)
+    listed = lambda x: list(x) if isinstance(x, tuple) else x  # noqa: E731
+    layers = [[listed(part) for part in layer] for layer in layers]
+    embed = listed(embed)
+    head = embed if c.tie_embeddings else listed(head)
+    cfg = [c.vocab_size, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.resolved_head_dim]
+    cfg += [c.resolved_ffn_dim, c.max_seq_len, 8, 1, c.rope_theta, c.norm_eps]
+    return t, cfg, embed, head, final_norm, layers
 
 
 def _build(cfg, embed, head, final_norm, layers):
