@@ -15,7 +15,7 @@ from safetensors.numpy import load_file, save_file
 from pocketlm.checkpoint.model_io import save_model
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
-from tests.unit.engine.loader_mutations import reseal
+from tests.unit.engine.variant_files import reseal
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pocketlm.engine.load import open_backend
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.quantized import quantize_modules
 from pocketlm.model.transformer import build_model
-from tests.unit.engine.loader_mutations import reseal
+from tests.unit.engine.variant_files import reseal
 
 TORCH_DTYPES = {
     torch.float32: "F32",

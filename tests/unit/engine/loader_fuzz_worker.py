@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loader_mutations import make_variant
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository: `tests` imports
+from tests.unit.engine.loader_mutations import make_variant
 
 PROBE_IDS = [1, *range(40, 59)]  # 20 tokens: the prefill kernels, then a decode step
 PROBE_TEXT = "The little cat <|end|> ran home.\n"

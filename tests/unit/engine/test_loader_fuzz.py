@@ -26,12 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import torch
 
-from pocketlm.checkpoint.model_io import save_model
-from pocketlm.model.config import ModelConfig
-from pocketlm.model.transformer import build_model
 from tests.unit.engine.loader_mutations import MUTATIONS, make_variant
+from tests.unit.engine.model_variants import TIED, WIDE, save_variants
 
 pytest.importorskip("pocketlm.engine._native", reason="native extension not built")
 
@@ -44,32 +41,14 @@ STARTUP_S, HANG_S = 180.0, 60.0  # a worker imports torch first; one variant tak
 
 @pytest.fixture(scope="module")
 def fuzz_bases(synthetic_pipeline, tmp_path_factory) -> dict[str, Path]:
-    """Small models in every precision: A (tied, GQA) and B (untied, q/k/v biases, head_dim 32 so
-    that q_dim exceeds dim and ffn_dim); default rope_theta and norm_eps (see loader_mutations)."""
-    from pocketlm.compress.quantize import quantize_model_dir
-
+    """TIED and WIDE (model_variants) in every precision; their configs keep the default
+    rope_theta and norm_eps (see loader_mutations)."""
     root = tmp_path_factory.mktemp("fuzz-bases")
     tok = synthetic_pipeline["tokenizer"]
-    a = ModelConfig(
-        vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=64
-    )
-    b = ModelConfig(
-        vocab_size=512, dim=64, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=32, ffn_dim=96,
-        max_seq_len=64, tie_embeddings=False, qkv_bias=True,
-    )  # fmt: skip
-    model_b = build_model(b, seed=2)
-    with torch.no_grad():  # biases that are not zero, so that a misread one changes the logits
-        for name, p in model_b.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(len(name)))
-    bases = {
-        "a-fp32": save_model(root / "a-fp32", build_model(a, seed=1), tok),
-        "b-fp32": save_model(root / "b-fp32", model_b, tok),
-    }
-    for scheme in ("bf16", "int8", "int4"):
-        bases[f"a-{scheme}"], _ = quantize_model_dir(bases["a-fp32"], root / f"a-{scheme}", scheme)
-    for scheme in ("bf16", "int8", "int4"):
-        bases[f"b-{scheme}"], _ = quantize_model_dir(bases["b-fp32"], root / f"b-{scheme}", scheme)
+    bases = {}
+    for name, config in (("a", TIED), ("b", WIDE)):
+        for scheme, path in save_variants(root, name, config, tok).items():
+            bases[f"{name}-{scheme}"] = path
     return bases
 
 

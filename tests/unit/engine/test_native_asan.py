@@ -18,13 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from pocketlm.checkpoint.layout import CONFIG_FILE
-from pocketlm.checkpoint.model_io import save_model
 from pocketlm.model.config import ModelConfig
-from pocketlm.model.transformer import build_model
 from tests.conftest import engine_isa_params
+from tests.unit.engine.model_variants import TIED, WIDE, save_variants
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -61,31 +59,14 @@ def asan_build(tmp_path_factory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def asan_models(synthetic_pipeline, tmp_path_factory) -> list[Path]:
-    from pocketlm.compress.quantize import quantize_model_dir
-
     root = tmp_path_factory.mktemp("asan-models")
     tok = synthetic_pipeline["tokenizer"]
-    tied = ModelConfig(
-        vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=64
-    )
-    wide = ModelConfig(
-        vocab_size=512, dim=64, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=32, ffn_dim=96,
-        max_seq_len=64, tie_embeddings=False, qkv_bias=True,
-    )  # fmt: skip
     tails = ModelConfig(  # float-only dims that are no multiple of 16: every kernel's tail code
         vocab_size=515, dim=40, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=72, max_seq_len=64
     )
-    models = []
-    for name, config in (("tied", tied), ("wide", wide), ("tails", tails)):
-        model = build_model(config, seed=3)
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                if pname.endswith("bias"):
-                    p.normal_()
-        fp32 = save_model(root / f"{name}-fp32", model, tok)
-        models.append(fp32)
-        for scheme in ("bf16",) if name == "tails" else ("bf16", "int8", "int4"):
-            models.append(quantize_model_dir(fp32, root / f"{name}-{scheme}", scheme)[0])
+    models = [*save_variants(root, "tied", TIED, tok).values()]
+    models += save_variants(root, "wide", WIDE, tok).values()
+    models += save_variants(root, "tails", tails, tok, schemes=("bf16",)).values()
     return models
 
 
