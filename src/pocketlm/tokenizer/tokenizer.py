@@ -37,12 +37,12 @@ class Tokenizer:
         # Ids must run 0..n-1: the count must bound every id encode() returns, and serializing
         # a vocabulary with a huge id allocates for every id below it (the tokenizers library
         # aborts the process when that fails), so check before to_str() below.
-        ids = set(backend.get_vocab(with_added_tokens=True).values())
+        in_use = set(backend.get_vocab(with_added_tokens=True).values())
         self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
-        if len(ids) != self.vocab_size or max(ids, default=-1) != self.vocab_size - 1:
+        if len(in_use) != self.vocab_size or max(in_use, default=-1) != self.vocab_size - 1:
             raise ArtifactError(
-                f"token ids must be 0..{self.vocab_size - 1} without gaps, found {len(ids)} "
-                f"distinct ids up to {max(ids, default=-1)}"
+                f"token ids must be 0..{self.vocab_size - 1} without gaps, found {len(in_use)} "
+                f"distinct ids up to {max(in_use, default=-1)}"
             )
         ids = {tok: backend.token_to_id(tok) for tok in SPECIAL_TOKENS}
         missing = [t for t, i in ids.items() if i is None]
