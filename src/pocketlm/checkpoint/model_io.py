@@ -16,14 +16,16 @@ from typing import Any
 
 import torch
 
+from pocketlm.checkpoint import weights_spec
 from pocketlm.checkpoint.layout import (
     CONFIG_FILE,
     MODEL_KIND,
-    QUANT_FILE,
     WEIGHTS_FILE,
     refuse_pickles,
     resolve_model_dir,
 )
+from pocketlm.checkpoint.model_check import check_model_dir
+from pocketlm.checkpoint.safetensors_mmap import read_header
 from pocketlm.common.errors import ArtifactError, OutOfSpaceError, is_out_of_space
 from pocketlm.common.manifest import ArtifactWriter, read_manifest
 from pocketlm.model.config import ModelConfig
@@ -147,6 +149,7 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         raise ArtifactError(
             f"{weights}: {weights.stat().st_size} bytes but the manifest says {listed['bytes']}: the checkpoint is truncated or corrupt"
         )
+    read_header(weights)  # the same layout checks the native loader makes, with the same errors
     try:
         return load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
@@ -159,38 +162,25 @@ def load_model(
     path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> LoadedModel:
     """Load a model artifact (or a run's final model / latest checkpoint) onto `device`, its
-    float tensors in `dtype` (None: as stored)."""
-    directory = resolve_model_dir(path)
+    float tensors in `dtype` (None: as stored); every file is checked first (check_model_dir)."""
+    checked = check_model_dir(resolve_model_dir(path))
+    directory, config, quant = checked.directory, checked.config, checked.quant
     state = read_weights(directory)
-    manifest = read_manifest(directory, kind=MODEL_KIND)
-    config = ModelConfig.load(directory / CONFIG_FILE)
-    tokenizer = Tokenizer.load(directory)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ArtifactError(
-            f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {config.vocab_size}"
-        )
-    quant = read_quantization(directory)
     with torch.device("meta"):
         model = CausalLM(config)
         if quant["scheme"] in ("int8", "int4"):
-            quantize_modules(model, quant["scheme"], quant.get("group_size", 32), empty=True)
+            quantize_modules(model, quant["scheme"], quant.get("group_size") or 32, empty=True)
     model = build_model_from_state(model, config, state, directory)
     # Quantized layers keep integer weights and their scales whatever the dtype; their
     # activations (and float parts: norms, biases) take it.
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     model.eval()
-    return LoadedModel(model, config, tokenizer, directory, manifest)
+    return LoadedModel(model, config, checked.tokenizer, directory, checked.manifest)
 
 
 def read_quantization(directory: Path) -> dict[str, Any]:
-    """The artifact's quantization.json ({'scheme': 'none'} for a float model)."""
-    path = directory / QUANT_FILE
-    if not path.is_file():
-        return {"scheme": "none"}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: corrupt ({exc})") from exc
+    """The artifact's quantization.json, validated ({'scheme': 'none'} for a float model)."""
+    return weights_spec.read_quantization(directory)
 
 
 def build_model_from_state(

@@ -43,10 +43,16 @@ def read_manifest(path: str | Path, kind: str | Iterable[str] | None = None) -> 
         )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ArtifactError(f"{manifest_path}: corrupt manifest ({exc})") from exc
-    if not isinstance(manifest, dict) or "kind" not in manifest:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("kind"), str):
         raise ArtifactError(f"{manifest_path}: corrupt manifest (no 'kind')")
+    schema = manifest.get("schema", 0)
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        raise ArtifactError(
+            f"{manifest_path}: corrupt manifest (schema {schema!r} is not a number)"
+        )
+    _check_files_table(manifest_path, manifest.get("files", {}))
     if kind is not None:
         kinds = {kind} if isinstance(kind, str) else set(kind)
         if manifest["kind"] not in kinds:
@@ -54,12 +60,31 @@ def read_manifest(path: str | Path, kind: str | Iterable[str] | None = None) -> 
             raise ArtifactError(
                 f"{directory} is a '{manifest['kind']}' artifact, expected {expected}"
             )
-    if manifest.get("schema", 0) > SCHEMA_VERSION:
+    if schema > SCHEMA_VERSION:
         raise ArtifactError(
-            f"{directory}: schema {manifest['schema']} is newer than this PocketLM understands "
+            f"{directory}: schema {schema} is newer than this PocketLM understands "
             f"({SCHEMA_VERSION}); upgrade pocketlm"
         )
     return manifest
+
+
+def _check_files_table(manifest_path: Path, files: Any) -> None:
+    """'files' maps each name to {'bytes': n >= 0, 'sha256': 64 hex digits (optional)}."""
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{manifest_path}: corrupt manifest ('files' is not an object)")
+    for name, info in files.items():
+        size = info.get("bytes") if isinstance(info, dict) else None
+        digest = info.get("sha256", "0" * 64) if isinstance(info, dict) else None
+        if (
+            not isinstance(size, int)
+            or isinstance(size, bool)
+            or size < 0
+            or not isinstance(digest, str)
+            or len(digest) != 64
+        ):
+            raise ArtifactError(
+                f"{manifest_path}: corrupt manifest (entry for {name!r} needs 'bytes' and a sha256)"
+            )
 
 
 def parent_ref(path: str | Path) -> dict[str, Any]:
@@ -78,17 +103,31 @@ def verify_files(path: str | Path, *, check_hashes: bool = True) -> None:
     """Check every file the manifest lists exists with its size (and sha256); raise ArtifactError."""
     directory = Path(path)
     manifest = read_manifest(directory)
-    for name, info in manifest.get("files", {}).items():
-        f = directory / name
-        if not f.is_file():
-            raise ArtifactError(f"{directory}: missing file {name} listed in the manifest")
-        size = f.stat().st_size
-        if size != info["bytes"]:
-            raise ArtifactError(
-                f"{f}: size {size} bytes, manifest says {info['bytes']}: the file is truncated or corrupt"
-            )
-        if check_hashes and "sha256" in info and sha256_file(f) != info["sha256"]:
-            raise ArtifactError(f"{f}: sha256 does not match the manifest: the file is corrupt")
+    for name in manifest.get("files", {}):
+        check_listed_file(directory, manifest, name, check_hash=check_hashes)
+
+
+def check_listed_file(
+    directory: Path, manifest: dict[str, Any], name: str, *, check_hash: bool = True
+) -> None:
+    """Raise ArtifactError unless file `name` is listed in the manifest, present, of the listed
+    size and (with check_hash, when listed) of the listed sha256."""
+    info = manifest.get("files", {}).get(name)
+    f = directory / name
+    if info is None:
+        raise ArtifactError(
+            f"{f}: not listed in {directory / MANIFEST_NAME}: the artifact was changed after it "
+            "was written"
+        )
+    if not f.is_file():
+        raise ArtifactError(f"{directory}: missing file {name} listed in the manifest")
+    size = f.stat().st_size
+    if size != info["bytes"]:
+        raise ArtifactError(
+            f"{f}: size {size} bytes, manifest says {info['bytes']}: the file is truncated or corrupt"
+        )
+    if check_hash and "sha256" in info and sha256_file(f) != info["sha256"]:
+        raise ArtifactError(f"{f}: sha256 does not match the manifest: the file is corrupt")
 
 
 class ArtifactWriter:

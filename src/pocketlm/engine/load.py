@@ -11,13 +11,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pocketlm.checkpoint.layout import CONFIG_FILE, refuse_pickles, resolve_model_dir
+from pocketlm.checkpoint.layout import resolve_model_dir
+from pocketlm.checkpoint.model_check import check_model_dir
 from pocketlm.common.device import gpu_may_be_present
 from pocketlm.common.errors import ConfigError, PocketLMError
 from pocketlm.common.log import get_logger
 from pocketlm.engine.backend import Backend, check_slot_count
 from pocketlm.engine.generation import GenerationEngine
-from pocketlm.model.config import ModelConfig
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 BACKENDS = ("auto", "torch", "native")
@@ -141,14 +141,15 @@ def _open_native(
         from pocketlm.engine.native_backend import NativeBackend, NativeUnavailable
     except ImportError as exc:
         return _native_failed(f"it is not available in this install ({exc})", required)
-    directory = resolve_model_dir(model)
-    refuse_pickles(directory)
-    config = ModelConfig.load(directory / CONFIG_FILE)
+    # A corrupt model is an ArtifactError here, never a reason to fall back to torch.
+    checked = check_model_dir(resolve_model_dir(model))
     try:
-        backend = NativeBackend(directory, config, threads=threads, max_len=max_len, slots=slots)
+        backend = NativeBackend(
+            checked.directory, checked.config, threads=threads, max_len=max_len, slots=slots
+        )
     except NativeUnavailable as exc:
         return _native_failed(str(exc), required)
-    return backend, Tokenizer.load(directory)
+    return backend, checked.tokenizer
 
 
 def _native_failed(reason: str, required: bool) -> None:

@@ -13,10 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketlm.checkpoint.layout import QUANT_FILE, WEIGHTS_FILE
+from pocketlm.checkpoint.layout import WEIGHTS_FILE
 from pocketlm.checkpoint.safetensors_mmap import MappedTensors
+from pocketlm.checkpoint.weights_spec import (
+    BIASED,
+    check_weights,
+    layer_matrices,
+    read_quantization,
+)
 from pocketlm.common.device import usable_cores
-from pocketlm.common.errors import PocketLMError
+from pocketlm.common.errors import ArtifactError, ConfigError, PocketLMError
 from pocketlm.common.isa import check_isa, isa_cap
 from pocketlm.engine.backend import check_append, check_decode, check_slot_count, check_slots
 from pocketlm.model.config import ModelConfig
@@ -38,30 +44,42 @@ def native_isa() -> str | None:
 
 
 def _matrix(t: MappedTensors, prefix: str, rows: int, cols: int, group: int) -> tuple:
-    """(dtype, rows, cols, group, data, scales) for the C side, from `prefix`.weight or .qweight/.scales."""
+    """(dtype, rows, cols, group, data, scales) for the C side, from `prefix`.weight or
+    .qweight/.scales (names, shapes and dtypes already checked by check_weights)."""
     if f"{prefix}.weight" in t:
-        kind = t.dtype(f"{prefix}.weight")
-        if kind not in ("F32", "BF16"):
-            raise NativeUnavailable(
-                f"{prefix}.weight is {kind}; the native backend reads F32, BF16, int8 or int4 weights"
-            )
         w = t.get(f"{prefix}.weight")
-        if w.shape != (rows, cols):
-            raise NativeUnavailable(f"{prefix}.weight has shape {w.shape}, expected {(rows, cols)}")
-        return (F32 if kind == "F32" else BF16, rows, cols, 0, w, None)
-    if f"{prefix}.qweight" not in t:
-        raise NativeUnavailable(f"no weights for {prefix}")
+        return (F32 if t.dtype(f"{prefix}.weight") == "F32" else BF16, rows, cols, 0, w, None)
     q, s = t.get(f"{prefix}.qweight"), t.get(f"{prefix}.scales")
     if t.dtype(f"{prefix}.qweight") == "I8":
-        return (I8, rows, cols, 0, q, np.ascontiguousarray(s, dtype=np.float32))
+        return (I8, rows, cols, 0, q, s)
     return (I4, rows, cols, group, q, s.view(np.uint16))
 
 
-def _vector(t: MappedTensors, name: str) -> np.ndarray | None:
-    if name not in t:
-        return None
+def _vector(t: MappedTensors, name: str) -> np.ndarray:
+    """A float32 vector (norm weight or bias), widened from bf16 bits when stored so."""
     v = t.get(name)
-    return v if v.dtype == np.float32 else v.astype(np.float32)
+    if t.dtype(name) == "BF16":  # raw uint16 bits: the high half of a float32
+        return (v.astype(np.uint32) << 16).view(np.float32)
+    return v
+
+
+def c_weights(t: MappedTensors, c: ModelConfig, group: int) -> tuple:
+    """(embed, lm_head, final_norm, layers): the weights as the C Model takes them, each layer
+    (input norm, post-attention norm, q/k/v biases or None, then layer_matrices' matrices)."""
+    embed = _matrix(t, "model.embed_tokens", c.vocab_size, c.dim, group)
+    head = embed if c.tie_embeddings else _matrix(t, "lm_head", c.vocab_size, c.dim, group)
+    layers = []
+    for i in range(c.n_layers):
+        p = f"model.layers.{i}."
+        norms = [
+            _vector(t, p + n) for n in ("input_layernorm.weight", "post_attention_layernorm.weight")
+        ]
+        bias = [_vector(t, f"{p}{name}.bias") if c.qkv_bias else None for name in BIASED]
+        matrices = [
+            _matrix(t, p + name, rows, cols, group) for name, rows, cols in layer_matrices(c)
+        ]
+        layers.append((*norms, *bias, *matrices))
+    return embed, head, _vector(t, "model.norm.weight"), layers
 
 
 class NativeBackend:
@@ -86,6 +104,8 @@ class NativeBackend:
         """isa: a cap on the kernel set ("portable", "avx2", "avx512"; "" = POCKETLM_ISA, or the
         best this CPU runs); `self.isa` says which set was chosen."""
         check_slot_count(slots)
+        if max_len is not None and max_len < 1:
+            raise ConfigError(f"max_len must be >= 1 token, got {max_len}")
         try:
             from pocketlm.engine import _native
         except ImportError as exc:
@@ -94,33 +114,16 @@ class NativeBackend:
             ) from exc
         self.config = config
         self.directory = directory
-        quant = _read_json(directory / QUANT_FILE) or {"scheme": "none"}
-        group = int(quant.get("group_size", 32))
-        t = MappedTensors(directory / WEIGHTS_FILE)
+        quant = read_quantization(directory)
+        group = quant.get("group_size") or 32
+        weights = directory / WEIGHTS_FILE
+        t = MappedTensors(weights)
+        # Names, shapes and dtypes must match the config before a pointer goes to C: the C side
+        # reads rows x cols of every matrix it is given.
+        check_weights(t.header, config, quant, weights)
         self._tensors = t  # keeps the mapping alive
         c = config
-        hd, qd, kvd, ffn = c.resolved_head_dim, c.q_dim, c.kv_dim, c.resolved_ffn_dim
-        embed = _matrix(t, "model.embed_tokens", c.vocab_size, c.dim, group)
-        head = embed if c.tie_embeddings else _matrix(t, "lm_head", c.vocab_size, c.dim, group)
-        layers = []
-        for i in range(c.n_layers):
-            p = f"model.layers.{i}."
-            layers.append(
-                (
-                    _vector(t, p + "input_layernorm.weight"),
-                    _vector(t, p + "post_attention_layernorm.weight"),
-                    _vector(t, p + "self_attn.q_proj.bias"),
-                    _vector(t, p + "self_attn.k_proj.bias"),
-                    _vector(t, p + "self_attn.v_proj.bias"),
-                    _matrix(t, p + "self_attn.q_proj", qd, c.dim, group),
-                    _matrix(t, p + "self_attn.k_proj", kvd, c.dim, group),
-                    _matrix(t, p + "self_attn.v_proj", kvd, c.dim, group),
-                    _matrix(t, p + "self_attn.o_proj", c.dim, qd, group),
-                    _matrix(t, p + "mlp.gate_proj", ffn, c.dim, group),
-                    _matrix(t, p + "mlp.up_proj", ffn, c.dim, group),
-                    _matrix(t, p + "mlp.down_proj", c.dim, ffn, group),
-                )
-            )
+        embed, head, final_norm, layers = c_weights(t, c, group)
         self._context_length = min(max_len or c.max_seq_len, c.max_seq_len)
         self.threads = threads or usable_cores()
         cfg = (
@@ -129,23 +132,26 @@ class NativeBackend:
             c.n_layers,
             c.n_heads,
             c.n_kv_heads,
-            hd,
-            ffn,
+            c.resolved_head_dim,
+            c.resolved_ffn_dim,
             self._context_length,
             max_batch,
             slots,
             c.rope_theta,
             c.norm_eps,
         )
-        self._model = _native.Model(
-            cfg,
-            embed,
-            head,
-            _vector(t, "model.norm.weight"),
-            layers,
-            self.threads,
-            check_isa(isa, "isa") if isa else isa_cap(),
-        )
+        isa = check_isa(isa, "isa") if isa else isa_cap()
+        try:
+            self._model = _native.Model(cfg, embed, head, final_norm, layers, self.threads, isa)
+        except ValueError as exc:  # the C side's own load-time bounds checks
+            raise ArtifactError(f"{weights}: {exc}") from exc
+        except MemoryError as exc:
+            raise PocketLMError(
+                f"cannot allocate the native backend's buffers for {slots} slot(s) of "
+                f"{self._context_length} tokens (KV cache "
+                f"{2 * slots * c.n_layers * self._context_length * c.kv_dim * 4 / 1e6:.0f} MB): "
+                "use a smaller --max-len or fewer --slots"
+            ) from exc
         self.isa = self._model.isa()
         self._lengths = [0] * slots  # tokens in each slot's context
 
@@ -219,9 +225,3 @@ class NativeBackend:
         self._model.forward(ids, positions, np.full(n, slot, dtype=np.int32), out, every)
         self._lengths[slot] = start + n
         return out
-
-
-def _read_json(path: Path) -> dict | None:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

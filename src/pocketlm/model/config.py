@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from pocketlm.common.errors import ConfigError
+from pocketlm.common.errors import ArtifactError, ConfigError
+
+# Ceilings that keep every size the C kernels index within a C int, and the RoPE tables (one
+# row per position, built at load) within reason.
+MAX_DIM = 2**31 - 1
+MAX_SEQ_LEN = 2**20
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,22 @@ class ModelConfig:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("ffn_dim", "head_dim"):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"model.{name} must be >= 0 (0 = default), got {getattr(self, name)}"
+                )
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "ffn_dim", "head_dim"):
+            if getattr(self, name) > MAX_DIM:
+                raise ConfigError(f"model.{name} must be <= {MAX_DIM}, got {getattr(self, name)}")
+        if self.max_seq_len > MAX_SEQ_LEN:
+            raise ConfigError(f"model.max_seq_len must be <= {MAX_SEQ_LEN}, got {self.max_seq_len}")
+        for name in ("rope_theta", "norm_eps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"model.{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.init_std) and self.init_std >= 0):
+            raise ConfigError(f"model.init_std must be a finite number >= 0, got {self.init_std}")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
                 f"model.n_heads ({self.n_heads}) must be a multiple of model.n_kv_heads ({self.n_kv_heads})"
@@ -48,6 +70,9 @@ class ModelConfig:
             raise ConfigError(
                 f"head dimension must be even for rotary embeddings, got {self.resolved_head_dim}"
             )
+        for name in ("q_dim", "kv_dim", "resolved_ffn_dim"):
+            if getattr(self, name) > MAX_DIM:
+                raise ConfigError(f"model.{name} must be <= {MAX_DIM}, got {getattr(self, name)}")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -99,10 +124,15 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        """A config from plain values (a JSON object): unknown keys and wrong types are refused."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}")
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(data) - set(known)
         if unknown:
             raise ConfigError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        for name, value in data.items():
+            _check_type(name, known[name], value)
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
@@ -110,4 +140,30 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        """The config in a model_config.json; ArtifactError naming the file and field when bad."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ArtifactError(f"{path}: missing (every model directory has one)") from exc
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ArtifactError(f"{path}: not a readable JSON model config ({exc})") from exc
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ArtifactError(f"{path}: {exc}") from exc
+
+
+def _check_type(name: str, kind: str, value: object) -> None:
+    """Raise ConfigError unless `value` is of the field's declared kind (bool is not an int)."""
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:  # float: JSON may write a whole number without a point
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+    if not ok:
+        raise ConfigError(
+            f"model.{name} must be a{'n' if kind == 'int' else ''} {kind}, got {value!r}"
+        )

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from pocketlm.common.errors import ArtifactError
@@ -30,7 +34,16 @@ class Tokenizer:
     def __init__(self, backend, chat_template: str = CHAT_TEMPLATE) -> None:
         self.backend = backend
         self.chat_template = chat_template
+        # Ids must run 0..n-1: the count must bound every id encode() returns, and serializing
+        # a vocabulary with a huge id allocates for every id below it (the tokenizers library
+        # aborts the process when that fails), so check before to_str() below.
+        in_use = set(backend.get_vocab(with_added_tokens=True).values())
         self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
+        if len(in_use) != self.vocab_size or max(in_use, default=-1) != self.vocab_size - 1:
+            raise ArtifactError(
+                f"token ids must be 0..{self.vocab_size - 1} without gaps, found {len(in_use)} "
+                f"distinct ids up to {max(in_use, default=-1)}"
+            )
         ids = {tok: backend.token_to_id(tok) for tok in SPECIAL_TOKENS}
         missing = [t for t, i in ids.items() if i is None]
         if missing:
@@ -62,12 +75,25 @@ class Tokenizer:
                 f"{directory}: no {TOKENIZER_FILE}; train one with `pocketlm tokenizer train`"
             )
         try:
-            backend = Backend.from_file(str(path))
+            with _panic_output_held() as held:
+                backend = Backend.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
             raise ArtifactError(f"{path}: cannot load tokenizer ({exc})") from exc
+        except BaseException as exc:
+            # A Rust panic while parsing (e.g. a corrupt precompiled charsmap) surfaces as pyo3's
+            # PanicException, which derives from BaseException only; its message carries what
+            # the panic printed.
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise ArtifactError(f"{path}: cannot load tokenizer ({exc})") from None
+        if held:  # printed without a panic: not ours to drop
+            sys.stderr.write(held[0])
         # One chat template for every PocketLM model (render_chat); tokenizer_config.json carries
         # the same text for transformers.
-        return cls(backend)
+        try:
+            return cls(backend)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{path}: {exc}") from exc
 
     def encode(self, text: str, *, add_bos: bool = False, parse_special: bool = True) -> list[int]:
         """Token ids of `text` (no special tokens added unless add_bos).
@@ -127,6 +153,28 @@ class Tokenizer:
     def save(self, directory: str | Path, model_max_length: int = 2048) -> None:
         """Write tokenizer.json + tokenizer_config.json + special_tokens_map.json (HF-loadable)."""
         write_tokenizer_files(self.backend, Path(directory), model_max_length, self.chat_template)
+
+
+@contextlib.contextmanager
+def _panic_output_held() -> Iterator[list[str]]:
+    """Hold what native code writes to stderr (fd 2) during the block, e.g. the message and
+    backtrace a Rust panic prints before it becomes a Python exception, so that a corrupt
+    tokenizer file is one clear error line, not a backtrace. Yields a list that holds the text
+    afterwards (falsy when nothing was printed)."""
+    held: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield held
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", errors="replace")
+            if text:
+                held.append(text)
 
 
 class StreamDecoder:

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pocketlm.common.errors import ArtifactError
 from pocketlm.common.manifest import ArtifactWriter, parent_ref, read_manifest, verify_files
@@ -75,3 +77,46 @@ def test_verify_files_detects_truncation_and_corruption(tmp_path):
     (out / "w.bin").write_bytes(b"y" * 100)
     with pytest.raises(ArtifactError, match="sha256"):
         verify_files(out)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 2**40) | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    field=st.sampled_from(
+        ["kind", "schema", "files", "files.entry", "files.bytes", "files.sha256"]
+    ),
+    value=JSON_VALUES,
+)
+def test_any_value_in_a_manifest_field_reads_or_is_an_artifact_error(tmp_path, field, value):
+    """read_manifest and verify_files on a manifest with any JSON in any field: the manifest reads
+    (and verifies or names the bad file), or an ArtifactError names it; never another exception."""
+    with ArtifactWriter(tmp_path / "art", "thing", overwrite=True) as art:
+        art.path("w.bin").write_bytes(b"x" * 10)
+        out = art.commit()
+    manifest = json.loads((out / "manifest.json").read_text())
+    if field.startswith("files."):
+        if field == "files.entry":
+            manifest["files"]["w.bin"] = value
+        else:
+            manifest["files"]["w.bin"][field.split(".")[1]] = value
+    else:
+        manifest[field] = value
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        verify_files(out)
+    except ArtifactError as exc:
+        assert str(out) in str(exc)
+    else:  # accepted: every value it used was well formed
+        assert isinstance(manifest["kind"], str) and isinstance(manifest["schema"], int)
+        for name, info in manifest["files"].items():
+            assert info["bytes"] == (out / name).stat().st_size

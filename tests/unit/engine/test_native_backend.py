@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pocketlm.checkpoint.layout import CONFIG_FILE
 from pocketlm.checkpoint.model_io import load_model, save_model
@@ -14,6 +16,7 @@ from pocketlm.engine.load import open_backend
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
 from tests.conftest import ENGINE_KERNELS, engine_isa_params
+from tests.unit.engine.model_variants import WIDE, save_variants
 
 native = pytest.importorskip("pocketlm.engine._native", reason="native extension not built")
 from pocketlm.engine.native_backend import NativeBackend  # noqa: E402
@@ -150,3 +153,114 @@ def test_a_bad_isa_cap_is_a_clear_error(variant_dirs, monkeypatch):
     monkeypatch.setenv("POCKETLM_ISA", "sse2")
     with pytest.raises(ConfigError, match="POCKETLM_ISA='sse2'"):
         open_native(variant_dirs["fp32"])
+
+
+@pytest.fixture(scope="module")
+def wide_variant_dirs(synthetic_pipeline, tmp_path_factory):
+    """An untied model with random q/k/v biases whose q_dim exceeds dim and ffn_dim, in every
+    precision (model_variants.WIDE)."""
+    root = tmp_path_factory.mktemp("wide")
+    return save_variants(root, "wide", WIDE, synthetic_pipeline["tokenizer"], seed=7)
+
+
+@pytest.mark.parametrize("isa", engine_isa_params())
+@pytest.mark.parametrize("scheme", ["fp32", "bf16", "int8", "int4"])
+def test_biases_and_a_q_dim_wider_than_dim_and_ffn_match_pytorch(wide_variant_dirs, scheme, isa):
+    """bf16 biases are widened from their bits (not cast as integers), and o_proj's q_dim inputs
+    fit the buffers sized for the widest matrix (prefill and decode paths)."""
+    d = wide_variant_dirs[scheme]
+    ids = list(range(3, 43))
+    ref = _torch_logits(d, ids)
+    backend = NativeBackend(d, ModelConfig.load(d / CONFIG_FILE), threads=2, isa=isa)
+    tol = TOLERANCE[scheme] * float(np.abs(ref).max())
+    assert np.abs(backend.extend(0, ids) - ref).max() <= tol
+    backend.release(0)
+    steps = [backend.prefill(0, ids[:10])] + [backend.decode([0], [t])[0] for t in ids[10:]]
+    assert np.abs(np.stack(steps) - ref[9:]).max() <= tol
+
+
+def _model_args(d):
+    """The arguments NativeBackend hands the C side for model dir d, as mutable lists."""
+    from pocketlm.checkpoint.safetensors_mmap import MappedTensors
+    from pocketlm.checkpoint.weights_spec import read_quantization
+    from pocketlm.engine.native_backend import c_weights
+
+    c = ModelConfig.load(d / CONFIG_FILE)
+    t = MappedTensors(d / "model.safetensors")
+    embed, head, final_norm, layers = c_weights(t, c, read_quantization(d).get("group_size") or 32)
+    listed = lambda x: list(x) if isinstance(x, tuple) else x  # noqa: E731
+    layers = [[listed(part) for part in layer] for layer in layers]
+    embed = listed(embed)
+    head = embed if c.tie_embeddings else listed(head)
+    cfg = [c.vocab_size, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.resolved_head_dim]
+    cfg += [c.resolved_ffn_dim, c.max_seq_len, 8, 1, c.rope_theta, c.norm_eps]
+    return t, cfg, embed, head, final_norm, layers
+
+
+def _build(cfg, embed, head, final_norm, layers):
+    as_tuple = lambda m: tuple(m) if isinstance(m, list) else m  # noqa: E731
+    specs = [tuple(as_tuple(x) for x in layer) for layer in layers]
+    return native.Model(tuple(cfg), as_tuple(embed), as_tuple(head), final_norm, specs, 1, "")
+
+
+@pytest.mark.parametrize("scheme", ["bf16", "int8", "int4"])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_the_c_side_refuses_any_buffer_or_dim_that_does_not_match(wide_variant_dirs, scheme, data):
+    """Second line of defence: whatever Python hands it, the C loader checks every buffer's byte
+    length and every matrix's shape against the config at load time (a ValueError, not a read
+    past the end). The unchanged arguments load (the control)."""
+    _mapping, cfg, embed, head, final_norm, layers = _model_args(wide_variant_dirs[scheme])
+    _build(cfg, embed, head, final_norm, layers)
+    target = data.draw(st.sampled_from(["config", "embed", "head", "final_norm", "layer"]))
+
+    def resize(arr, what):
+        if arr is None:  # an optional bias: give one of a wrong length
+            return np.zeros(data.draw(st.integers(1, 300)), dtype=np.float32)
+        n = arr.reshape(-1).shape[0]
+        new = data.draw(st.integers(0, 2 * n).filter(lambda k: k != n), label=what)
+        return None if new == 0 else np.resize(arr.reshape(-1), new)
+
+    if target == "config":
+        i = data.draw(st.integers(0, 9))
+        cfg[i] = data.draw(st.sampled_from([0, -1, cfg[i] + 1, cfg[i] * 2, 2**31 - 1]))
+        if i in (7, 8, 9) and cfg[i] > 0:  # max_seq, max_batch, slots: any positive size is legal
+            cfg[i] = 0
+    elif target == "final_norm":
+        final_norm = resize(final_norm, "final_norm")
+    else:
+        matrix = embed if target == "embed" else head
+        if target == "layer":
+            layer = layers[data.draw(st.integers(0, len(layers) - 1))]
+            j = data.draw(st.integers(0, len(layer) - 1))
+            if j < 5:  # a norm or a bias
+                layer[j] = resize(layer[j], f"vector {j}")
+                if layer[j] is None and j >= 2:  # a bias left out is legal: give a wrong one
+                    layer[j] = np.zeros(3, dtype=np.float32)
+                return _assert_refused(cfg, embed, head, final_norm, layers)
+            matrix = layer[j] = list(layer[j])
+        part = data.draw(st.sampled_from(["data", "scales", "rows", "cols", "group", "dtype"]))
+        if part == "data" or (part == "scales" and matrix[5] is None):
+            matrix[4] = resize(matrix[4], "data")
+        elif part == "scales":
+            matrix[5] = resize(matrix[5], "scales")
+        elif part in ("rows", "cols"):
+            k = 1 if part == "rows" else 2
+            matrix[k] = data.draw(st.sampled_from([0, -1, matrix[k] + 32, matrix[k] // 2]))
+        elif part == "group":
+            if matrix[0] != 3:  # only int4 reads a group size
+                matrix[4] = resize(matrix[4], "data")
+            else:
+                matrix[3] = data.draw(st.sampled_from([0, 16, 33, 96, 2 * matrix[2]]))
+        else:
+            matrix[0] = data.draw(
+                st.sampled_from([d for d in (-1, 0, 1, 2, 3, 4) if d != matrix[0]])
+            )
+    _assert_refused(cfg, embed, head, final_norm, layers)
+
+
+def _assert_refused(cfg, embed, head, final_norm, layers):
+    with pytest.raises(ValueError):
+        _build(cfg, embed, head, final_norm, layers)

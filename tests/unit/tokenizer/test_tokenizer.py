@@ -96,3 +96,38 @@ def test_chat_template_shape_and_bad_roles():
 
     with pytest.raises(InputError, match="role must be one of"):
         render_chat([{"role": "robot", "content": "x"}])
+
+
+def _broken_copy(synthetic_pipeline, tmp_path, edit):
+    import json
+
+    data = json.loads((synthetic_pipeline["tokenizer"] / "tokenizer.json").read_text())
+    edit(data)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    return tmp_path
+
+
+def test_a_file_the_library_panics_on_is_one_clear_error(synthetic_pipeline, tmp_path, capfd):
+    """A Rust panic prints its message and backtrace to fd 2 before it becomes an exception:
+    held, so the error is one ArtifactError naming the file, with nothing else on stderr."""
+    from pocketlm.common.errors import ArtifactError
+
+    def corrupt_charsmap(data):
+        data["normalizer"] = {"type": "Precompiled", "precompiled_charsmap": "AAAA"}
+
+    d = _broken_copy(synthetic_pipeline, tmp_path, corrupt_charsmap)
+    with pytest.raises(ArtifactError, match="tokenizer.json: cannot load tokenizer"):
+        Tokenizer.load(d)
+    assert capfd.readouterr().err == ""
+
+
+def test_ids_must_run_without_gaps(synthetic_pipeline, tmp_path):
+    from pocketlm.common.errors import ArtifactError
+
+    def gap(data):
+        data["model"]["vocab"][next(iter(data["model"]["vocab"]))] = 600
+
+    with pytest.raises(
+        ArtifactError, match=r"tokenizer.json: token ids must be 0..511 without gaps"
+    ):
+        Tokenizer.load(_broken_copy(synthetic_pipeline, tmp_path, gap))

@@ -23,7 +23,8 @@ struct plm_model {
     const int32_t *pos, *slot; /* of the tokens in the current call */
     float *rope_cos, *rope_sin; /* (max_seq, head_dim / 2) */
     float *x, *xn, *q, *kk, *vv, *att, *hb, *hb2, *scores; /* activations for max_batch tokens */
-    float *wscratch;           /* per thread: ROW_BLOCK * max(dim, ffn) dequantised weights */
+    int wide;                  /* the most columns of any matrix: max(dim, ffn_dim, q_dim) */
+    float *wscratch;           /* per thread: ROW_BLOCK * wide dequantised weights */
     plm_qvec qv[2][GEMV_MAX];  /* quantised activations per token (two inputs live at once) */
     int profiling;
     double prof[PLM_PROF_N], prof_t;
@@ -130,7 +131,7 @@ static void mm_worker(void *p, int ith, int nth) {
             continue;
         }
         const int cols = w->cols;
-        float *scratch = m->wscratch + (size_t)ith * ROW_BLOCK * (size_t)(m->cfg.dim > m->cfg.ffn_dim ? m->cfg.dim : m->cfg.ffn_dim);
+        float *scratch = m->wscratch + (size_t)ith * ROW_BLOCK * (size_t)m->wide;
         for (int rb = r0; rb < r1; rb += ROW_BLOCK) {
             int re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
             const float *wf;
@@ -317,12 +318,26 @@ plm_model *plm_model_create(const plm_config *cfg, const plm_matrix *embed, cons
     m->lm_head = *lm_head;
     m->final_norm = final_norm;
     m->layers = (plm_layer *)malloc(sizeof(plm_layer) * (size_t)cfg->n_layers);
+    if (!m->layers) {
+        free(m);
+        return NULL;
+    }
     memcpy(m->layers, layers, sizeof(plm_layer) * (size_t)cfg->n_layers);
     plm_select_kernels(&m->k, isa);
     m->pool = plm_pool_acquire(n_threads);
-    const size_t kvd = kv_dim(cfg), qd = q_dim(cfg), T = (size_t)cfg->max_batch, wide = (size_t)(cfg->dim > cfg->ffn_dim ? cfg->dim : cfg->ffn_dim);
-    m->k_cache = (float *)xalloc(sizeof(float) * (size_t)cfg->n_slots * cfg->n_layers * cfg->max_seq * kvd);
-    m->v_cache = (float *)xalloc(sizeof(float) * (size_t)cfg->n_slots * cfg->n_layers * cfg->max_seq * kvd);
+    const size_t kvd = kv_dim(cfg), qd = q_dim(cfg), T = (size_t)cfg->max_batch;
+    /* o_proj reads q_dim columns: with an explicit head_dim that can exceed both dim and ffn_dim */
+    size_t wide = (size_t)(cfg->dim > cfg->ffn_dim ? cfg->dim : cfg->ffn_dim);
+    if (qd > wide) wide = qd;
+    m->wide = (int)wide;
+    size_t cache_values;
+    if (__builtin_mul_overflow((size_t)cfg->n_slots * (size_t)cfg->n_layers, (size_t)cfg->max_seq * kvd, &cache_values) ||
+        cache_values > SIZE_MAX / (2 * sizeof(float))) {
+        plm_model_destroy(m);
+        return NULL;
+    }
+    m->k_cache = (float *)xalloc(sizeof(float) * cache_values);
+    m->v_cache = (float *)xalloc(sizeof(float) * cache_values);
     m->rope_cos = (float *)xalloc(sizeof(float) * (size_t)cfg->max_seq * (cfg->head_dim / 2));
     m->rope_sin = (float *)xalloc(sizeof(float) * (size_t)cfg->max_seq * (cfg->head_dim / 2));
     m->x = (float *)xalloc(sizeof(float) * T * cfg->dim);
