@@ -166,7 +166,8 @@ def _serve(args: argparse.Namespace) -> int:
     key = _api_key(args)
     require("fastapi", "serve", "pocketlm serve")
     require("uvicorn", "serve", "pocketlm serve")
-    from pocketlm.common.device import serving_threads, usable_cores
+    from pocketlm.common.cpu_load import free_cores, runnable_others
+    from pocketlm.common.device import serving_threads
     from pocketlm.engine.load import open_backend
     from pocketlm.engine.scheduler import BatchScheduler
     from pocketlm.serve.app import DEFAULT_PUBLIC_PATHS, ServerSettings, create_app, run_server
@@ -181,7 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
         precision=args.precision,
-        threads=serving_threads(cap_threads(args.threads), usable_cores()),
+        threads=serving_threads(cap_threads(args.threads), free_cores(runnable_others())),
         max_len=args.max_len,
     )
     scheduler = BatchScheduler(backend, tokenizer, max_queue=args.max_queue)

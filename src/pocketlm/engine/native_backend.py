@@ -21,6 +21,7 @@ from pocketlm.checkpoint.weights_spec import (
     layer_matrices,
     read_quantization,
 )
+from pocketlm.common.cpu_load import free_cores, runnable_others
 from pocketlm.common.device import usable_cores
 from pocketlm.common.errors import ArtifactError, ConfigError, PocketLMError
 from pocketlm.common.isa import check_isa, isa_cap
@@ -125,7 +126,9 @@ class NativeBackend:
         c = config
         embed, head, final_norm, layers = c_weights(t, c, group)
         self._context_length = min(max_len or c.max_seq_len, c.max_seq_len)
-        self.threads = threads or usable_cores()
+        # default: the cores other programs leave free now (threads sharing a taken core make
+        # every decode step wait for the slowest one)
+        self.threads = threads or free_cores(runnable_others(), usable_cores())
         cfg = (
             c.vocab_size,
             c.dim,
