@@ -343,3 +343,13 @@ def test_fuzzed_requests_never_get_5xx_or_a_non_openai_error(fuzz_server, area, 
     assert sent >= requests
     if area == "json":
         assert any(200 <= s < 300 for s in statuses if s), statuses  # valid ones were sent too
+
+
+@pytest.mark.parametrize("target", [b"?", b"/v1/models/", b"/health/"])
+def test_an_empty_or_slash_ended_path_gets_a_json_404_not_a_redirect(fuzz_server, target):
+    own = f"127.0.0.1:{fuzz_server.port}".encode()
+    headers = ((b"Host", own), (b"Authorization", f"Bearer {KEY}".encode()))
+    request = FuzzRequest("methods", b"GET", target, headers, b"", b"HTTP/1.1")
+    response = _send(fuzz_server.port, request)
+    check_answer(request, response)
+    assert response.status == 404

@@ -91,7 +91,13 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
             await asyncio.to_thread(scheduler.stop, drain=False, timeout=5.0)
 
     app = fastapi.FastAPI(
-        title="PocketLM", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+        title="PocketLM",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+        # no 307 with an empty body for a path missing its slash (or an empty path): a JSON 404
+        redirect_slashes=False,
     )
     app.state.metrics = metrics
     app.state.scheduler = scheduler
