@@ -1,6 +1,7 @@
 /* The forward pass of the Llama-style decoder: prefill (T tokens, small GEMMs) and decode
  * (1 token, GEMVs), with a float KV cache owned by the model object. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -10,6 +11,8 @@
 #define ROW_BLOCK 16 /* rows dequantised at a time for prefill GEMMs */
 #define GEMV_MAX 16  /* up to this many tokens per call (decode, batched decode) run the GEMV kernels:
                         exactly the arithmetic of a single sequence's decode, weights read once */
+#define GEMV_CHUNK 32 /* rows a thread takes at a time on the GEMV path (a multiple of 8) */
+#define GEMM_CHUNK 64 /* and on the prefill path (a multiple of ROW_BLOCK) */
 
 struct plm_model {
     plm_config cfg;
@@ -89,68 +92,85 @@ typedef struct {
     plm_model *m;
     mm_job jobs[3];
     int n_jobs, n_tok;
-    int swiglu; /* jobs are gate and up: each thread then applies silu(gate) * up to its own rows */
+    int swiglu; /* jobs are gate and up: silu(gate) * up is applied to each chunk as it is done */
+    /* The next chunk of rows to take. Threads take chunks until none is left, so a thread that
+       lost its core to another program does less of the work instead of holding everyone up
+       (each row's arithmetic is the same whoever computes it: the same results). */
+    atomic_int next_chunk;
 } mm_task;
 
-static void swiglu_rows(const mm_task *t, int ith, int nth) {
-    const int rows = t->jobs[0].w->rows;
-    const int per = ((rows + nth - 1) / nth + 3) & ~3;
-    const int r0 = ith * per, r1 = r0 + per < rows ? r0 + per : rows;
-    for (int tok = 0; tok < t->n_tok; tok++) {
-        float *g = t->jobs[0].y + (size_t)tok * rows, *u = t->jobs[1].y + (size_t)tok * rows;
-        for (int r = r0; r < r1; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+/* y rows [r0, r1) of one job on the GEMV path: blocks of 8 rows, each block read from memory
+   once and kept in L1 for every token. */
+static void gemv_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0, int r1) {
+    const plm_matrix *w = job->w;
+    for (int rb = r0; rb < r1; rb += 8) {
+        const int re = rb + 8 < r1 ? rb + 8 : r1;
+        for (int tok = 0; tok < t->n_tok; tok++) {
+            const float *x = job->x + (size_t)tok * w->cols;
+            float *y = job->y + (size_t)tok * w->rows;
+            switch (w->dtype) {
+                case PLM_F32: m->k.gemv_f32(w, x, y, rb, re); break;
+                case PLM_BF16: m->k.gemv_bf16(w, x, y, rb, re); break;
+                case PLM_I8: m->k.gemv_i8(w, &job->xq[tok], y, rb, re); break;
+                case PLM_I4: m->k.gemv_i4(w, &job->xq[tok], y, rb, re); break;
+            }
+        }
     }
 }
 
+/* y rows [r0, r1) of one job on the prefill path: dequantise ROW_BLOCK rows at a time into this
+   thread's scratch, then one small GEMM over every token. */
+static void gemm_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0, int r1, int ith) {
+    const plm_matrix *w = job->w;
+    const int cols = w->cols;
+    float *scratch = m->wscratch + (size_t)ith * ROW_BLOCK * (size_t)m->wide;
+    for (int rb = r0; rb < r1; rb += ROW_BLOCK) {
+        const int re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
+        const float *wf;
+        if (w->dtype == PLM_F32) {
+            wf = (const float *)w->data + (size_t)rb * cols;
+        } else {
+            plm_dequant_rows(w, rb, re, scratch);
+            wf = scratch;
+        }
+        m->k.gemm_f32(wf, cols, job->x, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
+    }
+}
+
+/* Chunks of rows are taken dynamically: chunk c of every job laid end to end, or, fused with
+   SwiGLU, chunk c of gate and up together, then silu(gate) * up on it while it is in cache.
+   Chunk edges do not depend on the thread count: the same results with any number of threads. */
 static void mm_worker(void *p, int ith, int nth) {
     mm_task *t = (mm_task *)p;
     plm_model *m = t->m;
-    for (int j = 0; j < t->n_jobs; j++) {
-        const mm_job *job = &t->jobs[j];
-        const plm_matrix *w = job->w;
-        /* Split rows evenly, in multiples of 4 so register tiles stay whole. */
-        int per = ((w->rows + nth - 1) / nth + 3) & ~3;
-        int r0 = ith * per, r1 = r0 + per;
-        if (r1 > w->rows) r1 = w->rows;
-        if (r0 >= r1) continue;
-        if (t->n_tok <= GEMV_MAX) {
-            /* Blocks of 8 rows: each block is read from memory once and stays in L1 for every token. */
-            for (int rb = r0; rb < r1; rb += 8) {
-                const int re = rb + 8 < r1 ? rb + 8 : r1;
-                for (int tok = 0; tok < t->n_tok; tok++) {
-                    const float *x = job->x + (size_t)tok * w->cols;
-                    float *y = job->y + (size_t)tok * w->rows;
-                    switch (w->dtype) {
-                        case PLM_F32: m->k.gemv_f32(w, x, y, rb, re); break;
-                        case PLM_BF16: m->k.gemv_bf16(w, x, y, rb, re); break;
-                        case PLM_I8: m->k.gemv_i8(w, &job->xq[tok], y, rb, re); break;
-                        case PLM_I4: m->k.gemv_i4(w, &job->xq[tok], y, rb, re); break;
-                    }
-                }
-            }
-            continue;
+    const int gemv = t->n_tok <= GEMV_MAX;
+    const int size = gemv ? GEMV_CHUNK : GEMM_CHUNK;
+    (void)nth;
+    int chunks = 0;
+    for (int j = 0; j < (t->swiglu ? 1 : t->n_jobs); j++) chunks += (t->jobs[j].w->rows + size - 1) / size;
+    for (int c; (c = atomic_fetch_add_explicit(&t->next_chunk, 1, memory_order_relaxed)) < chunks;) {
+        int j = 0, first = c;
+        while (!t->swiglu && first >= (t->jobs[j].w->rows + size - 1) / size) {
+            first -= (t->jobs[j].w->rows + size - 1) / size;
+            j++;
         }
-        const int cols = w->cols;
-        float *scratch = m->wscratch + (size_t)ith * ROW_BLOCK * (size_t)m->wide;
-        for (int rb = r0; rb < r1; rb += ROW_BLOCK) {
-            int re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
-            const float *wf;
-            if (w->dtype == PLM_F32) {
-                wf = (const float *)w->data + (size_t)rb * cols;
-            } else {
-                plm_dequant_rows(w, rb, re, scratch);
-                wf = scratch;
-            }
-            m->k.gemm_f32(wf, cols, job->x, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
+        const int rows = t->jobs[j].w->rows;
+        const int r0 = first * size, r1 = r0 + size < rows ? r0 + size : rows;
+        for (int k = j; k < (t->swiglu ? 2 : j + 1); k++) {
+            if (gemv) gemv_rows(m, t, &t->jobs[k], r0, r1);
+            else gemm_rows(m, t, &t->jobs[k], r0, r1, ith);
+        }
+        if (!t->swiglu) continue;
+        for (int tok = 0; tok < t->n_tok; tok++) {
+            float *g = t->jobs[0].y + (size_t)tok * rows, *u = t->jobs[1].y + (size_t)tok * rows;
+            for (int r = r0; r < r1; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
         }
     }
-    /* Gate and up share the row split, so each thread finishes SwiGLU on exactly the rows it wrote:
-       no second pass over the pool and the values are still in cache. */
-    if (t->swiglu) swiglu_rows(t, ith, nth);
 }
 
 static void matmul_ex(plm_model *m, int n_tok, int n_jobs, mm_job *jobs, int swiglu) {
     mm_task t = {.m = m, .n_jobs = n_jobs, .n_tok = n_tok, .swiglu = swiglu};
+    atomic_init(&t.next_chunk, 0);
     for (int j = 0; j < n_jobs; j++) t.jobs[j] = jobs[j];
     plm_pool_run(m->pool, mm_worker, &t);
 }
@@ -168,6 +188,7 @@ static const plm_qvec *maybe_quantize(plm_model *m, const plm_matrix *w, const f
 typedef struct {
     plm_model *m;
     int layer, n_tok;
+    atomic_int next_job; /* (token, head) pairs are taken one at a time, as the matmuls' chunks */
 } att_task;
 
 static size_t cache_offset(const plm_model *m, int slot, int layer, int pos) {
@@ -184,7 +205,8 @@ static void att_worker(void *p, int ith, int nth) {
     const float inv = 1.0f / sqrtf((float)hd);
     const int total = t->n_tok * c->n_heads;
     float *scores = m->scores + (size_t)ith * c->max_seq;
-    for (int job = ith; job < total; job += nth) {
+    (void)nth;
+    for (int job; (job = atomic_fetch_add_explicit(&t->next_job, 1, memory_order_relaxed)) < total;) {
         const int tok = job / c->n_heads, h = job % c->n_heads, kvh = h / group;
         const int pos = m->pos[tok]; /* attends to keys 0..pos of its own sequence */
         const float *kc = m->k_cache + cache_offset(m, m->slot[tok], t->layer, 0);
@@ -258,7 +280,8 @@ static void forward_chunk(plm_model *m, const int32_t *tokens, const int32_t *po
             memcpy(m->v_cache + cache_offset(m, slot[t], l, pos[t]), v, sizeof(float) * kvd);
         }
         mark(m, PLM_PROF_ROPE_CACHE);
-        att_task at = {m, l, n};
+        att_task at = {.m = m, .layer = l, .n_tok = n};
+        atomic_init(&at.next_job, 0);
         plm_pool_run(m->pool, att_worker, &at);
         mark(m, PLM_PROF_ATTENTION);
         const plm_qvec *aq = maybe_quantize(m, &L->wo, m->att, 0, n);

@@ -31,7 +31,8 @@ struct plm_pool {
     int n;
     pthread_t *threads;
     atomic_uint generation;
-    atomic_int remaining;
+    atomic_int active;    /* workers inside (or about to enter) the current task */
+    atomic_uint closed;   /* the last generation whose work is all taken: late workers skip it */
     atomic_int stop;
     plm_task_fn fn;
     void *arg;
@@ -67,9 +68,14 @@ static void *worker(void *p) {
             }
         }
         if (atomic_load(&pool->stop)) return NULL;
+        /* Announce ourselves, then look again at which task is current and whether its work is
+           already all taken (seq_cst both sides: either the caller sees us and waits, or we see
+           the task closed and leave its argument alone, which may be gone). */
+        atomic_fetch_add(&pool->active, 1);
+        gen = atomic_load(&pool->generation);
+        if (atomic_load(&pool->closed) != gen) pool->fn(pool->arg, ith, pool->n);
         seen = gen;
-        pool->fn(pool->arg, ith, pool->n);
-        atomic_fetch_sub_explicit(&pool->remaining, 1, memory_order_release);
+        atomic_fetch_sub(&pool->active, 1);
     }
 }
 
@@ -78,7 +84,8 @@ plm_pool *plm_pool_create(int n_threads) {
     if (!pool) return NULL;
     pool->n = n_threads < 1 ? 1 : n_threads;
     atomic_init(&pool->generation, 0);
-    atomic_init(&pool->remaining, 0);
+    atomic_init(&pool->active, 0);
+    atomic_init(&pool->closed, 0);
     atomic_init(&pool->stop, 0);
     pthread_mutex_init(&pool->lock, NULL);
     pthread_cond_init(&pool->wake, NULL);
@@ -96,6 +103,10 @@ plm_pool *plm_pool_create(int n_threads) {
 
 int plm_pool_size(const plm_pool *pool) { return pool->n; }
 
+/* Run fn(arg, ith, n) on the caller and the workers. Tasks share their work dynamically (chunks
+ * taken from a counter), so the caller does not wait for a worker that has not started yet: once
+ * its own fn returns, all work is taken; it closes the task and waits only for the workers
+ * already inside it. A worker that lost its core to another program cannot stall a step. */
 void plm_pool_run(plm_pool *pool, plm_task_fn fn, void *arg) {
     if (pool->n == 1) {
         fn(arg, 0, 1);
@@ -104,14 +115,13 @@ void plm_pool_run(plm_pool *pool, plm_task_fn fn, void *arg) {
     pthread_mutex_lock(&pool->run_lock);
     pool->fn = fn;
     pool->arg = arg;
-    atomic_store(&pool->remaining, pool->n - 1);
     pthread_mutex_lock(&pool->lock);
-    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
+    const unsigned gen = atomic_fetch_add(&pool->generation, 1) + 1;
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->lock);
     fn(arg, 0, pool->n);
-    for (int spins = 0; atomic_load_explicit(&pool->remaining, memory_order_acquire) > 0; spins++)
-        wait_round(spins);
+    atomic_store(&pool->closed, gen);
+    for (int spins = 0; atomic_load(&pool->active) > 0; spins++) wait_round(spins);
     pthread_mutex_unlock(&pool->run_lock);
 }
 
