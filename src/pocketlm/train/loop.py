@@ -62,6 +62,9 @@ def train(
     writes checkpoints, metrics, the loss plot and `run_dir/model` (from the main rank)."""
     run = setup_run(factory, config, Path(run_dir), resume=resume, command=command, now=now)
     try:
+        done = _already_finished(run)
+        if done is not None:
+            return done
         start_cadence(run)
         while not run.clock.finished(run.step, run.elapsed_s):
             started = run.now()
@@ -80,6 +83,29 @@ def train(
         if run.bar is not None:
             run.bar.close()
         close_run_context(run.ctx)
+
+
+def _already_finished(run: Run) -> RunResult | None:
+    """The run's result when a resumed run has nothing left to do: its budget is spent and its
+    final model holds this very step (resuming it again is then immediate, and changes nothing)."""
+    from pocketlm.common.errors import ArtifactError
+    from pocketlm.common.manifest import read_manifest
+
+    if run.step == 0 or not run.clock.finished(run.step, run.elapsed_s):
+        return None
+    model_dir = run.run_dir / "model"
+    try:
+        summary = read_manifest(model_dir)["summary"]
+    except ArtifactError:
+        return None
+    if summary.get("steps") != run.step:
+        return None
+    final = {k: v for k, v in summary.items() if k.startswith("val_")}
+    _log.info("%s already finished at step %d: nothing to resume", run.run_dir, run.step)
+    return RunResult(
+        model_dir, run.run_dir, run.step, run.tokens, run.elapsed_s,
+        summary.get("tokens_per_s", 0.0), final,
+    )  # fmt: skip
 
 
 def finish(run: Run) -> RunResult:

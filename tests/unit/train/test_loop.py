@@ -216,3 +216,12 @@ def test_out_of_disk_is_one_clear_error_and_the_last_checkpoint_resumes(
     monkeypatch.setattr(st, "save_file", real)
     resumed = pretrain(tokens, tmp_path / "cut", config, resume=True)
     assert resumed.steps == full.steps and _losses(tmp_path / "cut") == _losses(tmp_path / "full")
+
+
+def test_resuming_a_finished_run_changes_nothing(synthetic_pipeline, tmp_path):
+    tokens, config = synthetic_pipeline["tokens"], tiny_pretrain_config("6 steps")
+    first = pretrain(tokens, tmp_path / "run", config)
+    written = (first.model_dir / "manifest.json").read_bytes()
+    again = pretrain(tokens, tmp_path / "run", config, resume=True)
+    assert (again.steps, again.final) == (first.steps, first.final)
+    assert (first.model_dir / "manifest.json").read_bytes() == written  # not written again
