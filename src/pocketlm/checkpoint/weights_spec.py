@@ -75,17 +75,29 @@ def expected_tensors(config: ModelConfig, quant: dict[str, Any]) -> dict[str, Te
         out[name] = TensorSpec((n,), FLOAT_DTYPES)
 
     c = config
+
+    def norm(name: str, n: int) -> None:
+        vector(name + ".weight", n)
+        if c.norm_kind == "layer":
+            vector(name + ".bias", n)
+
     matrix("model.embed_tokens", c.vocab_size, c.dim)
     if not c.tie_embeddings:
         matrix("lm_head", c.vocab_size, c.dim)
-    vector("model.norm.weight", c.dim)
+    if c.lm_head_bias:
+        vector("lm_head.bias", c.vocab_size)
+    norm("model.norm", c.dim)
     for i in range(c.n_layers):
         p = f"model.layers.{i}."
-        vector(p + "input_layernorm.weight", c.dim)
-        vector(p + "post_attention_layernorm.weight", c.dim)
+        for name in layer_norms(c):
+            norm(p + name, c.resolved_head_dim if name.startswith("self_attn.") else c.dim)
+        if c.n_experts:  # the router stays in float: routing decides which experts run
+            out[p + "mlp.gate.weight"] = TensorSpec((c.n_experts, c.dim), FLOAT_DTYPES)
+        if c.shared_expert_ffn_dim:
+            out[p + "mlp.shared_expert_gate.weight"] = TensorSpec((1, c.dim), FLOAT_DTYPES)
         for name, rows, cols in layer_matrices(c):
             matrix(p + name, rows, cols)
-            if c.qkv_bias and name in BIASED:
+            if name in biased_matrices(c):
                 vector(p + name + ".bias", rows)
     return out
 
@@ -93,19 +105,66 @@ def expected_tensors(config: ModelConfig, quant: dict[str, Any]) -> dict[str, Te
 BIASED = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # with qkv_bias
 
 
+def biased_matrices(config: ModelConfig) -> tuple[str, ...]:
+    """Names of the layer matrices that carry a bias under this config."""
+    c = config
+    names = BIASED if c.qkv_bias else ()
+    if c.o_bias:
+        names += ("self_attn.o_proj",)
+    if c.mlp_bias:
+        names += tuple(n for n, _, _ in layer_matrices(c) if n.startswith("mlp."))
+    return names
+
+
+def layer_norms(config: ModelConfig) -> tuple[str, ...]:
+    """Names (without .weight/.bias) of each decoder layer's norms, in the order they apply.
+
+    input_layernorm is before attention, post_attention_layernorm before the MLP (Llama's names);
+    with sandwich norms attn_output_norm / ffn_output_norm scale each branch's output before the
+    residual add (Gemma 2's post_attention_layernorm / post_feedforward_layernorm); q_norm and
+    k_norm (head_dim wide) normalise each head.
+    """
+    c = config
+    names: tuple[str, ...] = ("input_layernorm",)
+    if c.qk_norm:
+        names += ("self_attn.q_norm", "self_attn.k_norm")
+    if c.sandwich_norms:
+        names += ("attn_output_norm",)
+    if not c.parallel_block:
+        names += ("post_attention_layernorm",)
+    if c.sandwich_norms:
+        names += ("ffn_output_norm",)
+    return names
+
+
 def layer_matrices(config: ModelConfig) -> tuple[tuple[str, int, int], ...]:
     """(name, rows = out features, cols = in features) of each decoder layer's linear weights,
-    in the order the native backend hands them over."""
+    in the order the native backend hands them over: attention, then the MLP (gate/up/down,
+    or up/down for a plain MLP; with experts, each expert's gate/up/down, then the shared one)."""
     c, ffn = config, config.resolved_ffn_dim
-    return (
+    attention = (
         ("self_attn.q_proj", c.q_dim, c.dim),
         ("self_attn.k_proj", c.kv_dim, c.dim),
         ("self_attn.v_proj", c.kv_dim, c.dim),
         ("self_attn.o_proj", c.dim, c.q_dim),
-        ("mlp.gate_proj", ffn, c.dim),
-        ("mlp.up_proj", ffn, c.dim),
-        ("mlp.down_proj", c.dim, ffn),
     )
+
+    def gated(prefix: str, hidden: int) -> tuple[tuple[str, int, int], ...]:
+        return (
+            (prefix + "gate_proj", hidden, c.dim),
+            (prefix + "up_proj", hidden, c.dim),
+            (prefix + "down_proj", c.dim, hidden),
+        )
+
+    if c.n_experts:
+        mlp = sum((gated(f"mlp.experts.{e}.", c.expert_ffn_dim) for e in range(c.n_experts)), ())
+        if c.shared_expert_ffn_dim:
+            mlp += gated("mlp.shared_expert.", c.shared_expert_ffn_dim)
+    elif c.mlp_kind == "plain":
+        mlp = (("mlp.up_proj", ffn, c.dim), ("mlp.down_proj", c.dim, ffn))
+    else:
+        mlp = gated("mlp.", ffn)
+    return attention + mlp
 
 
 def check_quantizable(config: ModelConfig, quant: dict[str, Any], where: Path) -> None:
@@ -119,6 +178,8 @@ def check_quantizable(config: ModelConfig, quant: dict[str, Any], where: Path) -
         ("dim", config.dim),
         ("q_dim", config.q_dim),
         ("ffn_dim", config.resolved_ffn_dim),
+        ("expert_ffn_dim", config.expert_ffn_dim),
+        ("shared_expert_ffn_dim", config.shared_expert_ffn_dim),
     ):
         if cols % block:
             raise ArtifactError(

@@ -31,6 +31,11 @@ from pocketlm.model.config import ModelConfig
 F32, BF16, I8, I4 = 0, 1, 2, 3
 
 
+# Family options (ModelConfig.family_features) the C engine implements; any other sends the model
+# to the torch backend with a message naming the option.
+NATIVE_FEATURES = frozenset({"qkv_bias"})
+
+
 class NativeUnavailable(PocketLMError):
     """The native backend cannot run this model here (no compiled extension, unsupported layout)."""
 
@@ -113,6 +118,12 @@ class NativeBackend:
             raise NativeUnavailable(
                 "the native extension is not built (reinstall pocketlm with a C compiler available)"
             ) from exc
+        unsupported = [f for f in config.family_features() if f not in NATIVE_FEATURES]
+        if unsupported:
+            raise NativeUnavailable(
+                f"the native engine does not implement {', '.join(unsupported)} (model family "
+                "options in model_config.json); the torch backend runs this model"
+            )
         self.config = config
         self.directory = directory
         quant = read_quantization(directory)

@@ -35,6 +35,41 @@ class ModelConfig:
     dropout: float = (
         0.0  # training only: on attention weights and on each block's output (multi-epoch data)
     )
+    # --- Family options: construction-time choices that imported families need. The defaults are
+    # Llama; interop/families/ sets them from a Hugging Face config. Tensor names stay Llama's
+    # (checkpoint/weights_spec.py lists what each option adds).
+    norm_kind: str = "rms"  # "rms" | "layer" (LayerNorm with a bias: Phi-2)
+    norm_offset: float = 0.0  # 1.0 = Gemma's (1 + w) scale, the 1 added in fp32
+    activation: str = "silu"  # "silu" | "gelu_tanh" | "gelu"
+    mlp_kind: str = "gated"  # "gated" (gate/up/down) | "plain" (up/down: Phi-2's fc1/fc2)
+    o_bias: bool = False  # bias on o_proj (Phi-2's dense)
+    mlp_bias: bool = False  # biases on the MLP's linears (Phi-2)
+    lm_head_bias: bool = False  # Phi-2
+    qk_norm: bool = False  # RMSNorm over each head's q and k before rotary (Qwen3, Gemma 3)
+    rotary_dim: int = 0  # dimensions of each head that rotate; 0 = all (Phi: partial rotary)
+    rope_scaling: str = "none"  # "none" | "linear" | "llama3" | "longrope"
+    rope_factor: float = 1.0  # linear / llama3 / longrope scale factor
+    rope_low_freq_factor: float = 1.0  # llama3
+    rope_high_freq_factor: float = 4.0  # llama3
+    rope_original_max_len: int = 0  # llama3 / longrope: original_max_position_embeddings
+    rope_short_factor: tuple[float, ...] = ()  # longrope, one per rotary frequency
+    rope_long_factor: tuple[float, ...] = ()  # longrope, used past rope_original_max_len
+    rope_local_theta: float = 0.0  # base of sliding-window layers when it differs (Gemma 3)
+    sliding_window: int = 0  # keys a sliding layer sees (0 = no sliding layers)
+    layer_types: tuple[str, ...] = ()  # per layer "full" | "sliding"; () = all full, or all
+    # sliding when sliding_window is set (Mistral)
+    parallel_block: bool = False  # x + attn(norm(x)) + mlp(norm(x)), one norm (Phi-2)
+    embed_scale: float = 1.0  # embeddings times this, in the model's dtype (Gemma: sqrt(dim))
+    attn_scale: float = 0.0  # softmax scale; 0 = head_dim ** -0.5 (Gemma 2's query_pre_attn_scalar)
+    attn_softcap: float = 0.0  # tanh soft-cap of attention scores (Gemma 2); 0 = none
+    final_softcap: float = 0.0  # tanh soft-cap of the logits (Gemma 2); 0 = none
+    sandwich_norms: bool = False  # extra norms on the attention and MLP outputs (Gemma 2/3)
+    n_experts: int = 0  # sparse mixture of experts in every layer's MLP; 0 = dense
+    n_experts_per_token: int = 0  # top-k
+    expert_ffn_dim: int = 0  # each expert's intermediate size
+    router: str = "softmax_topk"  # "softmax_topk" (renormalised: Mixtral, Qwen3-MoE with
+    # norm_topk_prob) | "softmax_topk_raw" (not renormalised: Qwen2-MoE)
+    shared_expert_ffn_dim: int = 0  # a dense expert every token uses, sigmoid-gated (Qwen2-MoE)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len"):
@@ -70,9 +105,30 @@ class ModelConfig:
             raise ConfigError(
                 f"head dimension must be even for rotary embeddings, got {self.resolved_head_dim}"
             )
+        _check_family_options(self)
         for name in ("q_dim", "kv_dim", "resolved_ffn_dim"):
             if getattr(self, name) > MAX_DIM:
                 raise ConfigError(f"model.{name} must be <= {MAX_DIM}, got {getattr(self, name)}")
+
+    @property
+    def resolved_rotary_dim(self) -> int:
+        return self.rotary_dim or self.resolved_head_dim
+
+    def layer_kind(self, layer: int) -> str:
+        """ "full" or "sliding" (attends to the last `sliding_window` keys) for one layer."""
+        if self.layer_types:
+            return self.layer_types[layer]
+        return "sliding" if self.sliding_window else "full"
+
+    def family_features(self) -> tuple[str, ...]:
+        """Names of the options set away from plain Llama (for messages: which feature is where)."""
+        base = ModelConfig()
+        skip = {"vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "head_dim",
+                "max_seq_len", "rope_theta", "norm_eps", "tie_embeddings", "init_std", "dropout"}  # fmt: skip
+        return tuple(
+            f.name for f in fields(self)
+            if f.name not in skip and getattr(self, f.name) != getattr(base, f.name)
+        )  # fmt: skip
 
     @property
     def resolved_head_dim(self) -> int:
@@ -95,13 +151,24 @@ class ModelConfig:
 
     def num_params(self, include_embeddings: bool = True) -> int:
         """Parameter count (tied embeddings counted once)."""
-        d, f = self.dim, self.resolved_ffn_dim
+        d, f, hd = self.dim, self.resolved_ffn_dim, self.resolved_head_dim
         attn = d * self.q_dim + 2 * d * self.kv_dim + self.q_dim * d
-        if self.qkv_bias:
-            attn += self.q_dim + 2 * self.kv_dim
-        per_layer = attn + 3 * d * f + 2 * d
+        attn += (self.q_dim + 2 * self.kv_dim) * self.qkv_bias + d * self.o_bias
+        attn += 2 * hd * self.qk_norm
+        n_mats = 3 if self.mlp_kind == "gated" else 2
+        if self.n_experts:
+            e = self.expert_ffn_dim
+            mlp = self.n_experts * (3 * d * e) + self.n_experts * d
+            if self.shared_expert_ffn_dim:
+                mlp += 3 * d * self.shared_expert_ffn_dim + d
+        else:
+            mlp = n_mats * d * f + (f + d) * self.mlp_bias
+        norm = d * (2 if self.norm_kind == "layer" else 1)  # weight (+ bias)
+        n_norms = (1 if self.parallel_block else 2) + 2 * self.sandwich_norms
+        per_layer = attn + mlp + n_norms * norm
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
-        return self.n_layers * per_layer + d + (emb if include_embeddings else 0)
+        emb += self.vocab_size * self.lm_head_bias
+        return self.n_layers * per_layer + norm + (emb if include_embeddings else 0)
 
     def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
         """Matmul FLOPs per token: 2N forward (6N training) plus attention over seq_len/2 on average."""
@@ -133,6 +200,7 @@ class ModelConfig:
             raise ConfigError(f"unknown model config keys: {', '.join(sorted(unknown))}")
         for name, value in data.items():
             _check_type(name, known[name], value)
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
@@ -154,8 +222,72 @@ class ModelConfig:
             raise ArtifactError(f"{path}: {exc}") from exc
 
 
+_CHOICES = {
+    "norm_kind": ("rms", "layer"),
+    "activation": ("silu", "gelu_tanh", "gelu"),
+    "mlp_kind": ("gated", "plain"),
+    "rope_scaling": ("none", "linear", "llama3", "longrope"),
+    "router": ("softmax_topk", "softmax_topk_raw"),
+}
+
+
+def _check_family_options(c: ModelConfig) -> None:
+    """Raise ConfigError for a family option out of range or inconsistent with the others."""
+    for name, choices in _CHOICES.items():
+        if getattr(c, name) not in choices:
+            raise ConfigError(
+                f"model.{name} must be one of {', '.join(choices)}, got {getattr(c, name)!r}"
+            )
+    for name in ("rotary_dim", "rope_original_max_len", "sliding_window", "n_experts",
+                 "n_experts_per_token", "expert_ffn_dim", "shared_expert_ffn_dim"):  # fmt: skip
+        if getattr(c, name) < 0:
+            raise ConfigError(f"model.{name} must be >= 0, got {getattr(c, name)}")
+    for name in ("norm_offset", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                 "rope_local_theta", "embed_scale", "attn_scale", "attn_softcap", "final_softcap"):  # fmt: skip
+        value = getattr(c, name)
+        if not math.isfinite(value) or (value < 0 and name != "norm_offset"):
+            raise ConfigError(f"model.{name} must be a finite number >= 0, got {value}")
+    if c.rotary_dim and (c.rotary_dim % 2 or c.rotary_dim > c.resolved_head_dim):
+        raise ConfigError(f"model.rotary_dim must be even and <= head_dim, got {c.rotary_dim}")
+    if c.layer_types:
+        if len(c.layer_types) != c.n_layers or set(c.layer_types) - {"full", "sliding"}:
+            raise ConfigError(
+                f"model.layer_types must name 'full' or 'sliding' for each of {c.n_layers} layers"
+            )
+        if "sliding" in c.layer_types and not c.sliding_window:
+            raise ConfigError("model.layer_types has sliding layers but model.sliding_window is 0")
+    if c.rope_scaling == "longrope":
+        half = c.resolved_rotary_dim // 2
+        if len(c.rope_short_factor) != half or len(c.rope_long_factor) != half:
+            raise ConfigError(f"longrope needs {half} short and long factors (rotary_dim / 2)")
+    if c.rope_scaling in ("llama3", "longrope") and not c.rope_original_max_len:
+        raise ConfigError(f"rope_scaling {c.rope_scaling!r} needs model.rope_original_max_len")
+    if c.n_experts:
+        if not 1 <= c.n_experts_per_token <= c.n_experts or not c.expert_ffn_dim:
+            raise ConfigError(
+                "a mixture of experts needs 1 <= model.n_experts_per_token <= model.n_experts "
+                "and model.expert_ffn_dim > 0"
+            )
+        if c.mlp_kind != "gated" or c.mlp_bias:
+            raise ConfigError("experts are gated MLPs without biases")
+    elif c.n_experts_per_token or c.shared_expert_ffn_dim:
+        raise ConfigError("model.n_experts_per_token / shared_expert_ffn_dim need model.n_experts")
+    if c.parallel_block and c.sandwich_norms:
+        raise ConfigError("model.parallel_block and model.sandwich_norms do not combine")
+
+
 def _check_type(name: str, kind: str, value: object) -> None:
     """Raise ConfigError unless `value` is of the field's declared kind (bool is not an int)."""
+    if kind.startswith("tuple["):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"model.{name} must be a list, got {value!r}")
+        for item in value:
+            _check_type(name, kind[6:].split(",")[0], item)
+        return
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"model.{name} must be a string, got {value!r}")
+        return
     if kind == "bool":
         ok = isinstance(value, bool)
     elif kind == "int":
