@@ -16,9 +16,10 @@ import numpy as np
 from pocketlm.checkpoint.layout import WEIGHTS_FILE
 from pocketlm.checkpoint.safetensors_mmap import MappedTensors
 from pocketlm.checkpoint.weights_spec import (
-    BIASED,
+    biased_matrices,
     check_weights,
     layer_matrices,
+    layer_norms,
     read_quantization,
 )
 from pocketlm.common.cpu_load import free_cores, runnable_others
@@ -27,6 +28,15 @@ from pocketlm.common.errors import ArtifactError, ConfigError, PocketLMError
 from pocketlm.common.isa import check_isa, isa_cap
 from pocketlm.engine.backend import check_append, check_decode, check_slot_count, check_slots
 from pocketlm.model.config import ModelConfig
+from pocketlm.model.rope_freqs import (
+    GLOBAL,
+    LOCAL,
+    LONG,
+    attention_factor,
+    layer_rope_set,
+    long_factors_from,
+    rope_inv_freqs,
+)
 
 F32, BF16, I8, I4 = 0, 1, 2, 3
 
@@ -34,6 +44,17 @@ F32, BF16, I8, I4 = 0, 1, 2, 3
 # Family options (ModelConfig.family_features) the C engine implements; any other sends the model
 # to the torch backend with a message naming the option.
 NATIVE_FEATURES = frozenset({"qkv_bias"})
+
+_ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2}
+# weights_spec's layer norm names -> the C layer's keys
+_NORM_KEYS = {
+    "input_layernorm": "input_norm",
+    "post_attention_layernorm": "post_attention_norm",
+    "self_attn.q_norm": "q_norm",
+    "self_attn.k_norm": "k_norm",
+    "attn_output_norm": "attn_output_norm",
+    "ffn_output_norm": "ffn_output_norm",
+}
 
 
 class NativeUnavailable(PocketLMError):
@@ -69,23 +90,93 @@ def _vector(t: MappedTensors, name: str) -> np.ndarray:
     return v
 
 
-def c_weights(t: MappedTensors, c: ModelConfig, group: int) -> tuple:
-    """(embed, lm_head, final_norm, layers): the weights as the C Model takes them, each layer
-    (input norm, post-attention norm, q/k/v biases or None, then layer_matrices' matrices)."""
+def _norm(t: MappedTensors, c: ModelConfig, name: str) -> tuple:
+    """(weight, bias or None) of a norm; Gemma's (1 + w) arrives with the 1 added in float32
+    (exactly what the torch model computes before it multiplies)."""
+    w = _vector(t, name + ".weight")
+    if c.norm_kind == "layer":
+        return w, _vector(t, name + ".bias")
+    if c.norm_offset:
+        w = np.float32(c.norm_offset) + w.astype(np.float32)
+    return w, None
+
+
+def _layer(t: MappedTensors, c: ModelConfig, i: int, group: int) -> dict:
+    """The C side's dict of one decoder layer: norms, biases, router, matrices, window, rope set."""
+    p = f"model.layers.{i}."
+    spec: dict = {}
+    for name in layer_norms(c):
+        key = _NORM_KEYS[name]
+        spec[key], spec[key + "_bias"] = _norm(t, c, p + name)
+    for name in biased_matrices(c):  # self_attn.q_proj -> q_bias, mlp.up_proj -> up_bias
+        spec[name.rsplit(".", 1)[1].removesuffix("_proj") + "_bias"] = _vector(t, f"{p}{name}.bias")
+    if c.n_experts:
+        spec["router"] = _vector(t, p + "mlp.gate.weight")  # (n_experts, dim)
+    if c.shared_expert_ffn_dim:
+        spec["shared_expert_gate"] = _vector(t, p + "mlp.shared_expert_gate.weight")  # (1, dim)
+    spec["matrices"] = tuple(
+        _matrix(t, p + name, rows, cols, group) for name, rows, cols in layer_matrices(c)
+    )
+    spec["window"] = c.sliding_window if c.layer_kind(i) == "sliding" else 0
+    spec["rope_set"] = 1 if layer_rope_set(c, i) == LOCAL else 0
+    return spec
+
+
+def c_weights(t: MappedTensors, c: ModelConfig, group: int) -> dict:
+    """The weights as the C Model takes them: embed, lm_head, final_norm (+ final_norm_bias),
+    lm_head_bias and one dict per layer (see _layer)."""
     embed = _matrix(t, "model.embed_tokens", c.vocab_size, c.dim, group)
-    head = embed if c.tie_embeddings else _matrix(t, "lm_head", c.vocab_size, c.dim, group)
-    layers = []
-    for i in range(c.n_layers):
-        p = f"model.layers.{i}."
-        norms = [
-            _vector(t, p + n) for n in ("input_layernorm.weight", "post_attention_layernorm.weight")
-        ]
-        bias = [_vector(t, f"{p}{name}.bias") if c.qkv_bias else None for name in BIASED]
-        matrices = [
-            _matrix(t, p + name, rows, cols, group) for name, rows, cols in layer_matrices(c)
-        ]
-        layers.append((*norms, *bias, *matrices))
-    return embed, head, _vector(t, "model.norm.weight"), layers
+    final_norm, final_bias = _norm(t, c, "model.norm")
+    return {
+        "embed": embed,
+        "lm_head": embed if c.tie_embeddings else _matrix(t, "lm_head", c.vocab_size, c.dim, group),
+        "final_norm": final_norm,
+        "final_norm_bias": final_bias,
+        "lm_head_bias": _vector(t, "lm_head.bias") if c.lm_head_bias else None,
+        "layers": [_layer(t, c, i, group) for i in range(c.n_layers)],
+    }
+
+
+def c_config(c: ModelConfig, context: int, max_batch: int, slots: int) -> dict:
+    """The C Model's config dict: the dims, the runtime sizes and the family options."""
+    return {
+        "vocab": c.vocab_size,
+        "dim": c.dim,
+        "n_layers": c.n_layers,
+        "n_heads": c.n_heads,
+        "n_kv_heads": c.n_kv_heads,
+        "head_dim": c.resolved_head_dim,
+        "ffn_dim": c.resolved_ffn_dim,
+        "max_seq": context,
+        "max_batch": max_batch,
+        "n_slots": slots,
+        "norm_eps": c.norm_eps,
+        "norm_kind": int(c.norm_kind == "layer"),
+        "activation": _ACTIVATIONS[c.activation],
+        "mlp_gated": int(c.mlp_kind == "gated"),
+        "qk_norm": int(c.qk_norm),
+        "parallel_block": int(c.parallel_block),
+        "sandwich_norms": int(c.sandwich_norms),
+        "rotary_dim": c.resolved_rotary_dim,
+        "rope_long_after": long_factors_from(c),
+        "rope_scale": attention_factor(c),
+        "embed_scale": c.embed_scale,
+        "attn_scale": c.attn_scale,
+        "attn_softcap": c.attn_softcap,
+        "final_softcap": c.final_softcap,
+        "n_experts": c.n_experts,
+        "top_k": c.n_experts_per_token,
+        "expert_ffn_dim": c.expert_ffn_dim,
+        "shared_ffn_dim": c.shared_expert_ffn_dim,
+        "router_renormalise": int(c.router == "softmax_topk"),
+    }
+
+
+def c_rope(c: ModelConfig) -> tuple:
+    """(global, local or None, long or None) inverse frequencies, as the C Model takes them."""
+    freqs = rope_inv_freqs(c)
+    local = any(layer_rope_set(c, i) == LOCAL for i in range(c.n_layers))
+    return freqs[GLOBAL], freqs[LOCAL] if local else None, freqs.get(LONG)
 
 
 class NativeBackend:
@@ -128,37 +219,36 @@ class NativeBackend:
         self.directory = directory
         quant = read_quantization(directory)
         group = quant.get("group_size") or 32
-        weights = directory / WEIGHTS_FILE
-        t = MappedTensors(weights)
+        weights_path = directory / WEIGHTS_FILE
+        t = MappedTensors(weights_path)
         # Names, shapes and dtypes must match the config before a pointer goes to C: the C side
         # reads rows x cols of every matrix it is given.
-        check_weights(t.header, config, quant, weights)
+        check_weights(t.header, config, quant, weights_path)
         self._tensors = t  # keeps the mapping alive
         c = config
-        embed, head, final_norm, layers = c_weights(t, c, group)
+        weights = c_weights(t, c, group)
         self._context_length = min(max_len or c.max_seq_len, c.max_seq_len)
         # default: the cores other programs leave free now (threads sharing a taken core make
         # every decode step wait for the slowest one)
         self.threads = threads or free_cores(runnable_others(), usable_cores())
-        cfg = (
-            c.vocab_size,
-            c.dim,
-            c.n_layers,
-            c.n_heads,
-            c.n_kv_heads,
-            c.resolved_head_dim,
-            c.resolved_ffn_dim,
-            self._context_length,
-            max_batch,
-            slots,
-            c.rope_theta,
-            c.norm_eps,
-        )
+        if long_factors_from(c):  # longrope picks its factors per call: a whole prompt per call,
+            self.prefill_chunk = None  # as the torch backend runs it
         isa = check_isa(isa, "isa") if isa else isa_cap()
         try:
-            self._model = _native.Model(cfg, embed, head, final_norm, layers, self.threads, isa)
+            self._model = _native.Model(
+                c_config(c, self._context_length, max_batch, slots),
+                weights["embed"],
+                weights["lm_head"],
+                weights["final_norm"],
+                weights["layers"],
+                c_rope(c),
+                self.threads,
+                isa,
+                final_norm_bias=weights["final_norm_bias"],
+                lm_head_bias=weights["lm_head_bias"],
+            )
         except ValueError as exc:  # the C side's own load-time bounds checks
-            raise ArtifactError(f"{weights}: {exc}") from exc
+            raise ArtifactError(f"{weights_path}: {exc}") from exc
         except MemoryError as exc:
             raise PocketLMError(
                 f"cannot allocate the native backend's buffers for {slots} slot(s) of "
