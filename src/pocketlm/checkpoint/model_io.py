@@ -62,8 +62,13 @@ def weights_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_embeddings", False):
-        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
+        state = {k: v for k, v in state.items() if not _tied_head_tensor(k)}
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def _tied_head_tensor(name: str) -> bool:
+    """Whether a state-dict entry is the LM head's share of tied embeddings (its own bias is not)."""
+    return name.startswith("lm_head.") and name != "lm_head.bias"
 
 
 def save_model(
@@ -94,7 +99,7 @@ def save_model_state(
     from safetensors.torch import save_file
 
     if model_config.tie_embeddings:
-        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
+        state = {k: v for k, v in state.items() if not _tied_head_tensor(k)}
     out = Path(out)
     try:
         with ArtifactWriter(
@@ -188,9 +193,7 @@ def build_model_from_state(
 ) -> CausalLM:
     """Materialise a meta-device model from a state dict, with clear errors for mismatches."""
     expected = {
-        k
-        for k in meta_model.state_dict()
-        if not (config.tie_embeddings and k.startswith("lm_head."))
+        k for k in meta_model.state_dict() if not (config.tie_embeddings and _tied_head_tensor(k))
     }
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
