@@ -43,7 +43,41 @@ F32, BF16, I8, I4 = 0, 1, 2, 3
 
 # Family options (ModelConfig.family_features) the C engine implements; any other sends the model
 # to the torch backend with a message naming the option.
-NATIVE_FEATURES = frozenset({"qkv_bias"})
+NATIVE_FEATURES = frozenset(
+    {
+        "qkv_bias",
+        "norm_kind",
+        "norm_offset",
+        "activation",
+        "mlp_kind",
+        "o_bias",
+        "mlp_bias",
+        "lm_head_bias",
+        "qk_norm",
+        "rotary_dim",
+        "rope_scaling",
+        "rope_factor",
+        "rope_low_freq_factor",
+        "rope_high_freq_factor",
+        "rope_original_max_len",
+        "rope_short_factor",
+        "rope_long_factor",
+        "rope_local_theta",
+        "sliding_window",
+        "layer_types",
+        "parallel_block",
+        "embed_scale",
+        "attn_scale",
+        "attn_softcap",
+        "final_softcap",
+        "sandwich_norms",
+        "n_experts",
+        "n_experts_per_token",
+        "expert_ffn_dim",
+        "router",
+        "shared_expert_ffn_dim",
+    }
+)
 
 _ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2}
 # weights_spec's layer norm names -> the C layer's keys
