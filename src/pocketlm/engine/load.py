@@ -148,6 +148,13 @@ def _open_native(
             checked.directory, checked.config, threads=threads, max_len=max_len, slots=slots
         )
     except NativeUnavailable as exc:
+        features = getattr(exc, "features", ())
+        if features and not required:  # the model's own options: worth a line at the default level
+            _log.info(
+                "torch backend: the native engine does not implement the model option(s) %s",
+                ", ".join(features),
+            )
+            return None
         return _native_failed(str(exc), required)
     return backend, checked.tokenizer
 

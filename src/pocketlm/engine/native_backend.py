@@ -92,7 +92,12 @@ _NORM_KEYS = {
 
 
 class NativeUnavailable(PocketLMError):
-    """The native backend cannot run this model here (no compiled extension, unsupported layout)."""
+    """The native backend cannot run this model here (no compiled extension, unsupported layout);
+    `features`: the model's family options it does not implement, when those are the reason."""
+
+    def __init__(self, message: str, features: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.features = features
 
 
 def native_isa() -> str | None:
@@ -243,11 +248,12 @@ class NativeBackend:
             raise NativeUnavailable(
                 "the native extension is not built (reinstall pocketlm with a C compiler available)"
             ) from exc
-        unsupported = [f for f in config.family_features() if f not in NATIVE_FEATURES]
+        unsupported = tuple(f for f in config.family_features() if f not in NATIVE_FEATURES)
         if unsupported:
             raise NativeUnavailable(
                 f"the native engine does not implement {', '.join(unsupported)} (model family "
-                "options in model_config.json); the torch backend runs this model"
+                "options in model_config.json); the torch backend runs this model",
+                unsupported,
             )
         self.config = config
         self.directory = directory

@@ -186,3 +186,19 @@ def test_longrope_picks_its_factors_per_call_as_torch(family_dirs):
     tol = TOLERANCE["fp32"] * float(np.abs(calls["torch"]).max())
     assert np.abs(calls["native"] - calls["torch"]).max() <= tol
     assert np.abs(calls["native"][:20] - ref["extend"][:20]).max() > 100 * tol  # factors differ
+
+
+def test_the_cli_names_the_option_that_sends_a_model_to_torch(family_dirs, monkeypatch, capsys):
+    """An option the native engine lacks (here: as if sliding windows were one) sends an "auto"
+    model to the torch backend, and `pocketlm generate -v` says which option did."""
+    import pocketlm.engine.native_backend as native_backend
+    from pocketlm.cli.main import main
+
+    lacking = native_backend.NATIVE_FEATURES - {"sliding_window"}
+    monkeypatch.setattr(native_backend, "NATIVE_FEATURES", lacking)
+    d, _ = family_dirs["mistral-qwen3", "fp32"]
+    args = ["--model", str(d), "--prompt", "the", "--max-new-tokens", "2", "--device", "cpu"]
+    assert main(["-v", "generate", *args]) == 0
+    err = capsys.readouterr().err
+    assert "native engine does not implement the model option(s) sliding_window" in err
+    assert "backend torch" in err
