@@ -3,7 +3,10 @@
 Weights stay in their final layout in model.safetensors (fp32, bf16, int8 rows or int4 groups)
 and are mapped, not copied: the process touches only the pages it needs. Every Backend method
 maps onto one C call, `forward(tokens, positions, slots, logits, all_logits)`, which places each
-token at its position in its slot's KV cache; the GIL is released while it runs.
+token at its position in its slot's KV cache; the GIL is released while it runs. The family
+options of the config (NATIVE_FEATURES) cross to C as a config dict, one dict per layer (norms,
+biases, router, matrices, window, rope set) and the rotary inverse frequencies of
+model/rope_freqs.py; Gemma's (1 + w) norm weights cross with the 1 already added.
 """
 
 from __future__ import annotations

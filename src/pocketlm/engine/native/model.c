@@ -1,5 +1,7 @@
-/* The forward pass of the Llama-style decoder: prefill (T tokens, small GEMMs) and decode
- * (1 token, GEMVs), with a float KV cache owned by the model object. */
+/* The forward pass of the Llama-style decoder and its family options: prefill (T tokens, small
+ * GEMMs) and decode (1 token, GEMVs), with a float KV cache owned by the model object. Options
+ * cost a branch per layer (or per matmul chunk) when off: a Llama model runs the loops it ran
+ * before they existed. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>

@@ -1,7 +1,9 @@
 /* PocketLM native CPU inference: shared declarations.
  *
- * One forward pass (prefill of T tokens or decode of 1) of the Llama-style decoder over weights
- * that stay memory-mapped in their final layout. Kernels come in AVX-512, AVX2 and portable
+ * One forward pass (prefill of T tokens or decode of 1) of the Llama-style decoder, with the model
+ * family options of ModelConfig (norms, activations, biases, rotary variants, sliding windows,
+ * soft-caps, parallel and sandwich blocks, mixtures of experts), over weights that stay
+ * memory-mapped in their final layout. Kernels come in AVX-512, AVX2 and portable
  * variants chosen at run time from the CPU's features. */
 #ifndef PLM_H
 #define PLM_H
