@@ -27,7 +27,7 @@ from pocketlm.checkpoint.weights_spec import (
 )
 from pocketlm.common.cpu_load import free_cores, runnable_others
 from pocketlm.common.device import usable_cores
-from pocketlm.common.errors import ArtifactError, ConfigError, PocketLMError
+from pocketlm.common.errors import ArtifactError, ConfigError, InputError, PocketLMError
 from pocketlm.common.isa import check_isa, isa_cap
 from pocketlm.engine.backend import check_append, check_decode, check_slot_count, check_slots
 from pocketlm.model.config import ModelConfig
@@ -83,6 +83,9 @@ NATIVE_FEATURES = frozenset(
 )
 
 _ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2}
+# A sliding layer's KV cache rolls: it keeps window + KV_REWIND + max_batch positions, so a slot
+# can be truncated back by up to this many tokens (speculative decoding rejects a few drafts).
+KV_REWIND = 64
 # weights_spec's layer norm names -> the C layer's keys
 _NORM_KEYS = {
     "input_layernorm": "input_norm",
@@ -179,7 +182,9 @@ def c_weights(t: MappedTensors, c: ModelConfig, group: int) -> dict:
     }
 
 
-def c_config(c: ModelConfig, context: int, max_batch: int, slots: int) -> dict:
+def c_config(
+    c: ModelConfig, context: int, max_batch: int, slots: int, kv_rewind: int = KV_REWIND
+) -> dict:
     """The C Model's config dict: the dims, the runtime sizes and the family options."""
     return {
         "vocab": c.vocab_size,
@@ -211,6 +216,7 @@ def c_config(c: ModelConfig, context: int, max_batch: int, slots: int) -> dict:
         "expert_ffn_dim": c.expert_ffn_dim,
         "shared_ffn_dim": c.shared_expert_ffn_dim,
         "router_renormalise": int(c.router == "softmax_topk"),
+        "kv_rewind": kv_rewind,
     }
 
 
@@ -239,12 +245,16 @@ class NativeBackend:
         max_batch: int = 64,
         slots: int = 1,
         isa: str = "",
+        kv_rewind: int = KV_REWIND,
     ) -> None:
         """isa: a cap on the kernel set ("portable", "avx2", "avx512"; "" = POCKETLM_ISA, or the
-        best this CPU runs); `self.isa` says which set was chosen."""
+        best this CPU runs); `self.isa` says which set was chosen. kv_rewind: how far truncate
+        may go back (sliding layers keep that many positions past their window)."""
         check_slot_count(slots)
         if max_len is not None and max_len < 1:
             raise ConfigError(f"max_len must be >= 1 token, got {max_len}")
+        if kv_rewind < 0:
+            raise ConfigError(f"kv_rewind must be >= 0 tokens, got {kv_rewind}")
         try:
             from pocketlm.engine import _native
         except ImportError as exc:
@@ -277,9 +287,15 @@ class NativeBackend:
         if long_factors_from(c):  # longrope picks its factors per call: a whole prompt per call,
             self.prefill_chunk = None  # as the torch backend runs it
         isa = check_isa(isa, "isa") if isa else isa_cap()
+        ring = [  # positions each layer's cache keeps (model.c: sliding layers roll)
+            w + kv_rewind + max_batch if w and w + kv_rewind + max_batch < self._context_length
+            else self._context_length
+            for w in (c.sliding_window if c.layer_kind(i) == "sliding" else 0 for i in range(c.n_layers))
+        ]  # fmt: skip
+        self._kv_rewind = kv_rewind if min(ring) < self._context_length else None
         try:
             self._model = _native.Model(
-                c_config(c, self._context_length, max_batch, slots),
+                c_config(c, self._context_length, max_batch, slots, kv_rewind),
                 weights["embed"],
                 weights["lm_head"],
                 weights["final_norm"],
@@ -296,11 +312,12 @@ class NativeBackend:
             raise PocketLMError(
                 f"cannot allocate the native backend's buffers for {slots} slot(s) of "
                 f"{self._context_length} tokens (KV cache "
-                f"{2 * slots * c.n_layers * self._context_length * c.kv_dim * 4 / 1e6:.0f} MB): "
+                f"{2 * slots * sum(ring) * c.kv_dim * 4 / 1e6:.0f} MB): "
                 "use a smaller --max-len or fewer --slots"
             ) from exc
         self.isa = self._model.isa()
         self._lengths = [0] * slots  # tokens in each slot's context
+        self._reached = [0] * slots  # the longest each slot's context was since its release
 
     @property
     def slots(self) -> int:
@@ -345,17 +362,31 @@ class NativeBackend:
         self._model.forward(ids, positions, np.array(slots, dtype=np.int32), out, True)
         for s in slots:
             self._lengths[s] += 1
+            self._reached[s] = max(self._reached[s], self._lengths[s])
         return out
 
     def truncate(self, slot: int, position: int) -> None:
-        """Forget the slot's tokens after the first `position` (later writes overwrite the cache)."""
+        """Forget the slot's tokens after the first `position` (later writes overwrite the cache).
+        With sliding-window layers (rolling caches) at most kv_rewind tokens back from the longest
+        the context was: further back, their keys are overwritten (InputError; release instead)."""
         check_slots((slot,), self.slots)
-        self._lengths[slot] = min(self._lengths[slot], max(0, position))
+        keep = min(self._lengths[slot], max(0, position))
+        back = self._reached[slot] - keep
+        if keep and self._kv_rewind is not None and back > self._kv_rewind:
+            raise InputError(
+                f"cannot go back {back} tokens in slot {slot}: this model's sliding-window layers "
+                f"keep {self._kv_rewind} positions past their window; release the slot and "
+                "prefill it again"
+            )
+        self._lengths[slot] = keep
+        if not keep:
+            self._reached[slot] = 0
 
     def release(self, slot: int) -> None:
         """Forget the slot's context (cache entries are overwritten by position)."""
         check_slots((slot,), self.slots)
         self._lengths[slot] = 0
+        self._reached[slot] = 0
 
     def profile(self, enable: bool = True) -> dict[str, float]:
         """Seconds spent per phase (embed, norm, qkv, attention, ffn, lm_head, ...) since the last call."""
@@ -371,4 +402,5 @@ class NativeBackend:
         positions = np.arange(start, start + n, dtype=np.int32)  # (n,)
         self._model.forward(ids, positions, np.full(n, slot, dtype=np.int32), out, every)
         self._lengths[slot] = start + n
+        self._reached[slot] = max(self._reached[slot], start + n)
         return out

@@ -12,6 +12,7 @@ import torch
 
 from pocketlm.checkpoint.layout import CONFIG_FILE
 from pocketlm.checkpoint.model_io import save_model
+from pocketlm.common.errors import InputError
 from pocketlm.engine.load import open_backend
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
@@ -170,6 +171,28 @@ def test_native_runs_the_family_options_as_torch(family_dirs, group, scheme, isa
     if differ.size:
         step = ref["greedy"][differ[0]]
         assert step.max() - step[tokens[differ[0]]] <= tol, f"greedy token {differ[0]}"
+
+
+@pytest.mark.parametrize("isa", engine_isa_params())
+@pytest.mark.parametrize("group", ["gemma2", "mistral-qwen3"])
+def test_sliding_layers_roll_their_cache(family_dirs, group, isa):
+    """Sliding layers keep window + kv_rewind + max_batch positions (8 + 2 + 4 here: the 40-token
+    prompt and 32 greedy tokens wrap it many times) and compute what the full cache does; a
+    slot goes back up to kv_rewind tokens, and no further."""
+    d, ref = family_dirs[group, "fp32"]
+    config = ModelConfig.load(d / CONFIG_FILE)
+    backend = NativeBackend(d, config, threads=2, isa=isa, max_batch=4, kv_rewind=2)
+    got = run_backend(backend)
+    tol = TOLERANCE["fp32"] * float(np.abs(ref["extend"]).max())
+    for key in ("extend", "decode", "greedy"):
+        assert np.abs(got[key] - ref[key]).max() <= tol, key
+    backend.release(0)
+    backend.prefill(0, PROMPT[:30])
+    backend.truncate(0, 28)  # as speculative decoding rejects two drafted tokens
+    assert np.abs(backend.extend(0, PROMPT[28:]) - ref["extend"][28:]).max() <= tol
+    with pytest.raises(InputError, match="sliding-window layers keep 2 positions"):
+        backend.truncate(0, 37)  # 40 - 37 > 2
+    backend.truncate(0, 0)  # forgetting everything is always possible
 
 
 def test_longrope_picks_its_factors_per_call_as_torch(family_dirs):

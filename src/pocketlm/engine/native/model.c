@@ -26,7 +26,10 @@ struct plm_model {
     plm_kernels k;
     plm_pool *pool;
     /* runtime state */
-    float *k_cache, *v_cache; /* (n_slots, n_layers, max_seq, kv_dim) */
+    float *k_cache, *v_cache; /* per slot, per layer: ring_len[l] positions of kv_dim values */
+    int *ring_len;            /* (n_layers,) max_seq, or fewer for a sliding layer: a rolling cache */
+    size_t *layer_off;        /* (n_layers,) where each layer's positions start within a slot */
+    size_t slot_len;          /* values one slot holds */
     const int32_t *pos, *slot; /* of the tokens in the current call */
     int rope_long;             /* this call rotates PLM_ROPE_GLOBAL layers with the long set */
     float *rope_cos[PLM_ROPE_SETS], *rope_sin[PLM_ROPE_SETS]; /* (max_seq, rotary_dim / 2) each */
@@ -230,9 +233,10 @@ typedef struct {
     atomic_int next_job; /* (token, head) pairs are taken one at a time, as the matmuls' chunks */
 } att_task;
 
+/* Position pos of a layer's cache: a sliding layer's rolling cache holds position p at p % ring_len
+ * (ring_len covers the window, a call's max_batch tokens and kv_rewind: every key a query reads). */
 static size_t cache_offset(const plm_model *m, int slot, int layer, int pos) {
-    const plm_config *c = &m->cfg;
-    return (((size_t)slot * c->n_layers + layer) * c->max_seq + pos) * kv_dim(c);
+    return (size_t)slot * m->slot_len + m->layer_off[layer] + (size_t)(pos % m->ring_len[layer]) * kv_dim(&m->cfg);
 }
 
 static void att_worker(void *p, int ith, int nth) {
@@ -247,34 +251,44 @@ static void att_worker(void *p, int ith, int nth) {
     (void)nth;
     for (int job; (job = atomic_fetch_add_explicit(&t->next_job, 1, memory_order_relaxed)) < total;) {
         const int tok = job / c->n_heads, h = job % c->n_heads, kvh = h / group;
-        const int pos = m->pos[tok]; /* attends to keys 0..pos of its own sequence */
+        const int pos = m->pos[tok]; /* attends to keys first..pos of its own sequence */
         const int first = window && pos >= window ? pos - window + 1 : 0; /* a sliding layer: the last `window` */
-        const float *kc = m->k_cache + cache_offset(m, m->slot[tok], t->layer, 0);
-        const float *vc = m->v_cache + cache_offset(m, m->slot[tok], t->layer, 0);
+        const int n_keys = pos - first + 1;
+        /* Key i (position first + i) sits at ring row start + i, wrapping to row i - run1 after
+           the ring's end: two contiguous runs (one for a full cache, whose ring is max_seq long). */
+        const int ring = m->ring_len[t->layer], start = first % ring, run1 = n_keys < ring - start ? n_keys : ring - start;
+        const float *kc = m->k_cache + cache_offset(m, m->slot[tok], t->layer, 0) + (size_t)kvh * hd;
+        const float *vc = m->v_cache + cache_offset(m, m->slot[tok], t->layer, 0) + (size_t)kvh * hd;
         const float *q = m->q + (size_t)tok * qd + (size_t)h * hd;
         float mx = -INFINITY;
-        if (cap > 0.f) { /* Gemma 2: cap * tanh(score / cap) */
-            for (int j = first; j <= pos; j++) {
-                float s = tanhf(m->k.dot(q, kc + (size_t)j * kvd + (size_t)kvh * hd, hd) * inv / cap) * cap;
-                scores[j] = s;
-                if (s > mx) mx = s;
-            }
-        } else {
-            for (int j = first; j <= pos; j++) {
-                float s = m->k.dot(q, kc + (size_t)j * kvd + (size_t)kvh * hd, hd) * inv;
-                scores[j] = s;
-                if (s > mx) mx = s;
+        for (int run = 0; run < 2; run++) {
+            const int i0 = run ? run1 : 0, i1 = run ? n_keys : run1, row = run ? -run1 : start; /* key i: row + i */
+            if (cap > 0.f) { /* Gemma 2: cap * tanh(score / cap) */
+                for (int i = i0; i < i1; i++) {
+                    float s = tanhf(m->k.dot(q, kc + (size_t)(row + i) * kvd, hd) * inv / cap) * cap;
+                    scores[i] = s;
+                    if (s > mx) mx = s;
+                }
+            } else {
+                for (int i = i0; i < i1; i++) {
+                    float s = m->k.dot(q, kc + (size_t)(row + i) * kvd, hd) * inv;
+                    scores[i] = s;
+                    if (s > mx) mx = s;
+                }
             }
         }
         float sum = 0.f;
-        for (int j = first; j <= pos; j++) {
-            scores[j] = expf(scores[j] - mx);
-            sum += scores[j];
+        for (int i = 0; i < n_keys; i++) {
+            scores[i] = expf(scores[i] - mx);
+            sum += scores[i];
         }
         float *out = m->att + (size_t)tok * qd + (size_t)h * hd;
         memset(out, 0, sizeof(float) * (size_t)hd);
         const float norm = 1.0f / sum;
-        for (int j = first; j <= pos; j++) m->k.axpy(out, vc + (size_t)j * kvd + (size_t)kvh * hd, scores[j] * norm, hd);
+        for (int run = 0; run < 2; run++) {
+            const int i0 = run ? run1 : 0, i1 = run ? n_keys : run1, row = run ? -run1 : start;
+            for (int i = i0; i < i1; i++) m->k.axpy(out, vc + (size_t)(row + i) * kvd, scores[i] * norm, hd);
+        }
     }
 }
 
@@ -552,8 +566,21 @@ plm_model *plm_model_create(const plm_config *cfg, const plm_matrix *embed, cons
     size_t wide = dim > (size_t)hidden ? dim : (size_t)hidden;
     if (qd > wide) wide = qd;
     m->wide = (int)wide;
+    m->ring_len = (int *)malloc(sizeof(int) * (size_t)cfg->n_layers);
+    m->layer_off = (size_t *)malloc(sizeof(size_t) * (size_t)cfg->n_layers);
+    if (!m->ring_len || !m->layer_off) {
+        plm_model_destroy(m);
+        return NULL;
+    }
+    size_t slot_positions = 0;
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const long long need = (long long)m->layers[l].window + cfg->kv_rewind + cfg->max_batch; /* see cache_offset */
+        m->ring_len[l] = m->layers[l].window && need < cfg->max_seq ? (int)need : cfg->max_seq;
+        m->layer_off[l] = slot_positions * kvd;
+        slot_positions += (size_t)m->ring_len[l];
+    }
     size_t cache_values;
-    if (__builtin_mul_overflow((size_t)cfg->n_slots * (size_t)cfg->n_layers, (size_t)cfg->max_seq * kvd, &cache_values) ||
+    if (__builtin_mul_overflow(slot_positions, kvd, &m->slot_len) || __builtin_mul_overflow(m->slot_len, (size_t)cfg->n_slots, &cache_values) ||
         cache_values > SIZE_MAX / (2 * sizeof(float))) {
         plm_model_destroy(m);
         return NULL;
@@ -624,7 +651,7 @@ void plm_model_destroy(plm_model *m) {
     plm_pool_release(m->pool);
     free(m->layers);
     free(m->expert_mats);
-    free(m->k_cache); free(m->v_cache);
+    free(m->k_cache); free(m->v_cache); free(m->ring_len); free(m->layer_off);
     for (int s = 0; s < PLM_ROPE_SETS; s++) { free(m->rope_cos[s]); free(m->rope_sin[s]); }
     free(m->x); free(m->xn); free(m->xb); free(m->xo); free(m->q); free(m->kk); free(m->vv); free(m->att); free(m->hb); free(m->hb2);
     free(m->scores); free(m->wscratch);

@@ -153,8 +153,9 @@ static int check_config(const plm_config *c) {
         PyErr_SetString(PyExc_ValueError, "norm_kind, activation or a family flag out of range (or parallel_block with sandwich_norms)");
         return -1;
     }
-    if (c->rotary_dim < 2 || c->rotary_dim > c->head_dim || c->rotary_dim % 2 || c->rope_long_after < 0) {
-        PyErr_Format(PyExc_ValueError, "rotary_dim %d must be even and in [2, head_dim %d]; rope_long_after >= 0", c->rotary_dim, c->head_dim);
+    if (c->rotary_dim < 2 || c->rotary_dim > c->head_dim || c->rotary_dim % 2 || c->rope_long_after < 0 || c->kv_rewind < 0) {
+        PyErr_Format(PyExc_ValueError, "rotary_dim %d must be even and in [2, head_dim %d]; rope_long_after and kv_rewind >= 0", c->rotary_dim,
+                     c->head_dim);
         return -1;
     }
     const float fl[] = {c->norm_eps, c->rope_scale, c->embed_scale, c->attn_scale, c->attn_softcap, c->final_softcap};
@@ -177,7 +178,7 @@ static int parse_config(PyObject *config, plm_config *c) {
     static char *kwlist[] = {"vocab", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "max_seq", "max_batch", "n_slots",
                              "norm_eps", "norm_kind", "activation", "mlp_gated", "qk_norm", "parallel_block", "sandwich_norms", "rotary_dim",
                              "rope_long_after", "rope_scale", "embed_scale", "attn_scale", "attn_softcap", "final_softcap", "n_experts", "top_k",
-                             "expert_ffn_dim", "shared_ffn_dim", "router_renormalise", NULL};
+                             "expert_ffn_dim", "shared_ffn_dim", "router_renormalise", "kv_rewind", NULL};
     if (!PyDict_Check(config)) {
         PyErr_SetString(PyExc_TypeError, "config must be a dict");
         return -1;
@@ -185,13 +186,14 @@ static int parse_config(PyObject *config, plm_config *c) {
     memset(c, 0, sizeof(*c));
     c->mlp_gated = 1;
     c->rope_scale = c->embed_scale = 1.0f;
+    c->kv_rewind = INT_MAX / 2; /* not given: every layer keeps every position */
     PyObject *none = PyTuple_New(0);
     if (!none) return -1;
     const int ok = PyArg_ParseTupleAndKeywords(
-        none, config, "iiiiiiiiiif|iiiiiiiifffffiiiii", kwlist, &c->vocab, &c->dim, &c->n_layers, &c->n_heads, &c->n_kv_heads, &c->head_dim,
+        none, config, "iiiiiiiiiif|iiiiiiiifffffiiiiii", kwlist, &c->vocab, &c->dim, &c->n_layers, &c->n_heads, &c->n_kv_heads, &c->head_dim,
         &c->ffn_dim, &c->max_seq, &c->max_batch, &c->n_slots, &c->norm_eps, &c->norm_kind, &c->activation, &c->mlp_gated, &c->qk_norm,
         &c->parallel_block, &c->sandwich_norms, &c->rotary_dim, &c->rope_long_after, &c->rope_scale, &c->embed_scale, &c->attn_scale,
-        &c->attn_softcap, &c->final_softcap, &c->n_experts, &c->top_k, &c->expert_ffn_dim, &c->shared_ffn_dim, &c->router_renormalise);
+        &c->attn_softcap, &c->final_softcap, &c->n_experts, &c->top_k, &c->expert_ffn_dim, &c->shared_ffn_dim, &c->router_renormalise, &c->kv_rewind);
     Py_DECREF(none);
     if (!ok) return -1;
     if (!PyDict_GetItemString(config, "rotary_dim")) c->rotary_dim = c->head_dim;

@@ -108,6 +108,7 @@ typedef struct {
     float rope_scale;    /* cos and sin times this (longrope's attention factor) */
     float embed_scale, attn_scale /* softmax scale (> 0) */, attn_softcap, final_softcap; /* caps: 0 = none */
     int n_experts, top_k, expert_ffn_dim, shared_ffn_dim, router_renormalise;
+    int kv_rewind; /* how far back a slot may be truncated: sliding layers keep window + kv_rewind + max_batch positions */
 } plm_config;
 
 typedef struct plm_model plm_model;
