@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "evals": {"common", "checkpoint", "tokenizer", "data"},
     "compress": {"common", "model", "checkpoint", "data", "evals"},
     "export": {"common", "model", "checkpoint", "tokenizer"},
+    "interop": {"common"},
     "train": {"common", "model", "checkpoint", "tokenizer", "data", "evals"},
     "pipelines": {"common", "tokenizer", "data", "engine", "train"},
     "cli": {

@@ -18,6 +18,7 @@ from pocketlm.model import native_attention
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
+from pocketlm.model.moe import MoE
 
 
 class RMSNorm(nn.Module):
@@ -157,7 +158,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.self_attn = Attention(config, layer_idx)
-        self.mlp = MLP(config)
+        self.mlp = MoE(config) if config.n_experts else MLP(config)
         self.input_layernorm = RMSNorm(config.dim, config.norm_eps)
         self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
         self.resid_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
