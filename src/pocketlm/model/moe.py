@@ -9,13 +9,16 @@ softmax over all experts is taken in fp32, then the top k, renormalised to sum t
 the same number as Mixtral's published top-k-then-softmax-over-k, in the order transformers
 computes it. Each expert's output is scaled by its fp32 routing weight, cast back to the
 activations' dtype and summed per token (transformers sums in ascending expert order, PocketLM
-in order of rank: the same number for k = 2, within rounding for larger k). Qwen2-MoE adds a shared expert every
-token uses, scaled by sigmoid(shared_expert_gate(x)).
+in order of rank: the same number for k = 2, within rounding for larger k). In bf16 this is
+Mixtral's arithmetic exactly; transformers' Qwen blocks round the routing weights to bf16
+first, so bf16 Qwen outputs differ from theirs by a rounding step. Qwen2-MoE adds a shared
+expert every token uses, scaled by sigmoid(shared_expert_gate(x)).
 
 Experts are separate nn.Linear modules (`mlp.experts.{e}.gate_proj` ...) so quantization
 surgery treats each expert matrix like any other linear; the router (`mlp.gate`) and the
-shared expert's gate are never quantized. The auxiliary load-balancing loss is not computed
-(fine-tuning with a frozen router does not need it; training a router from scratch would).
+shared expert's gate are never quantized. Not implemented: the auxiliary load-balancing loss
+(fine-tuning with a frozen router does not need it; training a router from scratch would) and
+Mixtral's training-time router jitter (router_jitter_noise, 0 in released configs).
 """
 
 from __future__ import annotations

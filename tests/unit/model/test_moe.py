@@ -166,10 +166,7 @@ def tiny_pair(family: str, **overrides) -> tuple[torch.nn.Module, CausalLM]:
     hf = getattr(transformers, model_cls)(hf_config(family, **overrides)).eval()
     perturb_(hf, seed=3)
     ours = CausalLM(pocketlm_config(hf.config)).eval()
-    missing = {n for n, _ in ours.named_parameters()} - set(to_pocketlm(hf.state_dict()))
-    if any("q_norm" in n for n in missing) or (
-        ours.config.qk_norm and not hasattr(ours.model.layers[0].self_attn, "q_norm")
-    ):
+    if ours.config.qk_norm and not hasattr(ours.model.layers[0].self_attn, "q_norm"):
         pytest.skip("CausalLM has no q/k norm yet (Qwen3 attention lands with the family rewrite)")
     ours.load_state_dict(to_pocketlm(hf.state_dict()), strict=True)
     return hf, ours
