@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pocketlm.common.errors import InputError
 from pocketlm.engine.generation import TokenLogprob
 from pocketlm.engine.scheduler import (
     BatchScheduler,
@@ -131,10 +132,14 @@ class GenerationRoutes:
     async def chat_completions(self, request: Any) -> Any:
         """POST /v1/chat/completions."""
         req = parse_request(ChatCompletionRequest, await request.body())
-        # encode_chat starts with bos and keeps special-token text in messages as plain text.
+        # encode_chat renders the model's chat template (bos included where the model has one)
+        # and keeps control-token text typed in messages as plain text.
         messages = req.template_messages()
         self.bound.check([m["content"] for m in messages], "messages")
-        ids = await asyncio.to_thread(self.tokenizer.encode_chat, messages)  # long prompts: slow
+        try:
+            ids = await asyncio.to_thread(self.tokenizer.encode_chat, messages)  # long: slow
+        except InputError as exc:  # the template refuses the messages, or there is none
+            raise ProtocolError(str(exc), param="messages", code="invalid_messages") from exc
         ids = self._fit(ids, "messages")
         limit = req.token_limit() or self.model_defaults.get("max_new_tokens")
         max_new = self._cap(limit, ids)

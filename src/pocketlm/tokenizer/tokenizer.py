@@ -321,10 +321,12 @@ def _plain_twin(backend_type, serialized: str):
     for untrusted text. A second instance rather than toggling the flag on the shared backend,
     so threads encoding at once never see each other's setting; the flag is not serialized.
     encode_special_tokens skips special added tokens only, so the twin marks them all special."""
-    data = json.loads(serialized)
-    for token in data.get("added_tokens") or []:
-        token["special"] = True
-    twin = backend_type.from_str(json.dumps(data))
+    if '"special": false' in serialized or '"special":false' in serialized:
+        data = json.loads(serialized)  # a large vocabulary: only when there is one to change
+        for token in data.get("added_tokens") or []:
+            token["special"] = True
+        serialized = json.dumps(data)
+    twin = backend_type.from_str(serialized)
     twin.encode_special_tokens = True
     return twin
 

@@ -193,8 +193,17 @@ FAMILIES = {
 
 def build_backend(family: Family):
     """The family's tokenizer.json as a `tokenizers` Tokenizer, trained on CORPUS."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
-    from tokenizers import pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     if family.style == "bytelevel":
         tok = Tokenizer(models.BPE())
