@@ -133,7 +133,7 @@ def _reply(session, text: str) -> None:
 def _chat(args: argparse.Namespace) -> int:
     import signal
 
-    from pocketlm.common.errors import PocketLMError
+    from pocketlm.common.errors import InputError, PocketLMError
     from pocketlm.engine.chat_session import ChatSession
     from pocketlm.engine.load import load_engine
 
@@ -145,6 +145,12 @@ def _chat(args: argparse.Namespace) -> int:
         backend=args.backend,
         threads=cap_threads(args.threads),
     )
+    if not engine.tokenizer.has_chat_template:
+        raise InputError(
+            f"{args.model} has no chat template (no chat_template.jinja, none in "
+            "tokenizer_config.json), so it cannot chat",
+            hint="continue text with `pocketlm generate`, or use an instruction-tuned model",
+        )
     model = engine.tokenizer.generation_defaults
     params = sampling_from_args(args, defaults=DEFAULTS, model=model)
     session = ChatSession(engine, params, system=args.system)

@@ -279,6 +279,8 @@ def write_folder(name: str, out: Path, style: str = "config") -> Path:
     else:
         (out / "chat_template.jinja").write_text(family.template_text(), encoding="utf-8")
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    named = {k: v for k, v in family.named.items() if v is not None}
+    (out / "special_tokens_map.json").write_text(json.dumps(named, indent=2), encoding="utf-8")
     eos_ids = [backend.token_to_id(t) for t in family.eos_tokens]
     generation = {"eos_token_id": eos_ids[0] if len(eos_ids) == 1 else eos_ids}
     (out / "generation_config.json").write_text(json.dumps(generation), encoding="utf-8")
