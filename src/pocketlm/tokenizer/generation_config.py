@@ -9,13 +9,13 @@ PocketLM's own defaults, and the user's flags or request fields override both.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from pocketlm.common.errors import ArtifactError
+from pocketlm.tokenizer.hf_files import read_json_file
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens")
@@ -42,14 +42,9 @@ class GenerationDefaults:
 def read_generation_config(directory: str | Path) -> GenerationDefaults:
     """The generation defaults of a model folder (empty when it has no generation_config.json)."""
     path = Path(directory) / GENERATION_CONFIG_FILE
-    if not path.is_file():
+    data = read_json_file(path)
+    if data is None:
         return GenerationDefaults()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ArtifactError(f"{path}: not readable JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path}: must hold a JSON object")
     return parse_generation_config(data, str(path))
 
 

@@ -40,10 +40,10 @@ def read_json_file(path: Path) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ArtifactError(f"{path}: not readable JSON ({exc})") from exc
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{path}: corrupt ({exc})") from exc
     if not isinstance(data, dict):
-        raise ArtifactError(f"{path}: must hold a JSON object")
+        raise ArtifactError(f"{path}: corrupt (not a JSON object)")
     return data
 
 

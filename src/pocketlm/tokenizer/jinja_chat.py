@@ -136,6 +136,8 @@ class JinjaChatTemplate:
             raise ArtifactError(
                 f"{source}: the chat template is not valid Jinja (line {exc.lineno}: {exc.message})"
             ) from exc
+        except RecursionError as exc:
+            raise ArtifactError(f"{source}: the chat template is nested too deeply") from exc
         literals = {node.data for node in tree.find_all(jinja2.nodes.TemplateData)}
         literals |= {
             node.value for node in tree.find_all(jinja2.nodes.Const) if isinstance(node.value, str)
@@ -169,7 +171,7 @@ class JinjaChatTemplate:
             raise InputError(
                 f"the model's chat template ({self.source}) refused the conversation: {exc}"
             ) from exc
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as exc:
             raise InputError(
                 f"the model's chat template ({self.source}) failed on the conversation "
                 f"({type(exc).__name__}: {exc})"

@@ -127,7 +127,9 @@ class Tokenizer:
             text = settings.special_tokens.get(key)
             found = None if text is None else backend.token_to_id(text)
             if text is not None and found is None and required:
-                raise ArtifactError(f"{key} {text!r} is not a token of {TOKENIZER_FILE}")
+                raise ArtifactError(
+                    f"{TOKENIZER_CONFIG_FILE} names {key} {text!r}, which is not a token of it"
+                )
             return found
 
         self.bos_id = token_id("bos_token", True)
@@ -188,6 +190,8 @@ class Tokenizer:
                 return cls(backend, generation=generation)
             return cls(backend, settings=settings, generation=generation)
         except ArtifactError as exc:
+            if str(Path(directory)) in str(exc):  # it names its file already
+                raise
             raise ArtifactError(f"{path}: {exc}") from exc
 
     def encode(self, text: str, *, add_bos: bool = False, parse_special: bool = True) -> list[int]:
