@@ -159,6 +159,10 @@ class JinjaChatTemplate:
         clash = [k for k in extra if k in _RESERVED]
         if clash:
             raise InputError(f"template variables cannot replace {', '.join(clash)}")
+        for key, value in extra.items():
+            # Plain values only: an object's methods would be reachable from untrusted Jinja.
+            if not isinstance(key, str) or type(value) not in (str, int, float, bool, type(None)):
+                raise InputError(f"template variable {key!r} must be text, a number or a bool")
         try:
             return self._template.render(
                 messages=list(messages),

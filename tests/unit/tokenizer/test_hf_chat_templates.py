@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pocketlm.common.errors import InputError
 from pocketlm.tokenizer.tokenizer import Tokenizer
@@ -188,3 +190,42 @@ def test_pocketlm_tokenizers_keep_their_own_format(synthetic_pipeline, tmp_path:
     assert tok.kind == "pocketlm" and tok.has_chat_template
     assert tok.stop_ids == {tok.eos_id, tok.end_of_turn_id}
     assert tok.add_bos and tok.encode("hi", add_bos=True)[0] == tok.bos_id
+
+
+PIECES = ["\n", " ", "x", "Hi", "é", "🤖", "<|", "|>", "<", "[INST", "\t"]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+@pytest.mark.parametrize("name", ["llama3_2", "phi3", "qwen3", "gemma3"])
+def test_any_text_encodes_as_transformers_sanitizes_it(folders, name, data):
+    tok, hf = folders(name, "config")
+    family = FAMILIES[name]
+    special = [t for t in family.special if t != "<unk>"]
+    user_pieces = [*PIECES, *special, *family.plain]  # users may type any control token
+    reply_pieces = [*PIECES, *special]  # a reply's <think> is the model's markup: not compared
+    roles = ["user", "assistant"]
+    n = data.draw(st.integers(1, 4))
+    messages = [
+        {
+            "role": roles[i % 2],
+            "content": "".join(
+                data.draw(st.lists(st.sampled_from(user_pieces if i % 2 == 0 else reply_pieces)))
+            ),
+        }
+        for i in range(n)
+    ]
+    if family.system and data.draw(st.booleans()):
+        messages.insert(0, {"role": "system", "content": data.draw(st.text(max_size=20))})
+    ids = tok.encode_chat(messages, variables=family.variables)
+    want = hf.apply_chat_template(
+        messages,
+        tokenize=True,
+        add_generation_prompt=True,
+        sanitize_control_tokens=True,
+        return_dict=False,
+        **family.variables,
+    )
+    assert ids == want

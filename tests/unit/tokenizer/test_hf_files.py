@@ -190,6 +190,8 @@ def test_messages_and_variables_are_checked(folder):
         tok.render_chat([{"content": "x"}])
     with pytest.raises(InputError, match="cannot replace messages"):
         tok.render_chat(HI, variables={"messages": []})
+    with pytest.raises(InputError, match="must be text, a number or a bool"):
+        tok.render_chat(HI, variables={"x": Path(".")})
     # None values are dropped, as transformers drops them.
     assert tok.render_chat([{"role": "user", "content": "x", "name": None}]) == tok.render_chat(
         [{"role": "user", "content": "x"}]
