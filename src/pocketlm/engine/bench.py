@@ -58,7 +58,8 @@ def bench_model(
         )
     rng = random.Random(seed)
     ordinary = [i for i in range(tokenizer.vocab_size) if i not in tokenizer.special_ids]
-    prompt = [tokenizer.bos_id] + [rng.choice(ordinary) for _ in range(prompt_tokens - 1)]
+    head = [tokenizer.bos_id] if tokenizer.add_bos else []
+    prompt = head + [rng.choice(ordinary) for _ in range(prompt_tokens - len(head))]
     prefill_s, decode_s, ttft_s = [], [], None
     for r in range(repeats):
         model_backend.release(0)

@@ -7,14 +7,18 @@ softmax over all experts is taken in fp32, then the top k, renormalised to sum t
 `router = "softmax_topk"` (Mixtral; Qwen with norm_topk_prob) and left as they are for
 `"softmax_topk_raw"` (Qwen with norm_topk_prob false). Softmax-then-top-k-then-renormalise is
 the same number as Mixtral's published top-k-then-softmax-over-k, in the order transformers
-computes it. Each expert's output is scaled by its fp32 routing weight, then summed per token
-in the activations' dtype, experts in ascending order. Qwen2-MoE adds a shared expert every
-token uses, scaled by sigmoid(shared_expert_gate(x)).
+computes it. Each expert's output is scaled by its fp32 routing weight, cast back to the
+activations' dtype and summed per token (transformers sums in ascending expert order, PocketLM
+in order of rank: the same number for k = 2, within rounding for larger k). In bf16 this is
+Mixtral's arithmetic exactly; transformers' Qwen blocks round the routing weights to bf16
+first, so bf16 Qwen outputs differ from theirs by a rounding step. Qwen2-MoE adds a shared
+expert every token uses, scaled by sigmoid(shared_expert_gate(x)).
 
 Experts are separate nn.Linear modules (`mlp.experts.{e}.gate_proj` ...) so quantization
 surgery treats each expert matrix like any other linear; the router (`mlp.gate`) and the
-shared expert's gate are never quantized. The auxiliary load-balancing loss is not computed
-(fine-tuning with a frozen router does not need it; training a router from scratch would).
+shared expert's gate are never quantized. Not implemented: the auxiliary load-balancing loss
+(fine-tuning with a frozen router does not need it; training a router from scratch would) and
+Mixtral's training-time router jitter (router_jitter_noise, 0 in released configs).
 """
 
 from __future__ import annotations
@@ -89,22 +93,26 @@ class MoE(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # (N, dim)
         weights, experts = route(self.router_logits(flat), self.k, self.renormalise)  # (N, k)
-        out = torch.zeros_like(flat)  # (N, dim)
-        # Group the N*k (token, expert) pairs by expert: a stable sort keeps each expert's
-        # tokens in order, so expert e's rows are slots [starts[e], starts[e] + counts[e]).
+        n_tokens = flat.shape[0]
+        if n_tokens == 0:
+            return torch.zeros_like(x)
+        # Group the N*k (token, expert) slots by expert: a stable sort keeps each expert's
+        # tokens in order, so expert e's rows are the next counts[e] sorted slots.
         expert_of_slot = experts.reshape(-1)  # (N*k,)
         order = torch.argsort(expert_of_slot, stable=True)  # (N*k,)
         token_of_slot = order // self.k  # (N*k,) the token each sorted slot came from
-        weight_of_slot = weights.reshape(-1)[order]  # (N*k,)
         counts = torch.bincount(expert_of_slot, minlength=len(self.experts)).tolist()
-        start = 0
+        outputs, start = [], 0
         for expert, count in zip(self.experts, counts):
             if count:
-                tokens = token_of_slot[start : start + count]  # (count,)
-                y = expert(flat.index_select(0, tokens))  # (count, dim)
-                y = y * weight_of_slot[start : start + count, None]  # fp32, as transformers
-                out.index_add_(0, tokens, y.to(out.dtype))
+                rows = flat.index_select(0, token_of_slot[start : start + count])  # (count, dim)
+                outputs.append(expert(rows))
                 start += count
+        # Back to (token, rank) order with one gather: index_add_ of a few rows costs
+        # milliseconds on CPU (a scatter), a gather and a sum over k microseconds.
+        by_slot = torch.cat(outputs).index_select(0, torch.argsort(order))  # (N*k, dim)
+        scaled = (by_slot * weights.reshape(-1, 1)).to(flat.dtype)  # fp32 weights, as transformers
+        out = scaled.view(n_tokens, self.k, -1).sum(dim=1)  # (N, dim)
         if self.shared_expert is not None:
             gate = torch.sigmoid(F.linear(flat, self.shared_expert_gate.weight.to(flat.dtype)))
             out = out + gate * self.shared_expert(flat)  # gate (N, 1)

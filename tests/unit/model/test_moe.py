@@ -117,7 +117,7 @@ def test_the_router_rules_differ_where_they_should():
     hf = hf_block("qwen2_moe")
     raw = our_block("qwen2_moe", hf)
     normed = our_block("qwen2_moe_norm", hf)
-    x = torch.randn(5, DIM)
+    x = torch.randn(5, DIM, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert not torch.allclose(raw(x), normed(x), atol=1e-4)
 
@@ -129,18 +129,18 @@ def test_only_the_routed_experts_run():
     for e, expert in enumerate(ours.experts):
         expert.register_forward_hook(lambda m, args, out, e=e: calls.append((e, len(args[0]))))
     with torch.no_grad():
-        ours(torch.randn(1, 1, DIM))
+        ours(torch.randn(1, 1, DIM, generator=torch.Generator().manual_seed(5)))
     assert len(calls) == TOP_K and all(rows == 1 for _, rows in calls)
     calls.clear()
     with torch.no_grad():
-        ours(torch.randn(1, 50, DIM))
+        ours(torch.randn(1, 50, DIM, generator=torch.Generator().manual_seed(6)))
     assert sum(rows for _, rows in calls) == 50 * TOP_K  # each token once in each of its k experts
 
 
 def test_gradients_reach_the_router_and_the_experts():
     hf = hf_block("qwen2_moe_norm")
     ours = our_block("qwen2_moe_norm", hf).train()
-    x = torch.randn(2, 9, DIM, requires_grad=True)
+    x = torch.randn(2, 9, DIM, generator=torch.Generator().manual_seed(7)).requires_grad_()
     ours(x).square().sum().backward()
     assert ours.gate.weight.grad is not None and ours.gate.weight.grad.abs().sum() > 0
     assert ours.shared_expert_gate.weight.grad.abs().sum() > 0
@@ -152,10 +152,11 @@ def test_gradients_reach_the_router_and_the_experts():
 def test_block_gradients_match_transformers():
     hf = hf_block("mixtral")
     ours = our_block("mixtral", hf)
-    x = torch.randn(2, 11, DIM)
+    x = torch.randn(2, 11, DIM, generator=torch.Generator().manual_seed(8))
     hf(x).square().sum().backward()
     ours(x).square().sum().backward()
-    torch.testing.assert_close(ours.gate.weight.grad, hf.gate.weight.grad, rtol=0, atol=1e-5)
+    # summed over 22 tokens: float sums in a different order, so a relative tolerance
+    torch.testing.assert_close(ours.gate.weight.grad, hf.gate.weight.grad, rtol=1e-4, atol=1e-5)
 
 
 def tiny_pair(family: str, **overrides) -> tuple[torch.nn.Module, CausalLM]:
@@ -165,10 +166,7 @@ def tiny_pair(family: str, **overrides) -> tuple[torch.nn.Module, CausalLM]:
     hf = getattr(transformers, model_cls)(hf_config(family, **overrides)).eval()
     perturb_(hf, seed=3)
     ours = CausalLM(pocketlm_config(hf.config)).eval()
-    missing = {n for n, _ in ours.named_parameters()} - set(to_pocketlm(hf.state_dict()))
-    if any("q_norm" in n for n in missing) or (
-        ours.config.qk_norm and not hasattr(ours.model.layers[0].self_attn, "q_norm")
-    ):
+    if ours.config.qk_norm and not hasattr(ours.model.layers[0].self_attn, "q_norm"):
         pytest.skip("CausalLM has no q/k norm yet (Qwen3 attention lands with the family rewrite)")
     ours.load_state_dict(to_pocketlm(hf.state_dict()), strict=True)
     return hf, ours
@@ -227,3 +225,13 @@ def test_qwen_models_with_dense_layers_are_refused():
     data = hf_config("qwen3_moe", decoder_sparse_step=2).to_dict()
     with pytest.raises(ConfigError, match=r"decoder_sparse_step .*\[0\]"):
         moe_config_from_hf(data)
+
+
+def test_parameter_count_and_flops_of_a_mixture_of_experts():
+    config = pocketlm_config(hf_config("qwen2_moe"))
+    assert CausalLM(config).num_params() == config.num_params()
+    dense_all = ModelConfig(**{**config.to_dict(), "n_experts_per_token": EXPERTS})
+    expert_matmuls = config.n_layers * 3 * DIM * config.expert_ffn_dim
+    flops = {c: c.flops_per_token(16, training=False) for c in (dense_all, config)}
+    saved = flops[dense_all] - flops[config]
+    assert saved == 2 * (EXPERTS - TOP_K) * expert_matmuls  # 2 FLOPs a multiply-add
