@@ -174,10 +174,11 @@ def check_quantizable(config: ModelConfig, quant: dict[str, Any], where: Path) -
         return
     block = 32 if scheme == "int8" else quant["group_size"]
     what = "blocks of 32" if scheme == "int8" else f"groups of {block}"
+    moe = bool(config.n_experts)  # with experts the dense ffn_dim is unused
     for name, cols in (
         ("dim", config.dim),
         ("q_dim", config.q_dim),
-        ("ffn_dim", config.resolved_ffn_dim),
+        ("ffn_dim", 0 if moe else config.resolved_ffn_dim),
         ("expert_ffn_dim", config.expert_ffn_dim),
         ("shared_expert_ffn_dim", config.shared_expert_ffn_dim),
     ):

@@ -47,7 +47,11 @@ def quantize_model_dir(
             f"{loaded.directory} is already quantized; quantize the float model instead"
         )
     config = loaded.config
-    in_dims = {config.dim, config.q_dim, config.resolved_ffn_dim}
+    in_dims = {config.dim, config.q_dim}
+    if config.n_experts:  # the dense ffn_dim is unused: every MLP is the experts'
+        in_dims |= {config.expert_ffn_dim, config.shared_expert_ffn_dim} - {0}
+    else:
+        in_dims.add(config.resolved_ffn_dim)
     bad = sorted(d for d in in_dims if d % (group_size if scheme == "int4" else 32))
     if scheme != "bf16" and bad:
         raise InputError(

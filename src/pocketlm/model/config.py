@@ -176,6 +176,9 @@ class ModelConfig:
         n_matmul = (
             self.num_params(include_embeddings=False) + self.vocab_size * self.dim
         )  # lm_head matmul always runs
+        if self.n_experts:  # a token runs k of the n experts
+            idle = self.n_experts - self.n_experts_per_token
+            n_matmul -= self.n_layers * idle * 3 * self.dim * self.expert_ffn_dim
         attn = (
             2 * 2 * self.n_layers * self.q_dim * seq / 2
         )  # QK^T and AV, causal: half the keys on average
@@ -271,7 +274,9 @@ def _check_family_options(c: ModelConfig) -> None:
         if c.mlp_kind != "gated" or c.mlp_bias:
             raise ConfigError("experts are gated MLPs without biases")
     elif c.n_experts_per_token or c.shared_expert_ffn_dim:
-        raise ConfigError("model.n_experts_per_token / shared_expert_ffn_dim need model.n_experts")
+        raise ConfigError(
+            "model.n_experts_per_token and model.shared_expert_ffn_dim need model.n_experts > 0"
+        )
     if c.parallel_block and c.sandwich_norms:
         raise ConfigError("model.parallel_block and model.sandwich_norms do not combine")
 

@@ -201,6 +201,17 @@ class QuantizedEmbedding(nn.Module):
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def _linear_parents(layer: nn.Module) -> list[nn.Module]:
+    """The modules of a decoder layer whose LINEAR_NAMES children are its quantizable linears:
+    attention and the MLP, or with a mixture of experts every expert and the shared one (the
+    router `mlp.gate` and `mlp.shared_expert_gate` are not in LINEAR_NAMES: they stay float)."""
+    mlp = layer.mlp
+    parents = [layer.self_attn, mlp, *getattr(mlp, "experts", ())]
+    if getattr(mlp, "shared_expert", None) is not None:
+        parents.append(mlp.shared_expert)
+    return parents
+
+
 def quantize_modules(
     model: nn.Module, scheme: Scheme, group: int = 32, *, empty: bool = False
 ) -> nn.Module:
@@ -217,7 +228,7 @@ def quantize_modules(
         return QuantizedLinear.from_linear(linear, scheme, group)
 
     for layer in model.model.layers:
-        for parent in (layer.self_attn, layer.mlp):
+        for parent in _linear_parents(layer):
             for name in LINEAR_NAMES:
                 if isinstance(getattr(parent, name, None), nn.Linear):
                     setattr(parent, name, convert(getattr(parent, name)))
@@ -245,7 +256,7 @@ def dequantize_modules(model: nn.Module) -> nn.Module:
         return lin
 
     for layer in model.model.layers:
-        for parent in (layer.self_attn, layer.mlp):
+        for parent in _linear_parents(layer):
             for name in LINEAR_NAMES:
                 if isinstance(getattr(parent, name, None), QuantizedLinear):
                     setattr(parent, name, to_linear(getattr(parent, name)))

@@ -18,8 +18,7 @@ def run_plan(args: argparse.Namespace) -> str:
     from pocketlm.train.budget import parse_budget
     from pocketlm.train.plan import (
         DEFAULT_CANDIDATES,
-        PlanRow,
-        measure_step_seconds,
+        measure_row,
         memory_estimate,
         plan_sizes,
         recommend,
@@ -58,20 +57,7 @@ def run_plan(args: argparse.Namespace) -> str:
                 max_seq_len=args.ctx,
             )
             name = f"{args.layers}x{args.dim}"
-        rows = [
-            PlanRow(
-                name,
-                config,
-                measure_step_seconds(
-                    config,
-                    batch_size=args.batch_size,
-                    ctx=args.ctx,
-                    device=device,
-                    precision=precision,
-                ),
-                args.batch_size * args.ctx,
-            )
-        ]
+        rows = [measure_row(name, config, args.batch_size, args.ctx, device, precision, budget)]
     else:
         rows = plan_sizes(
             vocab, args.ctx, args.batch_size, device, precision, DEFAULT_CANDIDATES, budget=budget

@@ -80,3 +80,39 @@ def test_quantize_model_dir_reports_quality_and_size(tiny_model_dir, synthetic_p
         quantize_model_dir(out4, tmp_path / "again", "int8")
     with pytest.raises(ConfigError, match="multiple of 32"):
         quantize_model_dir(tiny_model_dir, tmp_path / "bad", "int4", group_size=48)
+
+
+@pytest.mark.parametrize("scheme,tolerance", [("int8", 0.05), ("int4", 0.4)])
+def test_quantize_a_mixture_of_experts(synthetic_pipeline, tmp_path, scheme, tolerance):
+    """Every expert matrix (and the shared expert's) is quantized, the routers stay float, and
+    the logits stay as close to the float model's as a dense model's do (mean error: int8
+    1.9%, int4 27% on these random weights; a token whose top-k flips between experts
+    stands out in the maximum, so the test reads the mean)."""
+    from torch import nn
+
+    from pocketlm.checkpoint.model_io import save_model
+    from pocketlm.model.config import ModelConfig
+    from pocketlm.model.quantized import QuantizedLinear
+    from pocketlm.model.transformer import build_model
+
+    config = ModelConfig(
+        vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64,
+        tie_embeddings=False, init_std=0.1, n_experts=4, n_experts_per_token=2,
+        expert_ffn_dim=64, shared_expert_ffn_dim=32, router="softmax_topk_raw",
+    )  # fmt: skip
+    model = build_model(config, seed=1).eval()
+    src = save_model(tmp_path / "moe", model, synthetic_pipeline["tokenizer"])
+    out, _ = quantize_model_dir(src, tmp_path / scheme, scheme)
+    quantized = load_model(out).model
+    for layer in quantized.model.layers:
+        mlp = layer.mlp
+        experts = [*mlp.experts, mlp.shared_expert]
+        for expert in experts:
+            for linear in (expert.gate_proj, expert.up_proj, expert.down_proj):
+                assert isinstance(linear, QuantizedLinear) and linear.scheme == scheme
+        for router in (mlp.gate, mlp.shared_expert_gate):
+            assert type(router) is nn.Linear and router.weight.dtype == torch.float32
+    ids = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = model(ids), quantized(ids)
+    assert (got - want).abs().mean() / want.abs().mean() < tolerance

@@ -84,7 +84,8 @@ def test_the_states_a_kill_leaves_at_the_delicate_moments_resume(
     synthetic_pipeline, reference, tmp_path
 ):
     """(1) After the last checkpoint, before the final model: resume writes the model. (2) In
-    the middle of a save: a half-written checkpoint (a temp dir) is ignored and cleaned up."""
+    the middle of a save: a half-written checkpoint (a temp dir) is ignored and cleaned up.
+    (3) Before the first checkpoint: the run directory exists, resume starts the run over."""
     tokens, run = synthetic_pipeline["tokens"], tmp_path / "run"
     shutil.copytree(reference, run)
     shutil.rmtree(run / "model")
@@ -103,3 +104,9 @@ def test_the_states_a_kill_leaves_at_the_delicate_moments_resume(
     _finish(tokens, run)
     _same_run(reference, run)
     assert not half.exists()
+
+    shutil.rmtree(run / "model")
+    shutil.rmtree(ckpts)
+    (run / "metrics.jsonl").unlink()
+    _finish(tokens, run)
+    _same_run(reference, run)

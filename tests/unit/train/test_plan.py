@@ -120,3 +120,51 @@ def test_plan_cli(synthetic_pipeline):
     args = build_parser().parse_args(shlex.split(command)[1:])
     assert (args.layers, args.dim, args.heads, args.ctx, args.batch_size) == (2, 32, 2, 32, 4)
     assert args.tokens == str(synthetic_pipeline["tokens"]) and args.max_tokens == "1M"
+
+
+def test_time_budgets_pay_for_evaluations_the_final_reserve_and_compilation():
+    from pocketlm.train.cadence import EVALS_PER_RUN
+    from pocketlm.train.plan import COMPILE_SECONDS, COMPILE_SPEEDUP
+
+    cfg = ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=2, n_kv_heads=2)
+    # 0.1 s a step of 1000 tokens (10k tokens/s), 2 s an evaluation
+    row = PlanRow("r", cfg, 0.1, 1000, seconds_per_eval=2.0)
+    budget = parse_budget("2m")
+    seconds = row.training_seconds(budget)
+    # eight evaluations, the final save's reserve (3 s) and four quarter-mark checkpoints
+    assert 120 - EVALS_PER_RUN * 2.0 - 3.0 - 1.0 < seconds < 120 - EVALS_PER_RUN * 2.0 - 3.0
+    assert row.tokens_in(budget) == pytest.approx(seconds * 10_000)
+    compiled = PlanRow("r", cfg, 0.1, 1000, seconds_per_eval=2.0, compiled=True)
+    assert compiled.training_seconds(budget) == pytest.approx(seconds - COMPILE_SECONDS)
+    assert compiled.tokens_in(budget) == pytest.approx(
+        (seconds - COMPILE_SECONDS) * 10_000 * COMPILE_SPEEDUP
+    )
+    # a budget smaller than its overheads buys nothing, never a negative count
+    assert row.tokens_in(parse_budget("10s")) == 0.0
+    # step and token budgets are exact whatever the speed
+    assert row.tokens_in(parse_budget("50 steps")) == 50_000
+    assert row.tokens_in(parse_budget("2M tokens")) == 2_000_000
+
+
+def test_the_plan_measures_the_loops_own_step(monkeypatch):
+    """measure_step_seconds runs train/step.py's optimizer_step (Muon by default), not a
+    stand-in optimizer: the plan's speed is the speed training will have."""
+    import torch
+
+    import pocketlm.train.step as step_module
+    from pocketlm.train.plan import measure_step_seconds
+
+    calls = []
+    real = step_module.optimizer_step
+
+    def counting(run):
+        calls.append(sorted(type(o).__name__ for o in run.optimizers))
+        return real(run)
+
+    monkeypatch.setattr(step_module, "optimizer_step", counting)
+    cfg = ModelConfig(vocab_size=128, dim=32, n_layers=1, n_heads=2, n_kv_heads=2, max_seq_len=16)
+    seconds = measure_step_seconds(
+        cfg, batch_size=2, ctx=16, device=torch.device("cpu"), precision="fp32", steps=2
+    )
+    assert seconds > 0 and len(calls) == 3  # one warm-up, two measured
+    assert "Muon" in calls[0]
