@@ -18,6 +18,7 @@ import torch
 
 from pocketlm.checkpoint import weights_spec
 from pocketlm.checkpoint.layout import (
+    CARRIED_FILES,
     CONFIG_FILE,
     MODEL_KIND,
     WEIGHTS_FILE,
@@ -31,7 +32,12 @@ from pocketlm.common.manifest import ArtifactWriter, read_manifest
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.quantized import quantize_modules
 from pocketlm.model.transformer import CausalLM, materialize
-from pocketlm.tokenizer.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILES, Tokenizer
+from pocketlm.tokenizer.tokenizer import (
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_FILES,
+    Tokenizer,
+)
 
 __all__ = [
     "CONFIG_FILE",
@@ -116,9 +122,12 @@ def save_model_state(
                 metadata={"format": "pt", "producer": "pocketlm"},
             )
             model_config.save(art.path(CONFIG_FILE))
-            for name in TOKENIZER_FILES:
-                shutil.copyfile(Path(tokenizer_dir) / name, art.path(name))
-            _set_model_max_length(art.path(TOKENIZER_CONFIG_FILE), model_config.max_seq_len)
+            for name in (*TOKENIZER_FILES, *CARRIED_FILES):
+                # tokenizer.json always; the rest as the tokenizer (or imported model) has them
+                if name == TOKENIZER_FILE or (Path(tokenizer_dir) / name).is_file():
+                    shutil.copyfile(Path(tokenizer_dir) / name, art.path(name))
+            if art.path(TOKENIZER_CONFIG_FILE).is_file():
+                _set_model_max_length(art.path(TOKENIZER_CONFIG_FILE), model_config.max_seq_len)
             if extra is not None:
                 extra(art)
             base = {"params": model_config.num_params(), "model": model_config.to_dict()}

@@ -22,6 +22,7 @@ from pocketlm.model.attention import Attention
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
+from pocketlm.model.moe import MoE
 from pocketlm.model.norms import LayerNorm, RMSNorm, make_norm
 from pocketlm.model.rope import (
     GLOBAL,
@@ -60,17 +61,6 @@ class MLP(nn.Module):
         return self.down_proj(self.act(self.up_proj(x)))
 
 
-def _make_mlp(config: ModelConfig) -> nn.Module:
-    """The layer's MLP: dense, or a sparse mixture of experts when config.n_experts is set."""
-    if config.n_experts:
-        # TODO(issue 15): the mixture of experts (model/moe.py) is written on another branch;
-        # this import resolves once it is merged.
-        from pocketlm.model.moe import MoE  # type: ignore[import-not-found]
-
-        return MoE(config)
-    return MLP(config)
-
-
 class DecoderLayer(nn.Module):
     """Pre-norm residual block: attention then MLP (or both from one norm: parallel_block), each
     branch's output optionally normalised before its residual add (sandwich_norms)."""
@@ -78,7 +68,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.self_attn = Attention(config, layer_idx)
-        self.mlp = _make_mlp(config)
+        self.mlp = MoE(config) if config.n_experts else MLP(config)
         self.input_layernorm = make_norm(config, config.dim)
         self.parallel = config.parallel_block
         if not config.parallel_block:
