@@ -284,8 +284,12 @@ class NativeBackend:
         # default: the cores other programs leave free now (threads sharing a taken core make
         # every decode step wait for the slowest one)
         self.threads = threads or free_cores(runnable_others(), usable_cores())
-        if long_factors_from(c):  # longrope picks its factors per call: a whole prompt per call,
-            self.prefill_chunk = None  # as the torch backend runs it
+        # longrope picks its factors per call (the long ones once a call reaches past the original
+        # context): a whole prompt per call, and a slot whose context grows past that boundary
+        # runs again from its first token, as the torch backend (and transformers' generate) do
+        self._rope_boundary = long_factors_from(c) or None
+        if self._rope_boundary:
+            self.prefill_chunk = None
         isa = check_isa(isa, "isa") if isa else isa_cap()
         ring = [  # positions each layer's cache keeps (model.c: sliding layers roll)
             w + kv_rewind + max_batch if w and w + kv_rewind + max_batch < self._context_length
@@ -318,6 +322,7 @@ class NativeBackend:
         self.isa = self._model.isa()
         self._lengths = [0] * slots  # tokens in each slot's context
         self._reached = [0] * slots  # the longest each slot's context was since its release
+        self._tokens: list[list[int]] = [[] for _ in range(slots)]  # longrope: each slot's context
 
     @property
     def slots(self) -> int:
@@ -356,13 +361,25 @@ class NativeBackend:
         """Token i at the end of sequence slots[i] (distinct slots), one call; logits (n, V)."""
         slots = [int(s) for s in slots]
         check_decode(self, slots, token_ids)
-        ids = np.ascontiguousarray(token_ids, dtype=np.int32)  # (n,)
-        out = np.empty((ids.shape[0], self.vocab_size), dtype=np.float32)  # (n, V)
-        positions = np.array([self._lengths[s] for s in slots], dtype=np.int32)  # (n,)
-        self._model.forward(ids, positions, np.array(slots, dtype=np.int32), out, True)
-        for s in slots:
+        out = np.empty((len(slots), self.vocab_size), dtype=np.float32)  # (n, V)
+        rows = list(range(len(slots)))
+        if self._rope_boundary:  # a slot crossing longrope's boundary runs its context again
+            for i in [i for i in rows if self._crosses_boundary(slots[i], 1)]:
+                out[i] = self._append(slots[i], [int(token_ids[i])], every=False)
+                rows.remove(i)
+            if not rows:
+                return out
+        ids = np.array([token_ids[i] for i in rows], dtype=np.int32)  # (n,)
+        run = [slots[i] for i in rows]
+        positions = np.array([self._lengths[s] for s in run], dtype=np.int32)  # (n,)
+        logits = out if len(rows) == len(slots) else np.empty_like(out[: len(rows)])
+        self._model.forward(ids, positions, np.array(run, dtype=np.int32), logits, True)
+        out[rows] = logits
+        for s, t in zip(run, ids.tolist()):
             self._lengths[s] += 1
             self._reached[s] = max(self._reached[s], self._lengths[s])
+            if self._rope_boundary:
+                self._tokens[s].append(t)
         return out
 
     def truncate(self, slot: int, position: int) -> None:
@@ -379,6 +396,7 @@ class NativeBackend:
                 "prefill it again"
             )
         self._lengths[slot] = keep
+        del self._tokens[slot][keep:]
         if not keep:
             self._reached[slot] = 0
 
@@ -387,10 +405,16 @@ class NativeBackend:
         check_slots((slot,), self.slots)
         self._lengths[slot] = 0
         self._reached[slot] = 0
+        self._tokens[slot] = []
 
     def profile(self, enable: bool = True) -> dict[str, float]:
         """Seconds spent per phase (embed, norm, qkv, attention, ffn, lm_head, ...) since the last call."""
         return self._model.profile(enable)
+
+    def _crosses_boundary(self, slot: int, n_new: int) -> bool:
+        """Whether n_new tokens take a slot holding a short context past longrope's boundary."""
+        at, boundary = self._lengths[slot], self._rope_boundary
+        return boundary is not None and 0 < at <= boundary < at + n_new
 
     def _append(self, slot: int, token_ids: Sequence[int], *, every: bool) -> np.ndarray:
         """Tokens at the end of one slot's sequence: logits (n, V) after each if `every`, else (V,)."""
@@ -398,9 +422,15 @@ class NativeBackend:
         n = ids.shape[0]
         check_append(self, slot, n)
         start = self._lengths[slot]
-        out = np.empty((n, self.vocab_size) if every else self.vocab_size, dtype=np.float32)
-        positions = np.arange(start, start + n, dtype=np.int32)  # (n,)
-        self._model.forward(ids, positions, np.full(n, slot, dtype=np.int32), out, every)
-        self._lengths[slot] = start + n
-        self._reached[slot] = max(self._reached[slot], start + n)
-        return out
+        if self._rope_boundary and self._crosses_boundary(slot, n):  # again, with the long factors
+            ids = np.array(self._tokens[slot] + ids.tolist(), dtype=np.int32)  # (start + n,)
+            self._tokens[slot], start = [], 0
+        total = ids.shape[0]
+        out = np.empty((total, self.vocab_size) if every else self.vocab_size, dtype=np.float32)
+        positions = np.arange(start, start + total, dtype=np.int32)  # (total,)
+        self._model.forward(ids, positions, np.full(total, slot, dtype=np.int32), out, every)
+        self._lengths[slot] = start + total
+        self._reached[slot] = max(self._reached[slot], start + total)
+        if self._rope_boundary:
+            self._tokens[slot] += ids.tolist()
+        return out[total - n :] if every else out

@@ -11,7 +11,8 @@ attention factor). A config with rope_local_theta adds an unscaled set for slidi
 
 Which longrope set applies is decided per forward call, as transformers does: the long factors
 for every token of a call whose last position + 1 exceeds rope_original_max_len
-(`long_factors_from`), else the short ones.
+(`long_factors_from`), else the short ones. The backends run a slot again from its first token
+when its context grows past that boundary (as transformers' generate does for Phi-3).
 """
 
 from __future__ import annotations

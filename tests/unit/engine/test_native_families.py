@@ -195,10 +195,11 @@ def test_sliding_layers_roll_their_cache(family_dirs, group, isa):
     backend.truncate(0, 0)  # forgetting everything is always possible
 
 
-def test_longrope_picks_its_factors_per_call_as_torch(family_dirs):
-    """The long factors rotate every token of a call that reaches past the original context (24)
-    and none of a call within it; keys cached by an earlier call keep their rotation. A whole
-    prompt goes in one call (no prefill chunks), as on the torch backend."""
+def test_longrope_runs_a_slot_again_past_its_original_context_as_torch(family_dirs):
+    """Within the original context (24) a slot rotates with the short factors; when it grows past
+    it, the slot runs again from its first token with the long factors (as the torch backend and
+    transformers' generate do), so from then on its logits are one full forward's. A whole prompt
+    goes in one call (no prefill chunks)."""
     d, ref = family_dirs["phi3-longrope", "fp32"]
     backend = NativeBackend(d, ModelConfig.load(d / CONFIG_FILE), threads=2)
     assert backend.prefill_chunk is None
@@ -208,6 +209,7 @@ def test_longrope_picks_its_factors_per_call_as_torch(family_dirs):
         calls[b.name] = np.concatenate([b.extend(0, PROMPT[:20]), b.extend(0, PROMPT[20:])])
     tol = TOLERANCE["fp32"] * float(np.abs(calls["torch"]).max())
     assert np.abs(calls["native"] - calls["torch"]).max() <= tol
+    assert np.abs(calls["native"][20:] - ref["extend"][20:]).max() <= tol  # the full forward's
     assert np.abs(calls["native"][:20] - ref["extend"][:20]).max() > 100 * tol  # factors differ
 
 
