@@ -227,3 +227,27 @@ def test_the_cli_names_the_option_that_sends_a_model_to_torch(family_dirs, monke
     err = capsys.readouterr().err
     assert "native engine does not implement the model option(s) sliding_window" in err
     assert "backend torch" in err
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "qwen3_moe"])
+def test_native_mixture_of_experts_matches_transformers(family, synthetic_pipeline, tmp_path):
+    """transformers' own Mixtral, Qwen2-MoE (shared expert, raw top-k) and Qwen3-MoE (q/k norms,
+    renormalised top-k), weights moved to PocketLM names: the same logits and 16 greedy tokens."""
+    pytest.importorskip("transformers")
+    from tests.unit.model.test_moe import VOCAB, tiny_pair
+
+    hf, ours = tiny_pair(family)
+    d = save_model(tmp_path / family, ours, synthetic_pipeline["tokenizer"])
+    backend = NativeBackend(d, ours.config, threads=2)
+    ids = torch.randint(0, VOCAB, (24,), generator=torch.Generator().manual_seed(2)).tolist()
+    with torch.no_grad():
+        want = hf(torch.tensor([ids])).logits[0].numpy()
+        hf_out = hf.generate(torch.tensor([ids[:10]]), max_new_tokens=16, do_sample=False,
+                             min_new_tokens=16, pad_token_id=0)  # fmt: skip
+    assert np.abs(backend.extend(0, ids) - want).max() <= 1e-5 * np.abs(want).max() + 1e-5
+    backend.release(0)
+    logits, tokens = backend.prefill(0, ids[:10]), []
+    for _ in range(16):
+        tokens.append(int(logits.argmax()))
+        logits = backend.decode([0], [tokens[-1]])[0]
+    assert tokens == hf_out[0, 10:].tolist()
