@@ -361,25 +361,32 @@ class NativeBackend:
         """Token i at the end of sequence slots[i] (distinct slots), one call; logits (n, V)."""
         slots = [int(s) for s in slots]
         check_decode(self, slots, token_ids)
-        out = np.empty((len(slots), self.vocab_size), dtype=np.float32)  # (n, V)
-        rows = list(range(len(slots)))
-        if self._rope_boundary:  # a slot crossing longrope's boundary runs its context again
-            for i in [i for i in rows if self._crosses_boundary(slots[i], 1)]:
-                out[i] = self._append(slots[i], [int(token_ids[i])], every=False)
-                rows.remove(i)
-            if not rows:
-                return out
-        ids = np.array([token_ids[i] for i in rows], dtype=np.int32)  # (n,)
-        run = [slots[i] for i in rows]
-        positions = np.array([self._lengths[s] for s in run], dtype=np.int32)  # (n,)
-        logits = out if len(rows) == len(slots) else np.empty_like(out[: len(rows)])
-        self._model.forward(ids, positions, np.array(run, dtype=np.int32), logits, True)
-        out[rows] = logits
-        for s, t in zip(run, ids.tolist()):
+        if self._rope_boundary and any(self._crosses_boundary(s, 1) for s in slots):
+            return self._decode_crossing(slots, token_ids)
+        ids = np.ascontiguousarray(token_ids, dtype=np.int32)  # (n,)
+        out = np.empty((ids.shape[0], self.vocab_size), dtype=np.float32)  # (n, V)
+        positions = np.array([self._lengths[s] for s in slots], dtype=np.int32)  # (n,)
+        self._model.forward(ids, positions, np.array(slots, dtype=np.int32), out, True)
+        for s in slots:
             self._lengths[s] += 1
             self._reached[s] = max(self._reached[s], self._lengths[s])
-            if self._rope_boundary:
+        if self._rope_boundary:
+            for s, t in zip(slots, ids.tolist()):
                 self._tokens[s].append(t)
+        return out
+
+    def _decode_crossing(self, slots: list[int], token_ids: Sequence[int]) -> np.ndarray:
+        """decode() when some slots grow past longrope's boundary: each of those runs its whole
+        context again, alone; the others decode together."""
+        out = np.empty((len(slots), self.vocab_size), dtype=np.float32)  # (n, V)
+        rest = []
+        for i, (s, t) in enumerate(zip(slots, token_ids)):
+            if self._crosses_boundary(s, 1):
+                out[i] = self._append(s, [int(t)], every=False)
+            else:
+                rest.append(i)
+        if rest:
+            out[rest] = self.decode([slots[i] for i in rest], [token_ids[i] for i in rest])
         return out
 
     def truncate(self, slot: int, position: int) -> None:

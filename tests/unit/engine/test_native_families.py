@@ -211,6 +211,17 @@ def test_longrope_runs_a_slot_again_past_its_original_context_as_torch(family_di
     assert np.abs(calls["native"] - calls["torch"]).max() <= tol
     assert np.abs(calls["native"][20:] - ref["extend"][20:]).max() <= tol  # the full forward's
     assert np.abs(calls["native"][:20] - ref["extend"][:20]).max() > 100 * tol  # factors differ
+    # a batched decode step where one slot crosses the boundary (24) and the other does not
+    steps = {}
+    for name in ("native", "torch"):
+        if name == "native":
+            b = NativeBackend(d, ModelConfig.load(d / CONFIG_FILE), threads=2, slots=2)
+        else:
+            b, _ = open_backend(d, backend="torch", device="cpu", precision="fp32", slots=2)
+        b.prefill(0, PROMPT[:24])
+        b.prefill(1, PROMPT[:5])
+        steps[name] = np.concatenate([b.decode([1, 0], [7, 8]), b.decode([0, 1], [9, 10])])
+    assert np.abs(steps["native"] - steps["torch"]).max() <= tol
 
 
 def test_the_cli_names_the_option_that_sends_a_model_to_torch(family_dirs, monkeypatch, capsys):
