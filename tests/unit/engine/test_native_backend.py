@@ -183,7 +183,7 @@ def _model_args(d):
     """The arguments NativeBackend hands the C side for model dir d, as mutable containers."""
     from pocketlm.checkpoint.safetensors_mmap import MappedTensors
     from pocketlm.checkpoint.weights_spec import read_quantization
-    from pocketlm.engine.native_backend import c_config, c_rope, c_weights
+    from pocketlm.engine.native_weights import c_config, c_rope, c_weights
 
     c = ModelConfig.load(d / CONFIG_FILE)
     t = MappedTensors(d / "model.safetensors")
@@ -192,7 +192,7 @@ def _model_args(d):
         layer["matrices"] = [list(m) for m in layer["matrices"]]
     w["embed"] = list(w["embed"])
     w["lm_head"] = w["embed"] if c.tie_embeddings else list(w["lm_head"])
-    return t, c_config(c, c.max_seq_len, 8, 1), w, list(c_rope(c))
+    return t, c_config(c, c.max_seq_len, 8, 1, 64), w, list(c_rope(c))
 
 
 def _build(cfg, w, rope):
@@ -242,8 +242,9 @@ def test_the_c_side_refuses_any_buffer_or_dim_that_does_not_match(wide_variant_d
     )
 
     def resize(arr, what):
-        if arr is None:  # an optional or absent vector: give one of a wrong length
-            return np.zeros(data.draw(st.integers(1, 300)), dtype=np.float32)
+        if arr is None:  # an optional or absent vector: give one of a length no vector has here
+            n = data.draw(st.integers(1, 300).filter(lambda k: k % 32), label=what)
+            return np.zeros(n, dtype=np.float32)
         n = arr.reshape(-1).shape[0]
         new = data.draw(st.integers(0, 2 * n).filter(lambda k: k != n), label=what)
         return None if new == 0 else np.resize(arr.reshape(-1), new)
