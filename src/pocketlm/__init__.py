@@ -44,6 +44,7 @@ _API = {
     "configure": "pocketlm.api:configure",
     # models, shrinking, evaluation, export
     "load_model": "pocketlm.checkpoint.model_io:load_model",
+    "import_hf": "pocketlm.interop.hf_import:import_hf",
     "quantize": "pocketlm.compress.quantize:quantize_model_dir",
     "evaluate": "pocketlm.evals.evaluate:evaluate_model",
     "export_hf": "pocketlm.interop.hf_export:export_hf",

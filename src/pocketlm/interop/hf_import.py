@@ -39,7 +39,7 @@ from pocketlm.checkpoint.weights_spec import check_weights, expected_tensors
 from pocketlm.common.errors import ArtifactError
 from pocketlm.common.log import get_logger
 from pocketlm.common.manifest import ArtifactWriter, parent_ref
-from pocketlm.interop.families import FamilySpec, find_family
+from pocketlm.interop.families import FamilySpec, NameTable, find_family
 from pocketlm.interop.families.hf_config import model_config
 from pocketlm.interop.safetensors_stream import (
     INDEX_FILE,
@@ -157,10 +157,47 @@ def _refuse_pickles_only(src: Path) -> None:
         )
 
 
+def _other_spellings(
+    plan: list[tuple[str, tuple[str, ...]]],
+    table: NameTable,
+    config: ModelConfig,
+    weights: SourceWeights,
+) -> list[tuple[str, tuple[str, ...]]]:
+    """The plan with the checkpoint's own spelling where it uses another one the table knows:
+    an alternative name, or experts stacked in one [n_experts, rows, cols] tensor per layer."""
+    out = []
+    stacked: set[str] = set()
+    for hf_name, ours in plan:
+        if hf_name not in weights.tensors:
+            module, _, suffix = hf_name.rpartition(".")
+            for primary, other in table.alternatives.items():
+                if module.endswith("." + primary):
+                    hf_name = f"{module.removesuffix(primary)}{other}.{suffix}"
+        prefix, _, inner = ours[0].partition(".mlp.experts.")
+        if inner and hf_name not in weights.tensors:
+            for fused, parts in table.fused_experts.items():
+                name = f"{prefix}.{fused}"
+                if name in weights.tensors and inner.split(".")[1] in parts:
+                    if name not in stacked:
+                        stacked.add(name)
+                        group = tuple(
+                            f"{prefix}.mlp.experts.{e}.{part}.weight"
+                            for e in range(config.n_experts)
+                            for part in parts
+                        )
+                        out.append((name, group))
+                    break
+            else:
+                out.append((hf_name, ours))
+            continue
+        out.append((hf_name, ours))
+    return out
+
+
 def _plan(spec: FamilySpec, config: ModelConfig, weights: SourceWeights) -> list[OutTensor]:
     """The artifact's tensors in PocketLM order, each fetching (and splitting) its HF source."""
     want = expected_tensors(config, {"scheme": "none"})
-    plan = spec.hf_names.plan(config)
+    plan = _other_spellings(spec.hf_names.plan(config), spec.hf_names, config, weights)
     used = {hf_name for hf_name, _ in plan}
     unknown = sorted(
         n
@@ -185,6 +222,8 @@ def _plan(spec: FamilySpec, config: ModelConfig, weights: SourceWeights) -> list
         shapes = [want[name].shape for name in ours]
         rows = sum(s[0] for s in shapes)
         expected = (rows, *shapes[0][1:])
+        if len(info.shape) == 3:  # every expert's matrices stacked: [n_experts, rows, cols]
+            expected = (config.n_experts, rows // config.n_experts, *shapes[0][1:])
         if info.shape != expected:
             raise ArtifactError(
                 f"{info.path}: tensor {hf_name!r} has shape {list(info.shape)}, config.json "
@@ -211,6 +250,8 @@ class _FusedReader:
         def get() -> np.ndarray:
             if self._values is None:
                 values = self.weights.read(self.name)
+                if values.ndim > 2:  # stacked experts: [n_experts, rows, cols] -> [n * rows, cols]
+                    values = values.reshape(-1, values.shape[-1])
                 self._values = (
                     values.astype(np.float32, copy=False) if self.dtype == "F32" else values
                 )

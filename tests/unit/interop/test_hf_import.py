@@ -34,6 +34,9 @@ FEATURES = {
     "gemma": {"norm_offset", "embed_scale", "activation"},
     "gemma2": {"sandwich_norms", "attn_softcap", "final_softcap", "attn_scale", "layer_types"},
     "gemma3": {"qk_norm", "rope_local_theta", "rope_scaling", "layer_types", "final_softcap"},
+    "mixtral": {"n_experts", "n_experts_per_token", "sliding_window"},
+    "qwen2_moe": {"n_experts", "shared_expert_ffn_dim", "router", "qkv_bias"},
+    "qwen3_moe": {"n_experts", "qk_norm"},
 }
 
 
@@ -141,7 +144,7 @@ def test_export_hf_writes_the_family_back_tensor_for_tensor(built, family, tmp_p
     assert (again / "model_config.json").read_text() == (artifact / "model_config.json").read_text()
 
 
-@pytest.mark.parametrize("family", ["llama3", "phi3", "phi2", "gemma2"])
+@pytest.mark.parametrize("family", ["llama3", "phi3", "phi2", "gemma2", "qwen2_moe"])
 def test_int8_quantization_of_an_imported_model(built, family, tmp_path):
     folder, artifact = built(family)
     quantized, _ = quantize_model_dir(artifact, tmp_path / "q8", "int8")

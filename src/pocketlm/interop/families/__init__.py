@@ -13,21 +13,21 @@ from typing import Any
 from pocketlm.common.errors import UnsupportedModelError
 from pocketlm.interop.families.gemma import GEMMA, GEMMA2, GEMMA3
 from pocketlm.interop.families.llama import LLAMA, MISTRAL
+from pocketlm.interop.families.moe import MIXTRAL, QWEN2_MOE, QWEN3_MOE
 from pocketlm.interop.families.phi import PHI, PHI3
 from pocketlm.interop.families.qwen import QWEN2, QWEN3
 from pocketlm.interop.families.spec import FamilySpec, NameTable
 
 __all__ = ["FAMILIES", "FamilySpec", "NameTable", "family_named", "find_family"]
 
-FAMILIES: tuple[FamilySpec, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3, PHI, PHI3, GEMMA, GEMMA2, GEMMA3)
+FAMILIES: tuple[FamilySpec, ...] = (
+    LLAMA, MISTRAL, QWEN2, QWEN3, PHI, PHI3, GEMMA, GEMMA2, GEMMA3, MIXTRAL, QWEN2_MOE, QWEN3_MOE,
+)  # fmt: skip
 
 # Architectures that are close to a supported one but are not it: say what to do instead.
 _NOT_YET = {
     "Gemma3ForConditionalGeneration": "the multimodal Gemma 3 (4B and up); PocketLM imports the "
     "text-only Gemma3ForCausalLM (gemma-3-1b / gemma-3-270m)",
-    "MixtralForCausalLM": "a mixture of experts, not yet supported",
-    "Qwen2MoeForCausalLM": "a mixture of experts, not yet supported",
-    "Qwen3MoeForCausalLM": "a mixture of experts, not yet supported",
 }
 
 

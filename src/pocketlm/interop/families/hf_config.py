@@ -90,6 +90,8 @@ def model_config(spec: FamilySpec, hf: Mapping[str, Any]) -> ModelConfig:
     opts.update(_windows(spec, hf, n_layers, opts["max_seq_len"]))
     if spec.gemma:
         opts.update(_gemma(spec, hf, dim, head_dim))
+    if spec.experts:
+        opts.update(_experts(spec, hf, n_layers))
     try:
         return ModelConfig(**opts)
     except ConfigError as exc:
@@ -214,6 +216,32 @@ def _gemma(spec: FamilySpec, hf: Mapping[str, Any], dim: int, head_dim: int) -> 
     return out
 
 
+def _experts(spec: FamilySpec, hf: Mapping[str, Any], n_layers: int) -> dict[str, Any]:
+    """The mixture-of-experts options ({} when the config has no experts: dense layers)."""
+    out: dict[str, Any] = {}
+    for option, keys in spec.experts.items():
+        given = [hf[k] for k in keys if k in hf]
+        out[option] = given[0] if given else spec.defaults[keys[0]]
+    if not out.get("n_experts"):
+        return {}
+    if spec.router_flag:
+        out["router"] = "softmax_topk" if _value(spec, hf, spec.router_flag) else "softmax_topk_raw"
+    if spec.sparse_step_keys:
+        # A layer is sparse iff it is not in mlp_only_layers and (i + 1) % decoder_sparse_step
+        # == 0 (transformers' Qwen2MoeDecoderLayer); PocketLM's experts are in every layer.
+        step = _value(spec, hf, "decoder_sparse_step") or 1
+        dense_only = set(_value(spec, hf, "mlp_only_layers") or ())
+        dense = [i for i in range(n_layers) if i in dense_only or (i + 1) % step]
+        if dense:
+            key = "mlp_only_layers" if dense_only else "decoder_sparse_step"
+            raise UnsupportedModelError(
+                f"{spec.name} config.json: {key} makes layers {dense} dense MLPs between sparse "
+                "ones; PocketLM runs a mixture of experts in every layer (needs mlp_only_layers "
+                "[] and decoder_sparse_step 1)"
+            )
+    return out
+
+
 def hf_config(
     spec: FamilySpec, config: ModelConfig, *, dtype: str, token_ids: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -249,6 +277,12 @@ def hf_config(
         out.setdefault(key, allowed[0])
     out.update(_hf_rope(spec, c))
     out.update(_hf_windows(spec, c))
+    for option, keys in spec.experts.items():
+        out[keys[0]] = getattr(c, option)
+    if spec.router_flag:
+        out[spec.router_flag] = c.router == "softmax_topk"
+    if spec.sparse_step_keys:
+        out.update(decoder_sparse_step=1, mlp_only_layers=[])
     if spec.gemma >= 2:
         scale = c.attn_scale or c.resolved_head_dim**-0.5
         whole = round(scale**-2)

@@ -9,6 +9,7 @@ HF export and GGUF export all read the same spec, so the three directions cannot
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +25,12 @@ LAYER_PREFIX = "model.layers.{i}."  # PocketLM's (and most HF families') prefix 
 class NameTable:
     """PocketLM module names -> another format's, for the whole model and inside each layer.
 
-    Names are modules (no .weight/.bias: both suffixes carry over). `fused` lists target modules
-    that hold several PocketLM modules stacked along the rows, in order (Phi-3's qkv_proj).
+    Names are modules (no .weight/.bias: both suffixes carry over); `{e}` in a layer name stands
+    for an expert's index. `fused` lists target modules that hold several PocketLM modules stacked
+    along the rows, in order (Phi-3's qkv_proj). Two more tables serve import only, for other
+    spellings a checkpoint may use: `alternatives` (target module -> another name for it) and
+    `fused_experts` (a tensor holding every expert's matrices stacked, [n_experts, rows, cols]:
+    target name inside a layer -> the expert modules each expert contributes, in row order).
     """
 
     top: Mapping[str, str]
@@ -33,6 +38,8 @@ class NameTable:
     fused: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     layer_prefix: str = LAYER_PREFIX
     what: str = "Hugging Face"  # the format, for messages
+    alternatives: Mapping[str, str] = field(default_factory=dict)
+    fused_experts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def plan(self, config: ModelConfig) -> list[tuple[str, tuple[str, ...]]]:
         """[(target tensor, the PocketLM tensors it holds, stacked on rows)] for every tensor a
@@ -58,13 +65,21 @@ class NameTable:
                     f"{LAYER_PREFIX.format(i=layer)}{m}.{suffix}" for m in self.fused[fused]
                 )
             else:
-                target = self.layer.get(inner)
+                expert = _EXPERT.match(inner)
+                if expert:  # mlp.experts.{e}.gate_proj: look up the template, fill the index
+                    template = self.layer.get(f"mlp.experts.{{e}}.{expert['module']}")
+                    target = template.format(e=expert["e"]) if template else None
+                else:
+                    target = self.layer.get(inner)
                 group = (name,)
             if target is None:
                 raise ArtifactError(f"no {self.what} name for tensor {name!r}")
             prefix = "" if layer is None else self.layer_prefix.format(i=layer)
             out.append((f"{prefix}{target}.{suffix}", group))
         return out
+
+
+_EXPERT = re.compile(r"^mlp\.experts\.(?P<e>\d+)\.(?P<module>\w+)$")
 
 
 def _split_layer(module: str) -> tuple[int | None, str]:
@@ -98,6 +113,9 @@ class FamilySpec:
     window_pattern: int = 0  # layer_types default: every n-th layer full, the rest sliding
     gemma: int = 0  # Gemma generation (1, 2, 3): embedding scale, query_pre_attn_scalar, caps
     qk_norm_flag: str = ""  # HF flag that turns on q/k norms (Phi's qk_layernorm)
+    experts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # MoE option <- HF keys
+    router_flag: str = ""  # HF flag: renormalise the top-k weights (Qwen's norm_topk_prob)
+    sparse_step_keys: bool = False  # Qwen-MoE's mlp_only_layers / decoder_sparse_step
     refused: Mapping[str, Any] = field(default_factory=dict)  # HF key -> only value implemented
     hf_names: NameTable = field(default_factory=lambda: NameTable({}, {}))
     gguf_arch: str = ""  # llama.cpp's architecture name
