@@ -74,7 +74,7 @@ def add_tokenizer(writer: Any, gguf: Any, tok: Any, vocab_size: int, directory: 
         _add_vocab(writer, gguf, tok, vocab_size, data, byte_tokens=True)
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")
-        writer.add_token_scores(_scores(tok, vocab_size, merges))
+        writer.add_token_scores(_scores(tok, vocab_size, model.get("merges", [])))
         prefix = _space_prefix(data)
         writer.add_bool("tokenizer.ggml.add_space_prefix", prefix != "never")
         if prefix == "first":
@@ -241,13 +241,13 @@ def _byte_level_pre(data: dict[str, Any]) -> tuple[str | None, str]:
     return None, f"pre_tokenizer {kinds} is not one llama.cpp has"
 
 
-def _scores(tok: Any, vocab_size: int, merges: list[str]) -> list[float]:
-    """SentencePiece scores from BPE merges: minus the rank of the first merge making each token
-    (llama.cpp then merges pairs in the same order); tokens no merge makes score below all."""
+def _scores(tok: Any, vocab_size: int, merges: list[Any]) -> list[float]:
+    """SentencePiece scores from BPE merges (tokenizer.json's: "a b" or ["a", "b"]): minus the rank
+    of the first merge making each token (llama.cpp then merges pairs in the same order); tokens
+    no merge makes score below all."""
     rank: dict[str, int] = {}
     for i, merge in enumerate(merges):
-        left, _, right = merge.partition(" ")
-        rank.setdefault(left + right, i)
+        rank.setdefault(merge.replace(" ", "", 1) if isinstance(merge, str) else "".join(merge), i)
     floor = -float(len(merges) + 1)
     scores = []
     for i in range(vocab_size):

@@ -405,3 +405,26 @@ def test_a_pre_tokenizer_llama_cpp_lacks_is_refused(tmp_path):
     artifact = import_hf(save_with_tokenizer("smollm2", tmp_path / "hf", folder), tmp_path / "a")
     with pytest.raises(UnsupportedModelError, match=r"regex '\\\\p\{L\}\+.*no pre-tokenizer"):
         export_gguf(artifact, tmp_path / "g.gguf")
+
+
+class _Vocab:
+    def __init__(self, tokens):
+        self.backend = self
+        self.tokens = tokens
+
+    def token_to_id(self, text):
+        return self.tokens.index(text) if text in self.tokens else None
+
+
+def test_general_name_says_phi3_only_when_llama_cpp_can_apply_its_token_rules():
+    """llama.cpp gives Phi-3's special tokens their rstrip when general.name says phi3, and fails
+    to load a file without Phi-3's </s>, <unk>, <s>, <|endoftext|> when it does."""
+    from pocketlm.interop.gguf_export import general_name
+
+    phi3_vocab = _Vocab(["<unk>", "<s>", "</s>", "<|endoftext|>", "<|end|>"])
+    other_vocab = _Vocab(["<|endoftext|>", "<|im_end|>"])
+    phi3, qwen = family_named("phi3"), family_named("qwen2")
+    assert general_name("pocketlm-mini", phi3, phi3_vocab) == "pocketlm-mini (phi3)"
+    assert general_name("pocketlm-Phi-3-mini", phi3, phi3_vocab) == "pocketlm-Phi-3-mini"
+    assert general_name("pocketlm-phi3-tune", qwen, other_vocab) == "pocketlm-phi_3-tune"
+    assert general_name("pocketlm-Phi-3-x", phi3, other_vocab) == "pocketlm-phi_3-x"
