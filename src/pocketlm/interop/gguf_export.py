@@ -120,19 +120,58 @@ def export_gguf(
     assert gspec is not None
     notes = llama_cpp_notes(gspec, c)
     quant = read_quantization(loaded.directory)["scheme"]
-    qtype = getattr(gguf.GGMLQuantizationType, out_type.upper())
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(str(tmp), gspec.arch)
-    name = (
-        loaded.directory.parent.name if loaded.directory.name == "model" else loaded.directory.name
-    )
+    try:
+        notes += _write(gguf, tmp, spec, c, tok, model, loaded.directory, out_type)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    for note in notes:
+        _log.warning("%s: %s", out.name, note)
+    # One Modelfile per GGUF file (model.gguf -> model.Modelfile): a second export into the same
+    # folder must not overwrite the first one's.
+    modelfile_path(out).write_text(_modelfile(out, tok), encoding="utf-8")
+    manifest = {
+        "kind": "gguf",
+        "schema": 1,
+        "file": out.name,
+        "type": out_type,
+        "architecture": gspec.arch,
+        "family": spec.name,
+        "source_quantization": quant,
+        "llama_cpp_notes": notes,
+        "parents": [parent_ref(loaded.directory)],
+        "command": list(command) if command else None,
+        "bytes": out.stat().st_size,
+        "sha256": sha256_file(out),
+    }
+    write_json_atomic(out.with_name(out.name + ".manifest.json"), manifest)
+    return out
+
+
+def _write(
+    gguf: Any,
+    path: Path,
+    spec: FamilySpec,
+    c: ModelConfig,
+    tok: Any,
+    model: torch.nn.Module,
+    directory: Path,
+    out_type: str,
+) -> list[str]:
+    """Write the GGUF file at `path`; returns notes on what llama.cpp will do differently."""
+    gspec = spec.gguf
+    assert gspec is not None
+    qtype = getattr(gguf.GGMLQuantizationType, out_type.upper())
+    writer = gguf.GGUFWriter(str(path), gspec.arch)
+    name = directory.parent.name if directory.name == "model" else directory.name
     writer.add_name(general_name(f"pocketlm-{name}", spec, tok))
     writer.add_file_type(_FILE_TYPES[out_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     add_hyperparameters(writer, gspec, c)
-    notes += add_tokenizer(writer, gguf, tok, c.vocab_size, loaded.directory)
+    notes = add_tokenizer(writer, gguf, tok, c.vocab_size, directory)
     fallbacks: list[str] = []
 
     def add(gguf_name: str, data: np.ndarray, raw: bool = False) -> None:
@@ -156,39 +195,15 @@ def export_gguf(
             add("output.weight", data, raw)  # the architecture reads an output tensor: a copy
     for gguf_name, data in rope_tensors(c).items():
         add(gguf_name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     if fallbacks:
-        notes.append(f"{len(fallbacks)} tensor(s) kept as F16: rows not in blocks of 32 "
-                     f"(e.g. {fallbacks[0]})")  # fmt: skip
-    for note in notes:
-        _log.warning("%s: %s", out.name, note)
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    # One Modelfile per GGUF file (model.gguf -> model.Modelfile): a second export into the same
-    # folder must not overwrite the first one's.
-    modelfile_path(out).write_text(_modelfile(out, tok), encoding="utf-8")
-    manifest = {
-        "kind": "gguf",
-        "schema": 1,
-        "file": out.name,
-        "type": out_type,
-        "architecture": gspec.arch,
-        "family": spec.name,
-        "source_quantization": quant,
-        "llama_cpp_notes": notes,
-        "parents": [parent_ref(loaded.directory)],
-        "command": list(command) if command else None,
-        "bytes": out.stat().st_size,
-        "sha256": sha256_file(out),
-    }
-    write_json_atomic(out.with_name(out.name + ".manifest.json"), manifest)
-    return out
+        notes.append(
+            f"{len(fallbacks)} tensor(s) kept as F16: rows not in blocks of 32 (e.g. {fallbacks[0]})"
+        )
+    return notes
 
 
 # llama.cpp gives these tokens Phi-3's rstrip rules when general.name says phi-3 / phi3, and fails

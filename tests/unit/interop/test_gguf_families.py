@@ -405,6 +405,11 @@ def test_a_pre_tokenizer_llama_cpp_lacks_is_refused(tmp_path):
     artifact = import_hf(save_with_tokenizer("smollm2", tmp_path / "hf", folder), tmp_path / "a")
     with pytest.raises(UnsupportedModelError, match=r"regex '\\\\p\{L\}\+.*no pre-tokenizer"):
         export_gguf(artifact, tmp_path / "g.gguf")
+    assert not [
+        p
+        for p in tmp_path.iterdir()
+        if p.name.endswith((".gguf", ".Modelfile")) or ".tmp-" in p.name
+    ]
 
 
 class _Vocab:
