@@ -178,7 +178,7 @@ def load_sft_data(
             "val": sum(len(t.ids) for t in val),
             "val_targets": sum(target_count(t) for t in val),
         },
-        "prompt_merged_turns": stats["prompt_merged_turns"],
+        "prompt_mismatched_turns": stats["prompt_mismatched_turns"],
     }
     if not val:
         _log.warning("no validation examples: add data, raise val_fraction or give a val file")

@@ -23,7 +23,7 @@ at inference: that conversation is refused (RecordProblem "template_rewrites_his
 
 Where the reply's first token merges with the end of the prompt (a reply starting with "\\n"
 after ChatML's "assistant\\n"), the merged token is a target, and the turn is counted in
-`stats["prompt_merged_turns"]`: the model then saw slightly different ids before that reply
+`stats["prompt_mismatched_turns"]`: the model then saw slightly different ids before that reply
 than a chat prompt gives it.
 """
 
@@ -78,7 +78,7 @@ def sft_tokens(
                 "message it rewrites (for Mistral: the system message)",
             )
         if start < len(prompt) and stats is not None:
-            stats["prompt_merged_turns"] += 1
+            stats["prompt_mismatched_turns"] += 1
         turns.append((header, start))
     mask = [False] * len(ids)
     stops = tokenizer.stop_ids
