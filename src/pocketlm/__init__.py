@@ -44,10 +44,11 @@ _API = {
     "configure": "pocketlm.api:configure",
     # models, shrinking, evaluation, export
     "load_model": "pocketlm.checkpoint.model_io:load_model",
+    "import_hf": "pocketlm.interop.hf_import:import_hf",
     "quantize": "pocketlm.compress.quantize:quantize_model_dir",
     "evaluate": "pocketlm.evals.evaluate:evaluate_model",
-    "export_hf": "pocketlm.export.hf:export_hf",
-    "export_gguf": "pocketlm.export.gguf_export:export_gguf",
+    "export_hf": "pocketlm.interop.hf_export:export_hf",
+    "export_gguf": "pocketlm.interop.gguf_export:export_gguf",
     # inference
     "load": "pocketlm.engine.load:load_engine",
     "generate": "pocketlm.api:generate",

@@ -12,6 +12,15 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 QUANT_FILE = "quantization.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# Files an imported model brings beside its tokenizer.json (generation defaults, chat template,
+# sentencepiece model): kept unchanged, and carried into every model derived from it.
+CARRIED_FILES = (
+    "generation_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+)
+HF_CONFIG_FILE = "config.json"
 
 
 def refuse_pickles(directory: Path) -> None:
@@ -33,7 +42,11 @@ def resolve_model_dir(path: str | Path) -> Path:
         kind = read_manifest(p)["kind"]
         if kind == MODEL_KIND:
             return p
+        if (p / HF_CONFIG_FILE).is_file():
+            raise _hf_folder(p)
         raise ArtifactError(f"{p} is a '{kind}' artifact, not a model")
+    if (p / HF_CONFIG_FILE).is_file():
+        raise _hf_folder(p)
     if (p / "model" / "manifest.json").is_file():
         return p / "model"
     from pocketlm.checkpoint.run_checkpoints import latest_checkpoint
@@ -44,4 +57,12 @@ def resolve_model_dir(path: str | Path) -> Path:
     refuse_pickles(p)
     raise ArtifactError(
         f"{p}: no PocketLM model here (no manifest.json, no model/ or checkpoints/)"
+    )
+
+
+def _hf_folder(p: Path) -> ArtifactError:
+    """The error for a Hugging Face folder reaching a loader that takes PocketLM artifacts only."""
+    return ArtifactError(
+        f"{p} is a Hugging Face model folder ({HF_CONFIG_FILE}): import it with "
+        f"`pocketlm import {p} --out DIR`, or pass it to a command's --model, which imports it"
     )

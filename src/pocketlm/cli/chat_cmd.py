@@ -7,6 +7,7 @@ import contextlib
 import sys
 
 from pocketlm.cli.options import (
+    MODEL_HELP,
     add_parser,
     add_runtime_options,
     add_sampling_options,
@@ -57,9 +58,7 @@ def register(subparsers) -> None:
             '  pocketlm chat --model runs/sft/model --system "You are terse." --temperature 0.3'
         ),
     )
-    p.add_argument(
-        "--model", required=True, help="model directory (or a training run: its final model)"
-    )
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--system", help="system prompt for the conversation")
     s = p.add_argument_group("sampling")
     add_sampling_options(

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pocketlm.cli.options import (
+    MODEL_HELP,
     add_parser,
     add_runtime_options,
     add_sampling_options,
@@ -47,9 +48,7 @@ def register(subparsers) -> None:
             '  pocketlm generate --model runs/big --draft runs/small --prompt "def " --temperature 0'
         ),
     )
-    p.add_argument(
-        "--model", required=True, help="model directory (or a training run: its final model)"
-    )
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--prompt", required=True, help="text to continue")
     s = p.add_argument_group("sampling")
     add_sampling_options(

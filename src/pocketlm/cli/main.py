@@ -14,6 +14,7 @@ from pocketlm.cli import (
     eval_cmd,
     export_cmd,
     generate_cmd,
+    import_cmd,
     inspect_cmd,
     plan_cmd,
     presets_cmd,
@@ -35,6 +36,7 @@ The life of a model, one command per stage (each writes a directory with a manif
   presets          the named model sizes: parameters, FLOPs and KV bytes per token
   plan             what each model size costs (memory, step time) and buys in a budget
   pretrain         token shards -> a Llama-compatible model (checkpoints, metrics, loss plot)
+  import           a Hugging Face model folder (Llama, Qwen, Phi, Gemma, Mistral) -> a model
   generate         stream text from a model
   chat             chat with a model in the terminal
   serve            an OpenAI-compatible local server and chat page
@@ -59,6 +61,7 @@ _COMMANDS = (
     presets_cmd,
     plan_cmd,
     pretrain_cmd,
+    import_cmd,
     generate_cmd,
     chat_cmd,
     serve_cmd,

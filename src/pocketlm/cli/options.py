@@ -13,6 +13,12 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# --model everywhere: what a model path may be (interop.open_model resolves it).
+MODEL_HELP = (
+    "model directory, a training run (its final model) or a Hugging Face model folder "
+    "(imported once into PocketLM's cache: see `pocketlm import --help`)"
+)
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the hand-written layout of descriptions and examples; shows defaults."""

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pocketlm.cli.options import add_parser, add_runtime_options, cap_threads
+from pocketlm.cli.options import MODEL_HELP, add_parser, add_runtime_options, cap_threads
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -38,9 +38,7 @@ def register(subparsers) -> None:
             '       -d \'{"messages": [{"role": "user", "content": "Hello"}]}\''
         ),
     )
-    p.add_argument(
-        "--model", required=True, help="model directory (or a training run: its final model)"
-    )
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--model-name", help="the model id clients see (default: the directory name)")
     n = p.add_argument_group("network")
     n.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
