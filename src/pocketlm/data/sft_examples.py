@@ -34,6 +34,7 @@ from pocketlm.data.source_options import SourceOptions
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 TOO_LONG = "too_long"  # outcome of an example longer than the context under too_long="drop"
+_MAX_EXAMPLES = 20  # records over the context named in the report (and the log)
 _log = get_logger("pocketlm.data.sft")
 
 
@@ -145,8 +146,9 @@ def load_sft_data(
         )
         validation = {"fraction": config.val_fraction, "seed": config.split_seed}
     stats: Counter = Counter()
-    train = _encode(train_examples, tokenizer, config, max_tokens, book, stats)
-    val = _encode(val_examples, tokenizer, config, max_tokens, book, stats)
+    too_long: list[str] = []
+    train = _encode(train_examples, tokenizer, config, max_tokens, book, stats, too_long)
+    val = _encode(val_examples, tokenizer, config, max_tokens, book, stats, too_long)
     if book.open_files:  # a reader or this loop lost track of a record: a bug, not bad input
         raise RuntimeError(f"{book.open_files} input files were never settled")
     accounting = book.summary()
@@ -169,6 +171,7 @@ def load_sft_data(
             "max_tokens": max_tokens,
             "dropped": stats[TOO_LONG],
             "truncated": stats["truncated"],
+            "examples": too_long,
         },
         "validation": validation,
         "examples": {"train": len(train), "val": len(val)},
@@ -192,8 +195,10 @@ def _encode(
     max_tokens: int,
     book: Accounting,
     stats: Counter,
+    too_long: list[str],
 ) -> list[SFTTokens]:
-    """Token ids and masks of the examples; each one's outcome settled in its file's ledger."""
+    """Token ids and masks of the examples; each one's outcome settled in its file's ledger
+    (the first examples over the context named in `too_long`)."""
     out = []
     variables = config.template_variables or None
     for example in examples:
@@ -206,16 +211,18 @@ def _encode(
             book.settle(example.file_id, BAD_PREFIX + kind, span)
             continue
         fitted = fit_length(tokens, max_tokens, config.too_long)
-        if fitted is None:
-            stats[TOO_LONG] += 1
+        if fitted is None or fitted is not tokens:
+            what = "dropped" if fitted is None else "truncated"
+            stats[TOO_LONG if fitted is None else "truncated"] += 1
             where = example.row.error(
-                f"{len(tokens.ids):,} tokens, over the {max_tokens:,} the context holds"
+                f"{len(tokens.ids):,} tokens, over the {max_tokens:,} the context holds: {what}"
             )
-            book.note_drop(f"{str(where).splitlines()[0]} ({TOO_LONG})")
+            if len(too_long) < _MAX_EXAMPLES:
+                too_long.append(str(where).splitlines()[0])
+                _log.warning("%s", too_long[-1])
+        if fitted is None:
             book.settle(example.file_id, TOO_LONG, span)
             continue
-        if fitted is not tokens:
-            stats["truncated"] += 1
         book.settle(example.file_id, KEPT, span)
         out.append(fitted)
     return out

@@ -276,6 +276,11 @@ def test_too_long_examples_are_dropped_or_truncated_and_counted(tmp_path, tok):
         "max_tokens": 64,
         "dropped": 1,
         "truncated": 0,
+        "examples": [
+            f"{path}, line 2, byte offset {len(path.read_text().splitlines()[0]) + 1}: "
+            f"{len(tok.encode_chat(long_reply['messages'], False))} tokens, over the 64 "
+            "the context holds: dropped"
+        ],
     }
     assert dropped.report["records"]["dropped"] == {"too_long": 1}
     cut = load_sft_data([str(path)], tok, SFTDataConfig(val_fraction=0, too_long="truncate"), 64)
