@@ -7,6 +7,7 @@ import contextlib
 import sys
 
 from pocketlm.cli.options import (
+    add_adapter_option,
     add_parser,
     add_runtime_options,
     add_sampling_options,
@@ -48,6 +49,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--model", required=True, help="model directory (or a training run: its final model)"
     )
+    add_adapter_option(p)
     p.add_argument("--system", help="system prompt for the conversation")
     s = p.add_argument_group("sampling")
     s.add_argument("--max-tokens", type=int, default=256, help="most tokens per reply")
@@ -133,6 +135,7 @@ def _chat(args: argparse.Namespace) -> int:
         precision=args.precision,
         backend=args.backend,
         threads=cap_threads(args.threads),
+        adapter=args.adapter,
     )
     session = ChatSession(engine, params, system=args.system)
     # Ctrl-C stops a reply: make it raise KeyboardInterrupt even when the shell that started

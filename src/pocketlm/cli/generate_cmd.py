@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pocketlm.cli.options import (
+    add_adapter_option,
     add_parser,
     add_runtime_options,
     add_sampling_options,
@@ -38,6 +39,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--model", required=True, help="model directory (or a training run: its final model)"
     )
+    add_adapter_option(p)
     p.add_argument("--prompt", required=True, help="text to continue")
     s = p.add_argument_group("sampling")
     s.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate")
@@ -87,6 +89,7 @@ def _generate(args: argparse.Namespace) -> int:
         threads=cap_threads(args.threads),
         draft=args.draft,
         draft_tokens=args.draft_tokens,
+        adapter=args.adapter,
     )
     last = None
     for chunk in engine.generate(args.prompt, params):
