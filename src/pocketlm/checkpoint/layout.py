@@ -29,13 +29,17 @@ def resolve_model_dir(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
         raise ArtifactError(f"{p}: no such model directory")
-    if (p / "manifest.json").is_file():
-        kind = read_manifest(p)["kind"]
-        if kind == MODEL_KIND:
-            return p
-        raise ArtifactError(f"{p} is a '{kind}' artifact, not a model")
-    if (p / "model" / "manifest.json").is_file():
-        return p / "model"
+    for candidate in (p, p / "model"):
+        if (candidate / "manifest.json").is_file():
+            kind = read_manifest(candidate)["kind"]
+            if kind == MODEL_KIND:
+                return candidate
+            if kind == "adapter":  # checkpoint/adapters.py
+                raise ArtifactError(
+                    f"{candidate} is an adapter, not a model: pass the model it was trained on "
+                    f"as --model and {p} as --adapter"
+                )
+            raise ArtifactError(f"{candidate} is a '{kind}' artifact, not a model")
     from pocketlm.checkpoint.run_checkpoints import latest_checkpoint
 
     latest = latest_checkpoint(p / "checkpoints")

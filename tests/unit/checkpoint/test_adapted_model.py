@@ -10,39 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pocketlm.checkpoint.adapted_model import (
-    load_adapted_model,
-    lora_adapter_config,
-    merge_adapter,
-    read_lora_config,
-)
-from pocketlm.checkpoint.adapters import resolve_adapter_dir, save_adapter
+from pocketlm.checkpoint.adapted_model import load_adapted_model, merge_adapter, read_lora_config
+from pocketlm.checkpoint.adapters import resolve_adapter_dir
 from pocketlm.checkpoint.model_io import load_model
 from pocketlm.common.errors import ArtifactError, ConfigError
 from pocketlm.common.manifest import read_manifest
 from pocketlm.compress.quantize import quantize_model_dir
-from pocketlm.model.lora import LoRAConfig, apply_lora, lora_modules, lora_state_dict, quantize_base
-
-IDS = torch.tensor([[1, 5, 9, 33, 2, 77, 14, 3, 250, 8]])
-
-
-def make_adapter(
-    base: Path, out: Path, lora: LoRAConfig, seed: int = 0
-) -> tuple[Path, torch.Tensor]:
-    """An adapter artifact with random B (a trained-looking adapter), and the adapted model's
-    fp32 logits on IDS computed in memory."""
-    model = load_model(base).model
-    quantize_base(model, lora)
-    targets = apply_lora(model, lora.rank, lora.alpha, lora.targets, rslora=lora.rslora, seed=seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for module in lora_modules(model).values():
-            module.lora_B.weight.copy_(torch.randn(module.lora_B.weight.shape, generator=g) * 0.1)
-        logits = model(IDS)
-    path = save_adapter(
-        out, lora_state_dict(model), base, config=lora_adapter_config(lora, targets)
-    )
-    return path, logits
+from pocketlm.model.lora import LoRAConfig
+from tests.unit.checkpoint.lora_adapters import IDS, make_adapter
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +54,8 @@ def test_a_run_directory_resolves_to_its_adapter(tiny_model_dir, tmp_path):
     assert resolve_adapter_dir(tmp_path / "run") == path
     with pytest.raises(ArtifactError, match="no adapter here"):
         resolve_adapter_dir(tmp_path)
+    with pytest.raises(ArtifactError, match="is an adapter, not a model: pass the model"):
+        load_model(tmp_path / "run")  # a LoRA run given where a model is expected
 
 
 @pytest.mark.parametrize("base", ["float", "int4", "qlora-int8"])
