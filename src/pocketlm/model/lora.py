@@ -145,8 +145,16 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = frozen_base_forward(self.base_layer, x)  # (..., out)
-        lora_x = self.lora_dropout(x).to(self.lora_A.weight.dtype)
-        return y + (self.lora_B(self.lora_A(lora_x)) * self.scale).to(y.dtype)
+        a = self.lora_A(self.lora_dropout(x).to(self.lora_A.weight.dtype))  # (..., rank)
+        b_t = self.lora_B.weight.t()  # (rank, out)
+        if a.dtype != y.dtype:  # a float adapter on a model run in another dtype
+            a, b_t = a.to(y.dtype), b_t.to(y.dtype)
+        # y + scale * a @ B^T in one addmm: no (..., out) temporaries for B's output, its scaled
+        # copy and the sum, in the forward pass or the backward (they fragment the CPU heap)
+        out = torch.addmm(
+            y.reshape(-1, self.out_features), a.reshape(-1, self.rank), b_t, alpha=self.scale
+        )  # (N, out)
+        return out.view(y.shape)
 
     def delta_weight(self) -> torch.Tensor:
         """scale * B @ A in fp32: (out, in), what merging adds to the base weight."""

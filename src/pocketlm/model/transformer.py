@@ -19,6 +19,7 @@ from pocketlm.model.config import ModelConfig
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from pocketlm.model.moe import MoE
+from pocketlm.model.quantized import QuantizedLinear
 
 
 class RMSNorm(nn.Module):
@@ -249,9 +250,14 @@ class CausalLM(nn.Module):
         return self.lm_head(self.model.norm(x))
 
     def _loss(self, hidden: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
-        """Cross-entropy of the head's logits; fused unless the head was swapped (LoRA, int8)."""
+        """Cross-entropy of the head's logits; fused unless the head was swapped (LoRA)."""
         if type(self.lm_head) is nn.Linear:
             return linear_cross_entropy(hidden, self.lm_head.weight, targets, reduction=reduction)
+        if isinstance(self.lm_head, QuantizedLinear) and self.lm_head.bias is None:
+            # a quantized head is frozen (QLoRA): fused over its dequantized weight, a transient
+            # copy, instead of (B, T, vocab) logits and their gradient
+            weight = self.lm_head.dequantized(hidden.dtype)  # (vocab, dim)
+            return linear_cross_entropy(hidden, weight, targets, reduction=reduction)
         logits = self.lm_head(hidden)  # (B, T, vocab)
         summed = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),

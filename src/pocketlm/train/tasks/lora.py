@@ -50,6 +50,7 @@ def with_lora(
             rslora=lora.rslora,
             seed=ctx.seed,
         )
+        model.train(model.training)  # the new layers take the model's mode (dropout on or off)
         names = lora_parameter_names(model)
         adapter_config = lora_adapter_config(lora, targets)
 
@@ -69,12 +70,10 @@ def with_lora(
             tensors, _ = load_adapter(checkpoint, base=base)
             return tensors
 
-        config = getattr(model, "config", None)
-        # a frozen base needs no weight gradients: forward + input gradients, 2/3 of full training
-        flops = task.flops_per_token * 2 / 3
-        if config is not None and task.flops_per_token:
-            trainable = sum(model.get_parameter(n).numel() for n in names)
-            flops += 6 * trainable  # the adapter's own forward, backward and weight gradients
+        trainable = sum(model.get_parameter(n).numel() for n in names)
+        # A frozen base needs no weight gradients: its forward and input gradients are 2/3 of
+        # full training; the adapter adds its own 6 FLOPs per parameter and token.
+        flops = task.flops_per_token * 2 / 3 + 6 * trainable if task.flops_per_token else 0.0
         return TrainTask(
             name=f"{task.name}+lora",
             model=model,
@@ -91,7 +90,7 @@ def with_lora(
                 **task.describe,
                 "lora": {**asdict(lora), "modules": len(targets)},
                 "base": str(base),
-                "trainable_params": sum(model.get_parameter(n).numel() for n in names),
+                "trainable_params": trainable,
             },
         )
 
