@@ -10,7 +10,8 @@ scale = alpha / rank (rsLoRA: alpha / sqrt(rank)). A starts Kaiming-uniform and 
 follow peft: `<module path>.lora_A.weight`, `<module path>.lora_B.weight` and the base's own
 tensors under `<module path>.base_layer.`. A quantized base stays integer: its forward
 dequantizes on the fly and its backward (the gradient of the input, which LoRA needs below it)
-dequantizes again instead of keeping a float copy of the weight for the whole step.
+dequantizes again instead of keeping a float copy of the weight for the whole step
+(model/quantized.py), in wrapped and unwrapped layers alike.
 
 `merge_lora` folds the update into plain float linears. For a quantized base the merged layer is
 the dequantized weight plus the update, in fp32: the merged model computes what base + adapter
@@ -22,10 +23,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pocketlm.common.errors import ArtifactError, ConfigError
@@ -72,45 +71,6 @@ def lora_scale(rank: int, alpha: float, rslora: bool = False) -> float:
     return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The autocast dtype in force for the device type, or None when autocast is off."""
-    try:  # torch >= 2.4
-        on = torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch 2.3 has per-device functions only
-        if device_type == "cpu":
-            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
-        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
-    return torch.get_autocast_dtype(device_type) if on else None
-
-
-class _FrozenQuantizedMatmul(torch.autograd.Function):
-    """x @ W^T for a frozen quantized W: backward dequantizes W again rather than saving it."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:  # type: ignore[override]
-        device_type = x.device.type
-        dtype = _autocast_dtype(device_type) or x.dtype
-        ctx.layer, ctx.dtype, ctx.x_dtype = layer, dtype, x.dtype
-        with torch.autocast(device_type, enabled=False):
-            return F.linear(x.to(dtype), layer.dequantized(dtype))  # (..., out)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, None]:  # type: ignore[override]
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        weight = ctx.layer.dequantized(ctx.dtype)  # (out, in), dropped after this matmul
-        return (grad_y.to(ctx.dtype) @ weight).to(ctx.x_dtype), None  # (..., in)
-
-
-def frozen_base_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The base layer's output; a quantized one through the matmul that keeps no float weight."""
-    if not isinstance(layer, QuantizedLinear):
-        return layer(x)
-    y = _FrozenQuantizedMatmul.apply(x, layer)
-    return y if layer.bias is None else y + layer.bias.to(y.dtype)
-
-
 class LoRALinear(nn.Module):
     """base_layer(x) + scale * lora_B(lora_A(dropout(x))); the base is frozen by the caller."""
 
@@ -144,7 +104,7 @@ class LoRALinear(nn.Module):
             self.lora_B.weight.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = frozen_base_forward(self.base_layer, x)  # (..., out)
+        y = self.base_layer(x)  # (..., out); a quantized base keeps no float weight for backward
         a = self.lora_A(self.lora_dropout(x).to(self.lora_A.weight.dtype))  # (..., rank)
         b_t = self.lora_B.weight.t()  # (rank, out)
         if a.dtype != y.dtype:  # a float adapter on a model run in another dtype

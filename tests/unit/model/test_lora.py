@@ -192,7 +192,7 @@ def test_a_qlora_base_keeps_its_int4_weights_and_no_float_copy():
     model = _model()
     float_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     quantize_base(model, LoRAConfig(rank=8, base_quant="int4"))
-    apply_lora(model, 8, 16.0, "all-linear")
+    apply_lora(model, 8, 16.0, "q_proj,v_proj,down_proj")  # wrapped and unwrapped int4 layers
     model.train()
     quantized = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     assert all(
