@@ -113,7 +113,9 @@ def pretrain_task(
             f"the model's vocabulary ({model_config.vocab_size}) is smaller than the tokenizer's ({shards.vocab_size}) in {tokens_dir}"
         )
     if model_config.max_seq_len < tc.ctx:
-        raise ConfigError(f"ctx {tc.ctx} exceeds the model's context {model_config.max_seq_len}")
+        raise ConfigError(
+            f"ctx {tc.ctx} exceeds the model's context {model_config.max_seq_len}: lower --ctx"
+        )
     batches = BatchLoader(
         shards.split("train"),
         tc.batch_size,
