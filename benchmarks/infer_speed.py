@@ -144,8 +144,8 @@ def prepare(work: Path, shapes: list[str]) -> dict[str, dict[str, Path]]:
     from pocketlm.checkpoint.model_io import save_model
     from pocketlm.compress.quantize import quantize_model_dir
     from pocketlm.data.build import build_corpus
-    from pocketlm.export.gguf_export import export_gguf
-    from pocketlm.export.hf import export_hf
+    from pocketlm.interop.gguf_export import export_gguf
+    from pocketlm.interop.hf_export import export_hf
     from pocketlm.model.config import ModelConfig
     from pocketlm.model.transformer import build_model
     from pocketlm.tokenizer.train import TokenizerConfig, train_tokenizer

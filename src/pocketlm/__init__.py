@@ -48,13 +48,14 @@ _API = {
     "configure": "pocketlm.api:configure",
     # models, shrinking, evaluation, export
     "load_model": "pocketlm.checkpoint.model_io:load_model",
+    "import_hf": "pocketlm.interop.hf_import:import_hf",
     "load_adapted_model": "pocketlm.checkpoint.adapted_model:load_adapted_model",
     "merge_adapter": "pocketlm.checkpoint.adapted_model:merge_adapter",
     "quantize": "pocketlm.compress.quantize:quantize_model_dir",
     "evaluate": "pocketlm.evals.evaluate:evaluate_model",
-    "export_hf": "pocketlm.export.hf:export_hf",
-    "export_gguf": "pocketlm.export.gguf_export:export_gguf",
-    "export_peft": "pocketlm.export.peft:export_peft",
+    "export_hf": "pocketlm.interop.hf_export:export_hf",
+    "export_gguf": "pocketlm.interop.gguf_export:export_gguf",
+    "export_peft": "pocketlm.interop.peft:export_peft",
     # inference
     "load": "pocketlm.engine.load:load_engine",
     "generate": "pocketlm.api:generate",

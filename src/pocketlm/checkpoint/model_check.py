@@ -28,7 +28,12 @@ from pocketlm.checkpoint.weights_spec import check_weights, read_quantization
 from pocketlm.common.errors import ArtifactError
 from pocketlm.common.manifest import check_listed_file, read_manifest
 from pocketlm.model.config import ModelConfig
-from pocketlm.tokenizer.tokenizer import TOKENIZER_FILE, TOKENIZER_FILES, Tokenizer
+from pocketlm.tokenizer.tokenizer import (
+    HF_TOKENIZER_FILES,
+    TOKENIZER_FILE,
+    TOKENIZER_FILES,
+    Tokenizer,
+)
 
 REQUIRED_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE)
 
@@ -49,7 +54,8 @@ def check_model_dir(directory: Path) -> CheckedModel:
     directory = Path(directory)
     refuse_pickles(directory)
     manifest = read_manifest(directory, kind=MODEL_KIND)
-    optional = [n for n in (QUANT_FILE, *TOKENIZER_FILES) if n not in REQUIRED_FILES]
+    # An imported model also carries its chat template and generation_config.json.
+    optional = [n for n in (QUANT_FILE, *HF_TOKENIZER_FILES) if n not in REQUIRED_FILES]
     for name in (*REQUIRED_FILES, *optional):
         listed = name in manifest.get("files", {})
         if name in REQUIRED_FILES or listed or (directory / name).exists():

@@ -18,6 +18,7 @@ import torch
 
 from pocketlm.checkpoint import weights_spec
 from pocketlm.checkpoint.layout import (
+    CARRIED_FILES,
     CONFIG_FILE,
     MODEL_KIND,
     WEIGHTS_FILE,
@@ -31,7 +32,12 @@ from pocketlm.common.manifest import ArtifactWriter, read_manifest
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.quantized import quantize_modules
 from pocketlm.model.transformer import CausalLM, materialize
-from pocketlm.tokenizer.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILES, Tokenizer
+from pocketlm.tokenizer.tokenizer import (
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_FILES,
+    Tokenizer,
+)
 
 __all__ = [
     "CONFIG_FILE",
@@ -62,8 +68,13 @@ def weights_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_embeddings", False):
-        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
+        state = {k: v for k, v in state.items() if not _tied_head_tensor(k)}
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def _tied_head_tensor(name: str) -> bool:
+    """Whether a state-dict entry is the LM head's share of tied embeddings (its own bias is not)."""
+    return name.startswith("lm_head.") and name != "lm_head.bias"
 
 
 def save_model(
@@ -94,7 +105,7 @@ def save_model_state(
     from safetensors.torch import save_file
 
     if model_config.tie_embeddings:
-        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
+        state = {k: v for k, v in state.items() if not _tied_head_tensor(k)}
     out = Path(out)
     try:
         with ArtifactWriter(
@@ -111,9 +122,12 @@ def save_model_state(
                 metadata={"format": "pt", "producer": "pocketlm"},
             )
             model_config.save(art.path(CONFIG_FILE))
-            for name in TOKENIZER_FILES:
-                shutil.copyfile(Path(tokenizer_dir) / name, art.path(name))
-            _set_model_max_length(art.path(TOKENIZER_CONFIG_FILE), model_config.max_seq_len)
+            for name in (*TOKENIZER_FILES, *CARRIED_FILES):
+                # tokenizer.json always; the rest as the tokenizer (or imported model) has them
+                if name == TOKENIZER_FILE or (Path(tokenizer_dir) / name).is_file():
+                    shutil.copyfile(Path(tokenizer_dir) / name, art.path(name))
+            if art.path(TOKENIZER_CONFIG_FILE).is_file():
+                _set_model_max_length(art.path(TOKENIZER_CONFIG_FILE), model_config.max_seq_len)
             if extra is not None:
                 extra(art)
             base = {"params": model_config.num_params(), "model": model_config.to_dict()}
@@ -188,9 +202,7 @@ def build_model_from_state(
 ) -> CausalLM:
     """Materialise a meta-device model from a state dict, with clear errors for mismatches."""
     expected = {
-        k
-        for k in meta_model.state_dict()
-        if not (config.tie_embeddings and k.startswith("lm_head."))
+        k for k in meta_model.state_dict() if not (config.tie_embeddings and _tied_head_tensor(k))
     }
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:

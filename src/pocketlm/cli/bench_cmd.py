@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pocketlm.cli.options import add_parser, add_precision_option, cap_threads
+from pocketlm.cli.options import MODEL_HELP, add_parser, add_precision_option, cap_threads
 
 
 def register(subparsers) -> None:
@@ -21,7 +21,7 @@ def register(subparsers) -> None:
         ),
         examples="  pocketlm bench --model runs/quickstart/pretrain\n  pocketlm bench --model runs/q4 --prompt-tokens 128 --new-tokens 64 --json",
     )
-    p.add_argument("--model", required=True, help="model directory (or a training run)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument(

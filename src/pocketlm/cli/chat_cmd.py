@@ -7,6 +7,7 @@ import contextlib
 import sys
 
 from pocketlm.cli.options import (
+    MODEL_HELP,
     add_adapter_option,
     add_parser,
     add_runtime_options,
@@ -15,6 +16,16 @@ from pocketlm.cli.options import (
     sampling_from_args,
 )
 from pocketlm.cli.terminal import write_text
+
+# PocketLM's sampling defaults; a model's generation_config.json replaces the values it sets.
+DEFAULTS = {
+    "max_new_tokens": 256,
+    "temperature": 0.7,
+    "top_k": 0,
+    "top_p": 0.95,
+    "min_p": 0.0,
+    "repetition_penalty": 1.1,
+}
 
 PROMPT = "you> "
 CONTINUATION = "...> "
@@ -38,26 +49,25 @@ def register(subparsers) -> None:
         help="chat with a model in the terminal",
         description=(
             "An interactive chat: replies stream as they are generated, in the model's chat\n"
-            "template. The history is kept within the context window: when it outgrows it, the\n"
-            "oldest turns are dropped (with a notice). Type /help for the commands."
+            "template (an imported model's own Jinja template). The history is kept within the\n"
+            "context window: when it outgrows it, the oldest turns are dropped (with a notice).\n"
+            "Sampling flags left out take the model's generation_config.json values (imported\n"
+            "models ship one), else PocketLM's defaults. Type /help for the commands."
         ),
         examples=(
             "  pocketlm chat --model runs/sft\n"
             '  pocketlm chat --model runs/sft/model --system "You are terse." --temperature 0.3'
         ),
     )
-    p.add_argument(
-        "--model", required=True, help="model directory (or a training run: its final model)"
-    )
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     add_adapter_option(p)
     p.add_argument("--system", help="system prompt for the conversation")
     s = p.add_argument_group("sampling")
-    s.add_argument("--max-tokens", type=int, default=256, help="most tokens per reply")
     add_sampling_options(
         s,
-        temperature=0.7,
-        top_p=0.95,
-        repetition_penalty=1.1,
+        defaults=DEFAULTS,
+        max_tokens_flag="--max-tokens",
+        max_tokens_help="most tokens per reply",
         seed_help="seed for reproducible replies (default: random)",
     )
     add_runtime_options(p, threads_help="native backend threads (0 = all cores)")
@@ -124,11 +134,11 @@ def _reply(session, text: str) -> None:
 def _chat(args: argparse.Namespace) -> int:
     import signal
 
-    from pocketlm.common.errors import PocketLMError
+    from pocketlm.common.errors import InputError, PocketLMError
     from pocketlm.engine.chat_session import ChatSession
     from pocketlm.engine.load import load_engine
 
-    params = sampling_from_args(args, max_new_tokens=args.max_tokens)
+    sampling_from_args(args, defaults=DEFAULTS)  # bad flags fail before the model loads
     engine = load_engine(
         args.model,
         device=args.device,
@@ -137,6 +147,14 @@ def _chat(args: argparse.Namespace) -> int:
         threads=cap_threads(args.threads),
         adapter=args.adapter,
     )
+    if not engine.tokenizer.has_chat_template:
+        raise InputError(
+            f"{args.model} has no chat template (no chat_template.jinja, none in "
+            "tokenizer_config.json), so it cannot chat",
+            hint="continue text with `pocketlm generate`, or use an instruction-tuned model",
+        )
+    model = engine.tokenizer.generation_defaults
+    params = sampling_from_args(args, defaults=DEFAULTS, model=model)
     session = ChatSession(engine, params, system=args.system)
     # Ctrl-C stops a reply: make it raise KeyboardInterrupt even when the shell that started
     # us ignores SIGINT (as it does for background jobs), which Python would inherit.

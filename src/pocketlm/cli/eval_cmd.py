@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pocketlm.cli.options import add_adapter_option, add_parser
+from pocketlm.cli.options import MODEL_HELP, add_adapter_option, add_parser
 
 
 def register(subparsers) -> None:
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
         ),
         examples="  pocketlm eval --model runs/pretrain --tokens runs/tokens\n  pocketlm eval --model runs/pretrain/model --tokens runs/tokens --json",
     )
-    p.add_argument("--model", required=True, help="model directory (or a training run)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     add_adapter_option(p)
     p.add_argument(
         "--tokens", required=True, help="tokens directory encoded with the model's tokenizer"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from pocketlm.cli.options import add_parser, command_line, done
+from pocketlm.cli.options import MODEL_HELP, add_parser, command_line, done
 
 
 def add_format_parser(
@@ -19,9 +19,7 @@ def add_format_parser(
 ) -> argparse.ArgumentParser:
     """An `export NAME` parser with the options every format takes: --model, --out, --overwrite."""
     p = add_parser(subparsers, name, help=help, description=description, examples=examples)
-    p.add_argument(
-        "--model", required=True, help="model directory (or a training run: its final model)"
-    )
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     return p
@@ -73,9 +71,7 @@ def register_gguf(subparsers) -> None:
             "  cd runs && ollama create model -f model.Modelfile && ollama run model"
         ),
     )
-    p.add_argument(
-        "--model", required=True, help="model directory (or a training run: its final model)"
-    )
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output .gguf file")
     p.add_argument(
         "--type",
@@ -89,7 +85,7 @@ def register_gguf(subparsers) -> None:
 
 
 def _gguf(args: argparse.Namespace) -> int:
-    from pocketlm.export.gguf_export import export_gguf
+    from pocketlm.interop.gguf_export import export_gguf
 
     return done(
         export_gguf(
@@ -134,7 +130,7 @@ def register_peft(subparsers) -> None:
 
 
 def _peft(args: argparse.Namespace) -> int:
-    from pocketlm.export.peft import export_peft
+    from pocketlm.interop.peft import export_peft
 
     return done(
         export_peft(
@@ -167,7 +163,7 @@ def register(subparsers) -> None:
 
 
 def _hf(args: argparse.Namespace) -> int:
-    from pocketlm.export.hf import export_hf
+    from pocketlm.interop.hf_export import export_hf
 
     return done(
         export_hf(

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pocketlm.cli.options import (
+    MODEL_HELP,
     add_adapter_option,
     add_parser,
     add_runtime_options,
@@ -14,6 +15,16 @@ from pocketlm.cli.options import (
     sampling_from_args,
 )
 from pocketlm.cli.terminal import write_text
+
+# PocketLM's sampling defaults; a model's generation_config.json replaces the values it sets.
+DEFAULTS = {
+    "max_new_tokens": 256,
+    "temperature": 0.8,
+    "top_k": 0,
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+}
 
 
 def register(subparsers) -> None:
@@ -24,10 +35,12 @@ def register(subparsers) -> None:
         description=(
             "Continue a prompt with a model, printing the text as it is generated. Sampling:\n"
             "repetition penalty, then temperature (0 = greedy), top-k, top-p (nucleus) and min-p.\n"
-            "Generation stops at the end-of-text or end-of-turn token, at a --stop string (not\n"
-            "printed) or after --max-new-tokens. A one-line summary (tokens, speed, backend) goes\n"
-            "to stderr. The same --seed gives the same text on the same backend, device and\n"
-            "precision."
+            "Generation stops at the end-of-text or end-of-turn token (and at every end id the\n"
+            "model's generation_config.json lists), at a --stop string (not printed) or after\n"
+            "--max-new-tokens. Sampling flags left out take the model's generation_config.json\n"
+            "values (imported models ship one), else PocketLM's defaults. A one-line summary\n"
+            "(tokens, speed, backend) goes to stderr. The same --seed gives the same text on the\n"
+            "same backend, device and precision."
         ),
         examples=(
             '  pocketlm generate --model runs/pretrain --prompt "Once upon a time"\n'
@@ -36,18 +49,15 @@ def register(subparsers) -> None:
             '  pocketlm generate --model runs/big --draft runs/small --prompt "def " --temperature 0'
         ),
     )
-    p.add_argument(
-        "--model", required=True, help="model directory (or a training run: its final model)"
-    )
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     add_adapter_option(p)
     p.add_argument("--prompt", required=True, help="text to continue")
     s = p.add_argument_group("sampling")
-    s.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate")
     add_sampling_options(
         s,
-        temperature=0.8,
-        top_p=1.0,
-        repetition_penalty=1.0,
+        defaults=DEFAULTS,
+        max_tokens_flag="--max-new-tokens",
+        max_tokens_help="most tokens to generate",
         seed_help="seed for reproducible sampling (default: random)",
     )
     s.add_argument(
@@ -80,7 +90,7 @@ def _draft_note(engine) -> str:
 def _generate(args: argparse.Namespace) -> int:
     from pocketlm.engine.load import load_engine
 
-    params = sampling_from_args(args, max_new_tokens=args.max_new_tokens, stop=args.stop)
+    sampling_from_args(args, defaults=DEFAULTS, stop=args.stop)  # bad flags fail before loading
     engine = load_engine(
         args.model,
         device=args.device,
@@ -91,6 +101,8 @@ def _generate(args: argparse.Namespace) -> int:
         draft_tokens=args.draft_tokens,
         adapter=args.adapter,
     )
+    model = engine.tokenizer.generation_defaults
+    params = sampling_from_args(args, defaults=DEFAULTS, model=model, stop=args.stop)
     last = None
     for chunk in engine.generate(args.prompt, params):
         if chunk.text:

@@ -15,6 +15,7 @@ from pocketlm.cli import (
     export_cmd,
     finetune_cmd,
     generate_cmd,
+    import_cmd,
     inspect_cmd,
     merge_cmd,
     plan_cmd,
@@ -37,6 +38,7 @@ The life of a model, one command per stage (each writes a directory with a manif
   presets          the named model sizes: parameters, FLOPs and KV bytes per token
   plan             what each model size costs (memory, step time) and buys in a budget
   pretrain         token shards -> a Llama-compatible model (checkpoints, metrics, loss plot)
+  import           a Hugging Face model folder (Llama, Qwen, Phi, Gemma, Mistral) -> a model
   finetune         a model + token shards -> the model trained further, or a LoRA/QLoRA adapter
   merge            base model + LoRA adapter -> one plain model
   generate         stream text from a model
@@ -64,6 +66,7 @@ _COMMANDS = (
     presets_cmd,
     plan_cmd,
     pretrain_cmd,
+    import_cmd,
     finetune_cmd,
     merge_cmd,
     generate_cmd,

@@ -36,9 +36,11 @@ def register(subparsers) -> None:
 
 def _merge(args: argparse.Namespace) -> int:
     from pocketlm.checkpoint.adapted_model import merge_adapter
+    from pocketlm.interop.open_model import model_dir
 
+    base = model_dir(args.model)  # an HF folder is imported (once), as everywhere
     return done(
         merge_adapter(
-            args.model, args.adapter, args.out, command=command_line(), overwrite=args.overwrite
+            base, args.adapter, args.out, command=command_line(), overwrite=args.overwrite
         )
     )

@@ -9,8 +9,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from pocketlm.engine.sampling import SamplingParams
+    from pocketlm.tokenizer.generation_config import GenerationDefaults
 
 T = TypeVar("T")
+
+# --model everywhere: what a model path may be (interop.open_model resolves it).
+MODEL_HELP = (
+    "model directory, a training run (its final model) or a Hugging Face model folder "
+    "(imported once into PocketLM's cache: see `pocketlm import --help`)"
+)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -74,33 +81,50 @@ def done(path: object) -> int:
     return 0
 
 
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens")
+
+
 def add_sampling_options(
     group: argparse._ArgumentGroup,
     *,
-    temperature: float,
-    top_p: float,
-    repetition_penalty: float,
+    defaults: Mapping[str, float | int],
+    max_tokens_flag: str,
+    max_tokens_help: str,
     seed_help: str,
 ) -> None:
-    """The sampling flags sampling_from_args reads (generate and chat differ only in defaults)."""
-    group.add_argument("--temperature", type=float, default=temperature, help="0 = greedy (argmax)")
+    """The sampling flags sampling_from_args reads (generate and chat differ in defaults and in
+    the name of the length flag). A flag left out takes the model's generation_config.json value,
+    else `defaults`."""
+
+    def note(name: str) -> str:
+        return f"(default: the model's generation_config.json, else {defaults[name]})"
+
     group.add_argument(
-        "--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)"
+        max_tokens_flag,
+        dest="max_new_tokens",
+        type=int,
+        help=f"{max_tokens_help} {note('max_new_tokens')}",
     )
     group.add_argument(
-        "--top-p", type=float, default=top_p, help="keep the smallest set with this mass (1 = off)"
+        "--temperature", type=float, help=f"0 = greedy (argmax) {note('temperature')}"
+    )
+    group.add_argument(
+        "--top-k", type=int, help=f"keep the k most likely tokens (0 = off) {note('top_k')}"
+    )
+    group.add_argument(
+        "--top-p",
+        type=float,
+        help=f"keep the smallest set with this mass (1 = off) {note('top_p')}",
     )
     group.add_argument(
         "--min-p",
         type=float,
-        default=0.0,
-        help="drop tokens less likely than this times the top one (0 = off)",
+        help=f"drop tokens less likely than this times the top one (0 = off) {note('min_p')}",
     )
     group.add_argument(
         "--repetition-penalty",
         type=float,
-        default=repetition_penalty,
-        help="> 1 discourages tokens already seen (1 = off)",
+        help=f"> 1 discourages tokens already seen (1 = off) {note('repetition_penalty')}",
     )
     group.add_argument("--seed", type=int, help=seed_help)
 
@@ -155,22 +179,24 @@ def cap_threads(requested: int) -> int:
 
 
 def sampling_from_args(
-    args: argparse.Namespace, *, max_new_tokens: int, stop: Sequence[str] = ()
+    args: argparse.Namespace,
+    *,
+    defaults: Mapping[str, float | int],
+    model: GenerationDefaults | None = None,
+    stop: Sequence[str] = (),
 ) -> SamplingParams:
-    """SamplingParams from the shared flags --temperature/--top-k/--top-p/--min-p/
-    --repetition-penalty/--seed (generate and chat)."""
+    """SamplingParams from the shared flags (--temperature/--top-k/--top-p/--min-p/
+    --repetition-penalty/--seed and the length flag); a flag left out takes the model's
+    generation_config.json value (`model`), else `defaults`."""
     from pocketlm.engine.sampling import SamplingParams
 
-    return SamplingParams(
-        max_new_tokens=max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-        stop=tuple(stop),
-    )
+    values = dict(defaults)
+    if model is not None:
+        values.update(model.sampling())
+    for name in SAMPLING_FLAGS:
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    return SamplingParams(**values, seed=args.seed, stop=tuple(stop))
 
 
 def add_adapter_option(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pocketlm.cli.options import add_parser, command_line, done
+from pocketlm.cli.options import MODEL_HELP, add_parser, command_line, done
 
 
 def register(subparsers) -> None:
@@ -21,7 +21,7 @@ def register(subparsers) -> None:
         ),
         examples="  pocketlm quantize --model runs/pretrain --scheme int8 --out runs/q8 --tokens runs/tokens\n  pocketlm quantize --model runs/pretrain --scheme int4 --group-size 32 --out runs/q4",
     )
-    p.add_argument("--model", required=True, help="float model directory (or a training run)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--scheme", required=True, choices=["bf16", "int8", "int4"])
     p.add_argument(
         "--group-size", type=int, default=32, help="int4: values per scale (a multiple of 32)"

@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from pocketlm.cli.options import add_adapter_option, add_parser, add_runtime_options, cap_threads
+from pocketlm.cli.options import (
+    MODEL_HELP,
+    add_adapter_option,
+    add_parser,
+    add_runtime_options,
+    cap_threads,
+)
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -26,7 +32,10 @@ def register(subparsers) -> None:
             "Web pages cannot use it: a request must name this server in its Host header (against\n"
             "DNS rebinding; see --allow-host) and a page of another origin is refused unless\n"
             "--cors-origin names it. SIGTERM or Ctrl-C stops taking new work; what is in flight\n"
-            "gets --shutdown-timeout seconds, then a 503 (streams: an error event and [DONE])."
+            "gets --shutdown-timeout seconds, then a 503 (streams: an error event and [DONE]).\n"
+            "Chat requests use the model's chat template (an imported model's own); sampling\n"
+            "fields a request leaves out (temperature, top_p, top_k, min_p, repetition_penalty,\n"
+            "max_tokens) take the model's generation_config.json values, else OpenAI's defaults."
         ),
         examples=(
             "  pocketlm serve --model runs/sft\n"
@@ -35,9 +44,7 @@ def register(subparsers) -> None:
             '       -d \'{"messages": [{"role": "user", "content": "Hello"}]}\''
         ),
     )
-    p.add_argument(
-        "--model", required=True, help="model directory (or a training run: its final model)"
-    )
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     add_adapter_option(p)
     p.add_argument(
         "--model-name",

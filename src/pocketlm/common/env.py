@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def env_str(name: str, default: str | None = None) -> str | None:
@@ -65,3 +66,13 @@ def progress_disabled() -> bool:
 def hf_offline() -> bool:
     """True when the user asked Hugging Face libraries to stay offline."""
     return env_flag("HF_HUB_OFFLINE") or env_flag("HF_DATASETS_OFFLINE")
+
+
+def cache_dir() -> Path:
+    """PocketLM's cache: $POCKETLM_CACHE, else $XDG_CACHE_HOME/pocketlm, else ~/.cache/pocketlm."""
+    explicit = os.environ.get("POCKETLM_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "pocketlm"

@@ -57,6 +57,10 @@ class ArtifactError(PocketLMError):
     """An artifact directory is missing, incomplete, of the wrong kind, or corrupt."""
 
 
+class UnsupportedModelError(ArtifactError):
+    """A model (architecture, or one feature of its config) that PocketLM does not implement."""
+
+
 class MissingDependencyError(PocketLMError):
     """An optional dependency is not installed."""
 

@@ -18,6 +18,7 @@ from pocketlm.checkpoint.model_io import load_model, read_quantization, save_mod
 from pocketlm.common.errors import ConfigError, InputError
 from pocketlm.common.log import get_logger
 from pocketlm.common.manifest import parent_ref
+from pocketlm.interop.open_model import model_dir as resolve_model
 from pocketlm.model.quantized import quantize_modules
 
 Scheme = Literal["bf16", "int8", "int4"]
@@ -40,7 +41,7 @@ def quantize_model_dir(
         raise ConfigError(f"unknown scheme {scheme!r}: use bf16, int8 or int4")
     if scheme == "int4" and (group_size < 32 or group_size % 32):
         raise ConfigError(f"--group-size must be a multiple of 32 for int4, got {group_size}")
-    loaded = load_model(model_dir)
+    loaded = load_model(resolve_model(model_dir))
     if read_quantization(loaded.directory)["scheme"] != "none":
         raise InputError(
             f"{loaded.directory} is already quantized; quantize the float model instead"

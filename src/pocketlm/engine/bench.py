@@ -37,11 +37,12 @@ def bench_model(
     """Measure one model; returns a dict of numbers (see module docstring)."""
     import numpy as np
 
-    from pocketlm.checkpoint.layout import WEIGHTS_FILE, resolve_model_dir
+    from pocketlm.checkpoint.layout import WEIGHTS_FILE
     from pocketlm.common.errors import InputError
     from pocketlm.engine.load import open_backend
+    from pocketlm.interop.open_model import model_dir as resolve
 
-    directory = resolve_model_dir(model_dir)
+    directory = resolve(model_dir)
     t0 = time.perf_counter()
     model_backend, tokenizer = open_backend(
         directory,
@@ -58,7 +59,8 @@ def bench_model(
         )
     rng = random.Random(seed)
     ordinary = [i for i in range(tokenizer.vocab_size) if i not in tokenizer.special_ids]
-    prompt = [tokenizer.bos_id] + [rng.choice(ordinary) for _ in range(prompt_tokens - 1)]
+    head = [tokenizer.bos_id] if tokenizer.add_bos else []
+    prompt = head + [rng.choice(ordinary) for _ in range(prompt_tokens - len(head))]
     prefill_s, decode_s, ttft_s = [], [], None
     for r in range(repeats):
         model_backend.release(0)

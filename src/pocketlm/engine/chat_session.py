@@ -1,7 +1,8 @@
 """A chat conversation over the generation engine: history, the context window, streamed replies.
 
-The prompt is always THE chat template (`Tokenizer.encode_chat`, so text typed in a message never
-becomes a control token) over the system message and the turns that fit: when the history outgrows the context, the oldest turns leave the window (they
+The prompt is always the model's chat template (`Tokenizer.encode_chat`: PocketLM's own, or an
+imported model's Jinja template; text typed in a message never becomes a control token) over the
+system message and the turns that fit: when the history outgrows the context, the oldest turns leave the window (they
 stay in `messages` and in saved files) and the reply says how many were dropped.
 """
 

@@ -18,7 +18,8 @@ import numpy as np
 from pocketlm.common.errors import InputError, PocketLMError
 from pocketlm.engine.backend import Backend
 from pocketlm.engine.sampling import SamplingParams, make_generator, process_logits, sample_next
-from pocketlm.tokenizer.tokenizer import StreamDecoder, Tokenizer
+from pocketlm.tokenizer.stream_decoder import StreamDecoder
+from pocketlm.tokenizer.tokenizer import Tokenizer
 
 FinishReason = Literal["stop", "length"]
 
@@ -136,7 +137,8 @@ class SequenceState:
     ) -> None:
         self.params = params
         self.logprobs = logprobs
-        self.stop_ids = frozenset({tokenizer.eos_id, tokenizer.end_of_turn_id})
+        # eos, the end of a chat turn and every id the model's generation_config.json lists
+        self.stop_ids = tokenizer.stop_ids
         self.max_new_tokens = max_new_tokens  # the params' limit, capped by the room in context
         self.generator = make_generator(params.seed)
         self.decoder = StreamDecoder(tokenizer, skip_special=True)
@@ -231,11 +233,14 @@ class GenerationEngine:
         return self.backend.name
 
     def encode_prompt(self, prompt: str | Sequence[int], *, add_bos: bool = True) -> list[int]:
-        """Token ids of a prompt: text is encoded (one bos prepended if add_bos), ids are used as given."""
+        """Token ids of a prompt: text is encoded (one bos prepended if add_bos and the model uses
+        one), ids are used as given."""
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt)
-            if add_bos and (not ids or ids[0] != self.tokenizer.bos_id):
-                ids = [self.tokenizer.bos_id, *ids]  # a rendered chat already starts with bos
+            bos = self.tokenizer.bos_id
+            # Only for models that start sequences with bos; a rendered chat already has it.
+            if add_bos and self.tokenizer.add_bos and ids[:1] != [bos]:
+                ids = [bos, *ids]
         else:
             ids = [int(i) for i in prompt]
             bad = [i for i in ids if not 0 <= i < self.backend.vocab_size]

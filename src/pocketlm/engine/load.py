@@ -11,13 +11,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pocketlm.checkpoint.layout import resolve_model_dir
 from pocketlm.checkpoint.model_check import check_model_dir
 from pocketlm.common.device import gpu_may_be_present
 from pocketlm.common.errors import ConfigError, PocketLMError
 from pocketlm.common.log import get_logger
 from pocketlm.engine.backend import Backend, check_slot_count
 from pocketlm.engine.generation import GenerationEngine
+from pocketlm.interop.open_model import model_dir
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 BACKENDS = ("auto", "torch", "native")
@@ -35,7 +35,8 @@ def open_backend(
     max_len: int | None = None,
     adapter: str | Path | None = None,
 ) -> tuple[Backend, Tokenizer]:
-    """(backend holding `slots` sequences, tokenizer) for a model dir or a training run.
+    """(backend holding `slots` sequences, tokenizer) for a model dir, a training run or a
+    Hugging Face folder (imported into the cache on first use: interop.open_model).
 
     backend: "torch", "native" (CPU only; a PocketLMError says why when it cannot run) or
     "auto" (native when the device is the CPU and precision auto/fp32, falling back to torch).
@@ -53,6 +54,7 @@ def open_backend(
                 "the native backend does not apply adapters: use --backend torch (or auto), or "
                 "fold the adapter into a model first with `pocketlm merge` and run that natively"
             )
+    model = model_dir(model)
     if adapter is None and (
         backend == "native" or (backend == "auto" and native_fits(device, precision))
     ):
@@ -167,7 +169,7 @@ def _open_native(
     except ImportError as exc:
         return _native_failed(f"it is not available in this install ({exc})", required)
     # A corrupt model is an ArtifactError here, never a reason to fall back to torch.
-    checked = check_model_dir(resolve_model_dir(model))
+    checked = check_model_dir(Path(model))
     try:
         backend = NativeBackend(
             checked.directory, checked.config, threads=threads, max_len=max_len, slots=slots

@@ -6,6 +6,12 @@ the span that take no token this step get a dummy token whose cache write is und
 their length (the entry lies beyond the row's length, where attention masks it out, and is
 overwritten by the row's next token). A full row has no room for that dummy write, so it splits
 the step into one forward per span on either side of it.
+
+A longrope model (Phi-3) rotates with its short factors while a sequence fits its original context
+and with its long factors beyond (model/rope.py). When a slot's context first grows past that
+boundary, its cached keys were rotated for the short context: the slot is run again from its
+first token, as transformers' generate does (Phi3ForCausalLM.prepare_inputs_for_generation), so
+every step's logits are those of one full forward over the sequence so far.
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ class TorchBackend:
             self.cache = KVCache.allocate(
                 self.config, slots, self._context_length, device=self.torch_device, dtype=self.dtype
             )
+        # longrope: the boundary past which a slot is recomputed, and each slot's tokens for it
+        longrope = self.config.rope_scaling == "longrope"
+        self._rope_boundary = self.config.rope_original_max_len if longrope else None
+        self._tokens: list[list[int]] = [[] for _ in range(slots)]
 
     @property
     def slots(self) -> int:
@@ -90,6 +100,10 @@ class TorchBackend:
         token_of = {int(s): int(t) for s, t in zip(slots, token_ids)}
         out = np.empty((len(slots), self.vocab_size), dtype=np.float32)
         row_of = {int(s): i for i, s in enumerate(slots)}
+        for s in [s for s in token_of if self._crosses_boundary(s, 1)]:
+            out[row_of[s]] = self._append(s, [token_of.pop(s)], every=False)
+        if not token_of:
+            return out
         for span in self._spans(sorted(token_of)):
             logits = self._decode_span(span, [token_of[s] for s in span])  # (len(span), V)
             out[[row_of[s] for s in span]] = logits
@@ -99,11 +113,13 @@ class TorchBackend:
         """Forget the slot's tokens after the first `position` (masked by position, overwritten later)."""
         check_slots((slot,), self.slots)
         self.cache.reset_row(slot, min(self.cache.lengths[slot], max(0, position)))
+        del self._tokens[slot][self.cache.lengths[slot] :]
 
     def release(self, slot: int) -> None:
         """Forget the slot's context; its cache memory is reused by the next sequence."""
         check_slots((slot,), self.slots)
         self.cache.reset_row(slot, 0)
+        self._tokens[slot] = []
 
     def _view(self, first: int, last: int) -> KVCache:
         """A cache over rows first..last (inclusive) sharing this cache's memory."""
@@ -113,19 +129,30 @@ class TorchBackend:
             list(self.cache.lengths[first : last + 1]),
         )
 
+    def _crosses_boundary(self, slot: int, n_new: int) -> bool:
+        """Whether n_new tokens take a slot holding a short context past longrope's boundary."""
+        at = self.cache.lengths[slot]
+        return self._rope_boundary is not None and 0 < at <= self._rope_boundary < at + n_new
+
     def _append(self, slot: int, token_ids: Sequence[int], *, every: bool) -> np.ndarray:
         """Run tokens on one slot's row: logits (n, V) after each token if `every`, else (V,)."""
-        view = self._view(slot, slot)
         n = len(token_ids)
+        run = list(token_ids)
+        if self._crosses_boundary(slot, n):  # recompute the whole context with the long factors
+            run = self._tokens[slot] + run
+            self.cache.reset_row(slot, 0)
+            self._tokens[slot] = []
+        view = self._view(slot, slot)
         with torch.inference_mode():
-            ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.torch_device)
+            ids = torch.tensor([run], dtype=torch.long, device=self.torch_device)
             if every:
-                logits = self.model(ids, view)[0]  # (1, n, V) -> (n, V)
+                logits = self.model(ids, view)[0, len(run) - n :]  # (1, len, V) -> (n, V)
             else:
-                last = torch.tensor([n - 1], dtype=torch.long, device=self.torch_device)  # (1,)
+                last = torch.tensor([len(run) - 1], dtype=torch.long, device=self.torch_device)
                 logits = self.model(ids, view, output_positions=last)[0]  # (1, V) -> (V,)
             out = logits.float().cpu().numpy()
         self.cache.lengths[slot] = view.lengths[0]
+        self._tokens[slot] += run
         return out
 
     def _spans(self, slots: list[int]) -> list[list[int]]:
@@ -151,6 +178,7 @@ class TorchBackend:
             logits = self.model(ids, view)  # (rows, 1, V)
             picked = torch.tensor([s - first for s in slots], device=self.torch_device)
             out = logits[picked, -1].float().cpu().numpy()  # (n, V)
-        for s in slots:
+        for s, t in zip(slots, token_ids):
             self.cache.lengths[s] += 1
+            self._tokens[s].append(t)
         return out

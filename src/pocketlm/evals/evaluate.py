@@ -9,6 +9,7 @@ from pocketlm.checkpoint.model_io import load_model
 from pocketlm.common.device import resolve_device
 from pocketlm.data.token_shards import TokenShards
 from pocketlm.evals.bpb import evaluate_bpb, token_byte_lengths
+from pocketlm.interop.open_model import model_dir as resolve_model
 
 
 def evaluate_model(
@@ -28,9 +29,9 @@ def evaluate_model(
     if adapter is not None:
         from pocketlm.checkpoint.adapted_model import load_adapted_model
 
-        loaded = load_adapted_model(model_dir, adapter, device=dev)
+        loaded = load_adapted_model(resolve_model(model_dir), adapter, device=dev)
     else:
-        loaded = load_model(model_dir, device=dev)
+        loaded = load_model(resolve_model(model_dir), device=dev)
     shards = TokenShards(tokens_dir)
     shards.check_tokenizer(
         loaded.tokenizer.fingerprint, loaded.config.vocab_size, f"the model in {loaded.directory}"

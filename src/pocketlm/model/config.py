@@ -54,7 +54,8 @@ class ModelConfig:
     rope_original_max_len: int = 0  # llama3 / longrope: original_max_position_embeddings
     rope_short_factor: tuple[float, ...] = ()  # longrope, one per rotary frequency
     rope_long_factor: tuple[float, ...] = ()  # longrope, used past rope_original_max_len
-    rope_local_theta: float = 0.0  # base of sliding-window layers when it differs (Gemma 3)
+    rope_local_theta: float = 0.0  # sliding-window layers' own base, unscaled (Gemma 3); 0 = the
+    # global rope (and its scaling) in every layer
     sliding_window: int = 0  # keys a sliding layer sees (0 = no sliding layers)
     layer_types: tuple[str, ...] = ()  # per layer "full" | "sliding"; () = all full, or all
     # sliding when sliding_window is set (Mistral)

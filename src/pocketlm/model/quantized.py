@@ -274,6 +274,7 @@ def quantize_modules(
     table.weight = emb.weight
     qtable = convert(table)
     if model.config.tie_embeddings:
+        qtable.bias = model.lm_head.bias  # the head's own bias (Phi-2 style), not the table's
         model.lm_head = qtable
     else:
         model.lm_head = convert(model.lm_head)
@@ -304,8 +305,11 @@ def dequantize_modules(model: nn.Module) -> nn.Module:
         )
         model.model.embed_tokens = nn.Embedding.from_pretrained(weight, freeze=False)
         if model.config.tie_embeddings:
-            model.lm_head = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+            bias = model.lm_head.bias
+            model.lm_head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
             model.lm_head.weight = model.model.embed_tokens.weight
+            if bias is not None:
+                model.lm_head.bias = nn.Parameter(bias.detach().float())
     if isinstance(model.lm_head, QuantizedLinear):
         model.lm_head = to_linear(model.lm_head)
     return model

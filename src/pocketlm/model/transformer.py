@@ -1,9 +1,12 @@
-"""THE model: a Llama-compatible decoder (RMSNorm, RoPE, SwiGLU, GQA, tied or untied embeddings).
+"""THE model: a Llama-compatible decoder grown by construction-time options (ModelConfig).
 
-Parameter names are exactly those of `transformers`' LlamaForCausalLM, so a state dict moves
-between the two unchanged. Attention runs through PocketLM's own CPU kernels where they apply
-(model/native_attention.py) and scaled_dot_product_attention (flash kernels where the device
-has them) everywhere else. The KV cache is passed in by the caller.
+Defaults are Llama (RMSNorm, RoPE, SwiGLU, GQA, tied or untied embeddings); the family options
+(config.py) add what imported families need: Gemma's (1 + w) norms, sqrt(dim) embedding scale,
+GeGLU, sandwich norms and soft-caps; Phi's LayerNorm, plain MLP, parallel block, partial rotary and
+biases; Qwen's biases and q/k norms; sliding windows; rope scaling (model/rope.py). One class, no
+subclasses; parameter names are those of `transformers`' LlamaForCausalLM (checkpoint/weights_spec
+lists what each option adds). Attention lives in model/attention.py. The KV cache is passed in by
+the caller.
 """
 
 from __future__ import annotations
@@ -15,153 +18,67 @@ import torch.nn.functional as F
 from torch import nn
 
 from pocketlm.model import native_attention
+from pocketlm.model.attention import Attention
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from pocketlm.model.moe import MoE
+from pocketlm.model.norms import LayerNorm, RMSNorm, make_norm
 from pocketlm.model.quantized import QuantizedLinear
+from pocketlm.model.rope import (
+    GLOBAL,
+    LONG,
+    attention_factor,
+    cos_sin,
+    layer_rope_set,
+    rope_buffers,
+)
 
+__all__ = ["MLP", "Attention", "CausalLM", "DecoderLayer", "LayerNorm", "RMSNorm", "build_model"]
 
-class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in fp32 (as in Llama), scaled by a learned weight."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
-
-
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin, each (max_len, head_dim), in the rotate-half layout Llama uses."""
-    inv_freq = 1.0 / (
-        theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    )  # (head_dim/2,)
-    freqs = torch.outer(
-        torch.arange(max_len, dtype=torch.float32), inv_freq
-    )  # (max_len, head_dim/2)
-    emb = torch.cat([freqs, freqs], dim=-1)  # (max_len, head_dim)
-    return emb.cos(), emb.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (..., head_dim) by cos/sin broadcastable to it: (B, 1, T, hd) for (B, H, T, hd)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
-
-
-class Attention(nn.Module):
-    """Grouped-query self-attention with rotary positions."""
-
-    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.n_heads = config.n_heads
-        self.n_kv_heads = config.n_kv_heads
-        self.head_dim = config.resolved_head_dim
-        self.q_proj = nn.Linear(config.dim, config.q_dim, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(config.dim, config.kv_dim, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(config.dim, config.kv_dim, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(config.q_dim, config.dim, bias=False)
-        self.dropout = config.dropout
-        # "auto": PocketLM's CPU kernels where they apply (model/native_attention.py), else SDPA
-        self.kernel = "auto"
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cache: KVCache | None,
-        positions: torch.Tensor | None,
-        uniform: int | None,
-    ) -> torch.Tensor:
-        batch, seq, _ = x.shape
-        q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)  # (B, T, H, hd)
-        k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, hd)
-        v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, hd)
-        dropout = self.dropout if self.training else 0.0
-        if (
-            cache is None  # so cos/sin are (1, 1, T, hd)
-            and self.kernel == "auto"
-            and native_attention.applies(q, dropout)
-        ):
-            # (1, 1, T, hd) -> (1, T, 1, hd): rotate in the (B, T, H, hd) layout the kernels read
-            cos_t, sin_t = cos.transpose(1, 2), sin.transpose(1, 2)
-            out = native_attention.causal_attention(
-                apply_rope(q, cos_t, sin_t), apply_rope(k, cos_t, sin_t), v
-            )  # (B, T, H, hd)
-            return self.o_proj(out.reshape(batch, seq, self.n_heads * self.head_dim))
-        q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, T, hd)
-        k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, KV, T, hd)
-        v = v.transpose(1, 2)  # (B, KV, T, hd)
-        mask = None
-        causal = True
-        if cache is not None:
-            fresh_prefill = uniform == 0
-            k_all, v_all = cache.write(self.layer_idx, k, v, positions, uniform)
-            if not fresh_prefill:
-                k, v = k_all, v_all
-                causal = False
-                if uniform is None or seq > 1:
-                    # Key j is visible to the query at position p iff j <= p: causal and row-length aware.
-                    key_pos = torch.arange(k.shape[2], device=x.device)  # (S,)
-                    mask = (
-                        key_pos[None, None, None, :] <= positions[:, None, :, None]
-                    )  # (B, 1, T, S)
-        if self.n_kv_heads != self.n_heads:
-            rep = self.n_heads // self.n_kv_heads
-            # (B, KV, S, hd) -> (B, H, S, hd): each kv head serves `rep` query heads.
-            k = (
-                k[:, :, None]
-                .expand(batch, self.n_kv_heads, rep, k.shape[2], self.head_dim)
-                .reshape(batch, self.n_heads, k.shape[2], self.head_dim)
-            )
-            v = (
-                v[:, :, None]
-                .expand(batch, self.n_kv_heads, rep, v.shape[2], self.head_dim)
-                .reshape(batch, self.n_heads, v.shape[2], self.head_dim)
-            )
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=dropout,
-            is_causal=causal and mask is None and seq > 1,
-        )
-        out = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)  # (B, T, H*hd)
-        return self.o_proj(out)
+_ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+}
 
 
 class MLP(nn.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+    """Feed-forward: gated down(act(gate(x)) * up(x)) (SwiGLU / GeGLU) or plain down(act(up(x)))."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(config.dim, config.resolved_ffn_dim, bias=False)
-        self.up_proj = nn.Linear(config.dim, config.resolved_ffn_dim, bias=False)
-        self.down_proj = nn.Linear(config.resolved_ffn_dim, config.dim, bias=False)
+        ffn, bias = config.resolved_ffn_dim, config.mlp_bias
+        if config.mlp_kind == "gated":
+            self.gate_proj = nn.Linear(config.dim, ffn, bias=bias)
+        self.up_proj = nn.Linear(config.dim, ffn, bias=bias)
+        self.down_proj = nn.Linear(ffn, config.dim, bias=bias)
+        self.gated = config.mlp_kind == "gated"
+        self.act = _ACTIVATIONS[config.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gated:
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm residual block: attention then MLP."""
+    """Pre-norm residual block: attention then MLP (or both from one norm: parallel_block), each
+    branch's output optionally normalised before its residual add (sandwich_norms)."""
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.self_attn = Attention(config, layer_idx)
         self.mlp = MoE(config) if config.n_experts else MLP(config)
-        self.input_layernorm = RMSNorm(config.dim, config.norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
+        self.input_layernorm = make_norm(config, config.dim)
+        self.parallel = config.parallel_block
+        if not config.parallel_block:
+            self.post_attention_layernorm = make_norm(config, config.dim)
+        self.sandwich = config.sandwich_norms
+        if config.sandwich_norms:
+            self.attn_output_norm = make_norm(config, config.dim)
+            self.ffn_output_norm = make_norm(config, config.dim)
+        self.rope_set = layer_rope_set(config, layer_idx)
         self.resid_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def forward(
@@ -173,10 +90,17 @@ class DecoderLayer(nn.Module):
         positions: torch.Tensor | None,
         uniform: int | None,
     ) -> torch.Tensor:
-        x = x + self.resid_dropout(
-            self.self_attn(self.input_layernorm(x), cos, sin, cache, positions, uniform)
-        )
-        return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
+        h = self.input_layernorm(x)
+        attn = self.self_attn(h, cos, sin, cache, positions, uniform)
+        if self.parallel:  # Phi-2: both branches read the same normed input
+            return (self.resid_dropout(attn) + self.resid_dropout(self.mlp(h))) + x
+        if self.sandwich:
+            attn = self.attn_output_norm(attn)
+        x = x + self.resid_dropout(attn)
+        out = self.mlp(self.post_attention_layernorm(x))
+        if self.sandwich:
+            out = self.ffn_output_norm(out)
+        return x + self.resid_dropout(out)
 
 
 class Decoder(nn.Module):
@@ -186,10 +110,20 @@ class Decoder(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.n_layers))
-        self.norm = RMSNorm(config.dim, config.norm_eps)
-        cos, sin = rope_tables(config.resolved_head_dim, config.max_seq_len, config.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.norm = make_norm(config, config.dim)
+        self.config = config
+        for name, inv_freq in rope_buffers(config).items():
+            self.register_buffer(name, inv_freq, persistent=False)
+
+    def _apply(self, fn, recurse=True):  # the nn.Module hook behind .to() / .cuda() / .half()
+        """Move and cast as nn.Module does, but keep the rope frequencies fp32: they are rebuilt
+        from the config when a cast would round them (positions times a bf16 frequency drift)."""
+        super()._apply(fn, recurse)
+        for name, inv_freq in rope_buffers(self.config).items():
+            current = getattr(self, name)
+            if current.dtype != torch.float32 and current.device.type != "meta":
+                setattr(self, name, inv_freq.to(current.device))
+        return self
 
 
 class CausalLM(nn.Module):
@@ -199,9 +133,10 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = Decoder(config)
-        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=config.lm_head_bias)
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self._rope_scale = attention_factor(config)
 
     def forward(
         self,
@@ -222,6 +157,9 @@ class CausalLM(nn.Module):
         """
         batch, seq = input_ids.shape
         x = self.model.embed_tokens(input_ids)  # (B, T, dim)
+        if self.config.embed_scale != 1.0:
+            # In the model's dtype, as Gemma does: sqrt(dim) rounded to fp32, then to the dtype.
+            x = x * torch.tensor(self.config.embed_scale, dtype=torch.float32).to(x.dtype)
         uniform: int | None = 0
         positions: torch.Tensor | None = None
         if cache is not None:
@@ -232,14 +170,14 @@ class CausalLM(nn.Module):
                 raise ValueError(
                     f"sequence of {uniform + seq} positions exceeds the model's context of {self.config.max_seq_len}"
                 )
-            cos = self.model.rope_cos[uniform : uniform + seq].to(x.dtype)[
-                None, None
-            ]  # (1, 1, T, hd)
-            sin = self.model.rope_sin[uniform : uniform + seq].to(x.dtype)[None, None]
+            rope_pos = torch.arange(uniform, uniform + seq, device=input_ids.device)[None]  # (1, T)
+            end = uniform + seq
         else:
-            cos = self.model.rope_cos[positions].to(x.dtype)[:, None]  # (B, 1, T, hd)
-            sin = self.model.rope_sin[positions].to(x.dtype)[:, None]
+            rope_pos = positions  # (B, T)
+            end = max(cache.lengths) + seq
+        rope = self._rope(rope_pos, end, x.dtype)
         for layer in self.model.layers:
+            cos, sin = rope[layer.rope_set]
             x = layer(x, cos, sin, cache, positions, uniform)
         if cache is not None:
             cache.advance(seq)
@@ -247,18 +185,46 @@ class CausalLM(nn.Module):
             x = x[torch.arange(batch, device=x.device), output_positions]  # (B, dim)
         if targets is not None:
             return self._loss(self.model.norm(x), targets, reduction)
-        return self.lm_head(self.model.norm(x))
+        return self._head(self.model.norm(x))
+
+    def _rope(
+        self, positions: torch.Tensor, end: int, dtype: torch.dtype
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """rope set -> (cos, sin) (B or 1, 1, T, rotary_dim) at positions; `end` = last position + 1
+        of the call, which picks longrope's long factors past the original context (rope.py)."""
+        out = {}
+        for name, inv_freq in self.model.named_buffers(recurse=False):
+            rope_set = name.removeprefix("rope_inv_freq_")
+            if rope_set == LONG:
+                continue
+            long = (
+                self.config.rope_scaling == "longrope" and end > self.config.rope_original_max_len
+            )
+            if rope_set == GLOBAL and long:
+                inv_freq = self.model.rope_inv_freq_long
+            out[rope_set] = cos_sin(inv_freq, positions, dtype, self._rope_scale)
+        return out
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of final hidden states, soft-capped when the family caps them (Gemma 2)."""
+        logits = self.lm_head(hidden)
+        cap = self.config.final_softcap
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def _loss(self, hidden: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
-        """Cross-entropy of the head's logits; fused unless the head was swapped (LoRA)."""
-        if type(self.lm_head) is nn.Linear:
+        """Cross-entropy of the head's logits; fused unless the head was swapped (LoRA), has a
+        bias or is soft-capped."""
+        plain_head = not (self.config.lm_head_bias or self.config.final_softcap)
+        if type(self.lm_head) is nn.Linear and plain_head:
             return linear_cross_entropy(hidden, self.lm_head.weight, targets, reduction=reduction)
-        if isinstance(self.lm_head, QuantizedLinear) and self.lm_head.bias is None:
+        if isinstance(self.lm_head, QuantizedLinear) and plain_head:
             # a quantized head is frozen (QLoRA): fused over its dequantized weight, a transient
             # copy, instead of (B, T, vocab) logits and their gradient
             weight = self.lm_head.dequantized(hidden.dtype)  # (vocab, dim)
             return linear_cross_entropy(hidden, weight, targets, reduction=reduction)
-        logits = self.lm_head(hidden)  # (B, T, vocab)
+        logits = self._head(hidden)  # (B, T, vocab)
         summed = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             targets.reshape(-1),
@@ -286,14 +252,15 @@ def set_attention_kernel(model: nn.Module, kind: str) -> None:
 
 
 def init_weights(model: CausalLM, seed: int = 0) -> CausalLM:
-    """Normal(0, init_std) weights, residual projections scaled by 1/sqrt(2 * n_layers), ones for norms."""
+    """Normal(0, init_std) weights, residual projections scaled by 1/sqrt(2 * n_layers), identity
+    norms (weight 1, or 0 under Gemma's (1 + w)), zero biases."""
     generator = torch.Generator().manual_seed(seed)
     std = model.config.init_std
     residual_std = std / math.sqrt(2 * model.config.n_layers)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
-                param.fill_(1.0)
+                param.fill_(1.0 - model.config.norm_offset)
             elif name.endswith(".bias"):
                 param.zero_()
             else:
@@ -304,11 +271,11 @@ def init_weights(model: CausalLM, seed: int = 0) -> CausalLM:
 
 
 def materialize(model: CausalLM, device: torch.device | str = "cpu") -> CausalLM:
-    """Give a meta-device model real (uninitialised) storage, rebuild rope tables, re-tie embeddings."""
+    """Give a meta-device model real (uninitialised) storage, rebuild rope frequencies, re-tie embeddings."""
     config = model.config
     model = model.to_empty(device=device)
-    cos, sin = rope_tables(config.resolved_head_dim, config.max_seq_len, config.rope_theta)
-    model.model.rope_cos, model.model.rope_sin = cos.to(device), sin.to(device)
+    for name, inv_freq in rope_buffers(config).items():
+        setattr(model.model, name, inv_freq.to(device))
     if config.tie_embeddings:
         retie(model)
     return model

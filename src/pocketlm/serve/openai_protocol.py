@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,6 +26,14 @@ MAX_STOPS = 16
 MAX_SEED = 2**63 - 1
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # as OpenAI's /v1/completions
 GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM does)
+# What a request that leaves a sampling field out gets when the model sets no default.
+OPENAI_DEFAULTS = {
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+}
 
 
 class ProtocolError(Exception):
@@ -120,20 +129,28 @@ class _Sampling(BaseModel):
         """True when a streamed response should end with a usage chunk."""
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling_params(self, max_new_tokens: int, choice: int = 0) -> SamplingParams:
-        """SamplingParams for choice number `choice` (seed + choice, so choices differ)."""
+    def sampling_params(
+        self, max_new_tokens: int, choice: int = 0, defaults: Mapping[str, Any] | None = None
+    ) -> SamplingParams:
+        """SamplingParams for choice number `choice` (seed + choice, so choices differ).
+
+        A field the request leaves out takes `defaults` (the model's generation_config.json),
+        else OpenAI's default."""
         seed = None if self.seed is None else (self.seed + choice) % (MAX_SEED + 1)
-        temperature = 1.0 if self.temperature is None else self.temperature
-        if temperature < GREEDY_BELOW:  # dividing logits by it would overflow float32
-            temperature = 0.0
+        values = {**OPENAI_DEFAULTS, **(defaults or {})}
+        for name in OPENAI_DEFAULTS:
+            if getattr(self, name) is not None:
+                values[name] = getattr(self, name)
+        if values["temperature"] < GREEDY_BELOW:  # dividing logits by it would overflow float32
+            values["temperature"] = 0.0
         try:
             return SamplingParams(
                 max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_k=self.top_k or 0,
-                top_p=1.0 if self.top_p is None else self.top_p,
-                min_p=self.min_p or 0.0,
-                repetition_penalty=self.repetition_penalty or 1.0,
+                temperature=values["temperature"],
+                top_k=values["top_k"],
+                top_p=values["top_p"],
+                min_p=values["min_p"],
+                repetition_penalty=values["repetition_penalty"],
                 seed=seed,
                 stop=self.stop_list(),
             )

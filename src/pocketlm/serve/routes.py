@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pocketlm.common.errors import InputError
 from pocketlm.engine.generation import TokenLogprob
 from pocketlm.engine.scheduler import (
     BatchScheduler,
@@ -99,6 +100,8 @@ class GenerationRoutes:
         self.metrics = metrics
         self.created = created
         self.texts = TokenTexts(tokenizer)
+        # What a request leaves out: the model's generation_config.json values, where it has one.
+        self.model_defaults = tokenizer.generation_defaults.sampling()
         self.bound = PromptBound(tokenizer, scheduler.context_length)
 
     def model_card(self) -> dict[str, Any]:
@@ -114,10 +117,14 @@ class GenerationRoutes:
         encoded = await asyncio.to_thread(self.tokenizer.encode_batch, req.prompts())
         sequences = []
         for p, prompt_ids in enumerate(encoded):
-            ids = self._fit([self.tokenizer.bos_id, *prompt_ids], "prompt")
-            limit = COMPLETION_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
+            head = [self.tokenizer.bos_id] if self.tokenizer.add_bos else []
+            ids = self._fit([*head, *prompt_ids], "prompt")
+            limit = req.max_tokens or self.model_defaults.get(
+                "max_new_tokens", COMPLETION_DEFAULT_MAX_TOKENS
+            )
             for i in range(req.n):
-                params = req.sampling_params(self._cap(limit, ids), p * req.n + i)
+                choice = p * req.n + i
+                params = req.sampling_params(self._cap(limit, ids), choice, self.model_defaults)
                 sequences.append((ids, params, req.logprobs, p))
         job = self._start("completion", sequences, req.logprobs is not None, req.include_usage())
         return await self._respond(request, job, req.stream)
@@ -125,15 +132,22 @@ class GenerationRoutes:
     async def chat_completions(self, request: Any) -> Any:
         """POST /v1/chat/completions."""
         req = parse_request(ChatCompletionRequest, await request.body())
-        # encode_chat starts with bos and keeps special-token text in messages as plain text.
+        # encode_chat renders the model's chat template (bos included where the model has one)
+        # and keeps control-token text typed in messages as plain text.
         messages = req.template_messages()
         self.bound.check([m["content"] for m in messages], "messages")
-        ids = await asyncio.to_thread(self.tokenizer.encode_chat, messages)  # long prompts: slow
+        try:
+            ids = await asyncio.to_thread(self.tokenizer.encode_chat, messages)  # long: slow
+        except InputError as exc:  # the template refuses the messages, or there is none
+            raise ProtocolError(str(exc), param="messages", code="invalid_messages") from exc
         ids = self._fit(ids, "messages")
-        limit = req.token_limit()
+        limit = req.token_limit() or self.model_defaults.get("max_new_tokens")
         max_new = self._cap(limit, ids)
         logprobs = req.logprob_count()
-        sequences = [(ids, req.sampling_params(max_new, i), logprobs, 0) for i in range(req.n)]
+        sequences = [
+            (ids, req.sampling_params(max_new, i, self.model_defaults), logprobs, 0)
+            for i in range(req.n)
+        ]
         job = self._start("chat", sequences, logprobs is not None, req.include_usage())
         return await self._respond(request, job, req.stream)
 

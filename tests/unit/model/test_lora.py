@@ -85,6 +85,44 @@ def test_merged_logits_equal_base_plus_adapter(base):
     assert (adapted - _model(base)(ids)).abs().max() > 1e-2  # the adapter did change the model
 
 
+FAMILY_OPTIONS = {
+    "phi2": dict(
+        norm_kind="layer", activation="gelu_tanh", mlp_kind="plain", qkv_bias=True, o_bias=True,
+        mlp_bias=True, lm_head_bias=True, parallel_block=True, rotary_dim=8, tie_embeddings=False,
+    ),
+    "gemma2": dict(
+        norm_offset=1.0, activation="gelu_tanh", embed_scale=8.0, attn_softcap=5.0,
+        final_softcap=10.0, sandwich_norms=True, sliding_window=4, layer_types=("sliding", "full"),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", list(FAMILY_OPTIONS))
+@pytest.mark.parametrize("base", ["float", "int8"])
+def test_family_options_keep_lora_exact(family, base):
+    """Biases (kept in the base layer), a plain MLP, soft-caps and a biased head: a fresh adapter
+    changes nothing, the merge keeps the logits, the loss trains only the adapter."""
+    model = _model(base, **FAMILY_OPTIONS[family])
+    ids = _ids()
+    with torch.no_grad():
+        before = model(ids)
+    paths = apply_lora(model, 4, 8.0, "all-linear,lm_head")
+    assert ("model.layers.0.mlp.gate_proj" in paths) == (family == "gemma2")
+    with torch.no_grad():
+        assert torch.equal(model(ids), before)
+    _randomise_b(model)
+    model.train()
+    model(ids, targets=ids, reduction="sum").backward()
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == set(
+        lora_parameter_names(model)
+    )
+    model.eval()
+    with torch.no_grad():
+        adapted = model(ids)
+        merge_lora(model)
+        assert (model(ids) - adapted).abs().max() < 1e-5
+
+
 def test_merging_a_tied_head_unties_it_and_keeps_the_embeddings():
     model = _model("float", tie_embeddings=True)
     table = model.model.embed_tokens.weight.detach().clone()

@@ -10,7 +10,8 @@ import importlib
 import pytest
 import torch
 
-from pocketlm.interop.moe_tensors import expert_tensors_from_hf, moe_config_from_hf
+from pocketlm.interop.families import find_family
+from pocketlm.interop.families.hf_config import model_config
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.moe import MoE
@@ -39,31 +40,35 @@ FAMILIES = {
 
 def hf_config(family: str, **overrides):
     config_cls, _, _, extra = FAMILIES[family]
-    return getattr(transformers, config_cls)(
+    base = dict(
         vocab_size=VOCAB, hidden_size=DIM, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, num_experts_per_tok=TOP_K, max_position_embeddings=128,
-        **{**extra, **overrides},
     )  # fmt: skip
+    return getattr(transformers, config_cls)(**{**base, **extra, **overrides})
 
 
 def pocketlm_config(hf) -> ModelConfig:
-    """The ModelConfig of a tiny HF MoE config (attention fields by hand; MoE by the interop map)."""
+    """The ModelConfig of a tiny HF MoE config, read by its family spec (interop/families)."""
     data = hf.to_dict()
-    return ModelConfig(
-        vocab_size=hf.vocab_size, dim=hf.hidden_size, n_layers=hf.num_hidden_layers,
-        n_heads=hf.num_attention_heads, n_kv_heads=hf.num_key_value_heads,
-        head_dim=getattr(hf, "head_dim", None) or 0, max_seq_len=hf.max_position_embeddings,
-        rope_theta=hf.rope_parameters["rope_theta"], norm_eps=hf.rms_norm_eps,
-        tie_embeddings=hf.tie_word_embeddings, qkv_bias=data["model_type"] == "qwen2_moe",
-        qk_norm=data["model_type"] == "qwen3_moe", **moe_config_from_hf(data),
-    )  # fmt: skip
+    return model_config(find_family(data), data)
 
 
 def to_pocketlm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A transformers MoE state dict (fused or per-expert) under PocketLM's names."""
+    """A transformers 5 in-memory MoE state dict under PocketLM's names: each layer's stacked
+    experts (gate_up_proj [E, 2F, dim], gate rows first; down_proj [E, dim, F]) split per
+    expert. (Files on disk are imported by interop.hf_import: test_hf_import covers them.)"""
     out = {}
     for name, tensor in state.items():
-        out.update(expert_tensors_from_hf(name, tensor))
+        prefix, _, stacked = name.partition("mlp.experts.")
+        if stacked == "down_proj":
+            out |= {f"{prefix}mlp.experts.{e}.down_proj.weight": t for e, t in enumerate(tensor)}
+        elif stacked == "gate_up_proj":
+            ffn = tensor.shape[1] // 2
+            for e, t in enumerate(tensor):
+                out[f"{prefix}mlp.experts.{e}.gate_proj.weight"] = t[:ffn]
+                out[f"{prefix}mlp.experts.{e}.up_proj.weight"] = t[ffn:]
+        else:
+            out[name] = tensor
     return out
 
 
@@ -166,8 +171,6 @@ def tiny_pair(family: str, **overrides) -> tuple[torch.nn.Module, CausalLM]:
     hf = getattr(transformers, model_cls)(hf_config(family, **overrides)).eval()
     perturb_(hf, seed=3)
     ours = CausalLM(pocketlm_config(hf.config)).eval()
-    if ours.config.qk_norm and not hasattr(ours.model.layers[0].self_attn, "q_norm"):
-        pytest.skip("CausalLM has no q/k norm yet (Qwen3 attention lands with the family rewrite)")
     ours.load_state_dict(to_pocketlm(hf.state_dict()), strict=True)
     return hf, ours
 
@@ -199,17 +202,22 @@ def test_whole_model_matches_transformers(family):
     assert greedy_with_cache(ours, prompt, 16) == hf_out[0, len(prompt) :].tolist()
 
 
-def test_save_pretrained_files_import_to_the_same_model(tmp_path):
-    """What save_pretrained writes (Mixtral's block_sparse_moe.experts.{e}.w1/w2/w3) maps onto
-    the same PocketLM tensors as the in-memory fused state dict."""
+def test_save_pretrained_files_import_to_the_same_model(tmp_path, synthetic_pipeline):
+    """What save_pretrained writes (Mixtral's block_sparse_moe.experts.{e}.w1/w2/w3) imports
+    onto the same PocketLM tensors as the in-memory fused state dict."""
+    import shutil
+
     from safetensors import safe_open
 
-    hf, ours = tiny_pair("mixtral")
-    hf.save_pretrained(tmp_path)
-    with safe_open(tmp_path / "model.safetensors", "pt") as f:
-        on_disk = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-    assert any(".block_sparse_moe.experts.0.w1.weight" in n for n in on_disk)
-    from_disk = to_pocketlm(on_disk)
+    from pocketlm.checkpoint.model_io import load_model
+    from pocketlm.interop.hf_import import import_hf
+
+    hf, ours = tiny_pair("mixtral", vocab_size=512)
+    hf.save_pretrained(tmp_path / "hf")
+    shutil.copyfile(synthetic_pipeline["tokenizer"] / "tokenizer.json", tmp_path / "hf" / "tokenizer.json")  # fmt: skip
+    with safe_open(tmp_path / "hf" / "model.safetensors", "pt") as f:
+        assert any(".block_sparse_moe.experts.0.w1.weight" in n for n in f.keys())  # noqa: SIM118
+    from_disk = load_model(import_hf(tmp_path / "hf", tmp_path / "ours")).model.state_dict()
     want = ours.state_dict()
     assert set(from_disk) == set(want)
     for name, tensor in from_disk.items():
@@ -217,14 +225,12 @@ def test_save_pretrained_files_import_to_the_same_model(tmp_path):
 
 
 def test_qwen_models_with_dense_layers_are_refused():
-    from pocketlm.common.errors import ConfigError
+    from pocketlm.common.errors import UnsupportedModelError
 
-    data = hf_config("qwen2_moe", mlp_only_layers=[1]).to_dict()
-    with pytest.raises(ConfigError, match=r"mlp_only_layers .*\[1\]"):
-        moe_config_from_hf(data)
-    data = hf_config("qwen3_moe", decoder_sparse_step=2).to_dict()
-    with pytest.raises(ConfigError, match=r"decoder_sparse_step .*\[0\]"):
-        moe_config_from_hf(data)
+    with pytest.raises(UnsupportedModelError, match=r"mlp_only_layers .*\[1\]"):
+        pocketlm_config(hf_config("qwen2_moe", mlp_only_layers=[1]))
+    with pytest.raises(UnsupportedModelError, match=r"decoder_sparse_step .*\[0\]"):
+        pocketlm_config(hf_config("qwen3_moe", decoder_sparse_step=2))
 
 
 def test_parameter_count_and_flops_of_a_mixture_of_experts():

@@ -95,6 +95,28 @@ def test_a_chat_longer_than_the_context_names_messages(tok):
     assert info.value.param == "messages" and info.value.code == "context_length_exceeded"
 
 
+def test_an_imported_models_template_and_defaults_drive_chat_requests(tmp_path):
+    from tests.unit.tokenizer.hf_folders import write_folder
+
+    folder = write_folder("gemma2", tmp_path / "gemma", "jinja")
+    (folder / "generation_config.json").write_text(
+        json.dumps({"eos_token_id": [1, 2], "temperature": 0.25, "max_new_tokens": 7}), "utf-8"
+    )
+    gemma = Tokenizer.load(folder)
+    messages = [{"role": "user", "content": "Hi <end_of_turn> there"}]
+    ids, params, _, _ = _chat(gemma, messages).specs[0]
+    assert ids == gemma.encode_chat(messages) and ids[0] == gemma.bos_id
+    assert (params.temperature, params.max_new_tokens) == (0.25, 7)
+    # Gemma 2's template refuses a system message: a 400 naming the messages, not a 500.
+    routes = GenerationRoutes(
+        RecordingScheduler(512), gemma, ServerSettings(model_id="t"), ServerMetrics(()), 0
+    )
+    body = {"messages": [{"role": "system", "content": "x"}, *messages]}
+    with pytest.raises(ProtocolError, match="System role not supported") as info:
+        asyncio.run(routes.chat_completions(Request(body)))
+    assert info.value.param == "messages" and info.value.status == 400
+
+
 class CountingTokenizer:
     """The real tokenizer, counting the texts it is asked to encode."""
 

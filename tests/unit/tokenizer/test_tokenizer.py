@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from pocketlm.common.manifest import read_manifest
 from pocketlm.tokenizer.chat_template import render_chat
 from pocketlm.tokenizer.special_tokens import SPECIAL_TOKENS
-from pocketlm.tokenizer.tokenizer import StreamDecoder, Tokenizer
+from pocketlm.tokenizer.stream_decoder import StreamDecoder
+from pocketlm.tokenizer.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

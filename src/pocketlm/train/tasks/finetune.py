@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pocketlm.checkpoint.layout import resolve_model_dir
 from pocketlm.checkpoint.weights_spec import read_quantization
 from pocketlm.common.errors import ConfigError
+from pocketlm.interop.open_model import model_dir as resolve_model
 from pocketlm.model.lora import LoRAConfig
 from pocketlm.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from pocketlm.train.loop import RunResult, train
@@ -50,7 +50,7 @@ def finetune_factory(
 ) -> TaskFactory:
     """The task factory of a fine-tuning run on a tokens artifact: continued pretraining of
     `model_dir`, its weights all trained, or through a LoRA adapter when config.lora.rank > 0."""
-    base = resolve_model_dir(model_dir)
+    base = resolve_model(model_dir)  # an HF folder is imported (once) like everywhere else
     lora = config.lora
     scheme = read_quantization(base)["scheme"]
     if not lora.rank and (scheme != "none" or lora.base_quant != "none"):

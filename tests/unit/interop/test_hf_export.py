@@ -11,8 +11,7 @@ import torch
 from pocketlm.checkpoint.model_io import save_model
 from pocketlm.common.errors import ArtifactError, ConfigError
 from pocketlm.common.manifest import read_manifest
-from pocketlm.export.hf import export_hf, hf_state_dict
-from pocketlm.export.name_maps import HF_LLAMA, rename_state
+from pocketlm.interop.hf_export import export_hf, hf_state_dict
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import CausalLM, build_model
 from pocketlm.tokenizer.chat_template import render_chat
@@ -209,12 +208,12 @@ def test_refuses_what_transformers_cannot_represent(synthetic_pipeline, tmp_path
 
     model = _model("tied-gqa")
     state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    with pytest.raises(ArtifactError, match="no hf-llama equivalent"):
+    with pytest.raises(ArtifactError, match="no LlamaForCausalLM equivalent"):
         hf_state_dict(
             {**state, "model.layers.0.self_attn.q_proj.lora_A": torch.zeros(2, 32)}, model.config
         )
-    with pytest.raises(ArtifactError, match="lacks"):
-        rename_state({"model.norm.weight": torch.ones(32)}, HF_LLAMA, 2)
+    with pytest.raises(ArtifactError, match="lacks tensor"):
+        hf_state_dict({"model.norm.weight": torch.ones(32)}, model.config)
     with pytest.raises(ArtifactError, match="not floating point"):
         hf_state_dict(
             {**state, "model.norm.weight": torch.ones(32, dtype=torch.int8)}, model.config

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from pocketlm.checkpoint.adapted_model import load_adapted_model
 from pocketlm.checkpoint.model_io import save_model
 from pocketlm.common.errors import ArtifactError
-from pocketlm.export.hf import export_hf
-from pocketlm.export.peft import export_peft
+from pocketlm.interop.hf_export import export_hf
+from pocketlm.interop.peft import export_peft
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.lora import LoRAConfig
 from pocketlm.model.transformer import build_model
@@ -89,3 +89,48 @@ def test_the_hf_base_must_be_the_export_of_the_adapters_base(synthetic_pipeline,
         export_peft(base, adapter, tmp_path / "peft", hf_base=export_hf(other, tmp_path / "hf"))
     out = export_peft(base, adapter, tmp_path / "peft")  # no HF base recorded
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+
+
+# Imported families: renamed modules (Phi-2's fc1/fc2/dense), fused ones (Phi-3's qkv_proj and
+# gate_up_proj: one LoRA holding its members' exactly), biases, Gemma 2's norms and soft-caps.
+FAMILY_TARGETS = {
+    "phi3": "all-linear",
+    "phi2": "all-linear,lm_head",
+    "gemma2": "q_proj,o_proj,down_proj",
+    "qwen2": "all-linear",
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_TARGETS))
+def test_an_adapter_on_an_imported_family_loads_in_peft_with_the_same_logits(
+    family, synthetic_pipeline, tmp_path
+):
+    from hf_families import save_family
+
+    from pocketlm.interop.hf_import import import_hf
+
+    folder = save_family(family, tmp_path / "hf-src", synthetic_pipeline["tokenizer"])["v5"]
+    base = import_hf(folder, tmp_path / "base")
+    lora = LoRAConfig(rank=2, alpha=6.0, targets=FAMILY_TARGETS[family], rslora=family == "qwen2")
+    adapter, _ = make_adapter(base, tmp_path / "adapter", lora, seed=4)
+    hf_dir = export_hf(base, tmp_path / "hf")
+    out = export_peft(base, adapter, tmp_path / "peft", hf_base=hf_dir)
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    if family == "phi3":  # q, k, v in one qkv_proj; gate, up in one gate_up_proj
+        assert adapter_config["rank_pattern"] == {"qkv_proj": 6, "gate_up_proj": 4}
+        assert set(adapter_config["target_modules"]) == {
+            "qkv_proj", "o_proj", "gate_up_proj", "down_proj"
+        }  # fmt: skip
+    if family == "phi2":
+        assert set(adapter_config["target_modules"]) >= {"fc1", "fc2", "dense", "lm_head"}
+
+    ids = torch.randint(0, 512, (2, 20), generator=torch.Generator().manual_seed(3))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), local_files_only=True)
+    peft_model = peft.PeftModel.from_pretrained(hf.eval(), str(out)).eval()
+    with torch.no_grad():
+        theirs = peft_model(ids).logits
+        mine = load_adapted_model(base, adapter).model(ids)
+        with peft_model.disable_adapter():
+            plain = peft_model(ids).logits
+    torch.testing.assert_close(theirs, mine, atol=1e-4, rtol=0)
+    assert (plain - theirs).abs().max() > 1e-3  # the adapter matters

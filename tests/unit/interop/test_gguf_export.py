@@ -14,7 +14,7 @@ from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
 
 gguf = pytest.importorskip("gguf")
-from pocketlm.export.gguf_export import export_gguf, rope_permute  # noqa: E402
+from pocketlm.interop.gguf_export import export_gguf, rope_permute  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ declared as `gpt-2` (a freshly trained vocabulary has no hash llama.cpp's conver
 type is stated rather than guessed); special tokens, the chat template and the end-of-turn token
 go into the metadata. Q/K projection rows are permuted from the rotate-half RoPE layout (HF,
 PocketLM) to llama.cpp's interleaved pairs. int4 models export to Q4_0 bit for bit (same block
-layout); everything else is converted from the weights the model computes with.
+layout); everything else is converted from the weights the model computes with. Tensor names come
+from the llama family's spec (interop/families), the table import and HF export use too; models
+with family options (imported Gemma, Phi, ...) are refused for now, naming the options.
 """
 
 from __future__ import annotations
@@ -24,28 +26,12 @@ from pocketlm.checkpoint.model_io import load_model, read_quantization
 from pocketlm.common.errors import ArtifactError, ConfigError, require
 from pocketlm.common.hashing import sha256_file
 from pocketlm.common.manifest import parent_ref, write_json_atomic
+from pocketlm.interop.families.llama import LLAMA
+from pocketlm.interop.open_model import model_dir as resolve_model
 from pocketlm.model.quantized import QuantizedEmbedding, QuantizedLinear
 from pocketlm.tokenizer.chat_template import CHAT_TEMPLATE
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
-
-# PocketLM (HF) tensor names -> GGUF names; `{i}` is the layer index. Data, not code.
-GGUF_NAMES_TOP = {
-    "model.embed_tokens": "token_embd",
-    "model.norm": "output_norm",
-    "lm_head": "output",
-}
-GGUF_NAMES_LAYER = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
 
 OLLAMA_TEMPLATE = """{{- if .System }}<|system|>
 {{ .System }}<|end|>
@@ -105,11 +91,12 @@ def export_gguf(
     out = Path(out)
     if out.exists() and not overwrite:
         raise ArtifactError(f"{out} already exists; choose another --out or pass --overwrite")
-    loaded = load_model(model_dir)
+    loaded = load_model(resolve_model(model_dir))
     c, tok, model = loaded.config, loaded.tokenizer, loaded.model
-    if c.qkv_bias:
+    if c.family_features():
         raise ArtifactError(
-            "GGUF llama export does not carry q/k/v biases; export this model with `pocketlm export hf`"
+            f"GGUF export writes the llama architecture without family options; this model has "
+            f"{', '.join(c.family_features())}: export it with `pocketlm export hf`"
         )
     quant = read_quantization(loaded.directory)["scheme"]
     qtype = {
@@ -171,20 +158,13 @@ def export_gguf(
     def add_norm(gguf_name: str, weight: torch.Tensor) -> None:
         writer.add_tensor(gguf_name, weight.detach().float().numpy())
 
-    add("token_embd.weight", model.model.embed_tokens)
-    for i, layer in enumerate(model.model.layers):
-        add_norm(f"blk.{i}.attn_norm.weight", layer.input_layernorm.weight)
-        add(f"blk.{i}.attn_q.weight", layer.self_attn.q_proj, c.n_heads)
-        add(f"blk.{i}.attn_k.weight", layer.self_attn.k_proj, c.n_kv_heads)
-        add(f"blk.{i}.attn_v.weight", layer.self_attn.v_proj)
-        add(f"blk.{i}.attn_output.weight", layer.self_attn.o_proj)
-        add_norm(f"blk.{i}.ffn_norm.weight", layer.post_attention_layernorm.weight)
-        add(f"blk.{i}.ffn_gate.weight", layer.mlp.gate_proj)
-        add(f"blk.{i}.ffn_up.weight", layer.mlp.up_proj)
-        add(f"blk.{i}.ffn_down.weight", layer.mlp.down_proj)
-    add_norm("output_norm.weight", model.model.norm.weight)
-    if not c.tie_embeddings:
-        add("output.weight", model.lm_head)
+    heads = {"self_attn.q_proj": c.n_heads, "self_attn.k_proj": c.n_kv_heads}
+    for gguf_name, (ours,) in LLAMA.gguf_names.plan(c):
+        module = model.get_submodule(ours.removesuffix(".weight"))
+        if "norm" in ours:
+            add_norm(gguf_name, module.weight)
+        else:
+            add(gguf_name, module, heads.get(ours.split(".", 3)[-1].removesuffix(".weight")))
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

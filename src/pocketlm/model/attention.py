@@ -1,0 +1,164 @@
+"""Causal self-attention: grouped-query heads, rotary positions, and the family options on it.
+
+Options (ModelConfig): q/k/v and o biases, per-head q/k norms before rotary (Qwen3, Gemma 3),
+partial rotary (Phi), a sliding window on some layers (Mistral, Gemma 2/3: key j is visible to the
+query at position p iff p - window < j <= p, as transformers masks it), a softmax scale other than
+head_dim ** -0.5 (Gemma 2/3's query_pre_attn_scalar) and a tanh soft-cap of the scores (Gemma 2).
+
+Paths: PocketLM's CPU kernels (model/native_attention.py) where they apply and the maths is theirs
+(no cache, no soft-cap, default scale, no window narrower than the sequence); SDPA for everything
+else without a soft-cap; an explicit softmax(cap * tanh(scores / cap)) path for soft-capped
+layers. The KV cache keeps every position; a sliding layer masks the keys outside its window, so
+decoding with the cache gives what one full forward gives.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pocketlm.model import native_attention
+from pocketlm.model.config import ModelConfig
+from pocketlm.model.kv_cache import KVCache
+from pocketlm.model.norms import make_norm
+from pocketlm.model.rope import apply_rope
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with rotary positions."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.n_kv_heads
+        self.head_dim = config.resolved_head_dim
+        self.q_proj = nn.Linear(config.dim, config.q_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.dim, config.kv_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.dim, config.kv_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(config.q_dim, config.dim, bias=config.o_bias)
+        if config.qk_norm:
+            self.q_norm = make_norm(config, self.head_dim)
+            self.k_norm = make_norm(config, self.head_dim)
+        self.qk_norm = config.qk_norm
+        self.window = config.sliding_window if config.layer_kind(layer_idx) == "sliding" else 0
+        self.scale: float | None = config.attn_scale or None  # None: SDPA's head_dim ** -0.5
+        self.softcap = config.attn_softcap
+        self.dropout = config.dropout
+        # "auto": PocketLM's CPU kernels where they apply (model/native_attention.py), else SDPA
+        self.kernel = "auto"
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None,
+        positions: torch.Tensor | None,
+        uniform: int | None,
+    ) -> torch.Tensor:
+        """x (B, T, dim) -> (B, T, dim); cos/sin (B or 1, 1, T, rotary_dim) at the new positions."""
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)  # (B, T, H, hd)
+        k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, hd)
+        v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, hd)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        dropout = self.dropout if self.training else 0.0
+        if (
+            cache is None  # so cos/sin are (1, 1, T, rd)
+            and self.kernel == "auto"
+            and self._native_maths(seq)
+            and native_attention.applies(q, dropout)
+        ):
+            # (1, 1, T, rd) -> (1, T, 1, rd): rotate in the (B, T, H, hd) layout the kernels read
+            cos_t, sin_t = cos.transpose(1, 2), sin.transpose(1, 2)
+            out = native_attention.causal_attention(
+                apply_rope(q, cos_t, sin_t), apply_rope(k, cos_t, sin_t), v
+            )  # (B, T, H, hd)
+            return self.o_proj(out.reshape(batch, seq, self.n_heads * self.head_dim))
+        q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, T, hd)
+        k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, KV, T, hd)
+        v = v.transpose(1, 2)  # (B, KV, T, hd)
+        mask = None
+        causal = True
+        query_pos: torch.Tensor | None = None  # (B or 1, T) positions, when keys start at 0
+        if cache is not None:
+            fresh_prefill = uniform == 0
+            k_all, v_all = cache.write(self.layer_idx, k, v, positions, uniform)
+            if not fresh_prefill:
+                k, v = k_all, v_all
+                causal = False
+                if uniform is None or seq > 1 or self._window_cuts(k.shape[2]):
+                    query_pos = positions
+        if causal and self._window_cuts(seq):
+            query_pos = torch.arange(seq, device=x.device)[None]  # (1, T)
+        if query_pos is not None:
+            mask = self._visible(query_pos, k.shape[2])  # (B, 1, T, S)
+        if self.n_kv_heads != self.n_heads:
+            rep = self.n_heads // self.n_kv_heads
+            # (B, KV, S, hd) -> (B, H, S, hd): each kv head serves `rep` query heads.
+            k = (
+                k[:, :, None]
+                .expand(batch, self.n_kv_heads, rep, k.shape[2], self.head_dim)
+                .reshape(batch, self.n_heads, k.shape[2], self.head_dim)
+            )
+            v = (
+                v[:, :, None]
+                .expand(batch, self.n_kv_heads, rep, v.shape[2], self.head_dim)
+                .reshape(batch, self.n_heads, v.shape[2], self.head_dim)
+            )
+        if self.softcap:
+            out = self._capped_attention(q, k, v, mask, causal and mask is None, dropout)
+        else:
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=dropout,
+                is_causal=causal and mask is None and seq > 1,
+                scale=self.scale,
+            )
+        out = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)  # (B, T, H*hd)
+        return self.o_proj(out)
+
+    def _native_maths(self, seq: int) -> bool:
+        """Whether plain causal softmax(q kᵀ / √hd) is this layer's attention over `seq` tokens."""
+        return self.scale is None and not self.softcap and not self._window_cuts(seq)
+
+    def _window_cuts(self, n_keys: int) -> bool:
+        """Whether this layer's window hides some of `n_keys` keys from a query."""
+        return bool(self.window) and n_keys > self.window
+
+    def _visible(self, query_pos: torch.Tensor, n_keys: int) -> torch.Tensor:
+        """(B, 1, T, S) bool: key j is visible to the query at p iff j <= p (and p - j < window)."""
+        key_pos = torch.arange(n_keys, device=query_pos.device)  # (S,)
+        p = query_pos[:, None, :, None]  # (B, 1, T, 1)
+        visible = key_pos[None, None, None, :] <= p
+        if self.window:
+            visible = visible & (key_pos[None, None, None, :] > p - self.window)
+        return visible
+
+    def _capped_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        causal: bool,
+        dropout: float,
+    ) -> torch.Tensor:
+        """softmax(cap * tanh(q kᵀ * scale / cap)) v over visible keys, softmax in fp32."""
+        scale = self.scale or self.head_dim**-0.5
+        scores = torch.matmul(q, k.transpose(2, 3)) * scale  # (B, H, T, S)
+        scores = torch.tanh(scores / self.softcap) * self.softcap
+        if mask is None and causal:
+            seq, n_keys = q.shape[2], k.shape[2]
+            mask = torch.ones(seq, n_keys, dtype=torch.bool, device=q.device).tril(n_keys - seq)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        probs = F.dropout(probs, p=dropout, training=dropout > 0)
+        return torch.matmul(probs, v)  # (B, H, T, hd)

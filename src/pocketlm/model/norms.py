@@ -1,0 +1,53 @@
+"""The model's normalisations: RMSNorm (Llama's, or Gemma's (1 + w) scale) and LayerNorm (Phi-2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pocketlm.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in fp32, scaled by a learned weight.
+
+    offset 0 (Llama): weight * x_normed cast back to the input dtype first, as Llama does.
+    offset 1 (Gemma): x_normed * (1 + weight) with the 1 added in fp32, then cast, as Gemma does
+    (a bf16 weight plus one would round away the weight's low bits).
+    """
+
+    def __init__(self, dim: int, eps: float, offset: float = 0.0) -> None:
+        super().__init__()
+        self.eps = eps
+        self.offset = offset
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:
+            return (x32 * (self.offset + self.weight.float())).to(dtype)
+        return self.weight * x32.to(dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with a learned weight and bias, in the input's dtype (Phi-2's nn.LayerNorm)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, self.eps)
+
+
+def make_norm(config: ModelConfig, dim: int) -> nn.Module:
+    """The config's norm over `dim` features (norm_kind, norm_offset, norm_eps)."""
+    if config.norm_kind == "layer":
+        return LayerNorm(dim, config.norm_eps)
+    return RMSNorm(dim, config.norm_eps, config.norm_offset)
