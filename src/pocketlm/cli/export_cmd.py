@@ -60,14 +60,19 @@ def register_gguf(subparsers) -> None:
         "gguf",
         help="one .gguf file for llama.cpp / Ollama, plus a Modelfile",
         description=(
-            "Write a model as a single GGUF file (architecture llama, tokenizer gpt2 with pre-tokenizer\n"
-            "gpt-2, chat template and special tokens in the metadata) that llama.cpp and Ollama run\n"
-            "unchanged, and an Ollama Modelfile beside it (model.gguf -> model.Modelfile). --type picks the weight format; an int4 model\n"
-            "exports to q4_0 exactly."
+            "Write a model as a single GGUF file that llama.cpp and Ollama run unchanged, and an\n"
+            "Ollama Modelfile beside it (model.gguf -> model.Modelfile). The architecture is the\n"
+            "model's family's in llama.cpp (PocketLM's own models and Llama, Mistral, Mixtral: llama;\n"
+            "qwen2, qwen3, qwen2moe, qwen3moe, phi2, phi3, gemma, gemma2, gemma3), with its tokenizer,\n"
+            "chat template and special tokens in the metadata. A model option llama.cpp's\n"
+            "architecture does not compute is refused, naming it; what llama.cpp runs differently\n"
+            "(e.g. no sliding window) is logged and kept in <out>.manifest.json. --type picks the\n"
+            "weight format; an int4 model exports to q4_0 exactly."
         ),
         examples=(
             "  pocketlm export gguf --model runs/pretrain --out runs/model.gguf\n"
             "  pocketlm export gguf --model runs/q4 --out runs/model-q4_0.gguf --type q4_0\n"
+            "  pocketlm export gguf --model ~/models/Qwen2.5-0.5B-Instruct --out runs/qwen.gguf\n"
             "  cd runs && ollama create model -f model.Modelfile && ollama run model"
         ),
     )

@@ -133,6 +133,17 @@ class _Parser:
 
 def read_csv(path: Path, opts: SourceOptions, ledger: FileLedger) -> Iterator[Document]:
     """CSV / TSV with a header row; the text is in opts.csv_column. Malformed records are bad."""
+    rows = read_csv_rows(path, opts, ledger, required=(opts.csv_column,))
+    for first, row, size_bytes in rows:
+        yield ledger.emit(row[opts.csv_column], f"{path}:{first.number}", size_bytes)
+
+
+def read_csv_rows(
+    path: Path, opts: SourceOptions, ledger: FileLedger, *, required: tuple[str, ...] = ()
+) -> Iterator[tuple[Line, dict[str, str], int]]:
+    """(first line, {column: value}, bytes) of each well-formed record of a CSV / TSV with a
+    header row; malformed records are bad, and a header without the `required` columns makes
+    the whole file unreadable."""
     limit = opts.record_limit_bytes()
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     total = path.stat().st_size
@@ -142,37 +153,39 @@ def read_csv(path: Path, opts: SourceOptions, ledger: FileLedger) -> Iterator[Do
         if header is None:
             return
         columns = header.fields or []
-        if opts.csv_column not in columns:
+        missing = [c for c in required if c not in columns]
+        if header.fields is None or missing or not columns:
             if header.fields is None:
                 reason = f"malformed CSV header ({header.problem})"
+            elif missing:
+                reason = f"no column '{missing[0]}' (columns: {', '.join(columns)})"
             else:
-                reason = f"no column '{opts.csv_column}' (columns: {', '.join(columns)})"
+                reason = "the first line is empty: no header row"
             error = InputError(
                 reason,
                 path=path,
                 line=1,
                 byte_offset=0,
-                hint="choose the column with --csv-column NAME",
+                hint="choose the column with --csv-column NAME" if required else None,
             )
             ledger.progress(total - parser.reported_bytes)
             ledger.unreadable(error, total)
             return
         ledger.framing(header.size_bytes)
-        col = columns.index(opts.csv_column)
         while (record := parser.next_record()) is not None:
-            text = _text_of(path, record, len(columns), col, ledger, limit)
-            if text is not None:
-                yield ledger.emit(text, f"{path}:{record.first.number}", record.size_bytes)
+            fields = _fields_of(path, record, len(columns), ledger, limit)
+            if fields is not None:
+                yield record.first, dict(zip(columns, fields, strict=True)), record.size_bytes
             elif record.fields is None or record.problem is not None:
                 # Failed or malformed: the reader may have stopped mid-record, and joined rows
                 # come back when parsing restarts on the record's second line.
                 parser.restart(record.first.number + 1, record.first.end)
 
 
-def _text_of(
-    path: Path, record: _Record, width: int, col: int, ledger: FileLedger, limit: int
-) -> str | None:
-    """The text of one record, or None after counting it as framing, dropped or bad.
+def _fields_of(
+    path: Path, record: _Record, width: int, ledger: FileLedger, limit: int
+) -> list[str] | None:
+    """The fields of one record, or None after counting it as framing, dropped or bad.
 
     A malformed record that spans several lines is counted by its first line only: the caller
     parses again from the next line.
@@ -207,4 +220,4 @@ def _text_of(
         error = decode_error(path, line.raw or b"", exc, line.offset, line.number)
         ledger.bad(error, "invalid_utf8", record.size_bytes)
         return None
-    return fields[col]
+    return fields

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from pocketlm.common.log import get_logger
 from pocketlm.common.manifest import ArtifactWriter, parent_ref, read_manifest
 from pocketlm.common.progress import progress_bar
 from pocketlm.data.config import EncodeConfig
-from pocketlm.tokenizer.tokenizer import TOKENIZER_FILES, Tokenizer
+from pocketlm.tokenizer.tokenizer import HF_TOKENIZER_FILES, Tokenizer
 
 TOKENS_KIND = "tokens"
 _log = get_logger("pocketlm.data.encode")
@@ -48,6 +49,13 @@ def encode_corpus(
     corpus = read_manifest(corpus_dir, kind="corpus")
     read_manifest(tokenizer_dir, kind=("tokenizer", "model"))
     tokenizer = Tokenizer.load(tokenizer_dir)
+    if tokenizer.eos_id is None:
+        raise InputError(
+            "the tokenizer has no end-of-sequence token to separate documents with",
+            path=tokenizer_dir,
+        )
+    # a tokenizer without a bos rule (Qwen) gets none: documents as the model saw them
+    config = replace(config, add_bos=config.add_bos and tokenizer.add_bos)
     dtype = token_dtype(tokenizer.vocab_size)
     total_bytes = sum(corpus["summary"]["splits"][s]["bytes"] for s in ("train", "val"))
     started = time.perf_counter()
@@ -66,8 +74,9 @@ def encode_corpus(
             for split in ("train", "val")
         }
         bar.close()
-        for name in TOKENIZER_FILES:
-            shutil.copyfile(tokenizer_dir / name, art.path(f"tokenizer/{name}"))
+        for name in HF_TOKENIZER_FILES:  # an imported model's template and end ids too
+            if (tokenizer_dir / name).is_file():
+                shutil.copyfile(tokenizer_dir / name, art.path(f"tokenizer/{name}"))
         if splits["train"]["tokens"] == 0:
             raise InputError("the corpus's train split is empty", path=corpus_dir)
         seconds = time.perf_counter() - started

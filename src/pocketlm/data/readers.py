@@ -189,19 +189,23 @@ def read_jsonl(path: Path, opts: SourceOptions, ledger: FileLedger) -> Iterator[
                 yield ledger.emit(record, f"{path}:{line.number}", line.size_bytes)
 
 
-def _json_record(path: Path, line: Line, opts: SourceOptions, ledger: FileLedger) -> str | None:
-    """The text of one JSONL line, or None for a blank line (framing) or a bad record (counted)."""
+NOT_A_RECORD = object()  # parse_json_line: a blank line or a bad record (already counted)
+
+
+def parse_json_line(path: Path, line: Line, ledger: FileLedger) -> object:
+    """The JSON value of one line, or NOT_A_RECORD after counting a blank line (framing) or a bad
+    line (invalid UTF-8 or JSON, located by line and byte offset)."""
     raw, size = line.raw or b"", line.size_bytes
     if not raw.strip():
         ledger.framing(size)
-        return None
+        return NOT_A_RECORD
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         ledger.bad(decode_error(path, raw, exc, line.offset, line.number), "invalid_utf8", size)
-        return None
+        return NOT_A_RECORD
     try:
-        record = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         truncated = not raw.endswith(b"\n") or exc.msg.startswith(("Unterminated", "Expecting"))
         what = "truncated JSON line" if truncated else "invalid JSON"
@@ -212,7 +216,15 @@ def _json_record(path: Path, line: Line, opts: SourceOptions, ledger: FileLedger
             byte_offset=line.offset + len(text[: exc.pos].encode("utf-8")),
         )
         ledger.bad(error, "invalid_json", size)
+        return NOT_A_RECORD
+
+
+def _json_record(path: Path, line: Line, opts: SourceOptions, ledger: FileLedger) -> str | None:
+    """The text of one JSONL line, or None for a blank line (framing) or a bad record (counted)."""
+    record = parse_json_line(path, line, ledger)
+    if record is NOT_A_RECORD:
         return None
+    size = line.size_bytes
     try:
         value = _get_field(record, opts.text_field)
     except KeyError:

@@ -146,11 +146,12 @@ def iter_source(spec: str, opts: SourceOptions, book: Accounting) -> Iterator[Do
     elif kind == "file":
         yield from _iter_file(Path(spec), spec, opts, book, explicit=True)
     else:
-        for path in _walk(Path(spec), opts.include_hidden):
+        for path in walk_files(Path(spec), opts.include_hidden):
             yield from _iter_file(path, spec, opts, book, explicit=False)
 
 
-def _walk(root: Path, include_hidden: bool) -> Iterator[Path]:
+def walk_files(root: Path, include_hidden: bool) -> Iterator[Path]:
+    """The files under `root`, sorted (dot-files and dot-folders only with include_hidden)."""
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).parts
         if not include_hidden and any(p.startswith(".") for p in rel):
@@ -254,22 +255,27 @@ def _iter_stdlib(source: str, opts: SourceOptions, book: Accounting) -> Iterator
 
 
 def _iter_hf(spec: str, opts: SourceOptions, book: Accounting) -> Iterator[Document]:
+    name, rows = hf_rows(spec, opts.hf_split)
+    ledger = book.open(name, spec)
+    yield from readers.read_records(rows, name, opts, ledger)
+    book.done_reading(ledger)
+
+
+def hf_rows(spec: str, split: str) -> tuple[str, Iterator[dict]]:
+    """(name, rows as dicts) of a Hugging Face dataset: a save_to_disk folder (the `split` of a
+    DatasetDict) or, online, a hub name streamed; `spec` may carry the hf: prefix."""
     name = spec[3:] if spec.startswith("hf:") else spec
     datasets = require("datasets", "hf", "Reading Hugging Face datasets")
     if Path(name).exists():
         loaded = datasets.load_from_disk(name)
         if isinstance(loaded, datasets.DatasetDict):
-            if opts.hf_split not in loaded:
+            if split not in loaded:
                 raise InputError(
-                    f"no split '{opts.hf_split}' (splits: {', '.join(loaded)})",
+                    f"no split '{split}' (splits: {', '.join(loaded)})",
                     path=name,
                     hint="choose one with --set sources.hf_split=NAME",
                 )
-            loaded = loaded[opts.hf_split]
-        rows = iter(loaded)
-    else:
-        # Online path: the same reader over a streamed hub dataset.
-        rows = iter(datasets.load_dataset(name, split=opts.hf_split, streaming=True))
-    ledger = book.open(name, spec)
-    yield from readers.read_records(rows, name, opts, ledger)
-    book.done_reading(ledger)
+            loaded = loaded[split]
+        return name, iter(loaded)
+    # Online path: the same reader over a streamed hub dataset.
+    return name, iter(datasets.load_dataset(name, split=split, streaming=True))

@@ -33,6 +33,7 @@ def open_backend(
     precision: str = "auto",
     threads: int = 0,
     max_len: int | None = None,
+    rewind: int = 0,
     adapter: str | Path | None = None,
 ) -> tuple[Backend, Tokenizer]:
     """(backend holding `slots` sequences, tokenizer) for a model dir, a training run or a
@@ -41,8 +42,10 @@ def open_backend(
     backend: "torch", "native" (CPU only; a PocketLMError says why when it cannot run) or
     "auto" (native when the device is the CPU and precision auto/fp32, falling back to torch).
     threads: native backend threads (0 = its default). max_len: context per slot in tokens
-    (default and ceiling: the model's). adapter: a LoRA adapter (or a LoRA training run) to
-    apply on top of `model`, its base; the torch backend runs it (auto picks torch).
+    (default and ceiling: the model's). rewind: the most tokens the caller will truncate a slot
+    back by, when more than the native backend's rolling caches keep by default (KV_REWIND).
+    adapter: a LoRA adapter (or a LoRA training run) to apply on top of `model`, its base; the
+    torch backend runs it (auto picks torch).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
@@ -59,7 +62,12 @@ def open_backend(
         backend == "native" or (backend == "auto" and native_fits(device, precision))
     ):
         opened = _open_native(
-            model, slots=slots, threads=threads, max_len=max_len, required=backend == "native"
+            model,
+            slots=slots,
+            threads=threads,
+            max_len=max_len,
+            rewind=rewind,
+            required=backend == "native",
         )
         if opened is not None:
             return opened
@@ -89,6 +97,8 @@ def load_engine(
     settings = dict(
         device=device, precision=precision, max_len=max_len, backend=backend, threads=threads
     )
+    if draft is not None:  # a step rolls back up to its drafted tokens and the target's own one
+        settings["rewind"] = draft_tokens + 1
     target, tokenizer = open_backend(model, adapter=adapter, **settings)
     if draft is None:
         return GenerationEngine(target, tokenizer)
@@ -161,20 +171,34 @@ def _open_torch(
 
 
 def _open_native(
-    model: str | Path, *, slots: int, threads: int, max_len: int | None, required: bool
+    model: str | Path,
+    *,
+    slots: int,
+    threads: int,
+    max_len: int | None,
+    rewind: int,
+    required: bool,
 ) -> tuple[Backend, Tokenizer] | None:
     """The native backend and tokenizer, or None (logged) when it cannot run and is not required."""
     try:
-        from pocketlm.engine.native_backend import NativeBackend, NativeUnavailable
+        from pocketlm.engine.native_backend import KV_REWIND, NativeBackend, NativeUnavailable
     except ImportError as exc:
         return _native_failed(f"it is not available in this install ({exc})", required)
     # A corrupt model is an ArtifactError here, never a reason to fall back to torch.
     checked = check_model_dir(Path(model))
+    more = {"kv_rewind": rewind} if rewind > KV_REWIND else {}
     try:
         backend = NativeBackend(
-            checked.directory, checked.config, threads=threads, max_len=max_len, slots=slots
+            checked.directory, checked.config, threads=threads, max_len=max_len, slots=slots, **more
         )
     except NativeUnavailable as exc:
+        features = getattr(exc, "features", ())
+        if features and not required:  # the model's own options: worth a line at the default level
+            _log.info(
+                "torch backend: the native engine does not implement the model option(s) %s",
+                ", ".join(features),
+            )
+            return None
         return _native_failed(str(exc), required)
     return backend, checked.tokenizer
 

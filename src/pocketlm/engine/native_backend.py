@@ -3,7 +3,9 @@
 Weights stay in their final layout in model.safetensors (fp32, bf16, int8 rows or int4 groups)
 and are mapped, not copied: the process touches only the pages it needs. Every Backend method
 maps onto one C call, `forward(tokens, positions, slots, logits, all_logits)`, which places each
-token at its position in its slot's KV cache; the GIL is released while it runs.
+token at its position in its slot's KV cache; the GIL is released while it runs. The model
+crosses to C as native_weights.py lays it out, with the family options of its config
+(NATIVE_FEATURES).
 """
 
 from __future__ import annotations
@@ -15,29 +17,39 @@ import numpy as np
 
 from pocketlm.checkpoint.layout import WEIGHTS_FILE
 from pocketlm.checkpoint.safetensors_mmap import MappedTensors
-from pocketlm.checkpoint.weights_spec import (
-    BIASED,
-    check_weights,
-    layer_matrices,
-    read_quantization,
-)
+from pocketlm.checkpoint.weights_spec import check_weights, read_quantization
 from pocketlm.common.cpu_load import free_cores, runnable_others
 from pocketlm.common.device import usable_cores
-from pocketlm.common.errors import ArtifactError, ConfigError, PocketLMError
+from pocketlm.common.errors import ArtifactError, ConfigError, InputError, PocketLMError
 from pocketlm.common.isa import check_isa, isa_cap
 from pocketlm.engine.backend import check_append, check_decode, check_slot_count, check_slots
+from pocketlm.engine.native_weights import c_config, c_rope, c_weights
 from pocketlm.model.config import ModelConfig
-
-F32, BF16, I8, I4 = 0, 1, 2, 3
-
+from pocketlm.model.rope_freqs import long_factors_from
 
 # Family options (ModelConfig.family_features) the C engine implements; any other sends the model
 # to the torch backend with a message naming the option.
-NATIVE_FEATURES = frozenset({"qkv_bias"})
+NATIVE_FEATURES = frozenset((
+    "qkv_bias", "norm_kind", "norm_offset", "activation", "mlp_kind", "o_bias", "mlp_bias",
+    "lm_head_bias", "qk_norm", "rotary_dim", "rope_scaling", "rope_factor", "rope_low_freq_factor",
+    "rope_high_freq_factor", "rope_original_max_len", "rope_short_factor", "rope_long_factor",
+    "rope_local_theta", "sliding_window", "layer_types", "parallel_block", "embed_scale",
+    "attn_scale", "attn_softcap", "final_softcap", "sandwich_norms", "n_experts",
+    "n_experts_per_token", "expert_ffn_dim", "router", "shared_expert_ffn_dim",
+))  # fmt: skip
+
+# A sliding layer's KV cache rolls: it keeps window + KV_REWIND + max_batch positions, so a slot
+# can be truncated back by up to this many tokens (speculative decoding rejects a few drafts).
+KV_REWIND = 64
 
 
 class NativeUnavailable(PocketLMError):
-    """The native backend cannot run this model here (no compiled extension, unsupported layout)."""
+    """The native backend cannot run this model here (no compiled extension, unsupported layout);
+    `features`: the model's family options it does not implement, when those are the reason."""
+
+    def __init__(self, message: str, features: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.features = features
 
 
 def native_isa() -> str | None:
@@ -47,45 +59,6 @@ def native_isa() -> str | None:
     except ImportError:
         return None
     return _native.cpu_isa()
-
-
-def _matrix(t: MappedTensors, prefix: str, rows: int, cols: int, group: int) -> tuple:
-    """(dtype, rows, cols, group, data, scales) for the C side, from `prefix`.weight or
-    .qweight/.scales (names, shapes and dtypes already checked by check_weights)."""
-    if f"{prefix}.weight" in t:
-        w = t.get(f"{prefix}.weight")
-        return (F32 if t.dtype(f"{prefix}.weight") == "F32" else BF16, rows, cols, 0, w, None)
-    q, s = t.get(f"{prefix}.qweight"), t.get(f"{prefix}.scales")
-    if t.dtype(f"{prefix}.qweight") == "I8":
-        return (I8, rows, cols, 0, q, s)
-    return (I4, rows, cols, group, q, s.view(np.uint16))
-
-
-def _vector(t: MappedTensors, name: str) -> np.ndarray:
-    """A float32 vector (norm weight or bias), widened from bf16 bits when stored so."""
-    v = t.get(name)
-    if t.dtype(name) == "BF16":  # raw uint16 bits: the high half of a float32
-        return (v.astype(np.uint32) << 16).view(np.float32)
-    return v
-
-
-def c_weights(t: MappedTensors, c: ModelConfig, group: int) -> tuple:
-    """(embed, lm_head, final_norm, layers): the weights as the C Model takes them, each layer
-    (input norm, post-attention norm, q/k/v biases or None, then layer_matrices' matrices)."""
-    embed = _matrix(t, "model.embed_tokens", c.vocab_size, c.dim, group)
-    head = embed if c.tie_embeddings else _matrix(t, "lm_head", c.vocab_size, c.dim, group)
-    layers = []
-    for i in range(c.n_layers):
-        p = f"model.layers.{i}."
-        norms = [
-            _vector(t, p + n) for n in ("input_layernorm.weight", "post_attention_layernorm.weight")
-        ]
-        bias = [_vector(t, f"{p}{name}.bias") if c.qkv_bias else None for name in BIASED]
-        matrices = [
-            _matrix(t, p + name, rows, cols, group) for name, rows, cols in layer_matrices(c)
-        ]
-        layers.append((*norms, *bias, *matrices))
-    return embed, head, _vector(t, "model.norm.weight"), layers
 
 
 class NativeBackend:
@@ -106,68 +79,84 @@ class NativeBackend:
         max_batch: int = 64,
         slots: int = 1,
         isa: str = "",
+        kv_rewind: int = KV_REWIND,
     ) -> None:
         """isa: a cap on the kernel set ("portable", "avx2", "avx512"; "" = POCKETLM_ISA, or the
-        best this CPU runs); `self.isa` says which set was chosen."""
+        best this CPU runs); `self.isa` says which set was chosen. kv_rewind: how far truncate
+        may go back (sliding layers keep that many positions past their window)."""
         check_slot_count(slots)
         if max_len is not None and max_len < 1:
             raise ConfigError(f"max_len must be >= 1 token, got {max_len}")
+        if kv_rewind < 0:
+            raise ConfigError(f"kv_rewind must be >= 0 tokens, got {kv_rewind}")
         try:
             from pocketlm.engine import _native
         except ImportError as exc:
             raise NativeUnavailable(
                 "the native extension is not built (reinstall pocketlm with a C compiler available)"
             ) from exc
-        unsupported = [f for f in config.family_features() if f not in NATIVE_FEATURES]
+        unsupported = tuple(f for f in config.family_features() if f not in NATIVE_FEATURES)
         if unsupported:
             raise NativeUnavailable(
                 f"the native engine does not implement {', '.join(unsupported)} (model family "
-                "options in model_config.json); the torch backend runs this model"
+                "options in model_config.json); the torch backend runs this model",
+                unsupported,
             )
         self.config = config
         self.directory = directory
         quant = read_quantization(directory)
         group = quant.get("group_size") or 32
-        weights = directory / WEIGHTS_FILE
-        t = MappedTensors(weights)
+        weights_path = directory / WEIGHTS_FILE
+        t = MappedTensors(weights_path)
         # Names, shapes and dtypes must match the config before a pointer goes to C: the C side
         # reads rows x cols of every matrix it is given.
-        check_weights(t.header, config, quant, weights)
+        check_weights(t.header, config, quant, weights_path)
         self._tensors = t  # keeps the mapping alive
         c = config
-        embed, head, final_norm, layers = c_weights(t, c, group)
+        weights = c_weights(t, c, group)
         self._context_length = min(max_len or c.max_seq_len, c.max_seq_len)
         # default: the cores other programs leave free now (threads sharing a taken core make
         # every decode step wait for the slowest one)
         self.threads = threads or free_cores(runnable_others(), usable_cores())
-        cfg = (
-            c.vocab_size,
-            c.dim,
-            c.n_layers,
-            c.n_heads,
-            c.n_kv_heads,
-            c.resolved_head_dim,
-            c.resolved_ffn_dim,
-            self._context_length,
-            max_batch,
-            slots,
-            c.rope_theta,
-            c.norm_eps,
-        )
+        # longrope picks its factors per call (the long ones once a call reaches past the original
+        # context): a whole prompt per call, and a slot whose context grows past that boundary
+        # runs again from its first token, as the torch backend (and transformers' generate) do
+        self._rope_boundary = long_factors_from(c) or None
+        if self._rope_boundary:
+            self.prefill_chunk = None
         isa = check_isa(isa, "isa") if isa else isa_cap()
+        ring = [  # positions each layer's cache keeps (model.c: sliding layers roll)
+            w + kv_rewind + max_batch if w and w + kv_rewind + max_batch < self._context_length
+            else self._context_length
+            for w in (c.sliding_window if c.layer_kind(i) == "sliding" else 0 for i in range(c.n_layers))
+        ]  # fmt: skip
+        self._kv_rewind = kv_rewind if min(ring) < self._context_length else None
         try:
-            self._model = _native.Model(cfg, embed, head, final_norm, layers, self.threads, isa)
+            self._model = _native.Model(
+                c_config(c, self._context_length, max_batch, slots, kv_rewind),
+                weights["embed"],
+                weights["lm_head"],
+                weights["final_norm"],
+                weights["layers"],
+                c_rope(c),
+                self.threads,
+                isa,
+                final_norm_bias=weights["final_norm_bias"],
+                lm_head_bias=weights["lm_head_bias"],
+            )
         except ValueError as exc:  # the C side's own load-time bounds checks
-            raise ArtifactError(f"{weights}: {exc}") from exc
+            raise ArtifactError(f"{weights_path}: {exc}") from exc
         except MemoryError as exc:
             raise PocketLMError(
                 f"cannot allocate the native backend's buffers for {slots} slot(s) of "
                 f"{self._context_length} tokens (KV cache "
-                f"{2 * slots * c.n_layers * self._context_length * c.kv_dim * 4 / 1e6:.0f} MB): "
+                f"{2 * slots * sum(ring) * c.kv_dim * 4 / 1e6:.0f} MB): "
                 "use a smaller --max-len or fewer --slots"
             ) from exc
         self.isa = self._model.isa()
         self._lengths = [0] * slots  # tokens in each slot's context
+        self._reached = [0] * slots  # the longest each slot's context was since its release
+        self._tokens: list[list[int]] = [[] for _ in range(slots)]  # longrope: each slot's context
 
     @property
     def slots(self) -> int:
@@ -206,27 +195,67 @@ class NativeBackend:
         """Token i at the end of sequence slots[i] (distinct slots), one call; logits (n, V)."""
         slots = [int(s) for s in slots]
         check_decode(self, slots, token_ids)
+        if self._rope_boundary and any(self._crosses_boundary(s, 1) for s in slots):
+            return self._decode_crossing(slots, token_ids)
         ids = np.ascontiguousarray(token_ids, dtype=np.int32)  # (n,)
         out = np.empty((ids.shape[0], self.vocab_size), dtype=np.float32)  # (n, V)
         positions = np.array([self._lengths[s] for s in slots], dtype=np.int32)  # (n,)
         self._model.forward(ids, positions, np.array(slots, dtype=np.int32), out, True)
         for s in slots:
             self._lengths[s] += 1
+            self._reached[s] = max(self._reached[s], self._lengths[s])
+        if self._rope_boundary:
+            for s, t in zip(slots, ids.tolist()):
+                self._tokens[s].append(t)
+        return out
+
+    def _decode_crossing(self, slots: list[int], token_ids: Sequence[int]) -> np.ndarray:
+        """decode() when some slots grow past longrope's boundary: each of those runs its whole
+        context again, alone; the others decode together."""
+        out = np.empty((len(slots), self.vocab_size), dtype=np.float32)  # (n, V)
+        rest = []
+        for i, (s, t) in enumerate(zip(slots, token_ids)):
+            if self._crosses_boundary(s, 1):
+                out[i] = self._append(s, [int(t)], every=False)
+            else:
+                rest.append(i)
+        if rest:
+            out[rest] = self.decode([slots[i] for i in rest], [token_ids[i] for i in rest])
         return out
 
     def truncate(self, slot: int, position: int) -> None:
-        """Forget the slot's tokens after the first `position` (later writes overwrite the cache)."""
+        """Forget the slot's tokens after the first `position` (later writes overwrite the cache).
+        With sliding-window layers (rolling caches) at most kv_rewind tokens back from the longest
+        the context was: further back, their keys are overwritten (InputError; release instead)."""
         check_slots((slot,), self.slots)
-        self._lengths[slot] = min(self._lengths[slot], max(0, position))
+        keep = min(self._lengths[slot], max(0, position))
+        back = self._reached[slot] - keep
+        if keep and self._kv_rewind is not None and back > self._kv_rewind:
+            raise InputError(
+                f"cannot go back {back} tokens in slot {slot}: this model's sliding-window layers "
+                f"keep {self._kv_rewind} positions past their window; release the slot and "
+                "prefill it again"
+            )
+        self._lengths[slot] = keep
+        del self._tokens[slot][keep:]
+        if not keep:
+            self._reached[slot] = 0
 
     def release(self, slot: int) -> None:
         """Forget the slot's context (cache entries are overwritten by position)."""
         check_slots((slot,), self.slots)
         self._lengths[slot] = 0
+        self._reached[slot] = 0
+        self._tokens[slot] = []
 
     def profile(self, enable: bool = True) -> dict[str, float]:
         """Seconds spent per phase (embed, norm, qkv, attention, ffn, lm_head, ...) since the last call."""
         return self._model.profile(enable)
+
+    def _crosses_boundary(self, slot: int, n_new: int) -> bool:
+        """Whether n_new tokens take a slot holding a short context past longrope's boundary."""
+        at, boundary = self._lengths[slot], self._rope_boundary
+        return boundary is not None and 0 < at <= boundary < at + n_new
 
     def _append(self, slot: int, token_ids: Sequence[int], *, every: bool) -> np.ndarray:
         """Tokens at the end of one slot's sequence: logits (n, V) after each if `every`, else (V,)."""
@@ -234,8 +263,15 @@ class NativeBackend:
         n = ids.shape[0]
         check_append(self, slot, n)
         start = self._lengths[slot]
-        out = np.empty((n, self.vocab_size) if every else self.vocab_size, dtype=np.float32)
-        positions = np.arange(start, start + n, dtype=np.int32)  # (n,)
-        self._model.forward(ids, positions, np.full(n, slot, dtype=np.int32), out, every)
-        self._lengths[slot] = start + n
-        return out
+        if self._rope_boundary and self._crosses_boundary(slot, n):  # again, with the long factors
+            ids = np.array(self._tokens[slot] + ids.tolist(), dtype=np.int32)  # (start + n,)
+            self._tokens[slot], start = [], 0
+        total = ids.shape[0]
+        out = np.empty((total, self.vocab_size) if every else self.vocab_size, dtype=np.float32)
+        positions = np.arange(start, start + total, dtype=np.int32)  # (total,)
+        self._model.forward(ids, positions, np.full(total, slot, dtype=np.int32), out, every)
+        self._lengths[slot] = start + total
+        self._reached[slot] = max(self._reached[slot], start + total)
+        if self._rope_boundary:
+            self._tokens[slot] += ids.tolist()
+        return out[total - n :] if every else out

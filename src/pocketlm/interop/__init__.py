@@ -1,4 +1,6 @@
-"""Exporters: a model artifact as a directory other tools load as is (hf now; gguf, onnx later).
+"""Other formats in and out: Hugging Face folders imported (hf_import, open_model) and a model
+artifact exported for `transformers` (hf_export) or llama.cpp / Ollama (gguf_export).
 
-Tensor-name maps live in `export.name_maps` as data tables, one per target format.
+Each model family is data in `families/` (one FamilySpec: config keys, tensor-name tables for
+Hugging Face and GGUF, llama.cpp's architecture), read by all three directions.
 """

@@ -10,6 +10,13 @@ Paths: PocketLM's CPU kernels (model/native_attention.py) where they apply and t
 else without a soft-cap; an explicit softmax(cap * tanh(scores / cap)) path for soft-capped
 layers. The KV cache keeps every position; a sliding layer masks the keys outside its window, so
 decoding with the cache gives what one full forward gives.
+
+Packed training rows (several examples one after another) pass `doc_starts` (B, T): the first
+position of each token's document (document_starts). A query then sees only the keys of its own
+document, causally (and within the window): PocketLM's kernels take the starts and skip the
+scores left of each document (in fp32 under bf16 autocast too: SDPA's CPU kernels with a mask
+are several times slower); SDPA elsewhere and the soft-cap path take a block-diagonal causal
+mask.
 """
 
 from __future__ import annotations
@@ -23,6 +30,16 @@ from pocketlm.model.config import ModelConfig
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.norms import make_norm
 from pocketlm.model.rope import apply_rope
+
+
+def document_starts(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) int64: the index of the first token of each token's document, a document being a
+    run of equal ids along the row."""
+    seq = doc_ids.shape[1]
+    index = torch.arange(seq, device=doc_ids.device).expand_as(doc_ids)  # (B, T)
+    first = torch.ones_like(doc_ids, dtype=torch.bool)
+    first[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return torch.where(first, index, torch.zeros_like(index)).cummax(dim=1).values
 
 
 class Attention(nn.Module):
@@ -57,8 +74,10 @@ class Attention(nn.Module):
         cache: KVCache | None,
         positions: torch.Tensor | None,
         uniform: int | None,
+        doc_starts: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, T, dim) -> (B, T, dim); cos/sin (B or 1, 1, T, rotary_dim) at the new positions."""
+        """x (B, T, dim) -> (B, T, dim); cos/sin (B or 1, 1, T, rotary_dim) at the new positions;
+        doc_starts (B, T) (no cache) keeps attention inside each packed document."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)  # (B, T, H, hd)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, hd)
@@ -66,17 +85,20 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         dropout = self.dropout if self.training else 0.0
+        packed = doc_starts is not None
         if (
-            cache is None  # so cos/sin are (1, 1, T, rd)
+            cache is None  # so cos/sin are (B or 1, 1, T, rd)
             and self.kernel == "auto"
             and self._native_maths(seq)
-            and native_attention.applies(q, dropout)
+            and native_attention.applies(q, dropout, upcast=packed)
         ):
-            # (1, 1, T, rd) -> (1, T, 1, rd): rotate in the (B, T, H, hd) layout the kernels read
+            # (B, 1, T, rd) -> (B, T, 1, rd): rotate in the (B, T, H, hd) layout the kernels read
             cos_t, sin_t = cos.transpose(1, 2), sin.transpose(1, 2)
-            out = native_attention.causal_attention(
-                apply_rope(q, cos_t, sin_t), apply_rope(k, cos_t, sin_t), v
-            )  # (B, T, H, hd)
+            q, k = apply_rope(q, cos_t, sin_t), apply_rope(k, cos_t, sin_t)
+            # packed rows under bf16 autocast: fp32 kernels beat SDPA's masked ones by far
+            q32, k32, v32 = q.float(), k.float(), v.float()
+            out = native_attention.causal_attention(q32, k32, v32, doc_starts)  # (B, T, H, hd)
+            out = out.to(q.dtype)
             return self.o_proj(out.reshape(batch, seq, self.n_heads * self.head_dim))
         q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, T, hd)
         k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, KV, T, hd)
@@ -96,6 +118,8 @@ class Attention(nn.Module):
             query_pos = torch.arange(seq, device=x.device)[None]  # (1, T)
         if query_pos is not None:
             mask = self._visible(query_pos, k.shape[2])  # (B, 1, T, S)
+        if doc_starts is not None:
+            mask = self._visible_in_documents(doc_starts)  # (B, 1, T, T)
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             # (B, KV, S, hd) -> (B, H, S, hd): each kv head serves `rep` query heads.
@@ -139,6 +163,17 @@ class Attention(nn.Module):
         visible = key_pos[None, None, None, :] <= p
         if self.window:
             visible = visible & (key_pos[None, None, None, :] > p - self.window)
+        return visible
+
+    def _visible_in_documents(self, doc_starts: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T, T) bool: key j is visible to query t iff doc_starts[t] <= j <= t (and
+        t - j < window): causal attention inside each packed document."""
+        seq = doc_starts.shape[1]
+        t = torch.arange(seq, device=doc_starts.device)  # (T,)
+        query, key = t[None, None, :, None], t[None, None, None, :]
+        visible = (key <= query) & (key >= doc_starts[:, None, :, None])
+        if self.window:
+            visible = visible & (key > query - self.window)
         return visible
 
     def _capped_attention(

@@ -7,6 +7,12 @@ together. They are registered as a torch custom op with its own backward, so `to
 keeps them in its graph. Where they do not apply (no AVX-512, GPU, half precision, KV cache,
 dropout, head size not a multiple of 16, POCKETLM_ISA below avx512) the model uses
 scaled_dot_product_attention.
+
+Packed training rows pass each query's document start (`doc_starts`): attention stays inside
+each document and the kernels skip the scores left of it, so a row of short documents costs
+about the sum of their squared lengths. Packed rows take these kernels under bf16 autocast too,
+in fp32 (model/attention.py casts): SDPA's CPU kernels with the block-diagonal mask a packed row
+needs run 5-9x slower (benchmarks/packed_attention.py).
 """
 
 from __future__ import annotations
@@ -41,11 +47,13 @@ def available() -> bool:
     return isa_allows("avx512", isa_cap()) and _extension() is not None
 
 
-def applies(q: torch.Tensor, dropout: float) -> bool:
-    """Whether causal attention over q (B, T, H, hd) can run natively (else SDPA)."""
+def applies(q: torch.Tensor, dropout: float, *, upcast: bool = False) -> bool:
+    """Whether causal attention over q (B, T, H, hd) can run natively (else SDPA); with upcast,
+    half-precision inputs too (the caller computes in fp32 and casts back)."""
+    half = upcast and q.dtype in (torch.bfloat16, torch.float16)
     return (
         q.device.type == "cpu"
-        and q.dtype == torch.float32
+        and (q.dtype == torch.float32 or half)
         and q.shape[-1] % 16 == 0
         and q.shape[1] > 1
         and dropout == 0.0
@@ -53,14 +61,20 @@ def applies(q: torch.Tensor, dropout: float) -> bool:
     )
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_starts: torch.Tensor | None = None
+) -> torch.Tensor:
     """softmax(q kᵀ / √hd, causal) v for q (B, T, H, hd), k and v (B, T, KV, hd) -> (B, T, H, hd).
 
     Grouped-query: query head h reads kv head h // (H / KV). Differentiable in q, k and v.
+    With doc_starts (B, T) (the first position of each query's document, nondecreasing along a
+    row: model/attention.py document_starts) query t sees keys doc_starts[t] .. t only.
     """
     if not available():
         raise RuntimeError("native attention is not available on this machine (needs AVX-512)")
-    out, _lse = torch.ops.pocketlm.causal_attention(q, k, v)
+    if doc_starts is not None:
+        doc_starts = doc_starts.to(torch.int32).contiguous()
+    out, _lse = torch.ops.pocketlm.causal_attention(q, k, v, doc_starts)
     return out
 
 
@@ -74,6 +88,11 @@ def _dense_rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _starts_ptr(starts: torch.Tensor | None) -> int:
+    """The kernels' pointer to int32 document starts (B, T), 0 for none."""
+    return 0 if starts is None else starts.data_ptr()
+
+
 def _dims(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int, int]:
     batch, seq, heads, head_dim = q.shape
     return (batch, heads, k.shape[2], seq, head_dim)
@@ -85,20 +104,22 @@ def _register_ops() -> None:
 
     @torch.library.custom_op("pocketlm::causal_attention", mutates_args=())
     def forward(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v = _dense_rows(q), _dense_rows(k), _dense_rows(v)
         batch, seq, heads, head_dim = q.shape
         out = torch.empty_like(q, memory_format=torch.contiguous_format)  # (B, T, H, hd)
         lse = torch.empty(batch, heads, seq, dtype=torch.float32)  # (B, H, T)
         _attention.forward(
-            _view(q), _view(k), _view(v), _view(out), lse.data_ptr(), _dims(q, k),
-            head_dim**-0.5, torch.get_num_threads(),
+            _view(q), _view(k), _view(v), _view(out), lse.data_ptr(), _starts_ptr(starts),
+            _dims(q, k), head_dim**-0.5, torch.get_num_threads(),
         )  # fmt: skip
         return out, lse
 
     @forward.register_fake
-    def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, seq, heads, _ = q.shape
         return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
             batch, heads, seq
@@ -112,6 +133,7 @@ def _register_ops() -> None:
         v: torch.Tensor,
         out: torch.Tensor,
         lse: torch.Tensor,
+        starts: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         grad, q, k, v = _dense_rows(grad), _dense_rows(q), _dense_rows(k), _dense_rows(v)
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -119,13 +141,13 @@ def _register_ops() -> None:
         dv = torch.empty_like(v, memory_format=torch.contiguous_format)
         _attention.backward(
             _view(q), _view(k), _view(v), _view(out), _view(grad), _view(dq), _view(dk),
-            _view(dv), lse.contiguous().data_ptr(), _dims(q, k), q.shape[-1] ** -0.5,
-            torch.get_num_threads(),
+            _view(dv), lse.contiguous().data_ptr(), _starts_ptr(starts), _dims(q, k),
+            q.shape[-1] ** -0.5, torch.get_num_threads(),
         )  # fmt: skip
         return dq, dk, dv
 
     @backward.register_fake
-    def _(grad, q, k, v, out, lse):
+    def _(grad, q, k, v, out, lse, starts):
         return (
             torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
@@ -133,10 +155,15 @@ def _register_ops() -> None:
         )
 
     def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs, *output)
+        q, k, v, starts = inputs
+        ctx.save_for_backward(q, k, v, *output)
+        ctx.starts = starts  # integer positions: nothing flows back to them
 
     def grads(ctx, grad_out: torch.Tensor, _grad_lse: torch.Tensor | None):
         q, k, v, out, lse = ctx.saved_tensors
-        return torch.ops.pocketlm.causal_attention_backward(grad_out, q, k, v, out, lse)
+        grads = torch.ops.pocketlm.causal_attention_backward(
+            grad_out, q, k, v, out, lse, ctx.starts
+        )
+        return (*grads, None)
 
     forward.register_autograd(grads, setup_context=setup_context)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pocketlm.model import native_attention
-from pocketlm.model.attention import Attention
+from pocketlm.model.attention import Attention, document_starts
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
@@ -89,9 +89,10 @@ class DecoderLayer(nn.Module):
         cache: KVCache | None,
         positions: torch.Tensor | None,
         uniform: int | None,
+        doc_starts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = self.input_layernorm(x)
-        attn = self.self_attn(h, cos, sin, cache, positions, uniform)
+        attn = self.self_attn(h, cos, sin, cache, positions, uniform, doc_starts)
         if self.parallel:  # Phi-2: both branches read the same normed input
             return (self.resid_dropout(attn) + self.resid_dropout(self.mlp(h))) + x
         if self.sandwich:
@@ -146,6 +147,8 @@ class CausalLM(nn.Module):
         output_positions: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
         reduction: str = "mean",
+        positions: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for every position, or only at output_positions (B,) -> (B, vocab).
 
@@ -154,18 +157,39 @@ class CausalLM(nn.Module):
         target) the result is instead the cross-entropy ("mean" over the targets or their
         "sum"), computed by the LM head fused with the loss so the (B, T, vocab) logits never
         exist at once.
+
+        Packed rows (training, no cache): doc_ids (B, T) name each token's document (a run of
+        equal ids) and attention stays inside it; positions (B, T) are the rotary positions
+        (default: restarting at 0 with each document). Each document then computes exactly
+        what it computes alone.
         """
         batch, seq = input_ids.shape
+        if cache is not None and (positions is not None or doc_ids is not None):
+            raise ValueError("positions and doc_ids are for packed training rows, not a KV cache")
+        doc_starts = None
+        if doc_ids is not None:
+            doc_starts = document_starts(doc_ids)  # (B, T)
+            if positions is None:
+                positions = torch.arange(seq, device=input_ids.device) - doc_starts  # (B, T)
         x = self.model.embed_tokens(input_ids)  # (B, T, dim)
         if self.config.embed_scale != 1.0:
             # In the model's dtype, as Gemma does: sqrt(dim) rounded to fp32, then to the dtype.
             x = x * torch.tensor(self.config.embed_scale, dtype=torch.float32).to(x.dtype)
         uniform: int | None = 0
-        positions: torch.Tensor | None = None
+        cache_pos: torch.Tensor | None = None
         if cache is not None:
             uniform = cache.uniform_length()
-            positions = cache.positions(seq, input_ids.device)  # (B, T)
-        if uniform is not None:
+            cache_pos = cache.positions(seq, input_ids.device)  # (B, T)
+        if positions is not None:
+            if seq > self.config.max_seq_len:
+                raise ValueError(
+                    f"sequence of {seq} positions exceeds the model's context of {self.config.max_seq_len}"
+                )
+            rope_pos = positions  # (B, T)
+            # longrope picks its long factors by the furthest position (a sync: longrope only)
+            long = self.config.rope_scaling == "longrope"
+            end = int(positions.max()) + 1 if long and positions.numel() else seq
+        elif uniform is not None:
             if uniform + seq > self.config.max_seq_len:
                 raise ValueError(
                     f"sequence of {uniform + seq} positions exceeds the model's context of {self.config.max_seq_len}"
@@ -173,12 +197,12 @@ class CausalLM(nn.Module):
             rope_pos = torch.arange(uniform, uniform + seq, device=input_ids.device)[None]  # (1, T)
             end = uniform + seq
         else:
-            rope_pos = positions  # (B, T)
+            rope_pos = cache_pos  # (B, T)
             end = max(cache.lengths) + seq
         rope = self._rope(rope_pos, end, x.dtype)
         for layer in self.model.layers:
             cos, sin = rope[layer.rope_set]
-            x = layer(x, cos, sin, cache, positions, uniform)
+            x = layer(x, cos, sin, cache, cache_pos, uniform, doc_starts)
         if cache is not None:
             cache.advance(seq)
         if output_positions is not None:

@@ -120,3 +120,35 @@ def test_truncated_token_file_is_detected(synthetic_pipeline, tmp_path):
         fh.truncate(100)
     with pytest.raises(ArtifactError, match="missing or truncated"):
         TokenShards(copy).split("train")
+
+
+def test_an_imported_models_tokenizer_encodes_a_corpus_by_its_own_bos_rule(
+    synthetic_pipeline, tmp_path
+):
+    """A Qwen-style tokenizer (no bos) separates documents with its eos only; the tokens carry
+    its template and end ids, and the imported model evaluates on them."""
+    import shutil
+
+    import numpy as np
+
+    from pocketlm.data.encode import encode_corpus
+    from pocketlm.data.token_shards import TokenShards
+    from pocketlm.evals.evaluate import evaluate_model
+    from pocketlm.interop.hf_import import import_hf
+    from tests.unit.interop.hf_families import build_hf_model
+    from tests.unit.tokenizer.hf_folders import write_folder
+
+    folder = tmp_path / "qwen"
+    build_hf_model("qwen2").save_pretrained(folder)
+    for f in write_folder("qwen2_5", tmp_path / "tok", "jinja").iterdir():
+        shutil.copyfile(f, folder / f.name)
+    model_dir = import_hf(folder, tmp_path / "imported")
+    tokens = encode_corpus(synthetic_pipeline["corpus"], model_dir, tmp_path / "tokens")
+    shards = TokenShards(tokens)
+    assert shards.manifest["summary"]["add_bos"] is False and shards.bos_id is None
+    assert (tokens / "tokenizer" / "chat_template.jinja").is_file()
+    stream = np.fromfile(tokens / "train.bin", dtype=shards.dtype)
+    docs = shards.manifest["summary"]["splits"]["train"]["docs"]
+    assert (stream == shards.manifest["summary"]["eos_id"]).sum() >= docs
+    result = evaluate_model(model_dir, tokens)
+    assert np.isfinite(result["loss"]) and result["bpb"] > 0

@@ -65,11 +65,14 @@ def native(monkeypatch, model_dir):
         pass
 
     module.NativeUnavailable = NativeUnavailable
+    module.KV_REWIND = 64
     module.calls = []
+    module.rewinds = []
     module.fail = None
 
-    def native_backend(directory, config, *, threads=0, max_len=None, slots=1):
+    def native_backend(directory, config, *, threads=0, max_len=None, slots=1, kv_rewind=None):
         module.calls.append((Path(directory), threads, max_len))
+        module.rewinds.append(kv_rewind)
         if module.fail is not None:
             raise NativeUnavailable(module.fail)
         return FakeNative(slots)
@@ -91,6 +94,14 @@ def test_auto_takes_native_on_the_cpu(model_dir, native):
     assert engine.name == "native"
     assert native.calls == [(model_dir, 2, 16)]
     assert engine.complete("the", GREEDY).token_ids == [7, 7, 7]
+
+
+def test_a_draft_deeper_than_the_rolling_caches_widens_them(model_dir, native):
+    """Speculative decoding rolls a slot back by up to draft_tokens + 1: past KV_REWIND the
+    native backend is asked to keep that many positions in its sliding layers' rolling caches."""
+    load_engine(model_dir, device="cpu", draft=model_dir, draft_tokens=4)
+    load_engine(model_dir, device="cpu", draft=model_dir, draft_tokens=100)
+    assert native.rewinds == [None, None, 101, 101]  # target and draft, each time
 
 
 def test_auto_keeps_torch_for_reduced_precision(model_dir, native):

@@ -1,7 +1,8 @@
 """The native kernels under AddressSanitizer (slow tier): the C extension is rebuilt with
 -fsanitize=address into a temporary directory and runs every precision (fp32, bf16, int8, int4;
-tied and untied, q/k/v biases, q_dim wider than dim and ffn_dim, dims that leave vector tails) at
-every ISA level this CPU runs, prefill, decode and batched decode, with each weight in its own
+tied and untied, q/k/v biases, q_dim wider than dim and ffn_dim, dims that leave vector tails, and
+two models with every family option between them: model_variants.MANY and PARALLEL) at every ISA
+level this CPU runs, prefill, decode and batched decode, with each weight in its own
 heap buffer. Any out-of-bounds access aborts the run with ASan's report; a control run that
 reads one row past a buffer must be caught, so the instrumentation is known to be live.
 (ASan does not see inside AVX-512 masked loads, which cannot fault on masked-out lanes.)
@@ -22,7 +23,7 @@ import pytest
 from pocketlm.checkpoint.layout import CONFIG_FILE
 from pocketlm.model.config import ModelConfig
 from tests.conftest import engine_isa_params
-from tests.unit.engine.model_variants import TIED, WIDE, save_variants
+from tests.unit.engine.model_variants import MANY, PARALLEL, TIED, WIDE, save_variants
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -67,6 +68,8 @@ def asan_models(synthetic_pipeline, tmp_path_factory) -> list[Path]:
     models = [*save_variants(root, "tied", TIED, tok).values()]
     models += save_variants(root, "wide", WIDE, tok).values()
     models += save_variants(root, "tails", tails, tok, schemes=("bf16",)).values()
+    models += save_variants(root, "many", MANY, tok).values()
+    models += save_variants(root, "parallel", PARALLEL, tok, schemes=("int8",)).values()
     return models
 
 

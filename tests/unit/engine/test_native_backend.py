@@ -180,27 +180,50 @@ def test_biases_and_a_q_dim_wider_than_dim_and_ffn_match_pytorch(wide_variant_di
 
 
 def _model_args(d):
-    """The arguments NativeBackend hands the C side for model dir d, as mutable lists."""
+    """The arguments NativeBackend hands the C side for model dir d, as mutable containers."""
     from pocketlm.checkpoint.safetensors_mmap import MappedTensors
     from pocketlm.checkpoint.weights_spec import read_quantization
-    from pocketlm.engine.native_backend import c_weights
+    from pocketlm.engine.native_weights import c_config, c_rope, c_weights
 
     c = ModelConfig.load(d / CONFIG_FILE)
     t = MappedTensors(d / "model.safetensors")
-    embed, head, final_norm, layers = c_weights(t, c, read_quantization(d).get("group_size") or 32)
-    listed = lambda x: list(x) if isinstance(x, tuple) else x  # noqa: E731
-    layers = [[listed(part) for part in layer] for layer in layers]
-    embed = listed(embed)
-    head = embed if c.tie_embeddings else listed(head)
-    cfg = [c.vocab_size, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.resolved_head_dim]
-    cfg += [c.resolved_ffn_dim, c.max_seq_len, 8, 1, c.rope_theta, c.norm_eps]
-    return t, cfg, embed, head, final_norm, layers
+    w = c_weights(t, c, read_quantization(d).get("group_size") or 32)
+    for layer in w["layers"]:
+        layer["matrices"] = [list(m) for m in layer["matrices"]]
+    w["embed"] = list(w["embed"])
+    w["lm_head"] = w["embed"] if c.tie_embeddings else list(w["lm_head"])
+    return t, c_config(c, c.max_seq_len, 8, 1, 64), w, list(c_rope(c))
 
 
-def _build(cfg, embed, head, final_norm, layers):
+def _build(cfg, w, rope):
     as_tuple = lambda m: tuple(m) if isinstance(m, list) else m  # noqa: E731
-    specs = [tuple(as_tuple(x) for x in layer) for layer in layers]
-    return native.Model(tuple(cfg), as_tuple(embed), as_tuple(head), final_norm, specs, 1, "")
+    layers = [
+        {**layer, "matrices": tuple(as_tuple(m) for m in layer["matrices"])}
+        for layer in w["layers"]
+    ]
+    return native.Model(
+        cfg,
+        as_tuple(w["embed"]),
+        as_tuple(w["lm_head"]),
+        w["final_norm"],
+        layers,
+        tuple(rope),
+        1,
+        "",
+        final_norm_bias=w["final_norm_bias"],
+        lm_head_bias=w["lm_head_bias"],
+    )
+
+
+_DIMS = ("vocab", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim")
+_RUNTIME = ("max_seq", "max_batch", "n_slots")  # any positive size is legal
+# family options set out of range or inconsistent with the weights handed over
+_BAD_OPTIONS = (
+    ("norm_kind", 2), ("norm_kind", 1), ("activation", 3), ("mlp_gated", 0), ("qk_norm", 1),
+    ("parallel_block", 1), ("sandwich_norms", 1), ("rotary_dim", 3), ("rotary_dim", 64),
+    ("rotary_dim", 0), ("rope_long_after", 16), ("attn_softcap", -1.0),
+    ("embed_scale", float("inf")), ("n_experts", 2), ("top_k", 1), ("shared_ffn_dim", 32),
+)  # fmt: skip
 
 
 @pytest.mark.parametrize("scheme", ["bf16", "int8", "int4"])
@@ -210,37 +233,58 @@ def _build(cfg, embed, head, final_norm, layers):
 @given(data=st.data())
 def test_the_c_side_refuses_any_buffer_or_dim_that_does_not_match(wide_variant_dirs, scheme, data):
     """Second line of defence: whatever Python hands it, the C loader checks every buffer's byte
-    length and every matrix's shape against the config at load time (a ValueError, not a read
-    past the end). The unchanged arguments load (the control)."""
-    _mapping, cfg, embed, head, final_norm, layers = _model_args(wide_variant_dirs[scheme])
-    _build(cfg, embed, head, final_norm, layers)
-    target = data.draw(st.sampled_from(["config", "embed", "head", "final_norm", "layer"]))
+    length, every matrix's shape and every family option against the config at load time (a
+    ValueError, not a read past the end). The unchanged arguments load (the control)."""
+    _mapping, cfg, w, rope = _model_args(wide_variant_dirs[scheme])
+    _build(cfg, w, rope)
+    target = data.draw(
+        st.sampled_from(["config", "option", "embed", "head", "norm", "layer", "rope"])
+    )
 
     def resize(arr, what):
-        if arr is None:  # an optional bias: give one of a wrong length
-            return np.zeros(data.draw(st.integers(1, 300)), dtype=np.float32)
+        if arr is None:  # an optional or absent vector: give one of a length no vector has here
+            n = data.draw(st.integers(1, 300).filter(lambda k: k % 32), label=what)
+            return np.zeros(n, dtype=np.float32)
         n = arr.reshape(-1).shape[0]
         new = data.draw(st.integers(0, 2 * n).filter(lambda k: k != n), label=what)
         return None if new == 0 else np.resize(arr.reshape(-1), new)
 
     if target == "config":
-        i = data.draw(st.integers(0, 9))
-        cfg[i] = data.draw(st.sampled_from([0, -1, cfg[i] + 1, cfg[i] * 2, 2**31 - 1]))
-        if i in (7, 8, 9) and cfg[i] > 0:  # max_seq, max_batch, slots: any positive size is legal
-            cfg[i] = 0
-    elif target == "final_norm":
-        final_norm = resize(final_norm, "final_norm")
+        key = data.draw(st.sampled_from(_DIMS + _RUNTIME))
+        cfg[key] = data.draw(st.sampled_from([0, -1, cfg[key] + 1, cfg[key] * 2, 2**31 - 1]))
+        if key in _RUNTIME and cfg[key] > 0:
+            cfg[key] = 0
+    elif target == "option":
+        key, value = data.draw(st.sampled_from(_BAD_OPTIONS))
+        cfg[key] = value
+    elif target == "norm":
+        key = data.draw(st.sampled_from(["final_norm", "final_norm_bias", "lm_head_bias"]))
+        w[key] = resize(w[key], key)
+        if w[key] is None and key == "lm_head_bias":  # optional: give a wrong one
+            w[key] = np.zeros(3, dtype=np.float32)
+    elif target == "rope":
+        i = data.draw(st.integers(0, 2))
+        rope[i] = resize(rope[i], f"rope {i}")
     else:
-        matrix = embed if target == "embed" else head
+        matrix = w["embed"] if target == "embed" else w["lm_head"]
         if target == "layer":
-            layer = layers[data.draw(st.integers(0, len(layers) - 1))]
-            j = data.draw(st.integers(0, len(layer) - 1))
-            if j < 5:  # a norm or a bias
-                layer[j] = resize(layer[j], f"vector {j}")
-                if layer[j] is None and j >= 2:  # a bias left out is legal: give a wrong one
-                    layer[j] = np.zeros(3, dtype=np.float32)
-                return _assert_refused(cfg, embed, head, final_norm, layers)
-            matrix = layer[j] = list(layer[j])
+            layer = w["layers"][data.draw(st.integers(0, len(w["layers"]) - 1))]
+            vectors = ["input_norm", "post_attention_norm", "q_bias", "k_bias", "v_bias", "o_bias"]
+            vectors += ["q_norm", "attn_output_norm", "router", "shared_expert_gate", "up_bias"]
+            key = data.draw(st.sampled_from([*vectors, "window", "rope_set", "matrix", "count"]))
+            if key in vectors:
+                layer[key] = resize(layer.get(key), key)
+                if layer[key] is None and key.endswith("bias"):  # left out is legal
+                    layer[key] = np.zeros(3, dtype=np.float32)
+                return _assert_refused(cfg, w, rope)
+            if key in ("window", "rope_set"):
+                layer[key] = data.draw(st.sampled_from([-1, 2])) if key == "rope_set" else -1
+                return _assert_refused(cfg, w, rope)
+            if key == "count":
+                layer["matrices"] = layer["matrices"][: data.draw(st.integers(0, 6))]
+                return _assert_refused(cfg, w, rope)
+            j = data.draw(st.integers(0, len(layer["matrices"]) - 1))
+            matrix = layer["matrices"][j]
         part = data.draw(st.sampled_from(["data", "scales", "rows", "cols", "group", "dtype"]))
         if part == "data" or (part == "scales" and matrix[5] is None):
             matrix[4] = resize(matrix[4], "data")
@@ -258,9 +302,9 @@ def test_the_c_side_refuses_any_buffer_or_dim_that_does_not_match(wide_variant_d
             matrix[0] = data.draw(
                 st.sampled_from([d for d in (-1, 0, 1, 2, 3, 4) if d != matrix[0]])
             )
-    _assert_refused(cfg, embed, head, final_norm, layers)
+    _assert_refused(cfg, w, rope)
 
 
-def _assert_refused(cfg, embed, head, final_norm, layers):
+def _assert_refused(cfg, w, rope):
     with pytest.raises(ValueError):
-        _build(cfg, embed, head, final_norm, layers)
+        _build(cfg, w, rope)

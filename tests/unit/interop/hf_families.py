@@ -66,12 +66,13 @@ FAMILIES = {
 DENSE = [f for f in FAMILIES if f not in ("mixtral", "qwen2_moe", "qwen3_moe")]
 
 
-def build_hf_model(name: str, seed: int = 0):
-    """A tiny random transformers model of family `name`, perturbed, in eval mode, fp32."""
+def build_hf_model(name: str, seed: int = 0, **overrides):
+    """A tiny random transformers model of family `name` (config keywords `overrides` on top of
+    the family's), perturbed, in eval mode, fp32."""
     import transformers
 
     config_cls, model_cls, extra = FAMILIES[name]
-    config = getattr(transformers, config_cls)(**{**COMMON, **extra})
+    config = getattr(transformers, config_cls)(**{**COMMON, **extra, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).eval()
     gen = torch.Generator().manual_seed(seed + 1)

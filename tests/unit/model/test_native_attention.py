@@ -149,7 +149,7 @@ def test_model_uses_the_kernels_only_where_they_apply(monkeypatch: pytest.Monkey
     monkeypatch.setattr(
         native_attention,
         "causal_attention",
-        lambda q, k, v: calls.append(q.shape) or real_or_ref(q, k, v),
+        lambda q, k, v, doc_starts=None: calls.append(q.shape) or real_or_ref(q, k, v),
     )
 
     def real_or_ref(q, k, v):
@@ -190,7 +190,9 @@ def test_the_isa_cap_decides_whether_attention_runs_natively(monkeypatch, cap) -
     calls = []
     real = native_attention.causal_attention
     monkeypatch.setattr(
-        native_attention, "causal_attention", lambda q, k, v: calls.append(1) or real(q, k, v)
+        native_attention,
+        "causal_attention",
+        lambda q, k, v, doc_starts=None: calls.append(1) or real(q, k, v, doc_starts),
     )
     model = _model().eval()
     ids = torch.randint(0, 128, (1, 20), generator=torch.Generator().manual_seed(1))

@@ -42,6 +42,7 @@ class Family:
     variables: dict = field(default_factory=dict)  # extra template variables both sides get
     tokenizer_class: str = "PreTrainedTokenizerFast"
     qwen: bool = False  # Qwen's NFC normalizer and pre-tokenizer regex (Qwen2Tokenizer's own)
+    regex: str = ""  # a byte-level family's own pre-tokenizer regex (default: GPT-2's)
 
     def template_text(self) -> str:
         """The real template: the fixture without its first (provenance comment) line."""
@@ -52,6 +53,11 @@ class Family:
 # Qwen2Tokenizer's pre-tokenizer (digits one by one, letters with one leading non-letter).
 QWEN_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Llama 3's (tiktoken's cl100k pattern): newlines are one piece, apart from the words after them.
+LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 CHATML = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -116,6 +122,7 @@ FAMILIES = {
         eos_tokens=("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"),
         bos_added=True,
         turn_end="<|eot_id|>",
+        regex=LLAMA3_REGEX,
     ),
     "llama3_2": Family(
         "llama3_2.jinja",
@@ -126,6 +133,7 @@ FAMILIES = {
         bos_added=True,
         turn_end="<|eot_id|>",
         variables=DATE,
+        regex=LLAMA3_REGEX,
     ),
     "gemma2": Family(
         "gemma2.jinja",
@@ -210,9 +218,12 @@ def build_backend(family: Family):
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         if family.qwen:
             tok.normalizer = normalizers.NFC()
+        if family.qwen or family.regex:
             tok.pre_tokenizer = pre_tokenizers.Sequence(
                 [
-                    pre_tokenizers.Split(Regex(QWEN_REGEX), behavior="isolated", invert=False),
+                    pre_tokenizers.Split(
+                        Regex(family.regex or QWEN_REGEX), behavior="isolated", invert=False
+                    ),
                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
                 ]
             )

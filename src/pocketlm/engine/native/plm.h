@@ -1,7 +1,9 @@
 /* PocketLM native CPU inference: shared declarations.
  *
- * One forward pass (prefill of T tokens or decode of 1) of the Llama-style decoder over weights
- * that stay memory-mapped in their final layout. Kernels come in AVX-512, AVX2 and portable
+ * One forward pass (prefill of T tokens or decode of 1) of the Llama-style decoder, with the model
+ * family options of ModelConfig (norms, activations, biases, rotary variants, sliding windows,
+ * soft-caps, parallel and sandwich blocks, mixtures of experts), over weights that stay
+ * memory-mapped in their final layout. Kernels come in AVX-512, AVX2 and portable
  * variants chosen at run time from the CPU's features. */
 #ifndef PLM_H
 #define PLM_H
@@ -24,10 +26,26 @@ typedef struct {
     const uint16_t *scale_f16; /* I4: rows * (cols / group) */
 } plm_matrix;
 
+/* A norm's learned vectors: RMSNorm w * x / rms(x) (Gemma's (1 + w) arrives with the 1 folded in),
+ * or LayerNorm w * (x - mean) / std + b. */
 typedef struct {
-    const float *attn_norm, *ffn_norm; /* (dim,) */
-    const float *bq, *bk, *bv;         /* optional q/k/v biases or NULL */
-    plm_matrix wq, wk, wv, wo, wgate, wup, wdown;
+    const float *w, *b; /* (n,); b only for LayerNorm */
+} plm_norm;
+
+typedef struct {
+    plm_norm attn_norm, ffn_norm;            /* ffn_norm unused with a parallel block */
+    plm_norm q_norm, k_norm;                 /* (head_dim,) per-head norms, with qk_norm */
+    plm_norm attn_out_norm, ffn_out_norm;    /* sandwich norms on each branch's output */
+    const float *bq, *bk, *bv, *bo;          /* optional biases or NULL */
+    const float *bgate, *bup, *bdown;
+    plm_matrix wq, wk, wv, wo, wgate, wup, wdown; /* wgate unused by a plain MLP; MLP unused with experts */
+    int window;   /* a sliding layer sees the last `window` keys (itself included); 0 = all */
+    int rope_set; /* PLM_ROPE_GLOBAL or PLM_ROPE_LOCAL */
+    /* mixture of experts (n_experts > 0) */
+    const float *router;                     /* (n_experts, dim) */
+    plm_matrix *experts;                     /* (n_experts * 3): gate, up, down of each expert */
+    plm_matrix sgate, sup, sdown;            /* the shared expert, with shared_ffn_dim */
+    const float *shared_gate;                /* (dim,) its sigmoid gate */
 } plm_layer;
 
 /* Activations quantised for the integer kernels: int8 values in blocks of 32 with a float scale. */
@@ -76,14 +94,29 @@ int plm_pool_size(const plm_pool *pool);
 void plm_pool_destroy(plm_pool *pool);
 
 /* ---- model ---------------------------------------------------------------------------------- */
+enum { PLM_NORM_RMS = 0, PLM_NORM_LAYER = 1 };
+enum { PLM_ACT_SILU = 0, PLM_ACT_GELU_TANH = 1, PLM_ACT_GELU = 2 };
+enum { PLM_ROPE_GLOBAL = 0, PLM_ROPE_LOCAL = 1, PLM_ROPE_LONG = 2, PLM_ROPE_SETS = 3 };
+
 typedef struct {
     int vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, max_seq, max_batch, n_slots;
-    float rope_theta, norm_eps;
+    float norm_eps;
+    /* Family options; the zero / one values are Llama's. */
+    int norm_kind, activation, mlp_gated, qk_norm, parallel_block, sandwich_norms;
+    int rotary_dim;      /* leading dims of each head that rotate (<= head_dim, even) */
+    int rope_long_after; /* longrope: a call whose last position + 1 exceeds this rotates with the long set; 0 = none */
+    float rope_scale;    /* cos and sin times this (longrope's attention factor) */
+    float embed_scale, attn_scale /* softmax scale (> 0) */, attn_softcap, final_softcap; /* caps: 0 = none */
+    int n_experts, top_k, expert_ffn_dim, shared_ffn_dim, router_renormalise;
+    int kv_rewind; /* how far back a slot may be truncated: sliding layers keep window + kv_rewind + max_batch positions */
 } plm_config;
 
 typedef struct plm_model plm_model;
-plm_model *plm_model_create(const plm_config *cfg, const plm_matrix *embed, const plm_matrix *lm_head,
-                            const float *final_norm, const plm_layer *layers, int n_threads, const char *isa);
+/* inv_freq[PLM_ROPE_*]: (rotary_dim / 2,) inverse frequencies of each rope set (global required;
+ * local and long NULL when unused). lm_head_bias: (vocab,) or NULL. Layers are copied (experts too). */
+plm_model *plm_model_create(const plm_config *cfg, const plm_matrix *embed, const plm_matrix *lm_head, plm_norm final_norm,
+                            const float *lm_head_bias, const plm_layer *layers, const float *const inv_freq[PLM_ROPE_SETS],
+                            int n_threads, const char *isa);
 /* Run tokens[0..n): token i sits at position positions[i] of sequence slots[i] (each slot has its
  * own KV cache of max_seq positions; several sequences can share one call: continuous batching).
  * Writes the logits of the last token (or of every token when all_logits) into `logits`.

@@ -10,7 +10,8 @@ stored as transformers stores them (w, not 1 + w).
 from __future__ import annotations
 
 from pocketlm.interop.families.names import GGUF, LLAMA_HF, SANDWICH_HF
-from pocketlm.interop.families.spec import FamilySpec
+from pocketlm.interop.families.spec import FamilySpec, GgufSpec
+from pocketlm.model.config import ModelConfig
 
 _DEFAULTS = {
     "num_key_value_heads": 16,
@@ -23,6 +24,25 @@ _DEFAULTS = {
     "use_bidirectional_attention": None,
     "initializer_range": 0.02,
 }
+
+
+def _embed_scale(c: ModelConfig) -> float:
+    return c.dim**0.5  # llama.cpp's Gemma graphs scale embeddings by sqrt(n_embd), implicitly
+
+
+def _query_scale(big_layers: int):
+    """llama.cpp's Gemma 2/3 query scale: 1/sqrt(head_dim), but 1/sqrt(dim / heads) for the 27B
+    (recognised by its layer count), whatever query_pre_attn_scalar says."""
+
+    def scale(c: ModelConfig) -> float:
+        if c.n_layers == big_layers:
+            return (c.dim / c.n_heads) ** -0.5
+        return c.resolved_head_dim**-0.5
+
+    return scale
+
+
+_GEMMA_FIXED = {"activation": "gelu_tanh", "embed_scale": _embed_scale}
 _GEMMA = {"norm_offset": 1.0}
 _SANDWICH = {**_GEMMA, "sandwich_norms": True}
 
@@ -38,8 +58,13 @@ GEMMA = FamilySpec(
     refused={"use_bidirectional_attention": (None, False)},
     gemma=1,
     hf_names=LLAMA_HF,
-    gguf_arch="gemma",
-    gguf_names=GGUF,
+    gguf=GgufSpec(  # src/models/gemma.cpp: tied embeddings only (output is token_embd)
+        arch="gemma",
+        names=GGUF,
+        options=frozenset({"qkv_bias"}),
+        fixed=_GEMMA_FIXED,
+        head="tied",
+    ),
 )
 
 GEMMA2 = FamilySpec(
@@ -64,8 +89,17 @@ GEMMA2 = FamilySpec(
     window_pattern=2,
     gemma=2,
     hf_names=SANDWICH_HF,
-    gguf_arch="gemma2",
-    gguf_names=GGUF,
+    # src/models/gemma2.cpp: both soft-caps always applied, sandwich norms, sliding layers from
+    # the sliding_window_pattern array, tied embeddings only
+    gguf=GgufSpec(
+        arch="gemma2",
+        names=GGUF,
+        options=frozenset({"qkv_bias", "sliding_window", "layer_types"}),
+        always=frozenset({"sandwich_norms", "attn_softcap", "final_softcap"}),
+        fixed=_GEMMA_FIXED,
+        head="tied",
+        query_scale=_query_scale(46),
+    ),
 )
 
 GEMMA3 = FamilySpec(
@@ -93,6 +127,16 @@ GEMMA3 = FamilySpec(
     window_pattern=6,
     gemma=3,
     hf_names=SANDWICH_HF,
-    gguf_arch="gemma3",
-    gguf_names=GGUF,
+    # src/models/gemma3.cpp: q/k norms, sandwich norms, a rope base of its own for sliding
+    # layers (rope.freq_base_swa, unscaled), optional final soft-cap, no attention soft-cap
+    gguf=GgufSpec(
+        arch="gemma3",
+        names=GGUF,
+        options=frozenset(
+            {"qkv_bias", "sliding_window", "layer_types", "rope_local_theta", "final_softcap"}
+        ),
+        always=frozenset({"qk_norm", "sandwich_norms"}),
+        fixed=_GEMMA_FIXED,
+        query_scale=_query_scale(62),
+    ),
 )

@@ -3,7 +3,22 @@
 from __future__ import annotations
 
 from pocketlm.interop.families.names import GGUF, LLAMA_HF
-from pocketlm.interop.families.spec import FamilySpec
+from pocketlm.interop.families.spec import FamilySpec, GgufSpec
+
+# llama.cpp's llama architecture (src/models/llama.cpp): optional q/k/v, o_proj and MLP biases,
+# Llama 3 rope as a rope_freqs tensor, Mixtral's experts (renormalised top-k); no sliding window.
+GGUF_LLAMA = GgufSpec(
+    arch="llama",
+    names=GGUF,
+    options=frozenset(
+        {"qkv_bias", "o_bias", "mlp_bias", "n_experts", "n_experts_per_token", "expert_ffn_dim"}
+    ),
+    fixed={"router": "softmax_topk"},
+    ignored=frozenset({"sliding_window", "layer_types"}),
+    rope_kinds=("none", "linear", "llama3"),
+    interleaved_rope=True,
+    expert_width_is_ffn=True,
+)
 
 _DEFAULTS = {
     "num_key_value_heads": None,  # = num_attention_heads
@@ -28,8 +43,7 @@ LLAMA = FamilySpec(
     rope_types=("default", "linear", "llama3"),
     bias_flags={"attention_bias": ("qkv_bias", "o_bias"), "mlp_bias": ("mlp_bias",)},
     hf_names=LLAMA_HF,
-    gguf_arch="llama",
-    gguf_names=GGUF,
+    gguf=GGUF_LLAMA,
 )
 
 MISTRAL = FamilySpec(
@@ -45,6 +59,5 @@ MISTRAL = FamilySpec(
     rope_types=("default",),
     windows="all",
     hf_names=LLAMA_HF,
-    gguf_arch="llama",  # llama.cpp runs Mistral as llama
-    gguf_names=GGUF,
+    gguf=GGUF_LLAMA,  # llama.cpp runs Mistral as llama
 )

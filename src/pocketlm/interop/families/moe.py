@@ -13,8 +13,9 @@ both load (5.x fuses them itself).
 
 from __future__ import annotations
 
-from pocketlm.interop.families.names import LLAMA_HF
-from pocketlm.interop.families.spec import FamilySpec, NameTable
+from pocketlm.interop.families.llama import GGUF_LLAMA
+from pocketlm.interop.families.names import GGUF, LLAMA_HF
+from pocketlm.interop.families.spec import FamilySpec, GgufSpec, NameTable
 
 _EXPERT_MATRICES = ("gate_proj", "up_proj", "down_proj")
 _FUSED_EXPERTS = {
@@ -83,6 +84,7 @@ MIXTRAL = FamilySpec(
         alternatives={"block_sparse_moe.gate": "mlp.gate"},
         fused_experts=_FUSED_EXPERTS,
     ),
+    gguf=GGUF_LLAMA,  # llama.cpp runs Mixtral as llama with experts
 )
 
 QWEN2_MOE = FamilySpec(
@@ -110,6 +112,17 @@ QWEN2_MOE = FamilySpec(
     router_flag="norm_topk_prob",
     sparse_step_keys=True,
     hf_names=_QWEN_MOE_NAMES,
+    # src/models/qwen2moe.cpp: top-k weights never renormalised, the sigmoid-gated shared expert
+    # required, an output tensor always, attn_output [dim, dim]
+    gguf=GgufSpec(
+        arch="qwen2moe",
+        names=GGUF,
+        options=frozenset({"qkv_bias", "n_experts_per_token", "expert_ffn_dim"}),
+        always=frozenset({"n_experts", "shared_expert_ffn_dim"}),
+        fixed={"router": "softmax_topk_raw"},
+        head="always",
+        square_attention=True,
+    ),
 )
 
 QWEN3_MOE = FamilySpec(
@@ -136,4 +149,11 @@ QWEN3_MOE = FamilySpec(
     router_flag="norm_topk_prob",
     sparse_step_keys=True,
     hf_names=_QWEN_MOE_NAMES,
+    gguf=GgufSpec(  # src/models/qwen3moe.cpp: top-k weights always renormalised, q/k norms
+        arch="qwen3moe",
+        names=GGUF,
+        options=frozenset({"qkv_bias", "n_experts_per_token", "expert_ffn_dim"}),
+        always=frozenset({"n_experts", "qk_norm"}),
+        fixed={"router": "softmax_topk"},
+    ),
 )

@@ -53,10 +53,21 @@ _GGUF_LAYER = {
     "mlp.down_proj": "ffn_down",
     "attn_output_norm": "post_attention_norm",
     "ffn_output_norm": "post_ffw_norm",
+    # mixture of experts: the router, every expert stacked in one 3-D tensor, the shared expert
+    "mlp.gate": "ffn_gate_inp",
+    "mlp.experts.{e}.gate_proj": "ffn_gate_exps",
+    "mlp.experts.{e}.up_proj": "ffn_up_exps",
+    "mlp.experts.{e}.down_proj": "ffn_down_exps",
+    "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
+    "mlp.shared_expert.up_proj": "ffn_up_shexp",
+    "mlp.shared_expert.down_proj": "ffn_down_shexp",
+    "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
 }
-# llama.cpp's tensor names (gguf-py's TENSOR_NAMES), by PocketLM module.
+# llama.cpp's tensor names (gguf-py's TENSOR_NAMES), by PocketLM module. Gemma 2/3's norm before
+# the MLP is ffn_norm too (FFN_PRE_NORM and FFN_NORM share the name).
 GGUF = NameTable(_GGUF_TOP, _GGUF_LAYER, layer_prefix="blk.{i}.", what="GGUF")
-# Phi-3 in llama.cpp: q/k/v in one attn_qkv, gate and up in one ffn_up.
+# Phi-3 in llama.cpp (as its converter writes it): q/k/v in one attn_qkv, gate and up in one
+# ffn_up (gate rows first: llama.cpp's fused SwiGLU gates with the first half).
 GGUF_PHI3 = NameTable(
     _GGUF_TOP,
     _GGUF_LAYER,

@@ -4,7 +4,7 @@ qkv_proj and gate_up_proj, partial rotary, longrope), as data."""
 from __future__ import annotations
 
 from pocketlm.interop.families.names import GGUF, GGUF_PHI3, LLAMA_HF
-from pocketlm.interop.families.spec import FamilySpec, NameTable
+from pocketlm.interop.families.spec import FamilySpec, GgufSpec, NameTable
 
 PHI = FamilySpec(
     name="phi",
@@ -52,8 +52,18 @@ PHI = FamilySpec(
             "mlp.down_proj": "mlp.fc2",
         },
     ),
-    gguf_arch="phi2",
-    gguf_names=GGUF,
+    # src/models/phi2.cpp: LayerNorm, parallel block, biases on every linear and on the head (an
+    # output tensor always, tied or not), partial rotary, the tanh GELU; q/k/v as attn_q/k/v, as
+    # llama.cpp's converter writes Hugging Face's Phi-2 (attn_qkv loads too)
+    gguf=GgufSpec(
+        arch="phi2",
+        names=GGUF,
+        options=frozenset({"qkv_bias", "rotary_dim"}),
+        always=frozenset({"parallel_block", "o_bias", "mlp_bias", "lm_head_bias"}),
+        fixed={"norm_kind": "layer", "mlp_kind": "plain", "activation": "gelu_tanh"},
+        head="always",
+        square_attention=True,
+    ),
 )
 
 PHI3 = FamilySpec(
@@ -84,6 +94,14 @@ PHI3 = FamilySpec(
             "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
         },
     ),
-    gguf_arch="phi3",
-    gguf_names=GGUF_PHI3,
+    # src/models/phi3.cpp: fused attn_qkv and ffn_up, partial rotary, longrope as
+    # rope_factors_long / rope_factors_short; its sliding window is switched off in llama.cpp
+    gguf=GgufSpec(
+        arch="phi3",
+        names=GGUF_PHI3,
+        options=frozenset({"rotary_dim"}),
+        ignored=frozenset({"sliding_window", "layer_types"}),
+        rope_kinds=("none", "linear", "longrope"),
+        square_attention=True,
+    ),
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pocketlm.interop.families.names import GGUF, LLAMA_HF
-from pocketlm.interop.families.spec import FamilySpec
+from pocketlm.interop.families.spec import FamilySpec, GgufSpec
 
 _DEFAULTS = {
     "num_key_value_heads": 32,
@@ -28,8 +28,13 @@ QWEN2 = FamilySpec(
     rope_types=("default", "linear"),
     windows="qwen",
     hf_names=LLAMA_HF,
-    gguf_arch="qwen2",
-    gguf_names=GGUF,
+    gguf=GgufSpec(  # src/models/qwen2.cpp: no o_proj bias, full rotary, attn_output [dim, dim]
+        arch="qwen2",
+        names=GGUF,
+        options=frozenset({"qkv_bias", "lm_head_bias"}),
+        ignored=frozenset({"sliding_window", "layer_types"}),
+        square_attention=True,
+    ),
 )
 
 QWEN3 = FamilySpec(
@@ -42,6 +47,11 @@ QWEN3 = FamilySpec(
     bias_flags={"attention_bias": ("qkv_bias", "o_bias")},
     windows="qwen",
     hf_names=LLAMA_HF,
-    gguf_arch="qwen3",
-    gguf_names=GGUF,
+    gguf=GgufSpec(  # src/models/qwen3.cpp: q/k norms always, no o_proj bias
+        arch="qwen3",
+        names=GGUF,
+        options=frozenset({"qkv_bias"}),
+        always=frozenset({"qk_norm"}),
+        ignored=frozenset({"sliding_window", "layer_types"}),
+    ),
 )

@@ -10,7 +10,7 @@ HF export and GGUF export all read the same spec, so the three directions cannot
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,9 @@ class NameTable:
 
     Names are modules (no .weight/.bias: both suffixes carry over); `{e}` in a layer name stands
     for an expert's index. `fused` lists target modules that hold several PocketLM modules stacked
-    along the rows, in order (Phi-3's qkv_proj). Two more tables serve import only, for other
+    along the rows, in order (Phi-3's qkv_proj); an expert template whose target has no `{e}`
+    names one tensor holding every expert's matrix stacked, [n_experts, rows, cols] (GGUF's
+    ffn_*_exps), planned with the experts' tensors in expert order. Two more tables serve import only, for other
     spellings a checkpoint may use: `alternatives` (target module -> another name for it) and
     `fused_experts` (a tensor holding every expert's matrices stacked, [n_experts, rows, cols]:
     target name inside a layer -> the expert modules each expert contributes, in row order).
@@ -66,12 +68,21 @@ class NameTable:
                 )
             else:
                 expert = _EXPERT.match(inner)
+                group = (name,)
                 if expert:  # mlp.experts.{e}.gate_proj: look up the template, fill the index
                     template = self.layer.get(f"mlp.experts.{{e}}.{expert['module']}")
                     target = template.format(e=expert["e"]) if template else None
+                    if template and "{e}" not in template:  # every expert in one tensor
+                        key = f"{layer}.{template}.{suffix}"
+                        if key in seen_fused:
+                            continue
+                        seen_fused.add(key)
+                        group = tuple(
+                            f"{LAYER_PREFIX.format(i=layer)}mlp.experts.{e}.{expert['module']}.{suffix}"
+                            for e in range(config.n_experts)
+                        )
                 else:
                     target = self.layer.get(inner)
-                group = (name,)
             if target is None:
                 raise ArtifactError(f"no {self.what} name for tensor {name!r}")
             prefix = "" if layer is None else self.layer_prefix.format(i=layer)
@@ -89,6 +100,37 @@ def _split_layer(module: str) -> tuple[int | None, str]:
         return None, module
     index, _, inner = module[len(head) :].partition(".")
     return int(index), inner
+
+
+@dataclass(frozen=True)
+class GgufSpec:
+    """How llama.cpp runs a family: its architecture, tensor names and what the architecture's
+    code computes (read from llama.cpp's src/models/<arch>.cpp; interop/gguf_metadata.py checks a
+    model against it before writing anything).
+
+    A ModelConfig option away from Llama's default must be listed: in `options` (the
+    architecture reads it from the file, any value), `always` (it applies it unconditionally: the
+    model must have it on), `fixed` (it hard-codes a value: the model must have exactly that; a
+    callable computes it from the config) or `ignored` (llama.cpp does not implement it and runs
+    the model without: exported with a note). Anything else is refused, naming the option.
+    Options every architecture takes: the norm offset (folded into the weights, as llama.cpp's
+    converter does for Gemma's (1 + w)) and rope scaling of a kind in `rope_kinds`; the softmax
+    scale (attn_scale) must be the architecture's own (`query_scale`).
+    """
+
+    arch: str  # llama.cpp's architecture name (general.architecture)
+    names: NameTable  # PocketLM module -> GGUF tensor (experts stacked when a name has no {e})
+    options: frozenset[str] = frozenset()
+    always: frozenset[str] = frozenset()
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    ignored: frozenset[str] = frozenset()
+    rope_kinds: tuple[str, ...] = ("none", "linear")
+    interleaved_rope: bool = False  # rope pairs (x0, x1), not halves: q/k rows are permuted
+    head: str = "untied"  # output.weight written: "untied" (only when untied: else llama.cpp
+    # reuses token_embd), "always" (the architecture requires it) or "tied" (it never reads one)
+    square_attention: bool = False  # heads * head_dim must equal the width (attn_output [dim, dim])
+    query_scale: Callable[[Any], float] | None = None  # its query scale, when not head_dim ** -0.5
+    expert_width_is_ffn: bool = False  # experts are feed_forward_length wide (llama's Mixtral)
 
 
 @dataclass(frozen=True)
@@ -118,8 +160,7 @@ class FamilySpec:
     sparse_step_keys: bool = False  # Qwen-MoE's mlp_only_layers / decoder_sparse_step
     refused: Mapping[str, Any] = field(default_factory=dict)  # HF key -> only value implemented
     hf_names: NameTable = field(default_factory=lambda: NameTable({}, {}))
-    gguf_arch: str = ""  # llama.cpp's architecture name
-    gguf_names: NameTable | None = None
+    gguf: GgufSpec | None = None  # None: llama.cpp has no architecture for the family
 
     def matches(self, hf: Mapping[str, Any]) -> bool:
         """Whether a config.json names this family (by architectures, else by model_type)."""

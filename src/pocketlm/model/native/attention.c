@@ -9,6 +9,12 @@
  * stride along D; grouped-query heads share kv head h / (H / KV). The forward returns out and
  * lse = log-sum-exp of each row's scaled scores (B, H, T), which the backward reuses instead of
  * storing probabilities. Work is split over (batch, kv head) pairs, so dK and dV have one writer.
+ *
+ * Packed rows (several documents one after another in a row) pass starts (B, T): the first
+ * position of each query's document, nondecreasing along a row. Query t then sees keys
+ * starts[t] .. t only, and a block of 8 query rows computes no score left of its first row's
+ * document (rounded down to 16 keys): a row of short documents costs about the sum of their
+ * squared lengths, not T squared.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,6 +47,7 @@ typedef struct {
 typedef struct {
     view q, k, v, o, dout, dq, dk, dv;
     float *lse; /* (B, H, T) contiguous */
+    const int32_t *starts; /* (B, T) contiguous: first position of each query's document; NULL: 0 */
     int B, H, KV, T, D;
     float scale;
     int n_threads;
@@ -202,12 +209,14 @@ AVX512 static float hmax(const float *x, int n) {
     return _mm512_reduce_max_ps(m);
 }
 
-/* row[j] = e^(scale * row[j] - shift) for j < valid, 0 for valid <= j < n16; returns the sum. */
-AVX512 static float exp_row(float *row, int valid, int n16, float scale, float shift) {
+/* row[j] = e^(scale * row[j] - shift) for lo <= j < valid, 0 for the other j of k0 .. n16 (k0 and
+ * n16 multiples of 16); returns the sum. */
+AVX512 static float exp_span(float *row, int k0, int lo, int valid, int n16, float scale, float shift) {
     const __m512 vs = _mm512_set1_ps(scale), vm = _mm512_set1_ps(shift);
     __m512 sum = _mm512_setzero_ps();
-    for (int j = 0; j < n16; j += 16) {
-        const __m512 e = _mm512_maskz_mov_ps(lanes_below(valid - j), exp512(_mm512_fmsub_ps(_mm512_loadu_ps(row + j), vs, vm)));
+    for (int j = k0; j < n16; j += 16) {
+        const __mmask16 live = lanes_below(valid - j) & (__mmask16)~lanes_below(lo - j);
+        const __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_fmsub_ps(_mm512_loadu_ps(row + j), vs, vm)));
         _mm512_storeu_ps(row + j, e);
         sum = _mm512_add_ps(sum, e);
     }
@@ -269,25 +278,27 @@ typedef struct {
 AVX512 static void forward_head(const job *J, scratch *w, int b, int h) {
     const int T = J->T, D = J->D, ldt = w->ldt;
     float *lse = J->lse + ((size_t)b * J->H + h) * T;
+    const int32_t *starts = J->starts ? J->starts + (size_t)b * T : NULL;
     for (int i0 = 0; i0 < T; i0 += ROWS) {
         const int nr = T - i0 < ROWS ? T - i0 : ROWS, n = i0 + nr, n16 = (n + 15) & ~15;
+        const int k0 = starts ? starts[i0] & ~15 : 0; /* no row of the block sees a key before k0 */
         gather_rows(&J->q, b, h, i0, nr, D, w->qb);
         if (i0 + ROWS < T) prefetch_rows(&J->q, b, h, i0 + ROWS, T - i0 - ROWS < ROWS ? T - i0 - ROWS : ROWS, D);
-        rows_times_t(w->qb, D, w->kt, ldt, n16, w->s, ldt);
+        rows_times_t(w->qb, D, w->kt + k0, ldt, n16 - k0, w->s + k0, ldt);
         float inv_l[ROWS];
         for (int r = 0; r < ROWS; r++) {
             float *row = w->s + (size_t)r * ldt;
             if (r >= nr) {
-                zero_floats(row, n16);
+                zero_floats(row + k0, n16 - k0);
                 continue;
             }
-            const int valid = i0 + r + 1; /* causal: keys 0 .. i */
-            const float m = hmax(row, valid) * J->scale;
-            const float l = exp_row(row, valid, n16, J->scale, m); /* unnormalised: 1/l goes on the output */
+            const int lo = starts ? starts[i0 + r] : 0, valid = i0 + r + 1; /* causal: keys lo .. i */
+            const float m = hmax(row + lo, valid - lo) * J->scale;
+            const float l = exp_span(row, k0, lo, valid, n16, J->scale, m); /* unnormalised: 1/l goes on the output */
             inv_l[r] = 1.0f / l;
             lse[i0 + r] = m + logf(l);
         }
-        rows_times(w->s, ldt, n, w->vc, D, D, w->ob);
+        rows_times(w->s + k0, ldt, n - k0, w->vc + (size_t)k0 * D, D, D, w->ob);
         for (int r = 0; r < nr; r++) copy_scaled((float *)ROW(J->o, b, h, i0 + r), w->ob + r * D, D, inv_l[r]);
     }
 }
@@ -295,8 +306,10 @@ AVX512 static void forward_head(const job *J, scratch *w, int b, int h) {
 AVX512 static void backward_head(const job *J, scratch *w, int b, int h) {
     const int T = J->T, D = J->D, ldt = w->ldt;
     const float *lse = J->lse + ((size_t)b * J->H + h) * T;
+    const int32_t *starts = J->starts ? J->starts + (size_t)b * T : NULL;
     for (int i0 = 0; i0 < T; i0 += ROWS) {
         const int nr = T - i0 < ROWS ? T - i0 : ROWS, n = i0 + nr, n16 = (n + 15) & ~15;
+        const int k0 = starts ? starts[i0] & ~15 : 0;
         gather_rows(&J->q, b, h, i0, nr, D, w->qb);
         gather_rows(&J->dout, b, h, i0, nr, D, w->gb);
         if (i0 + ROWS < T) {
@@ -305,23 +318,24 @@ AVX512 static void backward_head(const job *J, scratch *w, int b, int h) {
             prefetch_rows(&J->dout, b, h, i0 + ROWS, next, D);
             prefetch_rows(&J->o, b, h, i0 + ROWS, next, D);
         }
-        rows_times_t(w->qb, D, w->kt, ldt, n16, w->p, ldt);    /* scores */
-        rows_times_t(w->gb, D, w->vt, ldt, n16, w->s, ldt);    /* dP = dO V^T */
+        rows_times_t(w->qb, D, w->kt + k0, ldt, n16 - k0, w->p + k0, ldt); /* scores */
+        rows_times_t(w->gb, D, w->vt + k0, ldt, n16 - k0, w->s + k0, ldt); /* dP = dO V^T */
         for (int r = 0; r < ROWS; r++) {
             float *prow = w->p + (size_t)r * ldt, *dprow = w->s + (size_t)r * ldt;
             if (r >= nr) {
-                zero_floats(prow, n16);
-                zero_floats(dprow, n16);
+                zero_floats(prow + k0, n16 - k0);
+                zero_floats(dprow + k0, n16 - k0);
                 continue;
             }
-            exp_row(prow, i0 + r + 1, n16, J->scale, lse[i0 + r]); /* P, from the saved lse */
+            const int lo = starts ? starts[i0 + r] : 0;
+            exp_span(prow, k0, lo, i0 + r + 1, n16, J->scale, lse[i0 + r]); /* P, from the saved lse */
             const float delta = dot(w->gb + r * D, ROW(J->o, b, h, i0 + r), D); /* rowsum(dO * O) = rowsum(P * dP) */
-            softmax_grad_row(prow, dprow, n16, delta, J->scale); /* dS, scaled */
+            softmax_grad_row(prow + k0, dprow + k0, n16 - k0, delta, J->scale); /* dS, scaled */
         }
-        rows_times(w->s, ldt, n, w->kc, D, D, w->ob); /* dQ = dS K */
+        rows_times(w->s + k0, ldt, n - k0, w->kc + (size_t)k0 * D, D, D, w->ob); /* dQ = dS K */
         for (int r = 0; r < nr; r++) copy_scaled((float *)ROW(J->dq, b, h, i0 + r), w->ob + r * D, D, 1.0f);
-        add_rows_t_times(w->p, ldt, n, w->gb, D, w->dvc, D); /* dV += P^T dO */
-        add_rows_t_times(w->s, ldt, n, w->qb, D, w->dkc, D); /* dK += dS^T Q */
+        add_rows_t_times(w->p + k0, ldt, n - k0, w->gb, D, w->dvc + (size_t)k0 * D, D); /* dV += P^T dO */
+        add_rows_t_times(w->s + k0, ldt, n - k0, w->qb, D, w->dkc + (size_t)k0 * D, D); /* dK += dS^T Q */
     }
 }
 
@@ -426,27 +440,30 @@ static PyObject *run_checked(job *J) {
     Py_RETURN_NONE;
 }
 
-/* forward(q, k, v, out, lse_ptr, (B, H, KV, T, D), scale, n_threads); each view is
- * (data_ptr, batch stride, head stride, position stride) in float elements. */
+/* forward(q, k, v, out, lse_ptr, starts_ptr, (B, H, KV, T, D), scale, n_threads); each view is
+ * (data_ptr, batch stride, head stride, position stride) in float elements; starts_ptr 0: none. */
 static PyObject *py_forward(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *q, *k, *v, *o;
-    unsigned long long lse;
+    unsigned long long lse, starts;
     job J = {0};
-    if (!PyArg_ParseTuple(args, "OOOOK(iiiii)fi", &q, &k, &v, &o, &lse, &J.B, &J.H, &J.KV, &J.T, &J.D, &J.scale, &J.n_threads)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOOOKK(iiiii)fi", &q, &k, &v, &o, &lse, &starts, &J.B, &J.H, &J.KV, &J.T, &J.D, &J.scale, &J.n_threads)) return NULL;
     if (parse_view(q, &J.q) || parse_view(k, &J.k) || parse_view(v, &J.v) || parse_view(o, &J.o)) return NULL;
     J.lse = (float *)(uintptr_t)lse;
+    J.starts = (const int32_t *)(uintptr_t)starts;
     return run_checked(&J);
 }
 
-/* backward(q, k, v, out, dout, dq, dk, dv, lse_ptr, (B, H, KV, T, D), scale, n_threads) */
+/* backward(q, k, v, out, dout, dq, dk, dv, lse_ptr, starts_ptr, (B, H, KV, T, D), scale, n_threads) */
 static PyObject *py_backward(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *q, *k, *v, *o, *g, *dq, *dk, *dv;
-    unsigned long long lse;
+    unsigned long long lse, starts;
     job J = {0};
-    if (!PyArg_ParseTuple(args, "OOOOOOOOK(iiiii)fi", &q, &k, &v, &o, &g, &dq, &dk, &dv, &lse, &J.B, &J.H, &J.KV, &J.T, &J.D, &J.scale, &J.n_threads))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOKK(iiiii)fi", &q, &k, &v, &o, &g, &dq, &dk, &dv, &lse, &starts, &J.B, &J.H, &J.KV, &J.T, &J.D, &J.scale,
+                          &J.n_threads))
         return NULL;
+    J.starts = (const int32_t *)(uintptr_t)starts;
     if (parse_view(q, &J.q) || parse_view(k, &J.k) || parse_view(v, &J.v) || parse_view(o, &J.o) || parse_view(g, &J.dout) ||
         parse_view(dq, &J.dq) || parse_view(dk, &J.dk) || parse_view(dv, &J.dv))
         return NULL;
