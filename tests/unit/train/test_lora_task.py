@@ -22,6 +22,7 @@ from pocketlm.model.lora import LoRAConfig
 from pocketlm.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from pocketlm.train.loop import train
 from pocketlm.train.metrics import read_metrics
+from pocketlm.train.task import Role
 from pocketlm.train.tasks.finetune import FinetuneConfig, finetune, finetune_factory
 
 
@@ -169,3 +170,53 @@ def test_any_task_can_be_wrapped_and_a_bad_target_fails_before_training(
         finetune(tiny_model_dir, synthetic_pipeline["tokens"], tmp_path / "x", config)
     with pytest.raises(ValueError, match="lora.dropout"):
         replace(config.lora, dropout=1.5)
+
+
+def test_lora_wraps_the_chat_fine_tuning_task(synthetic_pipeline, tmp_path):
+    """with_lora takes any task factory: here chat fine-tuning (train/tasks/sft.py), its base
+    kept as stored, its loss and held-out evaluation unchanged, its saves become the adapter's."""
+    import json
+    import random
+
+    from pocketlm.checkpoint.adapted_model import load_adapted_model
+    from pocketlm.checkpoint.model_io import save_model
+    from pocketlm.common.env import DistEnv
+    from pocketlm.data.sft_examples import SFTDataConfig
+    from pocketlm.model.config import ModelConfig
+    from pocketlm.model.transformer import build_model
+    from pocketlm.train.task import RunContext
+    from pocketlm.train.tasks.lora import with_lora
+    from pocketlm.train.tasks.sft import SFTConfig, sft_task_factory
+    from tests.conftest import make_sentence
+
+    config = ModelConfig(
+        vocab_size=512, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=128
+    )
+    base = save_model(tmp_path / "base", build_model(config), synthetic_pipeline["tokenizer"])
+    rng = random.Random(0)
+    texts = [make_sentence(rng, rng.randint(3, 8)) for _ in range(32)]
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(
+        "".join(
+            json.dumps(
+                {"messages": [{"role": "user", "content": t}, {"role": "assistant", "content": t}]}
+            )
+            + "\n"
+            for t in texts
+        ),
+        encoding="utf-8",
+    )
+    train_config = _config(LoRAConfig(), budget="12 steps", ctx=64, eval_tokens=4096).train
+    settings = SFTConfig(data=SFTDataConfig(val_fraction=0.2), train=train_config)
+    lora = LoRAConfig(rank=8, alpha=16.0)
+    factory = with_lora(
+        sft_task_factory(base, [str(chat)], settings, weights_dtype=None), lora, base
+    )
+    cpu = RunContext(torch.device("cpu"), "fp32", DistEnv(), "none", 1, 0)
+    fresh = factory(cpu)
+    assert fresh.name == "sft+lora" and set(fresh.roles.values()) == {Role.ADAPTER}
+    start = fresh.evaluate(fresh.model, cpu)["val_loss"]
+    result = train(factory, train_config, tmp_path / "run")
+    assert result.final["val_loss"] < start - 0.1, (start, result.final)
+    assert read_manifest(result.model_dir, kind="adapter")["config"]["task"] == "sft"
+    assert load_adapted_model(base, result.model_dir).tokenizer.has_chat_template
