@@ -33,6 +33,10 @@ _API = {
     # training
     "pretrain": "pocketlm.train.tasks.pretrain:pretrain",
     "PretrainConfig": "pocketlm.train.tasks.pretrain:PretrainConfig",
+    "finetune": "pocketlm.train.tasks.finetune:finetune",
+    "FinetuneConfig": "pocketlm.train.tasks.finetune:FinetuneConfig",
+    "LoRAConfig": "pocketlm.model.lora:LoRAConfig",
+    "with_lora": "pocketlm.train.tasks.lora:with_lora",  # LoRA for any TrainTask factory
     # THE loop for any TrainTask factory ("train" is the subpackage's name)
     "train_task": "pocketlm.train.loop:train",
     "TrainConfig": "pocketlm.train.config:TrainConfig",
@@ -45,10 +49,13 @@ _API = {
     # models, shrinking, evaluation, export
     "load_model": "pocketlm.checkpoint.model_io:load_model",
     "import_hf": "pocketlm.interop.hf_import:import_hf",
+    "load_adapted_model": "pocketlm.checkpoint.adapted_model:load_adapted_model",
+    "merge_adapter": "pocketlm.checkpoint.adapted_model:merge_adapter",
     "quantize": "pocketlm.compress.quantize:quantize_model_dir",
     "evaluate": "pocketlm.evals.evaluate:evaluate_model",
     "export_hf": "pocketlm.interop.hf_export:export_hf",
     "export_gguf": "pocketlm.interop.gguf_export:export_gguf",
+    "export_peft": "pocketlm.interop.peft:export_peft",
     # inference
     "load": "pocketlm.engine.load:load_engine",
     "generate": "pocketlm.api:generate",

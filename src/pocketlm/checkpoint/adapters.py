@@ -88,3 +88,22 @@ def load_adapter(
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"{path}: cannot read the adapter tensors ({exc})") from exc
     return tensors, ref
+
+
+def resolve_adapter_dir(path: str | Path) -> Path:
+    """An adapter artifact dir from: the dir itself, or a training run (its final adapter, else
+    its latest checkpoint)."""
+    from pocketlm.checkpoint.run_checkpoints import latest_checkpoint
+
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"{p}: no such adapter directory")
+    for candidate in (p, p / "model"):
+        if (candidate / "manifest.json").is_file():
+            read_manifest(candidate, kind=ADAPTER_KIND)  # says what it is when not an adapter
+            return candidate
+    latest = latest_checkpoint(p / "checkpoints")
+    if latest is not None:
+        read_manifest(latest, kind=ADAPTER_KIND)
+        return latest
+    raise ArtifactError(f"{p}: no adapter here (no manifest.json, no model/ or checkpoints/)")

@@ -44,10 +44,13 @@ def resolve_model_dir(path: str | Path) -> Path:
             return p
         if (p / HF_CONFIG_FILE).is_file():
             raise _hf_folder(p)
-        raise ArtifactError(f"{p} is a '{kind}' artifact, not a model")
+        raise _not_a_model(p, p, kind)
     if (p / HF_CONFIG_FILE).is_file():
         raise _hf_folder(p)
     if (p / "model" / "manifest.json").is_file():
+        kind = read_manifest(p / "model")["kind"]
+        if kind != MODEL_KIND:
+            raise _not_a_model(p / "model", p, kind)
         return p / "model"
     from pocketlm.checkpoint.run_checkpoints import latest_checkpoint
 
@@ -58,6 +61,16 @@ def resolve_model_dir(path: str | Path) -> Path:
     raise ArtifactError(
         f"{p}: no PocketLM model here (no manifest.json, no model/ or checkpoints/)"
     )
+
+
+def _not_a_model(directory: Path, given: Path, kind: str) -> ArtifactError:
+    """The error for another artifact where a model was expected (an adapter says how to use it)."""
+    if kind == "adapter":  # checkpoint/adapters.py
+        return ArtifactError(
+            f"{directory} is an adapter, not a model: pass the model it was trained on as "
+            f"--model and {given} as --adapter"
+        )
+    return ArtifactError(f"{directory} is a '{kind}' artifact, not a model")
 
 
 def _hf_folder(p: Path) -> ArtifactError:

@@ -8,6 +8,7 @@ import sys
 
 from pocketlm.cli.options import (
     MODEL_HELP,
+    add_adapter_option,
     add_parser,
     add_runtime_options,
     add_sampling_options,
@@ -59,6 +60,7 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--model", required=True, help=MODEL_HELP)
+    add_adapter_option(p)
     p.add_argument("--system", help="system prompt for the conversation")
     s = p.add_argument_group("sampling")
     add_sampling_options(
@@ -143,6 +145,7 @@ def _chat(args: argparse.Namespace) -> int:
         precision=args.precision,
         backend=args.backend,
         threads=cap_threads(args.threads),
+        adapter=args.adapter,
     )
     if not engine.tokenizer.has_chat_template:
         raise InputError(

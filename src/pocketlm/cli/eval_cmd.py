@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pocketlm.cli.options import MODEL_HELP, add_parser
+from pocketlm.cli.options import MODEL_HELP, add_adapter_option, add_parser
 
 
 def register(subparsers) -> None:
@@ -20,6 +20,7 @@ def register(subparsers) -> None:
         examples="  pocketlm eval --model runs/pretrain --tokens runs/tokens\n  pocketlm eval --model runs/pretrain/model --tokens runs/tokens --json",
     )
     p.add_argument("--model", required=True, help=MODEL_HELP)
+    add_adapter_option(p)
     p.add_argument(
         "--tokens", required=True, help="tokens directory encoded with the model's tokenizer"
     )
@@ -47,6 +48,7 @@ def _eval(args: argparse.Namespace) -> int:
         ctx=args.ctx,
         batch_size=args.batch_size,
         device=args.device,
+        adapter=args.adapter,
     )
     if args.json:
         print(json.dumps(result))

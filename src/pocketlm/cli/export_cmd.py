@@ -103,8 +103,54 @@ def _gguf(args: argparse.Namespace) -> int:
     )
 
 
+def register_peft(subparsers) -> None:
+    """`pocketlm export peft`."""
+    p = add_format_parser(
+        subparsers,
+        "peft",
+        help="a LoRA adapter as a peft adapter directory",
+        description=(
+            "Write a LoRA adapter (from `pocketlm finetune --lora-rank`) as the directory the `peft`\n"
+            "library loads: adapter_config.json (r, lora_alpha, target_modules, ...) and\n"
+            "adapter_model.safetensors with peft's tensor names. Loaded onto the base's `export hf`\n"
+            "output it gives the logits PocketLM gives for base + adapter:\n"
+            "  PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(HF_DIR), OUT)\n"
+            "--model is the base the adapter was trained on (checked by hash)."
+        ),
+        examples=(
+            "  pocketlm export hf --model runs/pretrain --out runs/hf\n"
+            "  pocketlm export peft --model runs/pretrain --adapter runs/lora --hf-base runs/hf --out runs/peft"
+        ),
+    )
+    p.add_argument(
+        "--adapter", required=True, help="LoRA adapter directory (or a LoRA fine-tuning run)"
+    )
+    p.add_argument(
+        "--hf-base",
+        metavar="DIR",
+        help="the base's `export hf` directory, recorded as base_model_name_or_path (so "
+        "AutoPeftModelForCausalLM finds it); default: none recorded",
+    )
+    p.set_defaults(handler=_peft)
+
+
+def _peft(args: argparse.Namespace) -> int:
+    from pocketlm.interop.peft import export_peft
+
+    return done(
+        export_peft(
+            args.model,
+            args.adapter,
+            args.out,
+            hf_base=args.hf_base,
+            command=command_line(),
+            overwrite=args.overwrite,
+        )
+    )
+
+
 # One registration function per export format; `pocketlm export --help` lists them in this order.
-_FORMATS: tuple[Callable[..., None], ...] = (register_hf, register_gguf)
+_FORMATS: tuple[Callable[..., None], ...] = (register_hf, register_gguf, register_peft)
 
 
 def register(subparsers) -> None:
@@ -112,7 +158,7 @@ def register(subparsers) -> None:
     group = add_parser(
         subparsers,
         "export",
-        help="write a model in another tool's format (hf, gguf)",
+        help="write a model in another tool's format (hf, gguf, peft)",
         description="Export a model directory for other tools; one subcommand per format.",
         examples="  pocketlm export hf --model runs/pretrain --out runs/hf",
     )

@@ -7,6 +7,7 @@ import sys
 
 from pocketlm.cli.options import (
     MODEL_HELP,
+    add_adapter_option,
     add_parser,
     add_runtime_options,
     add_sampling_options,
@@ -49,6 +50,7 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--model", required=True, help=MODEL_HELP)
+    add_adapter_option(p)
     p.add_argument("--prompt", required=True, help="text to continue")
     s = p.add_argument_group("sampling")
     add_sampling_options(
@@ -97,6 +99,7 @@ def _generate(args: argparse.Namespace) -> int:
         threads=cap_threads(args.threads),
         draft=args.draft,
         draft_tokens=args.draft_tokens,
+        adapter=args.adapter,
     )
     model = engine.tokenizer.generation_defaults
     params = sampling_from_args(args, defaults=DEFAULTS, model=model, stop=args.stop)

@@ -13,9 +13,11 @@ from pocketlm.cli import (
     data_cmd,
     eval_cmd,
     export_cmd,
+    finetune_cmd,
     generate_cmd,
     import_cmd,
     inspect_cmd,
+    merge_cmd,
     plan_cmd,
     presets_cmd,
     pretrain_cmd,
@@ -37,6 +39,8 @@ The life of a model, one command per stage (each writes a directory with a manif
   plan             what each model size costs (memory, step time) and buys in a budget
   pretrain         token shards -> a Llama-compatible model (checkpoints, metrics, loss plot)
   import           a Hugging Face model folder (Llama, Qwen, Phi, Gemma, Mistral) -> a model
+  finetune         a model + token shards -> the model trained further, or a LoRA/QLoRA adapter
+  merge            base model + LoRA adapter -> one plain model
   generate         stream text from a model
   chat             chat with a model in the terminal
   serve            an OpenAI-compatible local server and chat page
@@ -44,6 +48,7 @@ The life of a model, one command per stage (each writes a directory with a manif
   quantize         bf16 / int8 / int4 weights, with the quality cost measured
   bench            prefill/decode tokens/s, time to first token, memory
   export hf|gguf   a directory transformers loads / one file llama.cpp and Ollama run
+  export peft      a LoRA adapter as peft's adapter_config.json + adapter_model.safetensors
   inspect          what an artifact is, how it was made, from which parents
 
 Start here:  pocketlm quickstart      (the whole pipeline on Python's own stdlib text)
@@ -62,6 +67,8 @@ _COMMANDS = (
     plan_cmd,
     pretrain_cmd,
     import_cmd,
+    finetune_cmd,
+    merge_cmd,
     generate_cmd,
     chat_cmd,
     serve_cmd,

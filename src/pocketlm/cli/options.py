@@ -197,3 +197,13 @@ def sampling_from_args(
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
     return SamplingParams(**values, seed=args.seed, stop=tuple(stop))
+
+
+def add_adapter_option(parser: argparse.ArgumentParser) -> None:
+    """--adapter DIR: a LoRA adapter applied on top of --model (its base)."""
+    parser.add_argument(
+        "--adapter",
+        metavar="DIR",
+        help="a LoRA adapter (or a LoRA fine-tuning run) to apply on top of --model, the base it "
+        "was trained on (checked by hash); runs on the torch backend",
+    )

@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from pocketlm.cli.options import MODEL_HELP, add_parser, add_runtime_options, cap_threads
+from pocketlm.cli.options import (
+    MODEL_HELP,
+    add_adapter_option,
+    add_parser,
+    add_runtime_options,
+    cap_threads,
+)
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -39,7 +45,11 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--model-name", help="the model id clients see (default: the directory name)")
+    add_adapter_option(p)
+    p.add_argument(
+        "--model-name",
+        help="the model id clients see (default: the directory name of --adapter, else --model)",
+    )
     n = p.add_argument_group("network")
     n.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
     n.add_argument("--port", type=int, default=8000, help="TCP port")
@@ -185,10 +195,11 @@ def _serve(args: argparse.Namespace) -> int:
         precision=args.precision,
         threads=serving_threads(cap_threads(args.threads), free_cores(runnable_others())),
         max_len=args.max_len,
+        adapter=args.adapter,
     )
     scheduler = BatchScheduler(backend, tokenizer, max_queue=args.max_queue)
     settings = ServerSettings(
-        model_id=args.model_name or Path(args.model).resolve().name,
+        model_id=args.model_name or Path(args.adapter or args.model).resolve().name,
         api_key=key,
         public_paths=tuple(args.public_route or DEFAULT_PUBLIC_PATHS),
         host=args.host,

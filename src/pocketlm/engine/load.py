@@ -34,6 +34,7 @@ def open_backend(
     threads: int = 0,
     max_len: int | None = None,
     rewind: int = 0,
+    adapter: str | Path | None = None,
 ) -> tuple[Backend, Tokenizer]:
     """(backend holding `slots` sequences, tokenizer) for a model dir, a training run or a
     Hugging Face folder (imported into the cache on first use: interop.open_model).
@@ -43,14 +44,23 @@ def open_backend(
     threads: native backend threads (0 = its default). max_len: context per slot in tokens
     (default and ceiling: the model's). rewind: the most tokens the caller will truncate a slot
     back by, when more than the native backend's rolling caches keep by default (KV_REWIND).
+    adapter: a LoRA adapter (or a LoRA training run) to apply on top of `model`, its base; the
+    torch backend runs it (auto picks torch).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
     check_slot_count(slots)  # before any model is read
     if backend == "native":
         check_native_settings(device, precision)
+        if adapter is not None:
+            raise ConfigError(
+                "the native backend does not apply adapters: use --backend torch (or auto), or "
+                "fold the adapter into a model first with `pocketlm merge` and run that natively"
+            )
     model = model_dir(model)
-    if backend == "native" or (backend == "auto" and native_fits(device, precision)):
+    if adapter is None and (
+        backend == "native" or (backend == "auto" and native_fits(device, precision))
+    ):
         opened = _open_native(
             model,
             slots=slots,
@@ -61,7 +71,9 @@ def open_backend(
         )
         if opened is not None:
             return opened
-    return _open_torch(model, slots=slots, device=device, precision=precision, max_len=max_len)
+    return _open_torch(
+        model, slots=slots, device=device, precision=precision, max_len=max_len, adapter=adapter
+    )
 
 
 def load_engine(
@@ -74,18 +86,20 @@ def load_engine(
     threads: int = 0,
     draft: str | Path | None = None,
     draft_tokens: int = 4,
+    adapter: str | Path | None = None,
 ) -> GenerationEngine:
     """An engine over a one-slot backend from open_backend (same settings and choice).
 
     draft: a smaller model with the same tokenizer for speculative decoding (opened with the
-    same settings), proposing `draft_tokens` tokens per step.
+    same settings), proposing `draft_tokens` tokens per step. adapter: a LoRA adapter applied
+    on top of `model` (not on the draft).
     """
     settings = dict(
         device=device, precision=precision, max_len=max_len, backend=backend, threads=threads
     )
     if draft is not None:  # a step rolls back up to its drafted tokens and the target's own one
         settings["rewind"] = draft_tokens + 1
-    target, tokenizer = open_backend(model, **settings)
+    target, tokenizer = open_backend(model, adapter=adapter, **settings)
     if draft is None:
         return GenerationEngine(target, tokenizer)
     from pocketlm.engine.speculative import check_draft
@@ -130,16 +144,28 @@ def native_fits(device: str, precision: str) -> bool:
 
 
 def _open_torch(
-    model: str | Path, *, slots: int, device: str, precision: str, max_len: int | None
+    model: str | Path,
+    *,
+    slots: int,
+    device: str,
+    precision: str,
+    max_len: int | None,
+    adapter: str | Path | None = None,
 ) -> tuple[Backend, Tokenizer]:
-    """The torch backend on the resolved device and precision, and the model's tokenizer."""
+    """The torch backend on the resolved device and precision (the model, or the base model
+    with `adapter` applied), and the model's tokenizer."""
     from pocketlm.checkpoint.model_io import load_model
     from pocketlm.common.device import resolve_device, resolve_precision, torch_dtype
     from pocketlm.engine.torch_backend import TorchBackend
 
     dev = resolve_device(device)
     dtype = torch_dtype(resolve_precision(precision, dev))
-    loaded = load_model(model, device=dev, dtype=dtype)
+    if adapter is not None:
+        from pocketlm.checkpoint.adapted_model import load_adapted_model
+
+        loaded = load_adapted_model(model, adapter, device=dev, dtype=dtype)
+    else:
+        loaded = load_model(model, device=dev, dtype=dtype)
     backend = TorchBackend(loaded.model, slots=slots, device=dev, dtype=dtype, max_len=max_len)
     return backend, loaded.tokenizer
 

@@ -21,10 +21,17 @@ def evaluate_model(
     ctx: int = 0,
     batch_size: int = 8,
     device: str = "auto",
+    adapter: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Loss and bits per byte of a model on a split; refuses tokens made by another tokenizer."""
+    """Loss and bits per byte of a model (with `adapter`: the base model with that LoRA adapter
+    applied) on a split; refuses tokens made by another tokenizer."""
     dev = resolve_device(device)
-    loaded = load_model(resolve_model(model_dir), device=dev)
+    if adapter is not None:
+        from pocketlm.checkpoint.adapted_model import load_adapted_model
+
+        loaded = load_adapted_model(resolve_model(model_dir), adapter, device=dev)
+    else:
+        loaded = load_model(resolve_model(model_dir), device=dev)
     shards = TokenShards(tokens_dir)
     shards.check_tokenizer(
         loaded.tokenizer.fingerprint, loaded.config.vocab_size, f"the model in {loaded.directory}"

@@ -6,12 +6,14 @@ int4: groups of `group` values along each row (a multiple of 32), w = (q - 8) * 
       low nibble and value j + 16 in its high nibble (the GGUF Q4_0 layout), d stored as fp16.
 Both stay in this layout on disk, in memory and in the native kernels. Activations may be any
 float dtype (fp32, bf16, fp16): `module.to(dtype)` converts biases but never the integer weights
-or their scales, and the forward pass computes in the activations' dtype.
+or their scales, and the forward pass computes in the activations' dtype. The integer weights never
+train; when the input needs a gradient (LoRA layers below: QLoRA), the backward pass dequantizes
+the weight again instead of autograd keeping a float copy of it for the whole step.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +103,38 @@ def _apply_keeping_scales(module: nn.Module, fn, recurse: bool) -> nn.Module:
     return module
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in force for the device type, or None when autocast is off."""
+    try:  # torch >= 2.4
+        on = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch 2.3 has per-device functions only
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+    return torch.get_autocast_dtype(device_type) if on else None
+
+
+class _FrozenWeightMatmul(torch.autograd.Function):
+    """x @ W^T for a quantized layer's W, differentiable in x only: backward dequantizes W
+    again rather than keeping the float copy the forward made (F.linear would save it)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:  # type: ignore[override]
+        device_type = x.device.type
+        dtype = _autocast_dtype(device_type) or x.dtype  # what F.linear would compute in
+        ctx.layer, ctx.dtype, ctx.x_dtype = layer, dtype, x.dtype
+        with torch.autocast(device_type, enabled=False):
+            return F.linear(x.to(dtype), layer.dequantized(dtype))  # (..., out)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, None]:  # type: ignore[override]
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        weight = ctx.layer.dequantized(ctx.dtype)  # (out, in), dropped after this matmul
+        return (grad_y.to(ctx.dtype) @ weight).to(ctx.x_dtype), None  # (..., in)
+
+
 class QuantizedLinear(nn.Module):
     """y = x W^T (+ b) with W stored as int8 rows or int4 groups; dequantised on the fly."""
 
@@ -166,6 +200,9 @@ class QuantizedLinear(nn.Module):
         # Dequantize, then one float matmul: O(out x in) extra work against the matmul's
         # O(rows x out x in). torch._weight_int8pack_mm measured 40-60x slower than this on an
         # AVX-512 CPU at every shape tried (1 to 2048 rows); the native engine is the fast path.
+        if x.requires_grad and torch.is_grad_enabled():
+            y = _FrozenWeightMatmul.apply(x, self)  # (..., out)
+            return y if self.bias is None else y + self.bias.to(y.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized(x.dtype), bias)
 

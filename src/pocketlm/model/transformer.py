@@ -24,6 +24,7 @@ from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from pocketlm.model.moe import MoE
 from pocketlm.model.norms import LayerNorm, RMSNorm, make_norm
+from pocketlm.model.quantized import QuantizedLinear
 from pocketlm.model.rope import (
     GLOBAL,
     LONG,
@@ -237,11 +238,16 @@ class CausalLM(nn.Module):
         return logits
 
     def _loss(self, hidden: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
-        """Cross-entropy of the head's logits; fused unless the head was swapped (LoRA, int8),
-        has a bias or is soft-capped."""
+        """Cross-entropy of the head's logits; fused unless the head was swapped (LoRA), has a
+        bias or is soft-capped."""
         plain_head = not (self.config.lm_head_bias or self.config.final_softcap)
         if type(self.lm_head) is nn.Linear and plain_head:
             return linear_cross_entropy(hidden, self.lm_head.weight, targets, reduction=reduction)
+        if isinstance(self.lm_head, QuantizedLinear) and plain_head:
+            # a quantized head is frozen (QLoRA): fused over its dequantized weight, a transient
+            # copy, instead of (B, T, vocab) logits and their gradient
+            weight = self.lm_head.dequantized(hidden.dtype)  # (vocab, dim)
+            return linear_cross_entropy(hidden, weight, targets, reduction=reduction)
         logits = self._head(hidden)  # (B, T, vocab)
         summed = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pocketlm.checkpoint.model_io import read_weights, save_model_state
+from pocketlm.checkpoint.model_io import load_model, read_weights, save_model_state
 from pocketlm.common.config import to_dict
 from pocketlm.common.errors import ArtifactError, ConfigError, InputError
 from pocketlm.common.manifest import parent_ref
@@ -86,19 +86,36 @@ def pretrain_task(
     *,
     command: Sequence[str] | None = None,
     model_config: ModelConfig | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainTask:
-    """The pretraining TrainTask over a tokens artifact, for this process's context."""
+    """The pretraining TrainTask over a tokens artifact, for this process's context; with
+    `init_from` (a model artifact) it continues that model's training (continued pretraining):
+    its shape, weights and tokenizer, which must be the one the tokens were encoded with."""
     tokens_dir = Path(tokens_dir)
     shards = TokenShards(tokens_dir)
-    tokenizer = Tokenizer.load(shards.tokenizer_dir)
     tc = config.train
+    parents = [parent_ref(tokens_dir)]
+    tokenizer_dir = shards.tokenizer_dir
+    initial = None
+    if init_from is not None:
+        initial = load_model(init_from)
+        shards.check_tokenizer(
+            initial.tokenizer.fingerprint,
+            initial.config.vocab_size,
+            f"the model {initial.directory}",
+        )
+        model_config, tokenizer_dir = initial.config, initial.directory
+        parents.append(parent_ref(initial.directory))
+    tokenizer = Tokenizer.load(tokenizer_dir)
     model_config = model_config or resolve_model_config(config.model, shards.vocab_size, tc.ctx)
     if model_config.vocab_size < shards.vocab_size:
         raise InputError(
             f"the model's vocabulary ({model_config.vocab_size}) is smaller than the tokenizer's ({shards.vocab_size}) in {tokens_dir}"
         )
     if model_config.max_seq_len < tc.ctx:
-        raise ConfigError(f"ctx {tc.ctx} exceeds the model's context {model_config.max_seq_len}")
+        raise ConfigError(
+            f"ctx {tc.ctx} exceeds the model's context {model_config.max_seq_len}: lower --ctx"
+        )
     batches = BatchLoader(
         shards.split("train"),
         tc.batch_size,
@@ -107,7 +124,7 @@ def pretrain_task(
         rank=ctx.dist.rank,
         world_size=ctx.dist.world_size,
     )
-    model = build_model(model_config, seed=tc.seed)
+    model = build_model(model_config, seed=tc.seed) if initial is None else initial.model.train()
     byte_lengths = token_byte_lengths(tokenizer, model_config.vocab_size)
     has_val = shards.has_split("val")
     eval_split = shards.split("val" if has_val else "train")
@@ -138,14 +155,12 @@ def pretrain_task(
         )
         return {"val_loss": r.loss, "val_bpb": r.bpb}
 
-    parents = [parent_ref(tokens_dir)]
-
     def save(request: SaveRequest) -> Path:
         return save_model_state(
             request.out,
             request.state,
             model_config,
-            shards.tokenizer_dir,
+            tokenizer_dir,
             parents=parents,
             config=to_dict(config),
             summary={**request.summary, "bytes_per_token": shards.bytes_per_token},
@@ -182,6 +197,7 @@ def pretrain_task(
             "model": model_config.to_dict(),
             **describe_shape(model_config, tc.ctx),
             "tokens_dir": str(tokens_dir),
+            **({"init_from": str(initial.directory)} if initial is not None else {}),
             "validation": "val" if has_val else "train (no val split)",
         },
     )

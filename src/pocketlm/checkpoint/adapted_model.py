@@ -1,0 +1,111 @@
+"""A base model with a LoRA adapter on top: what a LoRA adapter artifact records, opening
+base + adapter as one model, and merging the two into a new (float) model artifact.
+
+An adapter artifact (checkpoint/adapters.py) holds the A/B tensors and the base's hashed
+reference; its manifest's config holds `lora` (rank, alpha, dropout, rslora, base_quant,
+group_size, the targets as given) and `target_modules` (the exact module paths wrapped), which is
+all it takes to rebuild the same LoRA layers on the same base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pocketlm.checkpoint.adapters import ADAPTER_KIND, load_adapter, resolve_adapter_dir
+from pocketlm.checkpoint.layout import resolve_model_dir
+from pocketlm.checkpoint.model_io import (
+    LoadedModel,
+    load_model,
+    save_model_state,
+    weights_state_dict,
+)
+from pocketlm.common.errors import ArtifactError
+from pocketlm.common.manifest import parent_ref, read_manifest
+from pocketlm.model.lora import LoRAConfig, apply_lora, load_lora_state, merge_lora, quantize_base
+from pocketlm.model.quantized import dequantize_modules, is_quantized
+
+LORA_KEY = "lora"
+TARGETS_KEY = "target_modules"
+
+
+def lora_adapter_config(config: LoRAConfig, target_modules: Sequence[str]) -> dict[str, Any]:
+    """The manifest config of a LoRA adapter: its settings and the exact modules it wraps."""
+    return {LORA_KEY: asdict(config), TARGETS_KEY: list(target_modules)}
+
+
+def read_lora_config(adapter_dir: str | Path) -> tuple[LoRAConfig, list[str]]:
+    """(settings, wrapped module paths) of a LoRA adapter artifact; ArtifactError otherwise."""
+    directory = Path(adapter_dir)
+    config = read_manifest(directory, kind=ADAPTER_KIND).get("config", {})
+    raw, targets = config.get(LORA_KEY), config.get(TARGETS_KEY)
+    if not isinstance(raw, dict) or not isinstance(targets, list) or not targets:
+        raise ArtifactError(
+            f"{directory}: not a LoRA adapter (its manifest config has no '{LORA_KEY}' settings "
+            f"and '{TARGETS_KEY}' list)"
+        )
+    known = {f.name for f in fields(LoRAConfig)}
+    try:
+        lora = LoRAConfig(**{k: v for k, v in raw.items() if k in known})
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{directory}: bad LoRA settings in the manifest ({exc})") from exc
+    if lora.rank < 1 or not all(isinstance(t, str) for t in targets):
+        raise ArtifactError(f"{directory}: bad LoRA settings in the manifest (rank {lora.rank})")
+    return lora, [str(t) for t in targets]
+
+
+def load_adapted_model(
+    model_dir: str | Path,
+    adapter_dir: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> LoadedModel:
+    """The base model with the adapter's LoRA layers applied and loaded, on `device` in `dtype`
+    (None: as stored); refuses an adapter trained on another base (or on a base since changed)."""
+    base = resolve_model_dir(model_dir)
+    adapter = resolve_adapter_dir(adapter_dir)
+    lora, targets = read_lora_config(adapter)
+    tensors, _ = load_adapter(adapter, base=base)  # checks the base's hash before loading it
+    loaded = load_model(base)
+    model = loaded.model
+    quantize_base(model, lora)
+    apply_lora(model, lora.rank, lora.alpha, targets, rslora=lora.rslora)
+    load_lora_state(model, tensors, str(adapter))
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    model.eval()
+    return LoadedModel(model, loaded.config, loaded.tokenizer, loaded.directory, loaded.manifest)
+
+
+def merge_adapter(
+    model_dir: str | Path,
+    adapter_dir: str | Path,
+    out: str | Path,
+    *,
+    command: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write base + adapter as one float model artifact (LoRA folded into the weights; a
+    quantized base is dequantized first, so the result is float wherever the base was not)."""
+    adapter = resolve_adapter_dir(adapter_dir)
+    loaded = load_adapted_model(model_dir, adapter)
+    model = merge_lora(loaded.model)
+    quantized = is_quantized(model)
+    if quantized:
+        dequantize_modules(model)
+    lora, targets = read_lora_config(adapter)
+    return save_model_state(
+        out,
+        weights_state_dict(model),
+        model.config,
+        loaded.directory,
+        parents=[parent_ref(loaded.directory), parent_ref(adapter)],
+        config={"merged_adapter": str(adapter), LORA_KEY: asdict(lora)},
+        summary={"merged_modules": len(targets), "dequantized_base": quantized},
+        command=command,
+        overwrite=overwrite,
+    )

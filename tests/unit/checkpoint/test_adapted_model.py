@@ -1,0 +1,91 @@
+"""LoRA adapters as artifacts: saved with their settings and the base's hash, opened on top of
+that base (and refused on any other), merged into a float model with the same logits, and run
+by the engine's torch backend (the native one refuses them)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pocketlm.checkpoint.adapted_model import load_adapted_model, merge_adapter, read_lora_config
+from pocketlm.checkpoint.adapters import resolve_adapter_dir
+from pocketlm.checkpoint.model_io import load_model
+from pocketlm.common.errors import ArtifactError, ConfigError
+from pocketlm.common.manifest import read_manifest
+from pocketlm.compress.quantize import quantize_model_dir
+from pocketlm.model.lora import LoRAConfig
+from tests.unit.checkpoint.lora_adapters import IDS, make_adapter
+
+
+@pytest.fixture(scope="module")
+def int4_base(tiny_model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("q4") / "q4"
+    return quantize_model_dir(tiny_model_dir, out, "int4")[0]
+
+
+def test_an_adapter_records_its_settings_and_opens_on_its_base(tiny_model_dir, tmp_path):
+    lora = LoRAConfig(rank=4, alpha=8.0, targets="q_proj,v_proj,lm_head", rslora=True)
+    path, expected = make_adapter(tiny_model_dir, tmp_path / "a", lora)
+    settings, targets = read_lora_config(path)
+    assert settings == lora and targets[-1] == "lm_head" and len(targets) == 5
+    manifest = read_manifest(path, kind="adapter")
+    assert manifest["summary"]["base"]["path"] == str(tiny_model_dir.resolve())
+    loaded = load_adapted_model(tiny_model_dir, path)
+    assert not loaded.model.training
+    with torch.no_grad():
+        assert torch.equal(loaded.model(IDS), expected)
+
+
+def test_an_adapter_refuses_another_base(tiny_model_dir, int4_base, tmp_path):
+    path, _ = make_adapter(tiny_model_dir, tmp_path / "a", LoRAConfig(rank=2))
+    with pytest.raises(ArtifactError, match="was trained on the base"):
+        load_adapted_model(int4_base, path)
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "copy")  # the same base elsewhere is fine
+    load_adapted_model(copy, path)
+    with pytest.raises(ArtifactError, match="expected adapter"):
+        load_adapted_model(tiny_model_dir, tiny_model_dir)
+
+
+def test_a_run_directory_resolves_to_its_adapter(tiny_model_dir, tmp_path):
+    path, _ = make_adapter(tiny_model_dir, tmp_path / "run" / "model", LoRAConfig(rank=2))
+    assert resolve_adapter_dir(tmp_path / "run") == path
+    with pytest.raises(ArtifactError, match="no adapter here"):
+        resolve_adapter_dir(tmp_path)
+    with pytest.raises(ArtifactError, match="is an adapter, not a model: pass the model"):
+        load_model(tmp_path / "run")  # a LoRA run given where a model is expected
+
+
+@pytest.mark.parametrize("base", ["float", "int4", "qlora-int8"])
+def test_merge_gives_a_float_model_with_the_same_logits(base, tiny_model_dir, int4_base, tmp_path):
+    base_dir = int4_base if base == "int4" else tiny_model_dir
+    lora = LoRAConfig(rank=4, alpha=16.0, base_quant="int8" if base == "qlora-int8" else "none")
+    adapter, expected = make_adapter(base_dir, tmp_path / "a", lora)
+    merged = merge_adapter(base_dir, adapter, tmp_path / "merged")
+    loaded = load_model(merged)
+    assert not (merged / "quantization.json").exists()
+    assert all(p.dtype == torch.float32 for p in loaded.model.state_dict().values())
+    with torch.no_grad():
+        assert (loaded.model(IDS) - expected).abs().max() < 1e-5
+    assert {p["path"] for p in read_manifest(merged)["parents"]} == {
+        str(base_dir.resolve()),
+        str(adapter.resolve()),
+    }
+
+
+def test_the_torch_backend_runs_base_plus_adapter_and_native_refuses(tiny_model_dir, tmp_path):
+    from pocketlm.engine.load import load_engine, open_backend
+
+    adapter, expected = make_adapter(tiny_model_dir, tmp_path / "a", LoRAConfig(rank=4))
+    backend, _ = open_backend(
+        tiny_model_dir, adapter=adapter, backend="auto", device="cpu", precision="fp32"
+    )
+    assert backend.name == "torch"
+    logits = backend.extend(0, IDS[0].tolist())
+    assert torch.allclose(torch.from_numpy(logits), expected[0], atol=1e-5)
+    with pytest.raises(ConfigError, match="pocketlm merge"):
+        open_backend(tiny_model_dir, adapter=adapter, backend="native")
+    engine = load_engine(tiny_model_dir, adapter=adapter, device="cpu", precision="fp32")
+    assert engine.name == "torch"
