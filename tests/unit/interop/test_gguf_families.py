@@ -325,7 +325,7 @@ def test_experts_export_quantized(exported, tmp_path):
 
 TOKENIZERS = {  # test tokenizer family -> (tokenizer.ggml.model, tokenizer.ggml.pre)
     "qwen2_5": ("gpt2", "qwen2"),  # Qwen2's split regex
-    "llama3_2": ("gpt2", "gpt-2"),  # the test tokenizer splits with GPT-2's ByteLevel regex
+    "llama3_2": ("gpt2", "llama-bpe"),  # the test tokenizer splits with Llama 3's own regex
     "smollm2": ("gpt2", "gpt-2"),
     "gemma2": ("llama", "default"),  # SentencePiece-style: "▁" and <0xNN> byte fallback
     "phi3": ("llama", "default"),
