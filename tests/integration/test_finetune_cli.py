@@ -60,3 +60,50 @@ def test_finetune_lora_then_generate_eval_merge_and_export(
         "merge", "--model", str(merged), "--adapter", str(run), "--out", str(tmp_path / "x")
     )
     assert r.returncode == 2 and "was trained on the base" in r.stderr
+
+
+def test_finetune_on_chat_records_trains_the_replies_and_chats_with_the_adapter(
+    tiny_model_dir, tmp_path
+):
+    """`finetune --data` on chat records (two formats in one run, a validation file): an
+    adapter whose held-out loss is on assistant tokens, then a chat reply through it; a bad
+    record stops with its file and line, or is counted with --on-bad-record skip."""
+    words = ["cat", "dog", "sun", "sea", "fox", "owl"]
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": a}, {"role": "assistant", "content": b}]}) + "\n"
+        for a in words for b in words
+    ) + "".join(json.dumps({"prompt": a, "completion": a}) + "\n" for a in words))  # fmt: skip
+    val = tmp_path / "val.jsonl"
+    val.write_text(json.dumps({"instruction": "say", "input": "cat", "output": "cat"}) + "\n")
+    base, run = str(tiny_model_dir), tmp_path / "chat"
+    common = [
+        "--lora-rank", "4", "--max-steps", "3", "--ctx", "32", "--batch-size", "2",
+        "--precision", "fp32", "--device", "cpu", "--set", "train.threads=1",
+    ]  # fmt: skip
+    r = pocketlm("finetune", "--model", base, "--data", str(chats), "--val", str(val),
+                 "--out", str(run), *common)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(assistant tokens)" in r.stdout and r.stdout.strip().splitlines()[-1] == str(
+        run / "model"
+    )
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+    assert rows[-1]["val_loss"] > 0
+
+    r = subprocess.run(
+        [sys.executable, "-m", "pocketlm", "chat", "--model", base, "--adapter", str(run),
+         "--max-tokens", "4", "--temperature", "0"],
+        input="cat\n", capture_output=True, text=True, timeout=300,
+        env={**os.environ, "POCKETLM_NO_PROGRESS": "1"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(chats.read_text() + '{"messages": [{"role": "robot", "content": "x"}]}\n')
+    r = pocketlm(
+        "finetune", "--model", base, "--data", str(bad), "--out", str(tmp_path / "b"), *common
+    )
+    assert r.returncode == 2 and "bad.jsonl, line 43" in r.stderr and "robot" in r.stderr, r.stderr
+    r = pocketlm("finetune", "--model", base, "--data", str(bad), "--on-bad-record", "skip",
+                 "--out", str(tmp_path / "s"), *common)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]

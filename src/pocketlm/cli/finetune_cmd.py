@@ -29,6 +29,10 @@ _FLAGS = {
     "device": "train.device",
     "seed": "train.seed",
     "compile": "train.compile",
+    "val_fraction": "data.val_fraction",
+    "on_bad_record": "data.on_bad_record",
+    "too_long": "data.too_long",
+    "packing": "data.packing",
 }
 
 
@@ -36,10 +40,17 @@ def register(subparsers) -> None:
     p = add_parser(
         subparsers,
         "finetune",
-        help="fine-tune a model (full, LoRA or QLoRA) on token shards",
+        help="fine-tune a model (full, LoRA or QLoRA) on chat records or token shards",
         description=(
-            "Continue training an existing model (a PocketLM model or an imported one) on a tokens\n"
-            "directory encoded with its tokenizer (continued pretraining on your domain's text).\n"
+            "Train an existing model (a PocketLM model or an imported one) further, on either\n"
+            "  --data FILE...  chat/instruction records (jsonl, json, csv, parquet, datasets folders;\n"
+            "                  `messages`, ShareGPT `conversations`, prompt/completion or Alpaca\n"
+            "                  instruction/input/output): the loss falls on the assistant turns and\n"
+            "                  their end-of-turn token only, rendered with the model's own chat\n"
+            "                  template; short examples are packed into full rows (no attention\n"
+            "                  across examples), or\n"
+            "  --tokens DIR    a tokens directory encoded with its tokenizer (continued pretraining\n"
+            "                  on your domain's text).\n"
             "Modes: every weight (the default), or a LoRA adapter with --lora-rank: the base stays\n"
             "frozen and only small low-rank matrices train (faster, far less memory). QLoRA is LoRA\n"
             "over an int8/int4 base: an artifact from `pocketlm quantize`, or --qlora int4 to\n"
@@ -49,6 +60,7 @@ def register(subparsers) -> None:
             "holds checkpoints/ (exact resume with --resume), metrics.jsonl, loss.png and model/."
         ),
         examples=(
+            "  pocketlm finetune --model ~/models/SmolLM2-135M-Instruct --data chats.jsonl --lora-rank 16 --out runs/chat\n"
             "  pocketlm finetune --model runs/pretrain --tokens runs/domain-tokens --budget 10m --out runs/ft\n"
             "  pocketlm finetune --model runs/pretrain --tokens runs/domain-tokens --lora-rank 8 --out runs/lora\n"
             "  pocketlm finetune --model runs/q4 --tokens runs/domain-tokens --lora-rank 16 --lora-targets q_proj,v_proj --out runs/qlora\n"
@@ -56,10 +68,37 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--model", required=True, help="the model to start from (or a training run)")
-    p.add_argument(
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--data", nargs="+", metavar="FILE", help="chat/instruction records (files or folders)"
+    )
+    source.add_argument(
         "--tokens",
-        required=True,
         help="tokens directory from `pocketlm data encode`, made with the model's tokenizer",
+    )
+    data = p.add_argument_group("chat records (with --data)")
+    data.add_argument(
+        "--val", nargs="+", metavar="FILE", help="held-out records (default: a share of --data)"
+    )
+    data.add_argument(
+        "--val-fraction", type=float, help="share held out without --val (default: 0.05)"
+    )
+    data.add_argument(
+        "--on-bad-record",
+        choices=("error", "skip"),
+        help="a malformed record stops with its file and line (error, the default) or is counted (skip)",
+    )
+    data.add_argument(
+        "--too-long",
+        choices=("drop", "truncate"),
+        help="an example longer than --ctx is dropped (default) or truncated; counted either way",
+    )
+    data.add_argument(
+        "--no-packing",
+        dest="packing",
+        action="store_false",
+        default=None,
+        help="one example per row, padded (default: several short examples per row)",
     )
     p.add_argument("--out", required=True, help="run directory")
     lora = p.add_argument_group("LoRA (a frozen base and a small trained adapter)")
@@ -122,14 +161,14 @@ def _finetune(args: argparse.Namespace) -> int:
         args.compile = "on"
     config = config_from_args(FinetuneConfig, args, _FLAGS)
     result = finetune(
-        args.model, args.tokens, args.out, config, resume=args.resume, command=command_line()
-    )
+        args.model, args.tokens, args.out, config, data_files=args.data or (),
+        val_files=args.val or (), resume=args.resume, command=command_line(),
+    )  # fmt: skip
     if dist_env().rank != 0:
         return 0  # under torchrun the main rank reports
-    if result.final:
-        print(
-            f"val loss {result.final.get('val_loss', float('nan')):.4f}, "
-            f"val bpb {result.final.get('val_bpb', float('nan')):.4f}"
-        )
+    if result.final and "val_bpb" in result.final:
+        print(f"val loss {result.final['val_loss']:.4f}, val bpb {result.final['val_bpb']:.4f}")
+    elif result.final and "val_loss" in result.final:
+        print(f"val loss {result.final['val_loss']:.4f} (assistant tokens)")
     print(result.model_dir)
     return 0

@@ -1,10 +1,10 @@
 """Fine-tuning an existing model: full, LoRA, or QLoRA (LoRA over a frozen int8/int4 base).
 
-Today the data is a tokens artifact (continued pretraining on a domain corpus, next-token loss
-on every position, through the pretraining task started from the model's weights). The mode is
-orthogonal to the data: any task factory that loads the base's weights is wrapped by
-`with_lora` (train/tasks/lora.py) the same way, so chat/instruction data plugs in as another
-inner factory.
+The data is either a tokens artifact (continued pretraining on a domain corpus: next-token loss
+on every position, through the pretraining task started from the model's weights) or
+chat/instruction records (train/tasks/sft.py: loss on the assistant turns only, rendered with
+the model's own chat template, packed). The mode is orthogonal to the data: either inner task
+factory is wrapped by `with_lora` (train/tasks/lora.py) the same way.
 """
 
 from __future__ import annotations
@@ -14,42 +14,45 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from pocketlm.checkpoint.weights_spec import read_quantization
 from pocketlm.common.errors import ConfigError
+from pocketlm.data.sft_examples import SFTDataConfig
 from pocketlm.interop.open_model import model_dir as resolve_model
 from pocketlm.model.lora import LoRAConfig
-from pocketlm.train.config import OptimConfig, ScheduleConfig, TrainConfig
+from pocketlm.train.config import TrainConfig
 from pocketlm.train.loop import RunResult, train
 from pocketlm.train.task import RunContext, TaskFactory, TrainTask
 from pocketlm.train.tasks.lora import with_lora
 from pocketlm.train.tasks.pretrain import PretrainConfig, pretrain_task
-
-
-def _finetune_train_defaults() -> TrainConfig:
-    """Fine-tuning defaults: AdamW at 2e-4 without weight decay, a short warm-up, cosine decay."""
-    return TrainConfig(
-        optim=OptimConfig(kind="adamw", lr=2e-4, weight_decay=0.0),
-        schedule=ScheduleConfig(kind="cosine", warmup_fraction=0.03),
-    )
+from pocketlm.train.tasks.sft import SFTConfig, sft_task_factory, sft_train_defaults
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """`pocketlm finetune` settings: LoRA (rank 0 = full fine-tune) and the loop's settings."""
+    """`pocketlm finetune` settings: LoRA (rank 0 = full fine-tune), how chat records become
+    examples (with --data) and the loop's settings."""
 
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-    train: TrainConfig = field(default_factory=_finetune_train_defaults)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    train: TrainConfig = field(default_factory=sft_train_defaults)
 
 
 def finetune_factory(
     model_dir: str | Path,
-    tokens_dir: str | Path,
+    tokens_dir: str | Path | None,
     config: FinetuneConfig,
     *,
+    data_files: Sequence[str] = (),
+    val_files: Sequence[str] = (),
     command: Sequence[str] | None = None,
 ) -> TaskFactory:
-    """The task factory of a fine-tuning run on a tokens artifact: continued pretraining of
-    `model_dir`, its weights all trained, or through a LoRA adapter when config.lora.rank > 0."""
+    """The task factory of a fine-tuning run of `model_dir` on a tokens artifact (continued
+    pretraining) or on chat/instruction `data_files` (SFT), its weights all trained, or through
+    a LoRA adapter when config.lora.rank > 0."""
+    if (tokens_dir is None) == (not data_files):
+        raise ConfigError("give either --tokens (continued pretraining) or --data (chat records)")
     base = resolve_model(model_dir)  # an HF folder is imported (once) like everywhere else
     lora = config.lora
     scheme = read_quantization(base)["scheme"]
@@ -59,10 +62,17 @@ def finetune_factory(
             "weights cannot be fine-tuned directly; train a LoRA adapter over it (QLoRA: "
             "--lora-rank 8) or fine-tune the float model"
         )
-    inner = PretrainConfig(train=config.train)
+    if data_files:  # a frozen base under LoRA keeps the dtype it is stored in
+        factory = sft_task_factory(
+            base, data_files, SFTConfig(data=config.data, train=config.train),
+            val_files=val_files, command=command,
+            weights_dtype=None if lora.rank else torch.float32,
+        )  # fmt: skip
+    else:
+        inner = PretrainConfig(train=config.train)
 
-    def factory(ctx: RunContext) -> TrainTask:
-        return pretrain_task(tokens_dir, inner, ctx, command=command, init_from=base)
+        def factory(ctx: RunContext) -> TrainTask:
+            return pretrain_task(tokens_dir, inner, ctx, command=command, init_from=base)
 
     if lora.rank:
         return with_lora(factory, lora, base, command=command)
@@ -71,16 +81,21 @@ def finetune_factory(
 
 def finetune(
     model_dir: str | Path,
-    tokens_dir: str | Path,
+    tokens_dir: str | Path | None,
     out: str | Path,
     config: FinetuneConfig | None = None,
     *,
+    data_files: Sequence[str] = (),
+    val_files: Sequence[str] = (),
     resume: bool = False,
     command: Sequence[str] | None = None,
     now: Callable[[], float] = time.perf_counter,
 ) -> RunResult:
-    """Fine-tune `model_dir` on `tokens_dir` into the run directory `out`; its `model/` is a
-    model artifact (full fine-tune) or an adapter artifact on the base (LoRA / QLoRA)."""
+    """Fine-tune `model_dir` on `tokens_dir` or chat `data_files` into the run directory `out`;
+    its `model/` is a model artifact (full fine-tune) or an adapter artifact on the base (LoRA /
+    QLoRA)."""
     config = config or FinetuneConfig()
-    factory = finetune_factory(model_dir, tokens_dir, config, command=command)
+    factory = finetune_factory(
+        model_dir, tokens_dir, config, data_files=data_files, val_files=val_files, command=command
+    )
     return train(factory, config.train, out, resume=resume, command=command, now=now)
