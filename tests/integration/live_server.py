@@ -126,15 +126,17 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def live_server(scheduler, tokenizer, **settings) -> Iterator[LiveServer]:
-    """Serve a scheduler with create_app(ServerSettings(**settings)) on 127.0.0.1 and a free port
-    for the duration of the block."""
+def live_server(scheduler, tokenizer, adapters=(), **settings) -> Iterator[LiveServer]:
+    """Serve a scheduler (and `adapters`, ServedModels) with create_app(ServerSettings(**settings))
+    on 127.0.0.1 and a free port for the duration of the block."""
     from pocketlm.serve.app import ServerSettings, create_app
 
     settings.setdefault("model_id", "tiny")
     settings.setdefault("port", free_port())
     settings.setdefault("shutdown_timeout_s", 2.0)
-    app = create_app(scheduler, tokenizer, ServerSettings(host="127.0.0.1", **settings))
+    app = create_app(
+        scheduler, tokenizer, ServerSettings(host="127.0.0.1", **settings), adapters=adapters
+    )
     server = LiveServer(app).start()
     try:
         yield server

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from pocketlm.cli.options import (
     MODEL_HELP,
-    add_adapter_option,
     add_parser,
     add_runtime_options,
     cap_threads,
@@ -35,20 +34,33 @@ def register(subparsers) -> None:
             "gets --shutdown-timeout seconds, then a 503 (streams: an error event and [DONE]).\n"
             "Chat requests use the model's chat template (an imported model's own); sampling\n"
             "fields a request leaves out (temperature, top_p, top_k, min_p, repetition_penalty,\n"
-            "max_tokens) take the model's generation_config.json values, else OpenAI's defaults."
+            "max_tokens) take the model's generation_config.json values, else OpenAI's defaults.\n"
+            "LoRA adapters of the model are served next to it (--adapter NAME=DIR, repeatable):\n"
+            "a request's 'model' field picks one by NAME, or the base by its own name; one that\n"
+            "names none gets the first adapter (else the base); an unknown name gets a 404\n"
+            "(model_not_found). Each adapter runs on the torch backend with its own --slots."
         ),
         examples=(
             "  pocketlm serve --model runs/sft\n"
             "  pocketlm serve --model runs/sft --port 8080 --slots 8 --api-key-file ~/.pocketlm-key\n"
+            "  pocketlm serve --model models/base --adapter support=runs/lora-support \\\n"
+            "                 --adapter code=runs/lora-code\n"
             "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
             '       -d \'{"messages": [{"role": "user", "content": "Hello"}]}\''
         ),
     )
     p.add_argument("--model", required=True, help=MODEL_HELP)
-    add_adapter_option(p)
+    p.add_argument(
+        "--adapter",
+        action="append",
+        metavar="[NAME=]DIR",
+        help="a LoRA adapter (or a LoRA fine-tuning run) of --model, the base it was trained on "
+        "(checked by hash), served as model NAME (default: DIR's name) next to the base; "
+        "repeatable; runs on the torch backend",
+    )
     p.add_argument(
         "--model-name",
-        help="the model id clients see (default: the directory name of --adapter, else --model)",
+        help="the id clients use for --model, the base (default: its directory name)",
     )
     n = p.add_argument_group("network")
     n.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
@@ -170,6 +182,54 @@ def _check(args: argparse.Namespace) -> None:
             raise ConfigError(f"--public-route must be a path starting with '/', got {path!r}")
 
 
+def adapter_specs(values: list[str] | None) -> list[tuple[str, Path]]:
+    """(name, directory) of each --adapter value: NAME=DIR, or DIR (named after the directory)."""
+    from pocketlm.common.errors import ConfigError
+
+    specs = []
+    for value in values or ():
+        name, sep, rest = value.partition("=")
+        if sep and name and "/" not in name and not Path(value).exists():
+            if not rest:
+                raise ConfigError(f"--adapter {value}: give a directory after '{name}='")
+            specs.append((name, Path(rest)))
+        else:
+            specs.append((Path(value).resolve().name, Path(value)))
+    return specs
+
+
+def open_models(args: argparse.Namespace, threads: int):
+    """(base backend, base tokenizer, adapters as ServedModel) for the parsed serve options: the
+    base on --backend, each adapter on the base with the torch backend, all with --slots."""
+    from pocketlm.common.errors import ConfigError
+    from pocketlm.engine.load import open_backend
+    from pocketlm.engine.scheduler import BatchScheduler
+    from pocketlm.serve.served_models import ServedModel, check_model_ids
+
+    specs = adapter_specs(args.adapter)
+    base_id = args.model_name or Path(args.model).resolve().name
+    check_model_ids([base_id, *(name for name, _ in specs)])  # before any model is read
+    common = dict(slots=args.slots, device=args.device, precision=args.precision, threads=threads)
+    backend, tokenizer = open_backend(
+        args.model, backend=args.backend, max_len=args.max_len, **common
+    )
+    adapters = []
+    for name, directory in specs:
+        # the native engine runs no adapters: they take torch even when the base runs natively
+        kind = "auto" if args.backend == "native" else args.backend
+        opened, adapter_tok = open_backend(
+            args.model, backend=kind, max_len=args.max_len, adapter=directory, **common
+        )
+        if opened.context_length != backend.context_length:
+            raise ConfigError(
+                f"adapter {name}: context {opened.context_length} tokens, the base "
+                f"{backend.context_length}: give --max-len so that they agree"
+            )
+        scheduler = BatchScheduler(opened, adapter_tok, max_queue=args.max_queue)
+        adapters.append(ServedModel(name, scheduler, adapter_tok, base_id, opened.name))
+    return backend, tokenizer, base_id, adapters
+
+
 def _serve(args: argparse.Namespace) -> int:
     from pocketlm.common.errors import require
 
@@ -179,7 +239,6 @@ def _serve(args: argparse.Namespace) -> int:
     require("uvicorn", "serve", "pocketlm serve")
     from pocketlm.common.cpu_load import free_cores, runnable_others
     from pocketlm.common.device import serving_threads
-    from pocketlm.engine.load import open_backend
     from pocketlm.engine.scheduler import BatchScheduler
     from pocketlm.serve.app import DEFAULT_PUBLIC_PATHS, ServerSettings, create_app, run_server
     from pocketlm.serve.origin_guard import ANY, AccessPolicy
@@ -187,19 +246,12 @@ def _serve(args: argparse.Namespace) -> int:
     allow_hosts, cors_origins = tuple(args.allow_host or ()), tuple(args.cors_origin or ())
     AccessPolicy.build(args.host, allow_hosts, cors_origins)  # bad names fail before loading
 
-    backend, tokenizer = open_backend(
-        args.model,
-        slots=args.slots,
-        backend=args.backend,
-        device=args.device,
-        precision=args.precision,
-        threads=serving_threads(cap_threads(args.threads), free_cores(runnable_others())),
-        max_len=args.max_len,
-        adapter=args.adapter,
-    )
+    threads = serving_threads(cap_threads(args.threads), free_cores(runnable_others()))
+    backend, tokenizer, base_id, adapters = open_models(args, threads)
     scheduler = BatchScheduler(backend, tokenizer, max_queue=args.max_queue)
     settings = ServerSettings(
-        model_id=args.model_name or Path(args.adapter or args.model).resolve().name,
+        model_id=base_id,
+        default_model=adapters[0].model_id if adapters else None,
         api_key=key,
         public_paths=tuple(args.public_route or DEFAULT_PUBLIC_PATHS),
         host=args.host,
@@ -214,7 +266,7 @@ def _serve(args: argparse.Namespace) -> int:
         shutdown_timeout_s=args.shutdown_timeout,
         backend_name=backend.name,
     )
-    app = create_app(scheduler, tokenizer, settings)
+    app = create_app(scheduler, tokenizer, settings, adapters=adapters)
     if args.host not in _LOOPBACK and not key:
         print(
             f"warning: serving on {args.host} without an API key: anyone who can reach this "
@@ -227,9 +279,12 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     host = f"[{args.host}]" if ":" in args.host else args.host
+    names = ", ".join(
+        [f"{base_id} ({backend.name})", *(f"{a.model_id} ({a.backend_name})" for a in adapters)]
+    )
     print(
-        f"serving {settings.model_id} ({backend.name}, {args.slots} slots, context "
-        f"{backend.context_length}) on http://{host}:{args.port}  (chat page at /, Ctrl-C stops)",
+        f"serving {names}: {args.slots} slots{' each' if adapters else ''}, context "
+        f"{backend.context_length} on http://{host}:{args.port}  (chat page at /, Ctrl-C stops)",
         file=sys.stderr,
         flush=True,
     )

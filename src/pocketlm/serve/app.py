@@ -11,6 +11,7 @@ import asyncio
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,13 @@ from typing import Any
 from pocketlm.common.errors import ConfigError, require
 from pocketlm.engine.scheduler import BatchScheduler
 from pocketlm.serve.openai_protocol import ProtocolError, error_body
+from pocketlm.serve.served_models import (
+    ServedModel,
+    check_model_ids,
+    combined_stats,
+    pick,
+    requested_model,
+)
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
@@ -29,7 +37,8 @@ DEFAULT_PUBLIC_PATHS = ("/health", "/")
 class ServerSettings:
     """How the server behaves: model id, address, key, who may call it, and its limits."""
 
-    model_id: str
+    model_id: str  # the base model's id (adapters served on it have their own)
+    default_model: str | None = None  # the id a request naming no model gets (None: model_id)
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -59,8 +68,16 @@ def _fastapi():
     return require("fastapi", "serve", "pocketlm serve")
 
 
-def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: ServerSettings) -> Any:
-    """The ASGI app; its lifespan starts the scheduler and stops it (cancelling work) at shutdown."""
+def create_app(
+    scheduler: BatchScheduler,
+    tokenizer: Tokenizer,
+    settings: ServerSettings,
+    *,
+    adapters: Sequence[ServedModel] = (),
+) -> Any:
+    """The ASGI app for the base model (`scheduler`, named settings.model_id) and the adapters
+    served on it (each its own scheduler); a request's `model` picks one. Its lifespan starts
+    the schedulers and stops them (cancelling work) at shutdown."""
     fastapi = _fastapi()
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -80,15 +97,41 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
     policy = AccessPolicy.build(settings.host, settings.allowed_hosts, settings.cors_origins)
     metrics = ServerMetrics(ROUTES)
     created = int(time.time())
-    routes = GenerationRoutes(scheduler, tokenizer, settings, metrics, created)
+    check_model_ids([settings.model_id, *(a.model_id for a in adapters)])
+    served = {settings.model_id: GenerationRoutes(scheduler, tokenizer, settings, metrics, created)}
+    for a in adapters:
+        served[a.model_id] = GenerationRoutes(
+            a.scheduler,
+            a.tokenizer,
+            settings,
+            metrics,
+            created,
+            model_id=a.model_id,
+            parent=a.parent or settings.model_id,
+        )
+    default = settings.default_model or settings.model_id
+    if default not in served:
+        raise ConfigError(f"the default model {default!r} is not served: {', '.join(served)}")
+    schedulers = [r.scheduler for r in served.values()]
+    listed = [served[default], *(r for name, r in served.items() if name != default)]
+
+    def stats():
+        return combined_stats([s.stats() for s in schedulers])
+
+    async def routes_for(request) -> GenerationRoutes:
+        # One model: any name is answered (clients often send a fixed one); several: by name.
+        name = requested_model(await request.body())
+        return pick(served, default, name, strict=len(served) > 1)
 
     @asynccontextmanager
     async def lifespan(app):
-        scheduler.start()
+        for s in schedulers:
+            s.start()
         try:
             yield
         finally:
-            await asyncio.to_thread(scheduler.stop, drain=False, timeout=5.0)
+            for s in schedulers:
+                await asyncio.to_thread(s.stop, drain=False, timeout=5.0)
 
     app = fastapi.FastAPI(
         title="PocketLM",
@@ -100,7 +143,8 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
         redirect_slashes=False,
     )
     app.state.metrics = metrics
-    app.state.scheduler = scheduler
+    app.state.scheduler = scheduler  # the base model's
+    app.state.schedulers = dict(zip(served, schedulers, strict=True))
     app.state.settings = settings
 
     def error(status: int, body: dict, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -133,44 +177,38 @@ def create_app(scheduler: BatchScheduler, tokenizer: Tokenizer, settings: Server
 
     @app.get("/health")
     async def health():
-        stats = scheduler.stats()
+        now = stats()
         body = {
-            "status": "ok" if stats.running else "unavailable",
-            "model": settings.model_id,
+            "status": "ok" if now.running else "unavailable",
+            "model": default,
+            "models": list(served) if len(served) > 1 else [default],
             "backend": settings.backend_name,
             "context_length": scheduler.context_length,
-            "slots": stats.slots,
-            "active": stats.active,
-            "queued": stats.queued,
+            "slots": now.slots,
+            "active": now.active,
+            "queued": now.queued,
         }
-        return JSONResponse(body, status_code=200 if stats.running else 503)
+        return JSONResponse(body, status_code=200 if now.running else 503)
 
     @app.get("/metrics")
     async def prometheus():
-        return Response(metrics.render(scheduler.stats()), media_type=CONTENT_TYPE)
+        return Response(metrics.render(stats()), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [routes.model_card()]}
+        return {"object": "list", "data": [r.model_card() for r in listed]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str):
-        if model_id != settings.model_id:
-            raise ProtocolError(
-                f"the model '{model_id}' does not exist; this server has '{settings.model_id}'",
-                param="model",
-                code="model_not_found",
-                status=404,
-            )
-        return routes.model_card()
+        return pick(served, default, model_id, strict=True).model_card()
 
     @app.post("/v1/completions")
     async def completions(request: fastapi.Request):
-        return await routes.completions(request)
+        return await (await routes_for(request)).completions(request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: fastapi.Request):
-        return await routes.chat_completions(request)
+        return await (await routes_for(request)).chat_completions(request)
 
     # Outermost first (added last): count everything, answer whatever happens, refuse other
     # hosts and foreign pages, check the key, refuse bodies that are not JSON, cap the body.

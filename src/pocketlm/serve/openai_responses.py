@@ -171,6 +171,7 @@ def envelope(
     return out
 
 
-def model_card(model_id: str, created: int) -> dict[str, Any]:
-    """One entry of /v1/models."""
-    return {"id": model_id, "object": "model", "created": created, "owned_by": "pocketlm"}
+def model_card(model_id: str, created: int, parent: str | None = None) -> dict[str, Any]:
+    """One entry of /v1/models (an adapter names its base model as `parent`)."""
+    card = {"id": model_id, "object": "model", "created": created, "owned_by": "pocketlm"}
+    return card if parent is None else {**card, "parent": parent}

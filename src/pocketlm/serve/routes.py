@@ -93,8 +93,13 @@ class GenerationRoutes:
         settings: Any,  # server.ServerSettings
         metrics: ServerMetrics,
         created: int,
+        *,
+        model_id: str | None = None,  # default: settings.model_id
+        parent: str | None = None,  # an adapter's base model id
     ) -> None:
         self.scheduler = scheduler
+        self.model_id = model_id or settings.model_id
+        self.parent = parent
         self.tokenizer = tokenizer
         self.settings = settings
         self.metrics = metrics
@@ -105,8 +110,8 @@ class GenerationRoutes:
         self.bound = PromptBound(tokenizer, scheduler.context_length)
 
     def model_card(self) -> dict[str, Any]:
-        """This server's model as /v1/models lists it."""
-        return model_card(self.settings.model_id, self.created)
+        """This model as /v1/models lists it."""
+        return model_card(self.model_id, self.created, self.parent)
 
     # ---- endpoints ----------------------------------------------------------------------------
     async def completions(self, request: Any) -> Any:
@@ -273,9 +278,7 @@ class GenerationRoutes:
                 lp = completion_logprobs(c.logprobs, self.texts)[0] if job.want_logprobs else None
                 choices.append(completion_choice(c.index, text, c.finish_reason, lp))
         obj = "chat.completion" if job.kind == "chat" else "text_completion"
-        return envelope(
-            obj, job.response_id, job.created, self.settings.model_id, choices, self._usage(job)
-        )
+        return envelope(obj, job.response_id, job.created, self.model_id, choices, self._usage(job))
 
     @staticmethod
     def _usage(job: _Job) -> dict[str, int]:
@@ -284,9 +287,7 @@ class GenerationRoutes:
 
     def _chunk(self, job: _Job, choices: list[dict[str, Any]], usage_obj=None) -> bytes:
         obj = "chat.completion.chunk" if job.kind == "chat" else "text_completion"
-        return sse(
-            envelope(obj, job.response_id, job.created, self.settings.model_id, choices, usage_obj)
-        )
+        return sse(envelope(obj, job.response_id, job.created, self.model_id, choices, usage_obj))
 
     async def _stream(self, job: _Job) -> AsyncIterator[bytes]:
         try:
