@@ -5,6 +5,9 @@ for different adapters arriving together each get their own model's answer."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -21,9 +24,10 @@ from pocketlm.engine.load import load_engine  # noqa: E402
 from pocketlm.engine.sampling import SamplingParams  # noqa: E402
 from pocketlm.engine.scheduler import BatchScheduler  # noqa: E402
 from pocketlm.model.lora import LoRAConfig  # noqa: E402
-from tests.integration.live_server import live_server  # noqa: E402
+from tests.integration.live_server import free_port, live_server, wait_until  # noqa: E402
 from tests.unit.checkpoint.lora_adapters import make_adapter  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ("the little", "once upon a time")
 MAX_TOKENS = 6
 
@@ -156,3 +160,38 @@ def test_two_models_of_one_name_are_refused_before_loading(tmp_path):
     )
     with pytest.raises(ConfigError, match="two served models are named 'nowhere'"):
         open_models(args, threads=1)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_the_serve_command_serves_named_and_unnamed_adapters(tiny_model_dir, adapters, expected):
+    """The real command: `--adapter alpha=DIR` and `--adapter DIR` (named after DIR), the base
+    under its directory's name; SIGTERM still exits 0."""
+    port = free_port()
+    command = [sys.executable, "-m", "pocketlm", "serve", "--model", str(tiny_model_dir)]
+    command += ["--adapter", f"alpha={adapters['alpha']}", "--adapter", str(adapters["beta"])]
+    command += ["--port", str(port), "--slots", "1", "--threads", "1"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: proc.poll() is not None or _healthy(url), timeout_s=60)
+        assert proc.poll() is None, proc.stderr.read()
+        with httpx.Client(base_url=url, timeout=30) as client:
+            ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+            assert ids == ["alpha", tiny_model_dir.name, "beta-dir"]
+            assert _complete(client, "beta-dir", PROMPTS[1]) == expected["beta"][PROMPTS[1]]
+            assert _complete(client, None, PROMPTS[1]) == expected["alpha"][PROMPTS[1]]
+            text = _complete(client, tiny_model_dir.name, PROMPTS[1])
+            assert text == expected["tiny"][PROMPTS[1]]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert "alpha (torch)" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
