@@ -68,6 +68,8 @@ def server(tiny_model_dir, adapters):
     backend, tokenizer, base_id, served = open_models(args, threads=1)
     assert base_id == "tiny" and [a.model_id for a in served] == ["alpha", "beta"]
     assert all(a.backend_name == "torch" and a.parent == "tiny" for a in served)
+    down = [a.scheduler.backend.model.get_submodule("model.layers.0.mlp.down_proj") for a in served]
+    assert down[0].weight.data_ptr() == down[1].weight.data_ptr()  # one copy of the base
     scheduler = BatchScheduler(backend, tokenizer)
     with live_server(scheduler, tokenizer, adapters=served, default_model="alpha") as srv:
         yield srv

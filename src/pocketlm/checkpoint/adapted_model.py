@@ -9,6 +9,7 @@ all it takes to rebuild the same LoRA layers on the same base.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -64,21 +65,34 @@ def load_adapted_model(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
+    shared_base: LoadedModel | None = None,
 ) -> LoadedModel:
     """The base model with the adapter's LoRA layers applied and loaded, on `device` in `dtype`
-    (None: as stored); refuses an adapter trained on another base (or on a base since changed)."""
+    (None: as stored); refuses an adapter trained on another base (or on a base since changed).
+
+    shared_base: `model_dir` already loaded (on `device` in `dtype`): the adapted model shares
+    its weights in memory instead of reading its own copy, and leaves it as it was (so several
+    adapters run on one copy of the base).
+    """
     base = resolve_model_dir(model_dir)
     adapter = resolve_adapter_dir(adapter_dir)
     lora, targets = read_lora_config(adapter)
     tensors, _ = load_adapter(adapter, base=base)  # checks the base's hash before loading it
-    loaded = load_model(base)
-    model = loaded.model
+    loaded = load_model(base) if shared_base is None else shared_base
+    model = loaded.model if shared_base is None else _sharing_copy(loaded.model)
     quantize_base(model, lora)
     apply_lora(model, lora.rank, lora.alpha, targets, rslora=lora.rslora)
     load_lora_state(model, tensors, str(adapter))
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     model.eval()
     return LoadedModel(model, loaded.config, loaded.tokenizer, loaded.directory, loaded.manifest)
+
+
+def _sharing_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the module tree holding the very same parameters and buffers: module surgery
+    on the copy (wrapping linears, quantizing) leaves `model` as it is."""
+    memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo)
 
 
 def merge_adapter(

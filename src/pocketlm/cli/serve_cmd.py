@@ -202,24 +202,34 @@ def open_models(args: argparse.Namespace, threads: int):
     """(base backend, base tokenizer, adapters as ServedModel) for the parsed serve options: the
     base on --backend, each adapter on the base with the torch backend, all with --slots."""
     from pocketlm.common.errors import ConfigError
-    from pocketlm.engine.load import open_backend
+    from pocketlm.engine.load import open_adapters, open_backend
     from pocketlm.engine.scheduler import BatchScheduler
     from pocketlm.serve.served_models import ServedModel, check_model_ids
 
     specs = adapter_specs(args.adapter)
     base_id = args.model_name or Path(args.model).resolve().name
     check_model_ids([base_id, *(name for name, _ in specs)])  # before any model is read
-    common = dict(slots=args.slots, device=args.device, precision=args.precision, threads=threads)
     backend, tokenizer = open_backend(
-        args.model, backend=args.backend, max_len=args.max_len, **common
+        args.model,
+        slots=args.slots,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        threads=threads,
+        max_len=args.max_len,
+    )
+    # the native engine runs no adapters: they take torch (over one shared copy of the base's
+    # weights) even when the base runs natively
+    opened_all = open_adapters(
+        args.model,
+        [directory for _, directory in specs],
+        slots=args.slots,
+        device=args.device,
+        precision=args.precision,
+        max_len=args.max_len,
     )
     adapters = []
-    for name, directory in specs:
-        # the native engine runs no adapters: they take torch even when the base runs natively
-        kind = "auto" if args.backend == "native" else args.backend
-        opened, adapter_tok = open_backend(
-            args.model, backend=kind, max_len=args.max_len, adapter=directory, **common
-        )
+    for (name, _), (opened, adapter_tok) in zip(specs, opened_all, strict=True):
         if opened.context_length != backend.context_length:
             raise ConfigError(
                 f"adapter {name}: context {opened.context_length} tokens, the base "

@@ -9,6 +9,7 @@ server and bench all open their models here.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from pocketlm.checkpoint.model_check import check_model_dir
@@ -74,6 +75,38 @@ def open_backend(
     return _open_torch(
         model, slots=slots, device=device, precision=precision, max_len=max_len, adapter=adapter
     )
+
+
+def open_adapters(
+    model: str | Path,
+    adapters: Sequence[str | Path],
+    *,
+    slots: int = 1,
+    device: str = "auto",
+    precision: str = "auto",
+    max_len: int | None = None,
+) -> list[tuple[Backend, Tokenizer]]:
+    """(torch backend, tokenizer) for `model` with each adapter applied in turn, all over ONE
+    copy of the base's weights in memory (an adapter adds only its own matrices; a QLoRA one
+    its quantized copy); settings as in open_backend."""
+    from pocketlm.checkpoint.adapted_model import load_adapted_model
+    from pocketlm.checkpoint.model_io import load_model
+    from pocketlm.common.device import resolve_device, resolve_precision, torch_dtype
+    from pocketlm.engine.torch_backend import TorchBackend
+
+    check_slot_count(slots)
+    if not adapters:
+        return []
+    model = model_dir(model)
+    dev = resolve_device(device)
+    dtype = torch_dtype(resolve_precision(precision, dev))
+    base = load_model(model, device=dev, dtype=dtype)
+    opened = []
+    for adapter in adapters:
+        loaded = load_adapted_model(model, adapter, device=dev, dtype=dtype, shared_base=base)
+        backend = TorchBackend(loaded.model, slots=slots, device=dev, dtype=dtype, max_len=max_len)
+        opened.append((backend, loaded.tokenizer))
+    return opened
 
 
 def load_engine(

@@ -89,3 +89,33 @@ def test_the_torch_backend_runs_base_plus_adapter_and_native_refuses(tiny_model_
         open_backend(tiny_model_dir, adapter=adapter, backend="native")
     engine = load_engine(tiny_model_dir, adapter=adapter, device="cpu", precision="fp32")
     assert engine.name == "torch"
+
+
+def test_adapters_on_a_shared_base_share_its_weights_and_leave_it_as_it_was(
+    tiny_model_dir, tmp_path
+):
+    """Several adapters opened over one loaded base (serve's many adapters): each has its own
+    logits, the untouched weights are the base's very tensors, and the base stays plain."""
+    q_only, qv_head = (
+        make_adapter(tiny_model_dir, tmp_path / name, LoRAConfig(rank=r, targets=t), seed=s)
+        for name, r, t, s in (("a", 2, "q_proj", 0), ("b", 4, "q_proj,v_proj,lm_head", 3))
+    )
+    base = load_model(tiny_model_dir)
+    with torch.no_grad():
+        base_logits = base.model(IDS)
+    opened = [
+        load_adapted_model(tiny_model_dir, path, shared_base=base) for path, _ in (q_only, qv_head)
+    ]
+    with torch.no_grad():
+        for loaded, (_, expected) in zip(opened, (q_only, qv_head), strict=True):
+            torch.testing.assert_close(loaded.model(IDS), expected, rtol=0, atol=1e-5)
+        assert torch.equal(base.model(IDS), base_logits)  # the base got no LoRA layers
+    base_params = {p.data_ptr() for p in base.model.parameters()}
+    for loaded in opened:
+        down = loaded.model.get_submodule("model.layers.0.mlp.down_proj").weight
+        assert down.data_ptr() in base_params
+    owned = [
+        sum(p.numel() for p in m.model.parameters() if p.data_ptr() not in base_params)
+        for m in opened
+    ]
+    assert 0 < owned[0] < owned[1] < sum(p.numel() for p in base.model.parameters()) / 4
