@@ -22,7 +22,6 @@ from pocketlm.cli.serve_cmd import adapter_specs, open_models  # noqa: E402
 from pocketlm.common.errors import ConfigError  # noqa: E402
 from pocketlm.engine.load import load_engine  # noqa: E402
 from pocketlm.engine.sampling import SamplingParams  # noqa: E402
-from pocketlm.engine.scheduler import BatchScheduler  # noqa: E402
 from pocketlm.model.lora import LoRAConfig  # noqa: E402
 from tests.integration.live_server import free_port, live_server, wait_until  # noqa: E402
 from tests.unit.checkpoint.lora_adapters import make_adapter  # noqa: E402
@@ -57,21 +56,28 @@ def expected(tiny_model_dir, adapters):
     return out
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, adapters):
-    """The server `serve --model tiny --adapter alpha=… --adapter beta=…` builds (its own
-    option parsing and model opening), with two slots per model."""
+@pytest.fixture(scope="module", params=["mixed", "separate"])
+def server(request, tiny_model_dir, adapters):
+    """The server `serve --model tiny --adapter alpha=… --adapter beta=… --slots 3` builds (its
+    own option parsing and model opening): base and adapters mixed in one batch of 3 slots, or
+    (--separate-adapters) 3 slots per model, the adapters over one copy of the base."""
+    mixed = request.param == "mixed"
     args = build_parser().parse_args(
-        ["serve", "--model", str(tiny_model_dir), "--model-name", "tiny", "--slots", "2"]
+        ["serve", "--model", str(tiny_model_dir), "--model-name", "tiny", "--slots", "3"]
         + [f for name, path in adapters.items() for f in ("--adapter", f"{name}={path}")]
+        + ([] if mixed else ["--separate-adapters"])
     )
-    backend, tokenizer, base_id, served = open_models(args, threads=1)
-    assert base_id == "tiny" and [a.model_id for a in served] == ["alpha", "beta"]
+    base, served = open_models(args, threads=1)
+    assert base.model_id == "tiny" and [a.model_id for a in served] == ["alpha", "beta"]
     assert all(a.backend_name == "torch" and a.parent == "tiny" for a in served)
-    down = [a.scheduler.backend.model.get_submodule("model.layers.0.mlp.down_proj") for a in served]
-    assert down[0].weight.data_ptr() == down[1].weight.data_ptr()  # one copy of the base
-    scheduler = BatchScheduler(backend, tokenizer)
-    with live_server(scheduler, tokenizer, adapters=served, default_model="alpha") as srv:
+    assert all((a.scheduler is base.scheduler) == mixed for a in served)
+    if not mixed:
+        down = [
+            a.scheduler.backend.model.get_submodule("model.layers.0.mlp.down_proj") for a in served
+        ]
+        assert down[0].weight.data_ptr() == down[1].weight.data_ptr()  # one copy of the base
+    with live_server(base.scheduler, base.tokenizer, adapters=served, default_model="alpha") as srv:
+        srv.slots = 3 if mixed else 9
         yield srv
 
 
@@ -93,7 +99,7 @@ def test_models_lists_the_default_first_then_the_others(server):
         assert client.get("/v1/models/beta").json()["parent"] == "tiny"
         health = client.get("/health").json()
         assert health["model"] == "alpha" and sorted(health["models"]) == ["alpha", "beta", "tiny"]
-        assert health["slots"] == 6
+        assert health["slots"] == server.slots
 
 
 def test_each_name_gets_its_own_models_greedy_text(server, expected):

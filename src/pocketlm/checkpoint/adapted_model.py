@@ -25,9 +25,10 @@ from pocketlm.checkpoint.model_io import (
     save_model_state,
     weights_state_dict,
 )
-from pocketlm.common.errors import ArtifactError
+from pocketlm.common.errors import ArtifactError, ConfigError
 from pocketlm.common.manifest import parent_ref, read_manifest
 from pocketlm.model.lora import LoRAConfig, apply_lora, load_lora_state, merge_lora, quantize_base
+from pocketlm.model.multi_lora import AdapterRows, AdapterWeights, apply_adapters
 from pocketlm.model.quantized import dequantize_modules, is_quantized
 
 LORA_KEY = "lora"
@@ -86,6 +87,33 @@ def load_adapted_model(
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     model.eval()
     return LoadedModel(model, loaded.config, loaded.tokenizer, loaded.directory, loaded.manifest)
+
+
+def load_multi_adapter_model(
+    model_dir: str | Path,
+    adapter_dirs: Sequence[str | Path],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> tuple[LoadedModel, AdapterRows]:
+    """The base with every adapter's layers at once (adapter k: index k), each batch row
+    running the one its AdapterRows entry names; ConfigError when they cannot share a batch
+    (a QLoRA adapter, a quantized or mixture-of-experts base): serve them one model each."""
+    base = resolve_model_dir(model_dir)
+    weights = []
+    for given in adapter_dirs:
+        adapter = resolve_adapter_dir(given)
+        lora, _ = read_lora_config(adapter)
+        if lora.base_quant != "none":
+            raise ConfigError(f"{adapter} is a QLoRA adapter: it runs on its own quantized base")
+        tensors, _ = load_adapter(adapter, base=base)  # checks the base's hash
+        weights.append(AdapterWeights(lora.scale, tensors, str(adapter)))
+    loaded = load_model(base, device=device, dtype=dtype)
+    if is_quantized(loaded.model) or loaded.config.n_experts:
+        raise ConfigError(f"{base}: adapters share a batch only on a float dense base")
+    selector = apply_adapters(loaded.model, weights, device=device, dtype=dtype)
+    loaded.model.eval()
+    return loaded, selector
 
 
 def _sharing_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -38,7 +38,9 @@ def register(subparsers) -> None:
             "LoRA adapters of the model are served next to it (--adapter NAME=DIR, repeatable):\n"
             "a request's 'model' field picks one by NAME, or the base by its own name; one that\n"
             "names none gets the first adapter (else the base); an unknown name gets a 404\n"
-            "(model_not_found). Each adapter runs on the torch backend with its own --slots."
+            "(model_not_found). Requests for the base and its adapters share one continuous batch\n"
+            "on the torch backend, each row with its own adapter (--separate-adapters: a batch\n"
+            "and --slots per adapter)."
         ),
         examples=(
             "  pocketlm serve --model runs/sft\n"
@@ -57,6 +59,12 @@ def register(subparsers) -> None:
         help="a LoRA adapter (or a LoRA fine-tuning run) of --model, the base it was trained on "
         "(checked by hash), served as model NAME (default: DIR's name) next to the base; "
         "repeatable; runs on the torch backend",
+    )
+    p.add_argument(
+        "--separate-adapters",
+        action="store_true",
+        help="give each adapter its own batch and --slots (the base may then run on the native "
+        "engine) instead of mixing base and adapter requests in one batch",
     )
     p.add_argument(
         "--model-name",
@@ -199,37 +207,47 @@ def adapter_specs(values: list[str] | None) -> list[tuple[str, Path]]:
 
 
 def open_models(args: argparse.Namespace, threads: int):
-    """(base backend, base tokenizer, adapters as ServedModel) for the parsed serve options: the
-    base on --backend, each adapter on the base with the torch backend, all with --slots."""
+    """(the base, the adapters) as ServedModels for the parsed serve options. Adapters share one
+    batch with the base on the torch backend (--slots in all); with --separate-adapters, a
+    QLoRA adapter or a mixture-of-experts base, the base runs on --backend and each adapter on
+    the torch backend with --slots of its own, all over one copy of the base's weights."""
     from pocketlm.common.errors import ConfigError
-    from pocketlm.engine.load import open_adapters, open_backend
+    from pocketlm.engine.load import open_adapters, open_backend, open_mixed_adapters
     from pocketlm.engine.scheduler import BatchScheduler
     from pocketlm.serve.served_models import ServedModel, check_model_ids
 
     specs = adapter_specs(args.adapter)
     base_id = args.model_name or Path(args.model).resolve().name
     check_model_ids([base_id, *(name for name, _ in specs)])  # before any model is read
-    backend, tokenizer = open_backend(
-        args.model,
-        slots=args.slots,
-        backend=args.backend,
-        device=args.device,
-        precision=args.precision,
-        threads=threads,
-        max_len=args.max_len,
+    dirs = [directory for _, directory in specs]
+    settings = dict(
+        slots=args.slots, device=args.device, precision=args.precision, max_len=args.max_len
     )
-    # the native engine runs no adapters: they take torch (over one shared copy of the base's
-    # weights) even when the base runs natively
-    opened_all = open_adapters(
-        args.model,
-        [directory for _, directory in specs],
-        slots=args.slots,
-        device=args.device,
-        precision=args.precision,
-        max_len=args.max_len,
+    if specs and not args.separate_adapters and args.backend != "native":
+        try:
+            backend, tokenizer = open_mixed_adapters(args.model, dirs, **settings)
+        except ConfigError as exc:
+            print(f"adapters served one model each: {exc}", file=sys.stderr)
+        else:
+            scheduler = BatchScheduler(backend, tokenizer, max_queue=args.max_queue)
+            base = ServedModel(base_id, scheduler, tokenizer, backend_name=backend.name)
+            adapters = [
+                ServedModel(name, scheduler, tokenizer, base_id, backend.name, adapter=k)
+                for k, (name, _) in enumerate(specs)
+            ]
+            return base, adapters
+    backend, tokenizer = open_backend(args.model, backend=args.backend, threads=threads, **settings)
+    base = ServedModel(
+        base_id,
+        BatchScheduler(backend, tokenizer, max_queue=args.max_queue),
+        tokenizer,
+        backend_name=backend.name,
     )
+    # the native engine runs no adapters: they take torch even when the base runs natively
     adapters = []
-    for (name, _), (opened, adapter_tok) in zip(specs, opened_all, strict=True):
+    for (name, _), (opened, adapter_tok) in zip(
+        specs, open_adapters(args.model, dirs, **settings), strict=True
+    ):
         if opened.context_length != backend.context_length:
             raise ConfigError(
                 f"adapter {name}: context {opened.context_length} tokens, the base "
@@ -237,7 +255,7 @@ def open_models(args: argparse.Namespace, threads: int):
             )
         scheduler = BatchScheduler(opened, adapter_tok, max_queue=args.max_queue)
         adapters.append(ServedModel(name, scheduler, adapter_tok, base_id, opened.name))
-    return backend, tokenizer, base_id, adapters
+    return base, adapters
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -249,7 +267,6 @@ def _serve(args: argparse.Namespace) -> int:
     require("uvicorn", "serve", "pocketlm serve")
     from pocketlm.common.cpu_load import free_cores, runnable_others
     from pocketlm.common.device import serving_threads
-    from pocketlm.engine.scheduler import BatchScheduler
     from pocketlm.serve.app import DEFAULT_PUBLIC_PATHS, ServerSettings, create_app, run_server
     from pocketlm.serve.origin_guard import ANY, AccessPolicy
 
@@ -257,10 +274,9 @@ def _serve(args: argparse.Namespace) -> int:
     AccessPolicy.build(args.host, allow_hosts, cors_origins)  # bad names fail before loading
 
     threads = serving_threads(cap_threads(args.threads), free_cores(runnable_others()))
-    backend, tokenizer, base_id, adapters = open_models(args, threads)
-    scheduler = BatchScheduler(backend, tokenizer, max_queue=args.max_queue)
+    base, adapters = open_models(args, threads)
     settings = ServerSettings(
-        model_id=base_id,
+        model_id=base.model_id,
         default_model=adapters[0].model_id if adapters else None,
         api_key=key,
         public_paths=tuple(args.public_route or DEFAULT_PUBLIC_PATHS),
@@ -274,9 +290,9 @@ def _serve(args: argparse.Namespace) -> int:
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
         shutdown_timeout_s=args.shutdown_timeout,
-        backend_name=backend.name,
+        backend_name=base.backend_name,
     )
-    app = create_app(scheduler, tokenizer, settings, adapters=adapters)
+    app = create_app(base.scheduler, base.tokenizer, settings, adapters=adapters)
     if args.host not in _LOOPBACK and not key:
         print(
             f"warning: serving on {args.host} without an API key: anyone who can reach this "
@@ -289,12 +305,11 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     host = f"[{args.host}]" if ":" in args.host else args.host
-    names = ", ".join(
-        [f"{base_id} ({backend.name})", *(f"{a.model_id} ({a.backend_name})" for a in adapters)]
-    )
+    names = ", ".join(f"{m.model_id} ({m.backend_name})" for m in (base, *adapters))
+    shared = not adapters or adapters[0].scheduler is base.scheduler
     print(
-        f"serving {names}: {args.slots} slots{' each' if adapters else ''}, context "
-        f"{backend.context_length} on http://{host}:{args.port}  (chat page at /, Ctrl-C stops)",
+        f"serving {names}: {args.slots} slots{'' if shared else ' each'}, context "
+        f"{base.scheduler.context_length} on http://{host}:{args.port}  (chat page at /, Ctrl-C stops)",
         file=sys.stderr,
         flush=True,
     )

@@ -109,6 +109,33 @@ def open_adapters(
     return opened
 
 
+def open_mixed_adapters(
+    model: str | Path,
+    adapters: Sequence[str | Path],
+    *,
+    slots: int = 1,
+    device: str = "auto",
+    precision: str = "auto",
+    max_len: int | None = None,
+) -> tuple[Backend, Tokenizer]:
+    """One torch backend for `model` carrying every adapter: each slot runs the base or the
+    adapter given to backend.use_adapter (index k: adapters[k]), so one batch mixes them;
+    ConfigError when they cannot share one (checkpoint.adapted_model.load_multi_adapter_model)."""
+    from pocketlm.checkpoint.adapted_model import load_multi_adapter_model
+    from pocketlm.common.device import resolve_device, resolve_precision, torch_dtype
+    from pocketlm.engine.torch_backend import TorchBackend
+
+    check_slot_count(slots)
+    model = model_dir(model)
+    dev = resolve_device(device)
+    dtype = torch_dtype(resolve_precision(precision, dev))
+    loaded, rows = load_multi_adapter_model(model, adapters, device=dev, dtype=dtype)
+    backend = TorchBackend(
+        loaded.model, slots=slots, device=dev, dtype=dtype, max_len=max_len, adapter_rows=rows
+    )
+    return backend, loaded.tokenizer
+
+
 def load_engine(
     model: str | Path,
     *,

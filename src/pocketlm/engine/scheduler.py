@@ -77,6 +77,7 @@ class GenerationRequest:
     params: SamplingParams
     logprobs: int | None = None
     sink: Sink | None = None
+    adapter: int = -1  # the backend's adapter index for it (backend.use_adapter); -1: none
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     finished_at: float | None = None
@@ -198,13 +199,20 @@ class BatchScheduler:
 
     def submit_many(
         self,
-        specs: Sequence[tuple[Sequence[int], SamplingParams, int | None, Sink | None]],
+        specs: Sequence[tuple],
+        *,
+        adapter: int = -1,
     ) -> list[GenerationRequest]:
-        """Queue several sequences all or none: (prompt ids, params, logprobs, sink) each."""
+        """Queue several sequences all or none: (prompt ids, params, logprobs, sink) each, all
+        run with the backend's adapter index `adapter` (-1: none; backend.use_adapter)."""
+        if adapter != -1 and not hasattr(self.backend, "use_adapter"):
+            raise InputError(f"the {self.backend.name} backend serves no adapters")
         requests = []
         for ids, params, logprobs, sink in specs:
             self._check_prompt(ids)
-            requests.append(GenerationRequest(list(ids), params, logprobs, sink, _scheduler=self))
+            requests.append(
+                GenerationRequest(list(ids), params, logprobs, sink, adapter, _scheduler=self)
+            )
         with self._cond:
             if self._closed:
                 raise SchedulerClosed("the server is shutting down and takes no new requests")
@@ -300,6 +308,8 @@ class BatchScheduler:
 
     def _admit(self, request: GenerationRequest) -> None:
         slot = self._free.pop()
+        if hasattr(self.backend, "use_adapter"):
+            self.backend.use_adapter(slot, request.adapter)
         ids = request.prompt_ids
         room = self.context_length - len(ids) + 1  # the last token never needs a cache slot
         state = SequenceState(

@@ -21,8 +21,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pocketlm.common.errors import InputError
 from pocketlm.engine.backend import check_append, check_decode, check_slot_count, check_slots
 from pocketlm.model.kv_cache import KVCache
+from pocketlm.model.multi_lora import NO_ADAPTER, AdapterRows
 from pocketlm.model.transformer import CausalLM
 
 
@@ -40,7 +42,10 @@ class TorchBackend:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         max_len: int | None = None,
+        adapter_rows: AdapterRows | None = None,
     ) -> None:
+        """adapter_rows: the model carries several adapters (model.multi_lora): each slot runs
+        the one use_adapter() gave it (none by default)."""
         check_slot_count(slots)
         first = next(model.parameters())
         self.torch_device = torch.device(device) if device is not None else first.device
@@ -59,6 +64,19 @@ class TorchBackend:
         longrope = self.config.rope_scaling == "longrope"
         self._rope_boundary = self.config.rope_original_max_len if longrope else None
         self._tokens: list[list[int]] = [[] for _ in range(slots)]
+        self._adapter_rows = adapter_rows
+        self._slot_adapter = [NO_ADAPTER] * slots
+
+    def use_adapter(self, slot: int, adapter: int) -> None:
+        """Run `slot` with adapter index `adapter` (NO_ADAPTER: the base) from its next token."""
+        check_slots((slot,), self.slots)
+        if adapter != NO_ADAPTER and self._adapter_rows is None:
+            raise InputError("this backend serves no adapters")
+        self._slot_adapter[slot] = adapter
+
+    def _select(self, first: int, last: int) -> None:
+        if self._adapter_rows is not None:  # rows first..last of the next forward
+            self._adapter_rows.rows = self._slot_adapter[first : last + 1]
 
     @property
     def slots(self) -> int:
@@ -120,6 +138,7 @@ class TorchBackend:
         check_slots((slot,), self.slots)
         self.cache.reset_row(slot, 0)
         self._tokens[slot] = []
+        self._slot_adapter[slot] = NO_ADAPTER
 
     def _view(self, first: int, last: int) -> KVCache:
         """A cache over rows first..last (inclusive) sharing this cache's memory."""
@@ -143,6 +162,7 @@ class TorchBackend:
             self.cache.reset_row(slot, 0)
             self._tokens[slot] = []
         view = self._view(slot, slot)
+        self._select(slot, slot)
         with torch.inference_mode():
             ids = torch.tensor([run], dtype=torch.long, device=self.torch_device)
             if every:
@@ -173,6 +193,7 @@ class TorchBackend:
         tokens = [0] * (last - first + 1)  # a dummy token for rows that take none this step
         for s, t in zip(slots, token_ids):
             tokens[s - first] = t
+        self._select(first, last)
         with torch.inference_mode():
             ids = torch.tensor(tokens, dtype=torch.long, device=self.torch_device)[:, None]
             logits = self.model(ids, view)  # (rows, 1, V)

@@ -108,11 +108,13 @@ def create_app(
             created,
             model_id=a.model_id,
             parent=a.parent or settings.model_id,
+            adapter=a.adapter,
         )
     default = settings.default_model or settings.model_id
     if default not in served:
         raise ConfigError(f"the default model {default!r} is not served: {', '.join(served)}")
-    schedulers = [r.scheduler for r in served.values()]
+    # one scheduler per model, or one shared by the base and the adapters it mixes in a batch
+    schedulers = list({id(r.scheduler): r.scheduler for r in served.values()}.values())
     listed = [served[default], *(r for name, r in served.items() if name != default)]
 
     def stats():
@@ -144,7 +146,6 @@ def create_app(
     )
     app.state.metrics = metrics
     app.state.scheduler = scheduler  # the base model's
-    app.state.schedulers = dict(zip(served, schedulers, strict=True))
     app.state.settings = settings
 
     def error(status: int, body: dict, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -96,10 +96,12 @@ class GenerationRoutes:
         *,
         model_id: str | None = None,  # default: settings.model_id
         parent: str | None = None,  # an adapter's base model id
+        adapter: int = -1,  # the adapter index on a scheduler that mixes adapters (-1: none)
     ) -> None:
         self.scheduler = scheduler
         self.model_id = model_id or settings.model_id
         self.parent = parent
+        self.adapter = adapter
         self.tokenizer = tokenizer
         self.settings = settings
         self.metrics = metrics
@@ -184,7 +186,8 @@ class GenerationRoutes:
 
         specs = [(ids, params, lp, sink_for(i)) for i, (ids, params, lp, _) in enumerate(sequences)]
         try:
-            handles = self.scheduler.submit_many(specs)
+            more = {"adapter": self.adapter} if self.adapter != -1 else {}
+            handles = self.scheduler.submit_many(specs, **more)
         except SchedulerBusy as exc:
             self.metrics.observe_rejected()
             raise ProtocolError(

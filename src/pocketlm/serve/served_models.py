@@ -22,6 +22,7 @@ class ServedModel:
     tokenizer: Tokenizer
     parent: str | None = None  # an adapter: the id of the base it runs on
     backend_name: str = ""
+    adapter: int = -1  # on a scheduler shared with the base: its adapter index there
 
 
 def check_model_ids(ids: Sequence[str]) -> None:

@@ -119,3 +119,42 @@ def test_adapters_on_a_shared_base_share_its_weights_and_leave_it_as_it_was(
         for m in opened
     ]
     assert 0 < owned[0] < owned[1] < sum(p.numel() for p in base.model.parameters()) / 4
+
+
+def test_one_batch_mixes_adapters_row_by_row(tiny_model_dir, tmp_path):
+    """Base and two adapters in one model (serve mixing them in a batch): each row of one
+    forward, and each slot of one decode step of the torch backend, gets its own model's logits."""
+    from pocketlm.checkpoint.adapted_model import load_multi_adapter_model
+    from pocketlm.engine.torch_backend import TorchBackend
+    from pocketlm.model.multi_lora import NO_ADAPTER
+
+    (a, a_logits), (b, b_logits) = (
+        make_adapter(tiny_model_dir, tmp_path / name, LoRAConfig(rank=r, targets=t), seed=s)
+        for name, r, t, s in (("a", 2, "q_proj", 0), ("b", 4, "q_proj,v_proj,lm_head", 3))
+    )
+    with torch.no_grad():
+        base_logits = load_model(tiny_model_dir).model(IDS)
+    loaded, rows = load_multi_adapter_model(tiny_model_dir, [a, b])
+    plan = [(1, b_logits), (NO_ADAPTER, base_logits), (0, a_logits)]
+    rows.rows = [k for k, _ in plan]
+    with torch.no_grad():
+        mixed = loaded.model(IDS.repeat(3, 1))  # (3, T, V)
+    for row, (_, expected) in enumerate(plan):
+        torch.testing.assert_close(mixed[row], expected[0], rtol=0, atol=1e-5)
+
+    backend = TorchBackend(loaded.model, slots=3, adapter_rows=rows)
+    prompt, last = IDS[0, :-1].tolist(), int(IDS[0, -1])
+    for slot, (k, _) in enumerate(plan):
+        backend.use_adapter(slot, k)
+        backend.prefill(slot, prompt)
+    step = backend.decode([0, 1, 2], [last, last, last])  # (3, V), one forward
+    for slot, (_, expected) in enumerate(plan):
+        torch.testing.assert_close(torch.from_numpy(step[slot]), expected[0, -1], rtol=0, atol=1e-5)
+
+
+def test_a_qlora_adapter_cannot_share_a_batch(tiny_model_dir, tmp_path):
+    from pocketlm.checkpoint.adapted_model import load_multi_adapter_model
+
+    path, _ = make_adapter(tiny_model_dir, tmp_path / "q", LoRAConfig(rank=2, base_quant="int8"))
+    with pytest.raises(ConfigError, match="QLoRA adapter"):
+        load_multi_adapter_model(tiny_model_dir, [path])
