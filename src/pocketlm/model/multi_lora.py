@@ -23,7 +23,25 @@ class AdapterRows:
     """Which adapter (index, or NO_ADAPTER) each batch row of the next forward pass uses."""
 
     def __init__(self) -> None:
-        self.rows: list[int] = []
+        self._rows: list[int] = []
+        self._index: dict[tuple[int, str], torch.Tensor | None] = {}
+
+    @property
+    def rows(self) -> list[int]:
+        return self._rows
+
+    @rows.setter
+    def rows(self, rows: Sequence[int]) -> None:
+        self._rows, self._index = list(rows), {}
+
+    def index(self, adapter: int, device: torch.device) -> torch.Tensor | None:
+        """The batch rows that use `adapter` (None: none; computed once per set of rows, not
+        once per layer)."""
+        key = (adapter, str(device))
+        if key not in self._index:
+            picked = [i for i, r in enumerate(self._rows) if r == adapter]
+            self._index[key] = torch.tensor(picked, device=device) if picked else None
+        return self._index[key]
 
 
 @dataclass(frozen=True)
@@ -52,10 +70,11 @@ class MultiLoRALinear(nn.Module):
         if len(rows) != x.shape[0]:
             raise RuntimeError(f"{len(rows)} adapter rows for a batch of {x.shape[0]}")
         for k, (a, b, scale) in self.deltas.items():
-            picked = [i for i, r in enumerate(rows) if r == k]
-            if not picked:
+            index = self.selector.index(k, x.device)
+            if index is None:
                 continue
-            index = torch.tensor(picked, device=x.device)
+            if len(index) == len(rows):  # every row: no gather and scatter
+                return y + scale * ((x.to(a.dtype) @ a.t()) @ b.t()).to(y.dtype)
             part = x.index_select(0, index).to(a.dtype)  # (n, ..., in)
             delta = (part @ a.t()) @ b.t()  # (n, ..., rank) -> (n, ..., out)
             y = y.index_add(0, index, delta.to(y.dtype), alpha=scale)
