@@ -33,6 +33,7 @@ _FLAGS = {
     "on_bad_record": "data.on_bad_record",
     "too_long": "data.too_long",
     "packing": "data.packing",
+    "replay_share": "replay_share",
 }
 
 
@@ -75,6 +76,16 @@ def register(subparsers) -> None:
     source.add_argument(
         "--tokens",
         help="tokens directory from `pocketlm data encode`, made with the model's tokenizer",
+    )
+    replay = p.add_argument_group("replay (with --tokens)")
+    replay.add_argument(
+        "--replay",
+        metavar="TOKENS",
+        help="tokens of the original data (same tokenizer): a share of the batches comes from it, "
+        "and its validation loss is reported next to the domain's (forgetting)",
+    )
+    replay.add_argument(
+        "--replay-share", type=float, help="share of batches replayed (default: 0.1)"
     )
     data = p.add_argument_group("chat records (with --data)")
     data.add_argument(
@@ -162,12 +173,15 @@ def _finetune(args: argparse.Namespace) -> int:
     config = config_from_args(FinetuneConfig, args, _FLAGS)
     result = finetune(
         args.model, args.tokens, args.out, config, data_files=args.data or (),
-        val_files=args.val or (), resume=args.resume, command=command_line(),
+        val_files=args.val or (), replay_dir=args.replay, resume=args.resume,
+        command=command_line(),
     )  # fmt: skip
     if dist_env().rank != 0:
         return 0  # under torchrun the main rank reports
     if result.final and "val_bpb" in result.final:
         print(f"val loss {result.final['val_loss']:.4f}, val bpb {result.final['val_bpb']:.4f}")
+        if "replay_val_bpb" in result.final:
+            print(f"original data (replayed): val bpb {result.final['replay_val_bpb']:.4f}")
     elif result.final and "val_loss" in result.final:
         print(f"val loss {result.final['val_loss']:.4f} (assistant tokens)")
     print(result.model_dir)

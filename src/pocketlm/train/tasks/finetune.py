@@ -37,6 +37,7 @@ class FinetuneConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     train: TrainConfig = field(default_factory=sft_train_defaults)
+    replay_share: float = 0.1  # with a replay tokens dir: share of micro-batches from it
 
 
 def finetune_factory(
@@ -46,6 +47,7 @@ def finetune_factory(
     *,
     data_files: Sequence[str] = (),
     val_files: Sequence[str] = (),
+    replay_dir: str | Path | None = None,
     command: Sequence[str] | None = None,
 ) -> TaskFactory:
     """The task factory of a fine-tuning run of `model_dir` on a tokens artifact (continued
@@ -53,6 +55,10 @@ def finetune_factory(
     a LoRA adapter when config.lora.rank > 0."""
     if (tokens_dir is None) == (not data_files):
         raise ConfigError("give either --tokens (continued pretraining) or --data (chat records)")
+    if replay_dir is not None and tokens_dir is None:
+        raise ConfigError(
+            "--replay mixes original data into continued pretraining: use it with --tokens"
+        )
     base = resolve_model(model_dir)  # an HF folder is imported (once) like everywhere else
     lora = config.lora
     scheme = read_quantization(base)["scheme"]
@@ -72,7 +78,10 @@ def finetune_factory(
         inner = PretrainConfig(train=config.train)
 
         def factory(ctx: RunContext) -> TrainTask:
-            return pretrain_task(tokens_dir, inner, ctx, command=command, init_from=base)
+            return pretrain_task(
+                tokens_dir, inner, ctx, command=command, init_from=base,
+                replay_dir=replay_dir, replay_share=config.replay_share,
+            )  # fmt: skip
 
     if lora.rank:
         return with_lora(factory, lora, base, command=command)
@@ -87,6 +96,7 @@ def finetune(
     *,
     data_files: Sequence[str] = (),
     val_files: Sequence[str] = (),
+    replay_dir: str | Path | None = None,
     resume: bool = False,
     command: Sequence[str] | None = None,
     now: Callable[[], float] = time.perf_counter,
@@ -96,6 +106,7 @@ def finetune(
     QLoRA)."""
     config = config or FinetuneConfig()
     factory = finetune_factory(
-        model_dir, tokens_dir, config, data_files=data_files, val_files=val_files, command=command
-    )
+        model_dir, tokens_dir, config, data_files=data_files, val_files=val_files,
+        replay_dir=replay_dir, command=command,
+    )  # fmt: skip
     return train(factory, config.train, out, resume=resume, command=command, now=now)
