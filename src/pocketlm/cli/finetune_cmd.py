@@ -33,6 +33,7 @@ _FLAGS = {
     "on_bad_record": "data.on_bad_record",
     "too_long": "data.too_long",
     "packing": "data.packing",
+    "end_of_turn_prompts": "end_of_turn_prompts",
 }
 
 
@@ -99,6 +100,13 @@ def register(subparsers) -> None:
         action="store_false",
         default=None,
         help="one example per row, padded (default: several short examples per row)",
+    )
+    data.add_argument(
+        "--end-of-turn-prompts",
+        type=int,
+        metavar="N",
+        help="after training, reply greedily to N held-out prompts and report the share that "
+        "ends with the end-of-turn token (default: 32; 0: skip)",
     )
     p.add_argument("--out", required=True, help="run directory")
     lora = p.add_argument_group("LoRA (a frozen base and a small trained adapter)")
@@ -170,5 +178,11 @@ def _finetune(args: argparse.Namespace) -> int:
         print(f"val loss {result.final['val_loss']:.4f}, val bpb {result.final['val_bpb']:.4f}")
     elif result.final and "val_loss" in result.final:
         print(f"val loss {result.final['val_loss']:.4f} (assistant tokens)")
+    if result.final and "end_of_turn_rate" in result.final:
+        print(
+            f"end-of-turn rate {result.final['end_of_turn_rate']:.1%} "
+            f"({int(result.final['end_of_turn_prompts'])} held-out prompts, greedy replies of at "
+            f"most {int(result.final['end_of_turn_budget'])} tokens)"
+        )
     print(result.model_dir)
     return 0
