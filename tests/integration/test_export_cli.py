@@ -33,7 +33,7 @@ def test_export_hf_prints_the_directory(tiny_model, tmp_path):
     out = tmp_path / "hf"
     r = pocketlm("export", "hf", "--model", str(tiny_model), "--out", str(out), "--dtype", "bf16")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == str(out)
+    assert r.stdout.strip() == str(out) and "warning:" not in r.stderr
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "hf_export" and manifest["command"][:3] == [
@@ -64,3 +64,34 @@ def test_export_hf_refuses_bad_models(synthetic_pipeline, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     r = pocketlm("export")
     assert r.returncode == 2 and "FORMAT" in r.stderr
+
+
+def test_export_warns_when_the_turn_end_is_no_stop_id(tmp_path):
+    """A chat model whose template closes a turn with <|im_end|> while only <|endoftext|> stops
+    generation: export hf and export gguf still write it, with a warning line naming the token."""
+    from pocketlm.checkpoint.model_io import save_model
+    from pocketlm.model.config import ModelConfig
+    from pocketlm.model.transformer import build_model
+    from pocketlm.tokenizer.tokenizer import Tokenizer
+    from tests.unit.tokenizer.hf_folders import write_folder
+
+    folder = write_folder("smollm2", tmp_path / "tok")
+    endoftext = json.loads((folder / "tokenizer.json").read_text())["added_tokens"][0]["id"]
+    for name, fields in [
+        ("tokenizer_config.json", {"eos_token": "<|endoftext|>"}),
+        ("special_tokens_map.json", {"eos_token": "<|endoftext|>"}),
+        ("generation_config.json", {"eos_token_id": endoftext}),
+    ]:
+        path = folder / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+    tok = Tokenizer.load(folder)
+    config = ModelConfig(
+        vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=64
+    )
+    model = save_model(tmp_path / "model", build_model(config), folder)
+    r = pocketlm("export", "hf", "--model", str(model), "--out", str(tmp_path / "hf"))
+    assert r.returncode == 0, r.stderr
+    assert "warning:" in r.stderr and "'<|im_end|>'" in r.stderr and "not a stop id" in r.stderr
+    r = pocketlm("export", "gguf", "--model", str(model), "--out", str(tmp_path / "m.gguf"))
+    assert r.returncode == 0, r.stderr
+    assert "'<|im_end|>'" in r.stderr and "not a stop id" in r.stderr

@@ -158,7 +158,9 @@ def register(subparsers) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from pocketlm.cli.chat_check import warn_chat_consistency
     from pocketlm.common.env import dist_env
+    from pocketlm.interop.open_model import model_dir as resolve_model
     from pocketlm.train.tasks.finetune import FinetuneConfig, finetune
 
     if args.max_tokens:
@@ -184,5 +186,8 @@ def _finetune(args: argparse.Namespace) -> int:
             f"({int(result.final['end_of_turn_prompts'])} held-out prompts, greedy replies of at "
             f"most {int(result.final['end_of_turn_budget'])} tokens)"
         )
+    # an adapter carries no tokenizer: its base's template and stop ids are the ones it uses
+    has_tokenizer = (result.model_dir / "tokenizer.json").is_file()
+    warn_chat_consistency(result.model_dir if has_tokenizer else resolve_model(args.model))
     print(result.model_dir)
     return 0

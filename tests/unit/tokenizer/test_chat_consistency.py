@@ -106,3 +106,13 @@ def test_a_tokenizer_that_does_not_load_is_a_problem_not_a_crash(smollm2):
     _name(smollm2, eos_token="<|no_such_eos|>")
     (problem,) = check_chat_consistency(smollm2)
     assert "does not load" in problem and "<|no_such_eos|>" in problem
+
+
+def test_commands_print_one_warning_line_per_problem(smollm2, tmp_path, capsys):
+    from pocketlm.cli.chat_check import warn_chat_consistency
+
+    assert warn_chat_consistency(smollm2) == [] and capsys.readouterr().err == ""
+    assert warn_chat_consistency(tmp_path / "no-model") == []  # the command reports that itself
+    _edit(smollm2, "generation_config.json", eos_token_id=99999)
+    (problem,) = warn_chat_consistency(smollm2)
+    assert capsys.readouterr().err == f"warning: {smollm2}: {problem}\n"
