@@ -34,6 +34,7 @@ _FLAGS = {
     "too_long": "data.too_long",
     "packing": "data.packing",
     "replay_share": "replay_share",
+    "end_of_turn_prompts": "end_of_turn_prompts",
 }
 
 
@@ -111,6 +112,13 @@ def register(subparsers) -> None:
         default=None,
         help="one example per row, padded (default: several short examples per row)",
     )
+    data.add_argument(
+        "--end-of-turn-prompts",
+        type=int,
+        metavar="N",
+        help="after training, reply greedily to N held-out prompts and report the share that "
+        "ends with the end-of-turn token (default: 32; 0: skip)",
+    )
     p.add_argument("--out", required=True, help="run directory")
     lora = p.add_argument_group("LoRA (a frozen base and a small trained adapter)")
     lora.add_argument(
@@ -161,7 +169,9 @@ def register(subparsers) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from pocketlm.cli.chat_check import warn_chat_consistency
     from pocketlm.common.env import dist_env
+    from pocketlm.interop.open_model import model_dir as resolve_model
     from pocketlm.train.tasks.finetune import FinetuneConfig, finetune
 
     if args.max_tokens:
@@ -184,5 +194,14 @@ def _finetune(args: argparse.Namespace) -> int:
             print(f"original data (replayed): val bpb {result.final['replay_val_bpb']:.4f}")
     elif result.final and "val_loss" in result.final:
         print(f"val loss {result.final['val_loss']:.4f} (assistant tokens)")
+    if result.final and "end_of_turn_rate" in result.final:
+        print(
+            f"end-of-turn rate {result.final['end_of_turn_rate']:.1%} "
+            f"({int(result.final['end_of_turn_prompts'])} held-out prompts, greedy replies of at "
+            f"most {int(result.final['end_of_turn_budget'])} tokens)"
+        )
+    # an adapter carries no tokenizer: its base's template and stop ids are the ones it uses
+    has_tokenizer = (result.model_dir / "tokenizer.json").is_file()
+    warn_chat_consistency(result.model_dir if has_tokenizer else resolve_model(args.model))
     print(result.model_dir)
     return 0

@@ -177,6 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
     key = _api_key(args)
     require("fastapi", "serve", "pocketlm serve")
     require("uvicorn", "serve", "pocketlm serve")
+    from pocketlm.cli.chat_check import warn_tokenizer_consistency
     from pocketlm.common.cpu_load import free_cores, runnable_others
     from pocketlm.common.device import serving_threads
     from pocketlm.engine.load import open_backend
@@ -197,6 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_len=args.max_len,
         adapter=args.adapter,
     )
+    warn_tokenizer_consistency(tokenizer, args.model)
     scheduler = BatchScheduler(backend, tokenizer, max_queue=args.max_queue)
     settings = ServerSettings(
         model_id=args.model_name or Path(args.adapter or args.model).resolve().name,

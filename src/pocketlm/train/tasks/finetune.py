@@ -32,12 +32,14 @@ from pocketlm.train.tasks.sft import SFTConfig, sft_task_factory, sft_train_defa
 @dataclass(frozen=True)
 class FinetuneConfig:
     """`pocketlm finetune` settings: LoRA (rank 0 = full fine-tune), how chat records become
-    examples (with --data) and the loop's settings."""
+    examples (with --data), the loop's settings and the held-out prompts the end-of-turn rate
+    replies to after chat fine-tuning."""
 
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     train: TrainConfig = field(default_factory=sft_train_defaults)
     replay_share: float = 0.1  # with a replay tokens dir: share of micro-batches from it
+    end_of_turn_prompts: int = 32  # held-out prompts replied to after chat fine-tuning (0: none)
 
 
 def finetune_factory(
@@ -70,7 +72,7 @@ def finetune_factory(
         )
     if data_files:  # a frozen base under LoRA keeps the dtype it is stored in
         factory = sft_task_factory(
-            base, data_files, SFTConfig(data=config.data, train=config.train),
+            base, data_files, SFTConfig(config.data, config.train, config.end_of_turn_prompts),
             val_files=val_files, command=command,
             weights_dtype=None if lora.rank else torch.float32,
         )  # fmt: skip
