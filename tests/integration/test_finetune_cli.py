@@ -84,6 +84,8 @@ def test_finetune_on_chat_records_trains_the_replies_and_chats_with_the_adapter(
     r = pocketlm("finetune", "--model", base, "--data", str(chats), "--val", str(val),
                  "--out", str(run), *common)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "end-of-turn rate" in r.stdout and "1 held-out prompts" in r.stdout, r.stdout
+    assert "warning:" not in r.stderr, r.stderr  # the base's template and stop ids agree
     assert "(assistant tokens)" in r.stdout and r.stdout.strip().splitlines()[-1] == str(
         run / "model"
     )

@@ -109,3 +109,28 @@ def test_an_interrupted_quickstart_resumes_its_training_stage(text_folder, tmp_p
     steps = [r["step"] for r in read_metrics(out / "pretrain" / "metrics.jsonl")]
     assert steps[0] == 1 and steps == sorted(steps) and step < steps[-1]  # one continuous run
     assert "validation bits per byte" in report.read_text()
+
+
+@pytest.mark.timeout(600)
+def test_quickstart_chat_adds_a_fine_tuning_stage_on_stdlib_requests(text_folder, tmp_path):
+    """--chat: the pretrained model is fine-tuned on requests derived from the stdlib's
+    functions, and the output says how to chat with it; a second run reuses every stage."""
+    from pocketlm.checkpoint.model_io import load_model
+    from pocketlm.common.manifest import read_manifest
+
+    lines: list[str] = []
+    config = QuickstartConfig(
+        corpus=(str(text_folder),), budget="6s", vocab_size=320, ctx=256, batch_size=2,
+        model="pico-1m", chat=True, chat_budget="3 steps",
+    )  # fmt: skip
+    run_quickstart(config, tmp_path / "qs", echo=lines.append)
+    chat = tmp_path / "qs" / "chat"
+    summary = read_manifest(chat / "model")["summary"]
+    assert summary["sft_data"]["records"]["kept"] > 0
+    assert any(f"pocketlm chat --model {chat}" in line for line in lines)
+    assert any("[5/5] chat: building" in line for line in lines)
+    tok = load_model(chat / "model").tokenizer
+    assert tok.render_chat([{"role": "user", "content": "hi"}]).endswith("<|assistant|>\n")
+    again: list[str] = []
+    run_quickstart(config, tmp_path / "qs", echo=again.append)
+    assert sum("reusing" in line for line in again) == 5

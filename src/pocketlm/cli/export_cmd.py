@@ -90,17 +90,18 @@ def register_gguf(subparsers) -> None:
 
 
 def _gguf(args: argparse.Namespace) -> int:
+    from pocketlm.cli.chat_check import warn_chat_consistency
     from pocketlm.interop.gguf_export import export_gguf
 
-    return done(
-        export_gguf(
-            args.model,
-            args.out,
-            out_type=args.gguf_type,
-            command=command_line(),
-            overwrite=args.overwrite,
-        )
+    out = export_gguf(
+        args.model,
+        args.out,
+        out_type=args.gguf_type,
+        command=command_line(),
+        overwrite=args.overwrite,
     )
+    warn_chat_consistency(args.model)  # the GGUF carries this model's template and stop ids
+    return done(out)
 
 
 def register_peft(subparsers) -> None:
@@ -168,14 +169,15 @@ def register(subparsers) -> None:
 
 
 def _hf(args: argparse.Namespace) -> int:
+    from pocketlm.cli.chat_check import warn_chat_consistency
     from pocketlm.interop.hf_export import export_hf
 
-    return done(
-        export_hf(
-            args.model,
-            args.out,
-            dtype=args.dtype,
-            command=command_line(),
-            overwrite=args.overwrite,
-        )
+    out = export_hf(
+        args.model,
+        args.out,
+        dtype=args.dtype,
+        command=command_line(),
+        overwrite=args.overwrite,
     )
+    warn_chat_consistency(out)  # the folder as transformers and llama.cpp will read it
+    return done(out)

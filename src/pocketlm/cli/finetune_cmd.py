@@ -33,6 +33,8 @@ _FLAGS = {
     "on_bad_record": "data.on_bad_record",
     "too_long": "data.too_long",
     "packing": "data.packing",
+    "replay_share": "replay_share",
+    "end_of_turn_prompts": "end_of_turn_prompts",
 }
 
 
@@ -76,6 +78,16 @@ def register(subparsers) -> None:
         "--tokens",
         help="tokens directory from `pocketlm data encode`, made with the model's tokenizer",
     )
+    replay = p.add_argument_group("replay (with --tokens)")
+    replay.add_argument(
+        "--replay",
+        metavar="TOKENS",
+        help="tokens of the original data (same tokenizer): a share of the batches comes from it, "
+        "and its validation loss is reported next to the domain's (forgetting)",
+    )
+    replay.add_argument(
+        "--replay-share", type=float, help="share of batches replayed (default: 0.1)"
+    )
     data = p.add_argument_group("chat records (with --data)")
     data.add_argument(
         "--val", nargs="+", metavar="FILE", help="held-out records (default: a share of --data)"
@@ -99,6 +111,13 @@ def register(subparsers) -> None:
         action="store_false",
         default=None,
         help="one example per row, padded (default: several short examples per row)",
+    )
+    data.add_argument(
+        "--end-of-turn-prompts",
+        type=int,
+        metavar="N",
+        help="after training, reply greedily to N held-out prompts and report the share that "
+        "ends with the end-of-turn token (default: 32; 0: skip)",
     )
     p.add_argument("--out", required=True, help="run directory")
     lora = p.add_argument_group("LoRA (a frozen base and a small trained adapter)")
@@ -150,7 +169,9 @@ def register(subparsers) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from pocketlm.cli.chat_check import warn_chat_consistency
     from pocketlm.common.env import dist_env
+    from pocketlm.interop.open_model import model_dir as resolve_model
     from pocketlm.train.tasks.finetune import FinetuneConfig, finetune
 
     if args.max_tokens:
@@ -162,13 +183,25 @@ def _finetune(args: argparse.Namespace) -> int:
     config = config_from_args(FinetuneConfig, args, _FLAGS)
     result = finetune(
         args.model, args.tokens, args.out, config, data_files=args.data or (),
-        val_files=args.val or (), resume=args.resume, command=command_line(),
+        val_files=args.val or (), replay_dir=args.replay, resume=args.resume,
+        command=command_line(),
     )  # fmt: skip
     if dist_env().rank != 0:
         return 0  # under torchrun the main rank reports
     if result.final and "val_bpb" in result.final:
         print(f"val loss {result.final['val_loss']:.4f}, val bpb {result.final['val_bpb']:.4f}")
+        if "replay_val_bpb" in result.final:
+            print(f"original data (replayed): val bpb {result.final['replay_val_bpb']:.4f}")
     elif result.final and "val_loss" in result.final:
         print(f"val loss {result.final['val_loss']:.4f} (assistant tokens)")
+    if result.final and "end_of_turn_rate" in result.final:
+        print(
+            f"end-of-turn rate {result.final['end_of_turn_rate']:.1%} "
+            f"({int(result.final['end_of_turn_prompts'])} held-out prompts, greedy replies of at "
+            f"most {int(result.final['end_of_turn_budget'])} tokens)"
+        )
+    # an adapter carries no tokenizer: its base's template and stop ids are the ones it uses
+    has_tokenizer = (result.model_dir / "tokenizer.json").is_file()
+    warn_chat_consistency(result.model_dir if has_tokenizer else resolve_model(args.model))
     print(result.model_dir)
     return 0

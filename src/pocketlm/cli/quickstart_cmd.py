@@ -19,7 +19,7 @@ def register(subparsers) -> None:
             "report.md (parameters, tokens seen, tokens/s, validation bits per byte, loss plot, samples).\n"
             "A second run reuses the stages that already finished and resumes an interrupted training."
         ),
-        examples="  pocketlm quickstart\n  pocketlm quickstart --budget 2m --out runs/qs\n  pocketlm quickstart --corpus ~/notes --budget 10m --out runs/notes",
+        examples="  pocketlm quickstart\n  pocketlm quickstart --chat        # + a chat fine-tuning stage\n  pocketlm quickstart --budget 2m --out runs/qs\n  pocketlm quickstart --corpus ~/notes --budget 10m --out runs/notes",
     )
     p.add_argument(
         "--corpus", nargs="+", default=["stdlib"], metavar="SOURCE", help="sources for the corpus"
@@ -34,6 +34,13 @@ def register(subparsers) -> None:
         help="model preset (default: chosen for the budget)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="then fine-tune it into a chat model on requests derived from the stdlib's own "
+        "functions (docstring -> code), offline",
+    )
+    p.add_argument("--chat-budget", default="2m", help="budget of the chat fine-tuning stage")
     p.set_defaults(handler=_quickstart)
 
 
@@ -46,6 +53,8 @@ def _quickstart(args: argparse.Namespace) -> int:
         vocab_size=args.vocab_size,
         model=args.model,
         device=args.device,
+        chat=args.chat,
+        chat_budget=args.chat_budget,
     )
     run_quickstart(config, args.out, command=command_line())
     return 0

@@ -265,6 +265,7 @@ def _serve(args: argparse.Namespace) -> int:
     key = _api_key(args)
     require("fastapi", "serve", "pocketlm serve")
     require("uvicorn", "serve", "pocketlm serve")
+    from pocketlm.cli.chat_check import warn_tokenizer_consistency
     from pocketlm.common.cpu_load import free_cores, runnable_others
     from pocketlm.common.device import serving_threads
     from pocketlm.serve.app import DEFAULT_PUBLIC_PATHS, ServerSettings, create_app, run_server
@@ -275,6 +276,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     threads = serving_threads(cap_threads(args.threads), free_cores(runnable_others()))
     base, adapters = open_models(args, threads)
+    warn_tokenizer_consistency(base.tokenizer, args.model)
     settings = ServerSettings(
         model_id=base.model_id,
         default_model=adapters[0].model_id if adapters else None,

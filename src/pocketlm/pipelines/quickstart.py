@@ -39,6 +39,8 @@ class QuickstartConfig:
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0
+    chat: bool = False  # add a chat fine-tuning stage on the stdlib instruction set
+    chat_budget: str = "2m"
 
 
 def _complete(path: Path, kind: str) -> bool:
@@ -70,6 +72,7 @@ def run_quickstart(
         "corpus": {"sources": list(config.corpus)},
         "tokenizer": {"vocab_size": config.vocab_size},
         "tokens": {},
+        "chat": {"budget": config.chat_budget},
         "pretrain": {
             "budget": config.budget,
             "model": config.model,
@@ -81,16 +84,17 @@ def run_quickstart(
     }
     reuse = True
     state: dict[str, Any] = {}
+    n_stages = 5 if config.chat else 4
 
     def stage(index: int, name: str, kind: str, path: Path, build: Callable[[], Any]) -> None:
         nonlocal reuse
         same = previous.get(name) == signatures[name]
         if reuse and same and _complete(path, kind):
-            echo(f"[{index}/6] {name}: reusing {path}")
+            echo(f"[{index}/{n_stages}] {name}: reusing {path}")
         else:
             reuse = False
             t0 = time.perf_counter()
-            echo(f"[{index}/6] {name}: building {path}")
+            echo(f"[{index}/{n_stages}] {name}: building {path}")
             # marked as started, so a run interrupted in this stage can continue it next time
             started = {**previous, **state, f"{name}:started": signatures[name]}
             state_path.write_text(json.dumps(started, indent=2), encoding="utf-8")
@@ -185,9 +189,22 @@ def run_quickstart(
             pretrain(tokens_dir, run_dir, pc, resume=resume, command=command)
 
     stage(4, "pretrain", "model", run_dir / "model", train_model)
+    chat_dir = out / "chat"
+    if config.chat:
+        stage(
+            5,
+            "chat",
+            "model",
+            chat_dir / "model",
+            lambda: _chat_stage(config, out, run_dir, command, echo),
+        )
     report = _report(config, out, tokens_dir, run_dir, echo)
     echo(f"\nReport: {report}")
     echo("Next, try:")
+    if config.chat:
+        echo(
+            f"  pocketlm chat --model {chat_dir}   # ask it for a function, e.g. 'Return the sum of a list.'"
+        )
     echo(f"  pocketlm generate --model {run_dir} --prompt 'def fibonacci(n):'")
     echo(f"  pocketlm eval --model {run_dir} --tokens {tokens_dir}")
     echo(
@@ -202,6 +219,45 @@ def run_quickstart(
     )
     echo(f"  pocketlm inspect {run_dir / 'model'}")
     return report
+
+
+def _chat_stage(
+    config: QuickstartConfig,
+    out: Path,
+    run_dir: Path,
+    command: Sequence[str] | None,
+    echo: Callable[[str], None],
+) -> None:
+    """Fine-tune the pretrained model on the stdlib instruction set (request -> code)."""
+    import shutil
+
+    from pocketlm.common.config import replace
+    from pocketlm.data.sources import stdlib_files
+    from pocketlm.data.stdlib_instructions import stdlib_instruction_records
+    from pocketlm.train.tasks.sft import SFTConfig, sft
+
+    records = stdlib_instruction_records(stdlib_files())
+    data = out / "chat-data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    chat_dir = out / "chat"
+    if chat_dir.exists():
+        shutil.rmtree(chat_dir)
+    settings = replace(
+        SFTConfig(),
+        **{
+            "train.budget": config.chat_budget,
+            "train.ctx": config.ctx,
+            "train.batch_size": config.batch_size,
+            "train.device": config.device,
+            "train.seed": config.seed,
+            "train.optim.lr": 1e-3,  # a small model fine-tuned briefly: a larger step than 2e-4
+        },
+    )
+    echo(
+        f"        fine-tuning on {len(records)} requests from the standard library (a docstring's "
+        f"first sentence -> the function's code) for {config.chat_budget}"
+    )
+    sft(run_dir / "model", [str(data)], chat_dir, settings, command=command)
 
 
 def _plan(

@@ -26,7 +26,7 @@ from pocketlm.common.units import format_count, format_duration
 from pocketlm.train.cadence import after_step, peak_dtype, start_cadence
 from pocketlm.train.checkpointing import save_checkpoint, save_final
 from pocketlm.train.config import TrainConfig
-from pocketlm.train.distributed import close_run_context
+from pocketlm.train.distributed import close_run_context, unwrap
 from pocketlm.train.metrics import PLOT_FILE, plot_losses, read_metrics
 from pocketlm.train.run import Run, setup_run
 from pocketlm.train.step import TrainingDiverged, optimizer_step
@@ -100,7 +100,7 @@ def _already_finished(run: Run) -> RunResult | None:
         return None
     if summary.get("steps") != run.step:
         return None
-    final = {k: v for k, v in summary.items() if k.startswith("val_")}
+    final = {k: v for k, v in summary.items() if k.startswith(("val_", "end_of_turn_"))}
     _log.info("%s already finished at step %d: nothing to resume", run.run_dir, run.step)
     return RunResult(
         model_dir, run.run_dir, run.step, run.tokens, run.elapsed_s,
@@ -117,6 +117,7 @@ def finish(run: Run) -> RunResult:
             f"the budget ({run.clock.budget.describe()}) is too small for a single training step; raise --budget"
         )
     final_ckpt = save_checkpoint(run)
+    finished = run.task.finish(unwrap(run.model), run.ctx) if run.task.finish else {}
     mean_tps = run.tokens / max(1e-9, run.elapsed_s)
     summary = {
         "steps": run.step,
@@ -126,6 +127,7 @@ def finish(run: Run) -> RunResult:
         "precision": run.ctx.precision,
         "world_size": run.ctx.dist.world_size,
         **run.last_eval,
+        **finished,
     }
     if run.ctx.is_main:
         plot_losses(
@@ -157,5 +159,5 @@ def finish(run: Run) -> RunResult:
         run.tokens,
         run.elapsed_s,
         summary["tokens_per_s"],
-        run.last_eval,
+        {**run.last_eval, **finished},
     )

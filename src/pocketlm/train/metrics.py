@@ -55,7 +55,8 @@ def smooth_centered(values: list[float], half_window: int) -> list[float]:
 
 
 def plot_losses(rows: list[dict[str, Any]], out: Path, title: str = "training") -> Path:
-    """Train loss (raw and smoothed) and validation loss against tokens seen, as a PNG."""
+    """Train loss (raw and smoothed) and validation loss (and the replayed original data's, when
+    there is one) against tokens seen, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,6 +73,11 @@ def plot_losses(rows: list[dict[str, Any]], out: Path, title: str = "training") 
     if val:
         xs, ys = zip(*val)
         ax.plot(xs, ys, "o-", color="#e6550d", linewidth=1.6, markersize=4, label="validation loss")
+    replay = [(r["tokens"], r["replay_val_loss"]) for r in rows if "replay_val_loss" in r]
+    if replay:  # continued pretraining with --replay: the original data's curve (forgetting)
+        xs, ys = zip(*replay)
+        ax.plot(xs, ys, "s--", color="#756bb1", linewidth=1.4, markersize=4,
+                label="validation loss, original data")  # fmt: skip
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title)

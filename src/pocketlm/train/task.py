@@ -101,6 +101,9 @@ class TrainTask:
     load: Callable[[Path], dict[str, torch.Tensor]]
     # evaluate(model, ctx) -> {"val_loss": ..., ...}; called on every rank
     evaluate: Callable[[nn.Module, RunContext], dict[str, float]] | None = None
+    # finish(model, ctx) -> metrics measured once after the last step (SFT's end-of-turn rate);
+    # called on every rank with the unwrapped model, they join the final model's summary
+    finish: Callable[[nn.Module, RunContext], dict[str, float]] | None = None
     flops_per_token: float = 0.0  # training FLOPs per token, for MFU
     describe: dict[str, Any] = field(default_factory=dict)  # goes into manifests and the report
 

@@ -220,3 +220,20 @@ def test_lora_wraps_the_chat_fine_tuning_task(synthetic_pipeline, tmp_path):
     assert result.final["val_loss"] < start - 0.1, (start, result.final)
     assert read_manifest(result.model_dir, kind="adapter")["config"]["task"] == "sft"
     assert load_adapted_model(base, result.model_dir).tokenizer.has_chat_template
+
+
+def test_continued_pretraining_with_replay_reports_both_validation_curves(
+    tiny_model_dir, synthetic_pipeline, tmp_path
+):
+    """--replay: a share of the batches from the original data; every evaluation reports the
+    domain's and the original data's validation loss, and the plot draws both."""
+    from pocketlm.train.metrics import read_metrics
+
+    tokens = synthetic_pipeline["tokens"]
+    config = _config(LoRAConfig(rank=4, alpha=8.0), budget="6 steps", eval_every=3)
+    run = finetune(tiny_model_dir, tokens, tmp_path / "replay", config, replay_dir=tokens)
+    evals = [r for r in read_metrics(tmp_path / "replay" / "metrics.jsonl") if "val_loss" in r]
+    assert evals and all(r["replay_val_loss"] > 0 and r["replay_val_bpb"] > 0 for r in evals)
+    assert "replay_val_bpb" in run.final and (tmp_path / "replay" / "loss.png").is_file()
+    with pytest.raises(ConfigError, match="--replay"):
+        finetune_factory(tiny_model_dir, None, config, data_files=["x.jsonl"], replay_dir=tokens)

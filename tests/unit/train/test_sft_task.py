@@ -146,6 +146,9 @@ def test_a_run_learns_its_data_and_keeps_the_chat_format(base_dir, chat_file, tm
     manifest = read_manifest(result.model_dir)
     assert manifest["config"]["task"] == "sft"
     assert manifest["summary"]["sft_data"]["examples"] == {"train": 48, "val": 48}
+    eot = {k: manifest["summary"][k] for k in result.final if k.startswith("end_of_turn_")}
+    assert eot == {k: result.final[k] for k in eot} and eot["end_of_turn_prompts"] == 32
+    assert 0.0 <= eot["end_of_turn_rate"] <= 1.0
     assert any(
         p.get("kind") == "file" and p["path"].endswith("chat.jsonl") for p in manifest["parents"]
     )

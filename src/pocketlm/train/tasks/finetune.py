@@ -32,11 +32,14 @@ from pocketlm.train.tasks.sft import SFTConfig, sft_task_factory, sft_train_defa
 @dataclass(frozen=True)
 class FinetuneConfig:
     """`pocketlm finetune` settings: LoRA (rank 0 = full fine-tune), how chat records become
-    examples (with --data) and the loop's settings."""
+    examples (with --data), the loop's settings and the held-out prompts the end-of-turn rate
+    replies to after chat fine-tuning."""
 
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     train: TrainConfig = field(default_factory=sft_train_defaults)
+    replay_share: float = 0.1  # with a replay tokens dir: share of micro-batches from it
+    end_of_turn_prompts: int = 32  # held-out prompts replied to after chat fine-tuning (0: none)
 
 
 def finetune_factory(
@@ -46,6 +49,7 @@ def finetune_factory(
     *,
     data_files: Sequence[str] = (),
     val_files: Sequence[str] = (),
+    replay_dir: str | Path | None = None,
     command: Sequence[str] | None = None,
 ) -> TaskFactory:
     """The task factory of a fine-tuning run of `model_dir` on a tokens artifact (continued
@@ -53,6 +57,10 @@ def finetune_factory(
     a LoRA adapter when config.lora.rank > 0."""
     if (tokens_dir is None) == (not data_files):
         raise ConfigError("give either --tokens (continued pretraining) or --data (chat records)")
+    if replay_dir is not None and tokens_dir is None:
+        raise ConfigError(
+            "--replay mixes original data into continued pretraining: use it with --tokens"
+        )
     base = resolve_model(model_dir)  # an HF folder is imported (once) like everywhere else
     lora = config.lora
     scheme = read_quantization(base)["scheme"]
@@ -64,7 +72,7 @@ def finetune_factory(
         )
     if data_files:  # a frozen base under LoRA keeps the dtype it is stored in
         factory = sft_task_factory(
-            base, data_files, SFTConfig(data=config.data, train=config.train),
+            base, data_files, SFTConfig(config.data, config.train, config.end_of_turn_prompts),
             val_files=val_files, command=command,
             weights_dtype=None if lora.rank else torch.float32,
         )  # fmt: skip
@@ -72,7 +80,10 @@ def finetune_factory(
         inner = PretrainConfig(train=config.train)
 
         def factory(ctx: RunContext) -> TrainTask:
-            return pretrain_task(tokens_dir, inner, ctx, command=command, init_from=base)
+            return pretrain_task(
+                tokens_dir, inner, ctx, command=command, init_from=base,
+                replay_dir=replay_dir, replay_share=config.replay_share,
+            )  # fmt: skip
 
     if lora.rank:
         return with_lora(factory, lora, base, command=command)
@@ -87,6 +98,7 @@ def finetune(
     *,
     data_files: Sequence[str] = (),
     val_files: Sequence[str] = (),
+    replay_dir: str | Path | None = None,
     resume: bool = False,
     command: Sequence[str] | None = None,
     now: Callable[[], float] = time.perf_counter,
@@ -96,6 +108,7 @@ def finetune(
     QLoRA)."""
     config = config or FinetuneConfig()
     factory = finetune_factory(
-        model_dir, tokens_dir, config, data_files=data_files, val_files=val_files, command=command
-    )
+        model_dir, tokens_dir, config, data_files=data_files, val_files=val_files,
+        replay_dir=replay_dir, command=command,
+    )  # fmt: skip
     return train(factory, config.train, out, resume=resume, command=command, now=now)

@@ -85,6 +85,7 @@ def with_lora(
             save=save,
             load=load,
             evaluate=task.evaluate,
+            finish=task.finish,
             flops_per_token=flops,
             describe={
                 **task.describe,

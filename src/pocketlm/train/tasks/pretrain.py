@@ -16,6 +16,7 @@ from pocketlm.common.config import to_dict
 from pocketlm.common.errors import ArtifactError, ConfigError, InputError
 from pocketlm.common.manifest import parent_ref
 from pocketlm.data.loader import BatchLoader
+from pocketlm.data.replay import ReplayBatches
 from pocketlm.data.token_shards import TokenShards
 from pocketlm.evals.bpb import evaluate_bpb, token_byte_lengths
 from pocketlm.model.config import ModelConfig
@@ -87,10 +88,14 @@ def pretrain_task(
     command: Sequence[str] | None = None,
     model_config: ModelConfig | None = None,
     init_from: str | Path | None = None,
+    replay_dir: str | Path | None = None,
+    replay_share: float = 0.0,
 ) -> TrainTask:
     """The pretraining TrainTask over a tokens artifact, for this process's context; with
     `init_from` (a model artifact) it continues that model's training (continued pretraining):
-    its shape, weights and tokenizer, which must be the one the tokens were encoded with."""
+    its shape, weights and tokenizer, which must be the one the tokens were encoded with. With
+    `replay_dir` (tokens of the original data, same tokenizer) a `replay_share` of the
+    micro-batches comes from it, and evaluation reports its validation loss too (forgetting)."""
     tokens_dir = Path(tokens_dir)
     shards = TokenShards(tokens_dir)
     tc = config.train
@@ -124,6 +129,19 @@ def pretrain_task(
         rank=ctx.dist.rank,
         world_size=ctx.dist.world_size,
     )
+    replay_split = None
+    if replay_dir is not None:
+        replay_shards = TokenShards(replay_dir)
+        replay_shards.check_tokenizer(
+            shards.tokenizer_fingerprint, shards.vocab_size, str(tokens_dir)
+        )
+        parents.append(parent_ref(Path(replay_dir)))
+        replay_split = replay_shards.split("val" if replay_shards.has_split("val") else "train")
+        replay_batches = BatchLoader(
+            replay_shards.split("train"), tc.batch_size, tc.ctx, seed=tc.seed + 1,
+            rank=ctx.dist.rank, world_size=ctx.dist.world_size,
+        )  # fmt: skip
+        batches = ReplayBatches(batches, replay_batches, replay_share)
     model = build_model(model_config, seed=tc.seed) if initial is None else initial.model.train()
     byte_lengths = token_byte_lengths(tokenizer, model_config.vocab_size)
     has_val = shards.has_split("val")
@@ -143,17 +161,24 @@ def pretrain_task(
         )
 
     def evaluate(m: nn.Module, run_ctx: RunContext) -> dict[str, float]:
-        r = evaluate_bpb(
-            m,
-            eval_split,
-            byte_lengths,
-            ctx=tc.ctx,
-            batch_size=tc.batch_size,
-            max_tokens=tc.eval_tokens,
-            device=run_ctx.device,
-            autocast=run_ctx.autocast(),
-        )
-        return {"val_loss": r.loss, "val_bpb": r.bpb}
+        def on(split) -> tuple[float, float]:
+            r = evaluate_bpb(
+                m,
+                split,
+                byte_lengths,
+                ctx=tc.ctx,
+                batch_size=tc.batch_size,
+                max_tokens=tc.eval_tokens,
+                device=run_ctx.device,
+                autocast=run_ctx.autocast(),
+            )
+            return r.loss, r.bpb
+
+        loss_, bpb = on(eval_split)
+        out = {"val_loss": loss_, "val_bpb": bpb}
+        if replay_split is not None:  # the original data: how much the model forgets
+            out["replay_val_loss"], out["replay_val_bpb"] = on(replay_split)
+        return out
 
     def save(request: SaveRequest) -> Path:
         return save_model_state(

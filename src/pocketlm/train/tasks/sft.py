@@ -11,7 +11,8 @@ The task: the model with its weights (fp32 master weights unless weights_dtype s
 loss = the masked targets' summed cross-entropy and their count (the loop divides once per
 step, so every assistant token weighs the same however the rows pack), packed rows attending
 only within each example (CausalLM's doc_ids / positions), evaluation = the held-out examples'
-loss on their assistant tokens, checkpoints and the final model as model artifacts carrying the
+loss on their assistant tokens, after the last step the end-of-turn rate of greedy replies to
+held-out prompts (train/end_of_turn.py), checkpoints and the final model as model artifacts carrying the
 base's tokenizer, chat template and generation_config.json. LoRA wraps this factory unchanged
 (train/tasks/lora.py: with_lora(sft_task_factory(...), lora, model_dir)).
 """
@@ -33,15 +34,19 @@ from pocketlm.checkpoint.model_check import check_model_dir
 from pocketlm.checkpoint.model_io import load_model, read_weights, save_model_state
 from pocketlm.common.config import to_dict
 from pocketlm.common.errors import ArtifactError, ConfigError, InputError
+from pocketlm.common.log import get_logger
 from pocketlm.common.manifest import parent_ref
 from pocketlm.data.packing import IGNORE_INDEX, fill_ratio, pack_examples
 from pocketlm.data.sft_examples import SFTDataConfig, load_sft_data
 from pocketlm.data.sft_loader import Batch, PackedBatches, eval_batches
 from pocketlm.model.summary import describe as describe_shape
 from pocketlm.train.config import OptimConfig, ScheduleConfig, TrainConfig
+from pocketlm.train.end_of_turn import end_of_turn_rate, reply_prompts
 from pocketlm.train.loop import RunResult, train
 from pocketlm.train.roles import roles_by_structure
 from pocketlm.train.task import RunContext, SaveRequest, TaskFactory, TrainTask
+
+_log = get_logger("pocketlm.train.sft")
 
 
 def sft_train_defaults() -> TrainConfig:
@@ -55,10 +60,12 @@ def sft_train_defaults() -> TrainConfig:
 @dataclass(frozen=True)
 class SFTConfig:
     """Chat fine-tuning settings: how records become examples, and the loop's settings (train.ctx
-    is the row length; train.eval_tokens caps the positions of held-out rows evaluated)."""
+    is the row length; train.eval_tokens caps the positions of held-out rows evaluated;
+    end_of_turn_prompts held-out prompts are replied to after training, 0: none)."""
 
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     train: TrainConfig = field(default_factory=sft_train_defaults)
+    end_of_turn_prompts: int = 32
 
 
 def sft_task_factory(
@@ -149,6 +156,18 @@ def sft_task_factory(
             total, count = held_out_loss(m, held_out, run_ctx.device, run_ctx.autocast())
             return {"val_loss": total / max(count, 1), "val_targets": float(count)}
 
+        def finish(m: nn.Module, run_ctx: RunContext) -> dict[str, float]:
+            result = end_of_turn_rate(
+                m, eot_prompts, tokenizer.stop_ids, device=run_ctx.device,
+                autocast=run_ctx.autocast(),
+            )  # fmt: skip
+            _log.info(
+                "end-of-turn rate %.3f: %d of %d held-out greedy replies ended within %d tokens",
+                result.rate, result.ended, result.prompts, result.budget,
+            )  # fmt: skip
+            return result.metrics()
+
+        eot_prompts = reply_prompts(data.val, settings.end_of_turn_prompts)
         return TrainTask(
             name="sft",
             model=model,
@@ -160,6 +179,7 @@ def sft_task_factory(
             save=save,
             load=load,
             evaluate=evaluate if held_out else None,
+            finish=finish if eot_prompts.prompts else None,
             flops_per_token=model_config.flops_per_token(tc.ctx, training=True),
             describe={
                 "model": model_config.to_dict(),
