@@ -106,7 +106,7 @@ def test_serve_flags_reach_the_server_settings(run_cli, two_cores, monkeypatch):
     pytest.importorskip("fastapi")
     import pocketlm.serve.app
 
-    def settings_seen(scheduler, tokenizer, settings):
+    def settings_seen(scheduler, tokenizer, settings, **models):
         raise Loaded({"settings": settings})
 
     class FakeBackend:
@@ -115,6 +115,8 @@ def test_serve_flags_reach_the_server_settings(run_cli, two_cores, monkeypatch):
     monkeypatch.setattr("pocketlm.engine.load.open_backend", lambda *a, **k: (FakeBackend(), None))
     monkeypatch.setattr("pocketlm.engine.scheduler.BatchScheduler", lambda *a, **k: None)
     monkeypatch.setattr(pocketlm.serve.app, "create_app", settings_seen)
+    # the fake backend comes without a tokenizer: nothing for the chat-format check to read
+    monkeypatch.setattr("pocketlm.cli.chat_check.warn_tokenizer_consistency", lambda *a: None)
     flags = [
         *("--host", "0.0.0.0", "--allow-host", "myhost.local", "--cors-origin", "*"),
         *("--max-connections", "9", "--idle-timeout", "1.5", "--header-timeout", "2"),
