@@ -72,10 +72,11 @@ def pocketlm_step(spec: dict[str, Any], mode: str) -> tuple[Callable[[], None], 
     from pocketlm.model.lora import LoRAConfig, apply_lora, lora_parameter_names, quantize_base
     from pocketlm.model.transformer import build_model
     from pocketlm.train.config import OptimConfig, ScheduleConfig, TrainConfig
+    from pocketlm.train.plan import fixed_batch_task
     from pocketlm.train.roles import roles_by_structure
     from pocketlm.train.run import setup_run
     from pocketlm.train.step import optimizer_step
-    from pocketlm.train.task import Role, TrainTask
+    from pocketlm.train.task import Role
 
     model = build_model(_model_config(spec))
     if mode == "full":
@@ -90,30 +91,7 @@ def pocketlm_step(spec: dict[str, Any], mode: str) -> tuple[Callable[[], None], 
         apply_lora(model, lora.rank, lora.alpha, lora.targets)
         roles = {name: Role.ADAPTER for name in lora_parameter_names(model)}
     x, y = _batch(spec)
-
-    class Same:
-        def __next__(self):
-            return x, y
-
-        def state_dict(self):
-            return {}
-
-        def load_state_dict(self, state):
-            pass
-
-    def factory(ctx):
-        return TrainTask(
-            name=f"bench-{mode}",
-            model=model,
-            batches=Same(),
-            # as in train/tasks/pretrain.py: the LM head fused with the summed loss
-            loss=lambda m, b: (m(b[0], targets=b[1], reduction="sum"), b[1].numel()),
-            to_device=lambda b, device: b,
-            tokens_per_batch=x.numel(),
-            roles=roles,
-            save=lambda request: request.out,
-            load=lambda checkpoint: {},
-        )
+    factory = fixed_batch_task(model, x, y, roles=roles, name=f"bench-{mode}")
 
     config = TrainConfig(
         optim=OptimConfig(kind="adamw", lr=2e-4, weight_decay=0.0),

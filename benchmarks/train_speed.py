@@ -90,36 +90,10 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _batch_task(model: nn.Module):
     """A TrainTask factory over one fixed batch (the data loader is not what is measured)."""
-    from pocketlm.train.roles import roles_by_structure
-    from pocketlm.train.task import TrainTask
+    from pocketlm.train.plan import fixed_batch_task
 
     x, y = _batch()
-
-    class Same:
-        def __next__(self):
-            return x, y
-
-        def state_dict(self):
-            return {}
-
-        def load_state_dict(self, state):
-            pass
-
-    def factory(ctx):
-        return TrainTask(
-            name="bench",
-            model=model,
-            batches=Same(),
-            # as in train/tasks/pretrain.py: the LM head fused with the summed loss
-            loss=lambda m, b: (m(b[0], targets=b[1], reduction="sum"), b[1].numel()),
-            to_device=lambda b, device: b,
-            tokens_per_batch=BATCH * CTX,
-            roles=roles_by_structure(model, heads=[model.lm_head]),
-            save=lambda request: request.out,
-            load=lambda checkpoint: {},
-        )
-
-    return factory
+    return fixed_batch_task(model, x, y, name="bench")
 
 
 def pocketlm_step(

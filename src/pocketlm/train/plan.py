@@ -78,8 +78,16 @@ CHECKPOINTS = 4  # train.checkpoints_per_run (time-based ones are rarer in short
 CHECKPOINT_SECONDS = 0.2  # a small model's save
 
 
-def _fixed_batch_task(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
-    """A TrainTask factory over one fixed batch: the loop's step without the data loader."""
+def fixed_batch_task(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    roles: dict | None = None,
+    name: str = "plan",
+):
+    """A TrainTask factory over one fixed batch: the loop's step without the data loader (the
+    plan and the training benchmarks measure it); roles default to pretraining's."""
     from pocketlm.train.roles import roles_by_structure
     from pocketlm.train.task import TrainTask
 
@@ -95,13 +103,13 @@ def _fixed_batch_task(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
 
     def factory(ctx):
         return TrainTask(
-            name="plan",
+            name=name,
             model=model,
             batches=Same(),
             loss=lambda m, b: (m(b[0], targets=b[1], reduction="sum"), b[1].numel()),
             to_device=lambda b, device: (b[0].to(device), b[1].to(device)),
             tokens_per_batch=x.numel(),
-            roles=roles_by_structure(model, heads=[model.lm_head]),
+            roles=roles or roles_by_structure(model, heads=[model.lm_head]),
             save=lambda request: request.out,
             load=lambda checkpoint: {},
         )
@@ -140,7 +148,7 @@ def measure_step_seconds(
     )
     with tempfile.TemporaryDirectory(prefix="plan-") as tmp:
         run = setup_run(
-            _fixed_batch_task(model, x, y),
+            fixed_batch_task(model, x, y),
             train_config,
             Path(tmp),
             resume=False,
