@@ -7,9 +7,10 @@ import argparse
 from pocketlm.cli.options import (
     add_config_options,
     add_parser,
-    add_precision_option,
+    add_training_options,
     command_line,
     config_from_args,
+    training_budget,
 )
 
 _FLAGS = {
@@ -149,18 +150,11 @@ def register(subparsers) -> None:
     )
     lora.add_argument("--group-size", type=int, help="--qlora int4: values per scale (default: 32)")
     run = p.add_argument_group("training")
-    run.add_argument("--ctx", type=int, help="sequence length in tokens (default: 256)")
-    run.add_argument("--batch-size", type=int, help="sequences per micro-batch (default: 16)")
-    run.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default: 1)")
-    run.add_argument("--lr", type=float, help="peak learning rate (default: 2e-4, AdamW)")
-    budget = run.add_mutually_exclusive_group()
-    budget.add_argument("--budget", help="wall-clock budget, e.g. 5m, 90s, 1h (default: 5m)")
-    budget.add_argument("--max-tokens", help="token budget, e.g. 20M")
-    budget.add_argument("--max-steps", type=int, help="optimizer-step budget")
-    add_precision_option(run, "autocast precision of the training step", None)
-    run.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
-    run.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    run.add_argument("--seed", type=int, help="seed for the adapter's start and the data order")
+    add_training_options(
+        run,
+        lr_help="peak learning rate (default: 2e-4, AdamW)",
+        seed_help="seed for the adapter's start and the data order",
+    )
     run.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
@@ -174,12 +168,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from pocketlm.interop.open_model import model_dir as resolve_model
     from pocketlm.train.tasks.finetune import FinetuneConfig, finetune
 
-    if args.max_tokens:
-        args.budget = f"{args.max_tokens} tokens"
-    elif args.max_steps:
-        args.budget = f"{args.max_steps} steps"
-    if args.compile:
-        args.compile = "on"
+    training_budget(args)
     config = config_from_args(FinetuneConfig, args, _FLAGS)
     result = finetune(
         args.model, args.tokens, args.out, config, data_files=args.data or (),

@@ -207,3 +207,30 @@ def add_adapter_option(parser: argparse.ArgumentParser) -> None:
         help="a LoRA adapter (or a LoRA fine-tuning run) to apply on top of --model, the base it "
         "was trained on (checked by hash); runs on the torch backend",
     )
+
+
+def add_training_options(run: Any, *, lr_help: str, seed_help: str) -> None:
+    """The training loop's flags every training command shares (sequence, batch, learning rate,
+    budget, precision, device, compile, seed); read back with `training_budget`."""
+    run.add_argument("--ctx", type=int, help="sequence length in tokens (default: 256)")
+    run.add_argument("--batch-size", type=int, help="sequences per micro-batch (default: 16)")
+    run.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default: 1)")
+    run.add_argument("--lr", type=float, help=lr_help)
+    budget = run.add_mutually_exclusive_group()
+    budget.add_argument("--budget", help="wall-clock budget, e.g. 5m, 90s, 1h (default: 5m)")
+    budget.add_argument("--max-tokens", help="token budget, e.g. 20M")
+    budget.add_argument("--max-steps", type=int, help="optimizer-step budget")
+    add_precision_option(run, "autocast precision of the training step", None)
+    run.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
+    run.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    run.add_argument("--seed", type=int, help=seed_help)
+
+
+def training_budget(args: argparse.Namespace) -> None:
+    """Fold --max-tokens / --max-steps into args.budget and --compile into train.compile's "on"."""
+    if args.max_tokens:
+        args.budget = f"{args.max_tokens} tokens"
+    elif args.max_steps:
+        args.budget = f"{args.max_steps} steps"
+    if args.compile:
+        args.compile = "on"

@@ -7,9 +7,10 @@ import argparse
 from pocketlm.cli.options import (
     add_config_options,
     add_parser,
-    add_precision_option,
+    add_training_options,
     command_line,
     config_from_args,
+    training_budget,
 )
 
 _FLAGS = {
@@ -64,18 +65,9 @@ def register(subparsers) -> None:
     )
     shape.add_argument("--ffn-dim", type=int, help="SwiGLU inner size (default: 8/3 x dim)")
     run = p.add_argument_group("training")
-    run.add_argument("--ctx", type=int, help="context length in tokens (default: 256)")
-    run.add_argument("--batch-size", type=int, help="sequences per micro-batch (default: 16)")
-    run.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default: 1)")
-    run.add_argument("--lr", type=float, help="peak learning rate")
-    budget = run.add_mutually_exclusive_group()
-    budget.add_argument("--budget", help="wall-clock budget, e.g. 5m, 90s, 1h (default: 5m)")
-    budget.add_argument("--max-tokens", help="token budget, e.g. 20M")
-    budget.add_argument("--max-steps", type=int, help="optimizer-step budget")
-    add_precision_option(run, "autocast precision of the training step", None)
-    run.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
-    run.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    run.add_argument("--seed", type=int, help="seed for weights and data order")
+    add_training_options(
+        run, lr_help="peak learning rate", seed_help="seed for weights and data order"
+    )
     run.add_argument(
         "--resume",
         action="store_true",
@@ -90,10 +82,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from pocketlm.common.env import dist_env
     from pocketlm.train.tasks.pretrain import PretrainConfig, pretrain
 
-    if args.max_tokens:
-        args.budget = f"{args.max_tokens} tokens"
-    elif args.max_steps:
-        args.budget = f"{args.max_steps} steps"
+    training_budget(args)
     config = config_from_args(PretrainConfig, args, _FLAGS)
     result = pretrain(args.tokens, args.out, config, resume=args.resume, command=command_line())
     if dist_env().rank != 0:
