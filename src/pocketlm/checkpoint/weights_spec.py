@@ -82,10 +82,13 @@ def expected_tensors(config: ModelConfig, quant: dict[str, Any]) -> dict[str, Te
             vector(name + ".bias", n)
 
     matrix("model.embed_tokens", c.vocab_size, c.dim)
-    if not c.tie_embeddings:
-        matrix("lm_head", c.vocab_size, c.dim)
-    if c.lm_head_bias:
-        vector("lm_head.bias", c.vocab_size)
+    if c.labels:  # a classifier: the head stays in float (tiny, and it decides the answer)
+        out.update(classifier_tensors(c))
+    else:
+        if not c.tie_embeddings:
+            matrix("lm_head", c.vocab_size, c.dim)
+        if c.lm_head_bias:
+            vector("lm_head.bias", c.vocab_size)
     norm("model.norm", c.dim)
     for i in range(c.n_layers):
         p = f"model.layers.{i}."
@@ -99,6 +102,18 @@ def expected_tensors(config: ModelConfig, quant: dict[str, Any]) -> dict[str, Te
             matrix(p + name, rows, cols)
             if name in biased_matrices(c):
                 vector(p + name + ".bias", rows)
+    return out
+
+
+def classifier_tensors(config: ModelConfig) -> dict[str, TensorSpec]:
+    """The classification head's tensors (model/heads.py): an optional pooler, the score layer."""
+    c, out = config, {}
+    if c.pooler != "none":
+        out["pooler.weight"] = TensorSpec((c.dim, c.dim), FLOAT_DTYPES)
+        out["pooler.bias"] = TensorSpec((c.dim,), FLOAT_DTYPES)
+    out["score.weight"] = TensorSpec((len(c.labels), c.dim), FLOAT_DTYPES)
+    if c.classifier_bias:
+        out["score.bias"] = TensorSpec((len(c.labels),), FLOAT_DTYPES)
     return out
 
 

@@ -71,6 +71,13 @@ class ModelConfig:
     router: str = "softmax_topk"  # "softmax_topk" (renormalised: Mixtral, Qwen3-MoE with
     # norm_topk_prob) | "softmax_topk_raw" (not renormalised: Qwen2-MoE)
     shared_expert_ffn_dim: int = 0  # a dense expert every token uses, sigmoid-gated (Qwen2-MoE)
+    # --- Classification head (model/heads.py): with labels the model is a sequence classifier,
+    # forward(..., attention_mask) -> (B, n_labels) logits, and it has no LM head.
+    labels: tuple[str, ...] = ()  # class names, in logit order; () = a language model
+    pooling: str = "last"  # "last" (last real token: decoders) | "first" (first token: [CLS])
+    pooler: str = "none"  # "none" | "tanh" / "relu": a dim x dim dense + activation first (BERT's
+    # pooler, DistilBERT's pre_classifier)
+    classifier_bias: bool = False  # a bias on the score layer (encoders; not Llama's score)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len"):
@@ -167,6 +174,11 @@ class ModelConfig:
         norm = d * (2 if self.norm_kind == "layer" else 1)  # weight (+ bias)
         n_norms = (1 if self.parallel_block else 2) + 2 * self.sandwich_norms
         per_layer = attn + mlp + n_norms * norm
+        if self.labels:  # embeddings, then the classification head in place of the LM head
+            emb = self.vocab_size * d
+            head = (d * d + d) * (self.pooler != "none")
+            head += len(self.labels) * (d + self.classifier_bias)
+            return self.n_layers * per_layer + norm + head + (emb if include_embeddings else 0)
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         emb += self.vocab_size * self.lm_head_bias
         return self.n_layers * per_layer + norm + (emb if include_embeddings else 0)
@@ -232,6 +244,8 @@ _CHOICES = {
     "mlp_kind": ("gated", "plain"),
     "rope_scaling": ("none", "linear", "llama3", "longrope"),
     "router": ("softmax_topk", "softmax_topk_raw"),
+    "pooling": ("last", "first"),
+    "pooler": ("none", "tanh", "relu"),
 }
 
 
@@ -280,6 +294,10 @@ def _check_family_options(c: ModelConfig) -> None:
         )
     if c.parallel_block and c.sandwich_norms:
         raise ConfigError("model.parallel_block and model.sandwich_norms do not combine")
+    if len(set(c.labels)) != len(c.labels) or any(not label for label in c.labels):
+        raise ConfigError(f"model.labels must be distinct non-empty names, got {list(c.labels)}")
+    if len(c.labels) == 1:
+        raise ConfigError("model.labels needs at least two classes")
 
 
 def _check_type(name: str, kind: str, value: object) -> None:

@@ -20,6 +20,7 @@ from torch import nn
 from pocketlm.model import native_attention
 from pocketlm.model.attention import Attention, document_starts
 from pocketlm.model.config import ModelConfig
+from pocketlm.model.heads import head_modules, padding_doc_ids, pooled_index, score_pooled
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from pocketlm.model.moe import MoE
@@ -134,9 +135,13 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = Decoder(config)
-        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=config.lm_head_bias)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        if config.labels:  # a sequence classifier: the head of model/heads.py, no LM head
+            for name, module in head_modules(config).items():
+                setattr(self, name, module)
+        else:
+            self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=config.lm_head_bias)
+            if config.tie_embeddings:
+                self.lm_head.weight = self.model.embed_tokens.weight
         self._rope_scale = attention_factor(config)
 
     def forward(
@@ -149,8 +154,13 @@ class CausalLM(nn.Module):
         reduction: str = "mean",
         positions: torch.Tensor | None = None,
         doc_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for every position, or only at output_positions (B,) -> (B, vocab).
+
+        A classifier (config.labels) returns (B, n_labels) class logits instead: each row is
+        pooled at its last (or first) real token; attention_mask (B, T), true on real tokens,
+        marks the padding, on either side: padded and unpadded rows give the same logits.
 
         With a cache, input_ids are the new tokens of each row, written after the row's
         current length; the cache's lengths advance by T. With targets (B, T) (-100 = no
@@ -164,6 +174,14 @@ class CausalLM(nn.Module):
         what it computes alone.
         """
         batch, seq = input_ids.shape
+        if self.config.labels:
+            if cache is not None or targets is not None or output_positions is not None:
+                raise ValueError("a classifier takes input_ids and attention_mask only")
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+            doc_ids = padding_doc_ids(attention_mask)  # (B, T)
+        elif attention_mask is not None:
+            raise ValueError("attention_mask is for classifiers; language models take doc_ids")
         if cache is not None and (positions is not None or doc_ids is not None):
             raise ValueError("positions and doc_ids are for packed training rows, not a KV cache")
         doc_starts = None
@@ -205,6 +223,12 @@ class CausalLM(nn.Module):
             x = layer(x, cos, sin, cache, cache_pos, uniform, doc_starts)
         if cache is not None:
             cache.advance(seq)
+        if self.config.labels:
+            rows = torch.arange(batch, device=x.device)
+            pooled = self.model.norm(x)[rows, pooled_index(attention_mask, self.config.pooling)]
+            return score_pooled(
+                pooled, self.score, getattr(self, "pooler", None), self.config.pooler
+            )
         if output_positions is not None:
             x = x[torch.arange(batch, device=x.device), output_positions]  # (B, dim)
         if targets is not None:
@@ -308,6 +332,8 @@ def materialize(model: CausalLM, device: torch.device | str = "cpu") -> CausalLM
 def retie(model: CausalLM) -> None:
     """Make the LM head share the embedding's storage again (after to_empty / surgery)."""
     emb = model.model.embed_tokens
+    if model.config.labels:  # a classifier has no LM head to tie
+        return
     if isinstance(emb, nn.Embedding):
         model.lm_head.weight = emb.weight
     else:  # quantized: the head's qweight/scales buffers are the embedding table's
