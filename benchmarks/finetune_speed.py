@@ -69,7 +69,13 @@ def _batch(spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
 def pocketlm_step(spec: dict[str, Any], mode: str) -> tuple[Callable[[], None], int]:
     """(one optimizer step of PocketLM's training loop, trainable parameters) for a mode:
     "full", "lora" or "qlora"."""
-    from pocketlm.model.lora import LoRAConfig, apply_lora, lora_parameter_names, quantize_base
+    from pocketlm.model.lora import (
+        LoRAConfig,
+        apply_lora,
+        cast_frozen_linears,
+        lora_parameter_names,
+        quantize_base,
+    )
     from pocketlm.model.transformer import build_model
     from pocketlm.train.config import OptimConfig, ScheduleConfig, TrainConfig
     from pocketlm.train.plan import fixed_batch_task
@@ -89,6 +95,8 @@ def pocketlm_step(spec: dict[str, Any], mode: str) -> tuple[Callable[[], None], 
         )
         quantize_base(model, lora)
         apply_lora(model, lora.rank, lora.alpha, lora.targets)
+        if spec["precision"] == "bf16":  # as train/tasks/lora.py's with_lora does
+            cast_frozen_linears(model, torch.bfloat16)
         roles = {name: Role.ADAPTER for name in lora_parameter_names(model)}
     x, y = _batch(spec)
     factory = fixed_batch_task(model, x, y, roles=roles, name=f"bench-{mode}")

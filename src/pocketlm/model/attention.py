@@ -85,20 +85,20 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         dropout = self.dropout if self.training else 0.0
-        packed = doc_starts is not None
         if (
             cache is None  # so cos/sin are (B or 1, 1, T, rd)
             and self.kernel == "auto"
             and self._native_maths(seq)
-            and native_attention.applies(q, dropout, upcast=packed)
+            and native_attention.applies(q, dropout)
         ):
             # (B, 1, T, rd) -> (B, T, 1, rd): rotate in the (B, T, H, hd) layout the kernels read
             cos_t, sin_t = cos.transpose(1, 2), sin.transpose(1, 2)
-            q, k = apply_rope(q, cos_t, sin_t), apply_rope(k, cos_t, sin_t)
-            # packed rows under bf16 autocast: fp32 kernels beat SDPA's masked ones by far
-            q32, k32, v32 = q.float(), k.float(), v.float()
-            out = native_attention.causal_attention(q32, k32, v32, doc_starts)  # (B, T, H, hd)
-            out = out.to(q.dtype)
+            # fp32 cos/sin promote a bf16 (autocast) q and k: back to v's dtype, as SDPA's
+            # autocast would cast them, so the kernels keep bf16 copies for backward
+            q, k = apply_rope(q, cos_t, sin_t).to(v.dtype), apply_rope(k, cos_t, sin_t).to(v.dtype)
+            # under bf16 autocast too: the fp32 kernels beat SDPA's bf16 ones (1.3-3.4x, causal;
+            # 5-9x with a packed row's mask: benchmarks/attention_speed.py, packed_attention.py)
+            out = native_attention.causal_attention(q, k, v, doc_starts)  # (B, T, H, hd)
             return self.o_proj(out.reshape(batch, seq, self.n_heads * self.head_dim))
         q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, T, hd)
         k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, KV, T, hd)

@@ -105,7 +105,10 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)  # (..., out); a quantized base keeps no float weight for backward
-        a = self.lora_A(self.lora_dropout(x).to(self.lora_A.weight.dtype))  # (..., rank)
+        x_a = self.lora_dropout(x)
+        if not torch.is_autocast_enabled(x.device.type):  # autocast picks the dtype itself; a
+            x_a = x_a.to(self.lora_A.weight.dtype)  # cast here would be a copy kept per linear
+        a = self.lora_A(x_a)  # (..., rank)
         b_t = self.lora_B.weight.t()  # (rank, out)
         if a.dtype != y.dtype:  # a float adapter on a model run in another dtype
             a, b_t = a.to(y.dtype), b_t.to(y.dtype)
@@ -298,6 +301,29 @@ def merge_lora(model: nn.Module) -> nn.Module:
         if tied and path == "lm_head" and getattr(config, "tie_embeddings", False):
             model.config = replace(config, tie_embeddings=False)
     return model
+
+
+def cast_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store every frozen float nn.Linear (a LoRA base, all of whose parameters are frozen) in
+    `dtype`; returns how many. Under autocast in that dtype the computation is unchanged (autocast
+    casts a weight to it for every matmul anyway) but the fp32 masters and the per-step casts,
+    kept for backward, are gone. A weight shared with another module (a tied head) is left."""
+    counts: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            counts[id(p)] = counts.get(id(p), 0) + 1
+    cast = 0
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if (
+            type(module) is nn.Linear
+            and params
+            and not any(p.requires_grad or counts[id(p)] > 1 for p in params)
+            and module.weight.is_floating_point()
+        ):
+            module.to(dtype)
+            cast += 1
+    return cast
 
 
 def quantize_base(model: nn.Module, config: LoRAConfig) -> None:

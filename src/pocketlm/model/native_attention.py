@@ -4,15 +4,17 @@ At the head sizes of small models (32-64) PyTorch's CPU flash-attention kernel r
 of the machine's matmul speed; these kernels run the same maths (exact softmax, log-sum-exp
 saved for the backward pass, no T x T tensor kept) 1.45-1.7x faster for the forward and backward
 together. They are registered as a torch custom op with its own backward, so `torch.compile`
-keeps them in its graph. Where they do not apply (no AVX-512, GPU, half precision, KV cache,
+keeps them in its graph. Where they do not apply (no AVX-512, GPU, KV cache,
 dropout, head size not a multiple of 16, POCKETLM_ISA below avx512) the model uses
 scaled_dot_product_attention.
 
 Packed training rows pass each query's document start (`doc_starts`): attention stays inside
 each document and the kernels skip the scores left of it, so a row of short documents costs
-about the sum of their squared lengths. Packed rows take these kernels under bf16 autocast too,
-in fp32 (model/attention.py casts): SDPA's CPU kernels with the block-diagonal mask a packed row
-needs run 5-9x slower (benchmarks/packed_attention.py).
+about the sum of their squared lengths. bf16 inputs (autocast, bf16 weights) take these kernels
+too, in fp32 (the op casts; it keeps its inputs and output for backward in bf16): SDPA's bf16 CPU kernels run 1.3-3.4x slower on plain
+causal rows (fp32 kernels with the casts, forward + backward: 24 vs 41 ms at 1 x 1024 tokens,
+9 x 64 heads; 2.5 vs 8.6 ms at 8 x 128, 4 x 32) and 5-9x slower with the block-diagonal mask a
+packed row needs (benchmarks/packed_attention.py).
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ def available() -> bool:
     return isa_allows("avx512", isa_cap()) and _extension() is not None
 
 
-def applies(q: torch.Tensor, dropout: float, *, upcast: bool = False) -> bool:
-    """Whether causal attention over q (B, T, H, hd) can run natively (else SDPA); with upcast,
-    half-precision inputs too (the caller computes in fp32 and casts back)."""
-    half = upcast and q.dtype in (torch.bfloat16, torch.float16)
+def applies(q: torch.Tensor, dropout: float) -> bool:
+    """Whether causal attention over q (B, T, H, hd) can run natively (else SDPA); half-precision
+    inputs too (the caller computes in fp32 and casts back)."""
+    half = q.dtype in (torch.bfloat16, torch.float16)
     return (
         q.device.type == "cpu"
         and (q.dtype == torch.float32 or half)
@@ -65,6 +67,9 @@ def causal_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_starts: torch.Tensor | None = None
 ) -> torch.Tensor:
     """softmax(q kᵀ / √hd, causal) v for q (B, T, H, hd), k and v (B, T, KV, hd) -> (B, T, H, hd).
+
+    Computed in fp32 whatever the input dtype; bf16/fp16 inputs give an output in their dtype and
+    are kept for backward in it (half the bytes; the backward reads the rounded output).
 
     Grouped-query: query head h reads kv head h // (H / KV). Differentiable in q, k and v.
     With doc_starts (B, T) (the first position of each query's document, nondecreasing along a
@@ -106,7 +111,8 @@ def _register_ops() -> None:
     def forward(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, v = _dense_rows(q), _dense_rows(k), _dense_rows(v)
+        dtype = q.dtype  # bf16/fp16 in: computed in fp32, returned (and saved) in the input dtype
+        q, k, v = _dense_rows(q.float()), _dense_rows(k.float()), _dense_rows(v.float())
         batch, seq, heads, head_dim = q.shape
         out = torch.empty_like(q, memory_format=torch.contiguous_format)  # (B, T, H, hd)
         lse = torch.empty(batch, heads, seq, dtype=torch.float32)  # (B, H, T)
@@ -114,7 +120,7 @@ def _register_ops() -> None:
             _view(q), _view(k), _view(v), _view(out), lse.data_ptr(), _starts_ptr(starts),
             _dims(q, k), head_dim**-0.5, torch.get_num_threads(),
         )  # fmt: skip
-        return out, lse
+        return out.to(dtype), lse
 
     @forward.register_fake
     def _(
@@ -135,7 +141,9 @@ def _register_ops() -> None:
         lse: torch.Tensor,
         starts: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        grad, q, k, v = _dense_rows(grad), _dense_rows(q), _dense_rows(k), _dense_rows(v)
+        dtypes = (q.dtype, k.dtype, v.dtype)
+        grad, q, k, v = (_dense_rows(t.float()) for t in (grad, q, k, v))
+        out = _dense_rows(out.float())
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
         dk = torch.empty_like(k, memory_format=torch.contiguous_format)
         dv = torch.empty_like(v, memory_format=torch.contiguous_format)
@@ -144,7 +152,7 @@ def _register_ops() -> None:
             _view(dv), lse.contiguous().data_ptr(), _starts_ptr(starts), _dims(q, k),
             q.shape[-1] ** -0.5, torch.get_num_threads(),
         )  # fmt: skip
-        return dq, dk, dv
+        return dq.to(dtypes[0]), dk.to(dtypes[1]), dv.to(dtypes[2])
 
     @backward.register_fake
     def _(grad, q, k, v, out, lse, starts):

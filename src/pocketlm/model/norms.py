@@ -12,7 +12,8 @@ from pocketlm.model.config import ModelConfig
 class RMSNorm(nn.Module):
     """Root-mean-square norm computed in fp32, scaled by a learned weight.
 
-    offset 0 (Llama): weight * x_normed cast back to the input dtype first, as Llama does.
+    offset 0 (Llama): weight * x_normed cast back to the input dtype first, as Llama does (to
+    the autocast dtype under autocast).
     offset 1 (Gemma): x_normed * (1 + weight) with the 1 added in fp32, then cast, as Gemma does
     (a bf16 weight plus one would round away the weight's low bits).
     """
@@ -24,12 +25,24 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
+        # Under autocast the output goes straight to the autocast dtype: every reader is a matmul
+        # that would cast it anyway, each its own copy kept for backward (q, k, v: three).
+        fast = autocast_dtype(x.device.type)
+        dtype = fast or x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.offset:
             return (x32 * (self.offset + self.weight.float())).to(dtype)
+        if fast is not None:  # scaled in fp32, then cast once (a product with an fp32 weight
+            return (self.weight.float() * x32).to(fast)  # would promote back to fp32)
         return self.weight * x32.to(dtype)
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in force on this device type, or None when autocast is off."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
 
 
 class LayerNorm(nn.Module):

@@ -20,6 +20,7 @@ from torch import nn
 from pocketlm.model import native_attention
 from pocketlm.model.attention import Attention, document_starts
 from pocketlm.model.config import ModelConfig
+from pocketlm.model.gated_activation import gated_activation
 from pocketlm.model.heads import head_modules, padding_doc_ids, pooled_index, score_pooled
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
@@ -59,7 +60,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
-            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+            return self.down_proj(gated_activation(self.gate_proj(x), self.up_proj(x), self.act))
         return self.down_proj(self.act(self.up_proj(x)))
 
 

@@ -15,6 +15,7 @@ from pocketlm.model.lora import (
     LoRAConfig,
     LoRALinear,
     apply_lora,
+    cast_frozen_linears,
     load_lora_state,
     lora_modules,
     lora_parameter_names,
@@ -279,3 +280,38 @@ def test_qlora_under_bf16_autocast_trains_in_bf16_and_returns_fp32_input_gradien
 def test_lora_linear_rejects_rank_zero():
     with pytest.raises(ConfigError, match="rank"):
         LoRALinear(torch.nn.Linear(4, 4), 0, 1.0)
+
+
+def test_a_bf16_frozen_base_computes_what_autocast_computed_from_fp32() -> None:
+    model = _model(tie_embeddings=False)
+    apply_lora(model, 4, 8.0, LoRAConfig().targets)
+    _randomise_b(model)
+    ids = _ids()
+
+    def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(ids, targets=ids)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads
+
+    before, grads_before = loss_and_grads()
+    cast = cast_frozen_linears(model, torch.bfloat16)
+    after, grads_after = loss_and_grads()
+    bases = [m.base_layer for m in lora_modules(model).values()]
+    assert cast == len(bases) + 1  # every LoRA base and the untied head
+    assert all(b.weight.dtype == torch.bfloat16 for b in bases)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert grads_after.keys() == grads_before.keys()
+    for name, grad in grads_before.items():
+        torch.testing.assert_close(grads_after[name], grad, rtol=0, atol=0, msg=name)
+
+
+def test_a_tied_head_keeps_its_shared_fp32_weight() -> None:
+    model = _model(tie_embeddings=True)
+    apply_lora(model, 4, 8.0, LoRAConfig().targets)
+    cast_frozen_linears(model, torch.bfloat16)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert model.lm_head.weight.dtype == torch.float32

@@ -164,8 +164,8 @@ def test_model_uses_the_kernels_only_where_they_apply(monkeypatch: pytest.Monkey
         model(ids)
         assert len(calls) == 2
         set_attention_kernel(model, "auto")
-        model.to(torch.bfloat16)(ids)  # half precision: SDPA
-        assert len(calls) == 2
+        model.to(torch.bfloat16)(ids)  # half precision too (computed in fp32 by the op)
+        assert calls == [(1, 10, 4, 16)] * 4
 
 
 def test_applies_and_kernel_choice_are_checked() -> None:
@@ -173,7 +173,7 @@ def test_applies_and_kernel_choice_are_checked() -> None:
     if native_attention.available():
         assert native_attention.applies(q, 0.0)
     assert not native_attention.applies(q, 0.1)  # dropout: SDPA
-    assert not native_attention.applies(q.to(torch.bfloat16), 0.0)
+    assert native_attention.applies(q.to(torch.bfloat16), 0.0) == native_attention.available()
     assert not native_attention.applies(torch.zeros(1, 8, 2, 8), 0.0)  # head size 8
     assert not native_attention.applies(torch.zeros(1, 1, 2, 32), 0.0)  # one position
     with pytest.raises(ValueError, match="auto, sdpa"):
@@ -212,3 +212,22 @@ def test_a_bad_isa_cap_names_the_variable(monkeypatch) -> None:
         ConfigError, match="POCKETLM_ISA='avx1024': use auto, portable, avx2, avx512"
     ):
         native_attention.available()
+
+
+@pytest.mark.skipif(not native_attention.available(), reason="needs AVX-512 and the built kernels")
+def test_bf16_inputs_are_computed_in_fp32_and_returned_and_differentiated_in_bf16() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 12, 4, 16, generator=g) for _ in range(3))
+    half = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    full = [t.detach().float().requires_grad_() for t in half]  # the same rounded inputs
+    out_half = native_attention.causal_attention(*half)
+    out_full = native_attention.causal_attention(*full)
+    assert out_half.dtype == torch.bfloat16
+    torch.testing.assert_close(out_half, out_full.to(torch.bfloat16), rtol=0, atol=0)
+    grad = torch.randn(out_full.shape, generator=g)
+    out_half.backward(grad.to(torch.bfloat16))
+    out_full.backward(grad.to(torch.bfloat16).float())
+    for h, f in zip(half, full, strict=True):
+        assert h.grad.dtype == torch.bfloat16
+        # the backward reads the output rounded to bf16: gradients agree to bf16 precision
+        torch.testing.assert_close(h.grad.float(), f.grad, rtol=2e-2, atol=2e-2)

@@ -17,7 +17,13 @@ from pocketlm.checkpoint.adapted_model import lora_adapter_config
 from pocketlm.checkpoint.adapters import load_adapter, save_adapter
 from pocketlm.checkpoint.layout import resolve_model_dir
 from pocketlm.common.errors import ConfigError
-from pocketlm.model.lora import LoRAConfig, apply_lora, lora_parameter_names, quantize_base
+from pocketlm.model.lora import (
+    LoRAConfig,
+    apply_lora,
+    cast_frozen_linears,
+    lora_parameter_names,
+    quantize_base,
+)
 from pocketlm.train.task import Role, RunContext, SaveRequest, TaskFactory, TrainTask
 
 
@@ -51,6 +57,8 @@ def with_lora(
             seed=ctx.seed,
         )
         model.train(model.training)  # the new layers take the model's mode (dropout on or off)
+        if ctx.precision == "bf16":  # the frozen base as autocast would use it: half the bytes
+            cast_frozen_linears(model, torch.bfloat16)
         names = lora_parameter_names(model)
         adapter_config = lora_adapter_config(lora, targets)
 
