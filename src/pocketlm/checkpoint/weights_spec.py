@@ -81,16 +81,18 @@ def expected_tensors(config: ModelConfig, quant: dict[str, Any]) -> dict[str, Te
         if c.norm_kind == "layer":
             vector(name + ".bias", n)
 
-    matrix("model.embed_tokens", c.vocab_size, c.dim)
-    if c.labels:  # a classifier: the head stays in float (tiny, and it decides the answer)
+    matrix("model.embed_tokens", c.vocab_size, c.resolved_embed_dim)
+    out.update(encoder_embedding_tensors(c))
+    if not c.has_lm_head:  # a classifier's or encoder's head stays in float (tiny, and decisive)
         out.update(classifier_tensors(c))
     else:
         if not c.tie_embeddings:
             matrix("lm_head", c.vocab_size, c.dim)
         if c.lm_head_bias:
             vector("lm_head.bias", c.vocab_size)
-    norm("model.norm", c.dim)
-    for i in range(c.n_layers):
+    if c.norm_position == "pre":  # post-norm blocks end normalised: no final norm
+        norm("model.norm", c.dim)
+    for i in range(c.n_layer_weights):  # shared layers (ALBERT): one layer's tensors
         p = f"model.layers.{i}."
         for name in layer_norms(c):
             norm(p + name, c.resolved_head_dim if name.startswith("self_attn.") else c.dim)
@@ -106,14 +108,35 @@ def expected_tensors(config: ModelConfig, quant: dict[str, Any]) -> dict[str, Te
 
 
 def classifier_tensors(config: ModelConfig) -> dict[str, TensorSpec]:
-    """The classification head's tensors (model/heads.py): an optional pooler, the score layer."""
+    """The classification head's tensors (model/heads.py): an optional pooler, the score layer
+    (an encoder without labels: its pooler only)."""
     c, out = config, {}
     if c.pooler != "none":
         out["pooler.weight"] = TensorSpec((c.dim, c.dim), FLOAT_DTYPES)
         out["pooler.bias"] = TensorSpec((c.dim,), FLOAT_DTYPES)
+    if not c.labels:
+        return out
     out["score.weight"] = TensorSpec((len(c.labels), c.dim), FLOAT_DTYPES)
     if c.classifier_bias:
         out["score.bias"] = TensorSpec((len(c.labels),), FLOAT_DTYPES)
+    return out
+
+
+def encoder_embedding_tensors(config: ModelConfig) -> dict[str, TensorSpec]:
+    """The encoder options' embedding tensors (model/embeddings.py), kept in float: learned
+    positions, token types, the embedding norm and ALBERT's projection to the hidden width."""
+    c, e, out = config, config.resolved_embed_dim, {}
+    if c.position_kind == "learned":
+        out["model.embed_positions.weight"] = TensorSpec((c.max_seq_len, e), FLOAT_DTYPES)
+    if c.type_vocab_size:
+        out["model.embed_types.weight"] = TensorSpec((c.type_vocab_size, e), FLOAT_DTYPES)
+    if c.embed_norm:
+        out["model.embed_norm.weight"] = TensorSpec((e,), FLOAT_DTYPES)
+        if c.norm_kind == "layer":
+            out["model.embed_norm.bias"] = TensorSpec((e,), FLOAT_DTYPES)
+    if c.embed_dim:
+        out["model.embed_proj.weight"] = TensorSpec((c.dim, e), FLOAT_DTYPES)
+        out["model.embed_proj.bias"] = TensorSpec((c.dim,), FLOAT_DTYPES)
     return out
 
 
@@ -137,9 +160,14 @@ def layer_norms(config: ModelConfig) -> tuple[str, ...]:
     input_layernorm is before attention, post_attention_layernorm before the MLP (Llama's names);
     with sandwich norms attn_output_norm / ffn_output_norm scale each branch's output before the
     residual add (Gemma 2's post_attention_layernorm / post_feedforward_layernorm); q_norm and
-    k_norm (head_dim wide) normalise each head.
+    k_norm (head_dim wide) normalise each head. Post-norm blocks (BERT) normalise after each
+    residual add instead: post_attention_layernorm after attention, post_mlp_layernorm after the
+    MLP.
     """
     c = config
+    if c.norm_position == "post":
+        qk = ("self_attn.q_norm", "self_attn.k_norm") if c.qk_norm else ()
+        return (*qk, "post_attention_layernorm", "post_mlp_layernorm")
     names: tuple[str, ...] = ("input_layernorm",)
     if c.qk_norm:
         names += ("self_attn.q_norm", "self_attn.k_norm")

@@ -96,6 +96,13 @@ class NativeBackend:
                 "the native extension is not built (reinstall pocketlm with a C compiler available)"
             ) from exc
         unsupported = tuple(f for f in config.family_features() if f not in NATIVE_FEATURES)
+        if not config.has_lm_head:  # classifiers and encoders (BERT, ...): nothing to generate
+            what = "a sequence classifier" if config.labels else "an encoder (model.causal false)"
+            raise NativeUnavailable(
+                f"the native engine runs language models; {what} has no LM head "
+                f"(options {', '.join(unsupported)}): the torch model runs it",
+                unsupported,
+            )
         if unsupported:
             raise NativeUnavailable(
                 f"the native engine does not implement {', '.join(unsupported)} (model family "

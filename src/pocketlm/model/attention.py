@@ -11,6 +11,13 @@ else without a soft-cap; an explicit softmax(cap * tanh(scores / cap)) path for 
 layers. The KV cache keeps every position; a sliding layer masks the keys outside its window, so
 decoding with the cache gives what one full forward gives.
 
+Encoders (causal False) attend both ways: a query sees every key of its sequence, or of its own
+document in packed rows (and a classifier's padding is its own document). They run on SDPA:
+PocketLM's kernels compute the causal triangle only (each block of queries stops at its own
+position, and the backward pass walks the same triangle), so bidirectional attention would be
+a new kernel, not an option of these. Learned absolute positions (position_kind "learned") are
+added to the embeddings: then no rotary is applied here (cos/sin are None).
+
 Packed training rows (several examples one after another) pass `doc_starts` (B, T): the first
 position of each token's document (document_starts). A query then sees only the keys of its own
 document, causally (and within the window): PocketLM's kernels take the starts and skip the
@@ -63,6 +70,7 @@ class Attention(nn.Module):
         self.scale: float | None = config.attn_scale or None  # None: SDPA's head_dim ** -0.5
         self.softcap = config.attn_softcap
         self.dropout = config.dropout
+        self.causal = config.causal
         # "auto": PocketLM's CPU kernels where they apply (model/native_attention.py), else SDPA
         self.kernel = "auto"
 
@@ -76,8 +84,9 @@ class Attention(nn.Module):
         uniform: int | None,
         doc_starts: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, T, dim) -> (B, T, dim); cos/sin (B or 1, 1, T, rotary_dim) at the new positions;
-        doc_starts (B, T) (no cache) keeps attention inside each packed document."""
+        """x (B, T, dim) -> (B, T, dim); cos/sin (B or 1, 1, T, rotary_dim) at the new positions
+        (None: no rotary); doc_starts (B, T) (no cache) keeps attention inside each packed
+        document."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)  # (B, T, H, hd)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, hd)
@@ -87,24 +96,27 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if (
             cache is None  # so cos/sin are (B or 1, 1, T, rd)
+            and self.causal  # the kernels compute the causal triangle only
             and self.kernel == "auto"
             and self._native_maths(seq)
             and native_attention.applies(q, dropout)
         ):
             # (B, 1, T, rd) -> (B, T, 1, rd): rotate in the (B, T, H, hd) layout the kernels read
-            cos_t, sin_t = cos.transpose(1, 2), sin.transpose(1, 2)
-            # fp32 cos/sin promote a bf16 (autocast) q and k: back to v's dtype, as SDPA's
-            # autocast would cast them, so the kernels keep bf16 copies for backward
-            q, k = apply_rope(q, cos_t, sin_t).to(v.dtype), apply_rope(k, cos_t, sin_t).to(v.dtype)
+            if cos is not None:
+                cos_t, sin_t = cos.transpose(1, 2), sin.transpose(1, 2)
+                # fp32 cos/sin promote a bf16 (autocast) q and k: back to v's dtype, as SDPA's
+                # autocast would cast them, so the kernels keep bf16 copies for backward
+                q = apply_rope(q, cos_t, sin_t).to(v.dtype)
+                k = apply_rope(k, cos_t, sin_t).to(v.dtype)
             # under bf16 autocast too: the fp32 kernels beat SDPA's bf16 ones (1.3-3.4x, causal;
             # 5-9x with a packed row's mask: benchmarks/attention_speed.py, packed_attention.py)
             out = native_attention.causal_attention(q, k, v, doc_starts)  # (B, T, H, hd)
             return self.o_proj(out.reshape(batch, seq, self.n_heads * self.head_dim))
-        q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, T, hd)
-        k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, KV, T, hd)
-        v = v.transpose(1, 2)  # (B, KV, T, hd)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or KV, T, hd)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask = None
-        causal = True
+        causal = self.causal
         query_pos: torch.Tensor | None = None  # (B or 1, T) positions, when keys start at 0
         if cache is not None:
             fresh_prefill = uniform == 0
@@ -167,7 +179,10 @@ class Attention(nn.Module):
 
     def _visible_in_documents(self, doc_starts: torch.Tensor) -> torch.Tensor:
         """(B, 1, T, T) bool: key j is visible to query t iff doc_starts[t] <= j <= t (and
-        t - j < window): causal attention inside each packed document."""
+        t - j < window): causal attention inside each packed document; an encoder's query sees
+        every key of its document (the same start)."""
+        if not self.causal:
+            return doc_starts[:, None, :, None] == doc_starts[:, None, None, :]
         seq = doc_starts.shape[1]
         t = torch.arange(seq, device=doc_starts.device)  # (T,)
         query, key = t[None, None, :, None], t[None, None, None, :]

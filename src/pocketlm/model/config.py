@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from pocketlm.common.errors import ArtifactError, ConfigError
@@ -78,6 +78,20 @@ class ModelConfig:
     pooler: str = "none"  # "none" | "tanh" / "relu": a dim x dim dense + activation first (BERT's
     # pooler, DistilBERT's pre_classifier)
     classifier_bias: bool = False  # a bias on the score layer (encoders; not Llama's score)
+    # --- Encoder options (BERT, DistilBERT, ALBERT: model/embeddings.py): bidirectional attention,
+    # absolute position and token-type embeddings, post-norm blocks. An encoder (causal False) has
+    # no LM head: with labels it classifies, without them forward returns the final hidden states
+    # (B, T, dim), and a pooler (pooler != "none") is kept for a classifier built on it.
+    causal: bool = True  # False: each token attends to every token of its sequence (document)
+    position_kind: str = "rope"  # "rope" | "learned": a max_seq_len-row table added to the
+    # token embeddings, positions counted from each sequence's first real token (BERT)
+    type_vocab_size: int = 0  # token-type (segment) embeddings, type 0 unless given; 0 = none
+    embed_norm: bool = False  # a norm over the summed embeddings (BERT's embeddings.LayerNorm)
+    embed_dim: int = 0  # factorised embeddings (ALBERT): tables embed_dim wide, then a biased
+    # embed_dim -> dim projection; 0 = dim, no projection
+    norm_position: str = "pre"  # "pre": x + f(norm(x)), a final norm | "post": norm(x + f(x)),
+    # two norms a layer and none after the last (BERT)
+    shared_layers: bool = False  # one layer's weights applied n_layers times, stored once (ALBERT)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len"):
@@ -109,7 +123,7 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if self.resolved_head_dim % 2:
+        if self.resolved_head_dim % 2 and self.position_kind == "rope":
             raise ConfigError(
                 f"head dimension must be even for rotary embeddings, got {self.resolved_head_dim}"
             )
@@ -117,6 +131,20 @@ class ModelConfig:
         for name in ("q_dim", "kv_dim", "resolved_ffn_dim"):
             if getattr(self, name) > MAX_DIM:
                 raise ConfigError(f"model.{name} must be <= {MAX_DIM}, got {getattr(self, name)}")
+
+    @property
+    def has_lm_head(self) -> bool:
+        """Whether the model ends in an LM head (not a classifier, not an encoder)."""
+        return not self.labels and self.causal
+
+    @property
+    def resolved_embed_dim(self) -> int:
+        return self.embed_dim or self.dim
+
+    @property
+    def n_layer_weights(self) -> int:
+        """How many layers have their own weights (1 when every layer shares one: ALBERT)."""
+        return 1 if self.shared_layers else self.n_layers
 
     @property
     def resolved_rotary_dim(self) -> int:
@@ -174,27 +202,32 @@ class ModelConfig:
         norm = d * (2 if self.norm_kind == "layer" else 1)  # weight (+ bias)
         n_norms = (1 if self.parallel_block else 2) + 2 * self.sandwich_norms
         per_layer = attn + mlp + n_norms * norm
-        if self.labels:  # embeddings, then the classification head in place of the LM head
-            emb = self.vocab_size * d
-            head = (d * d + d) * (self.pooler != "none")
-            head += len(self.labels) * (d + self.classifier_bias)
-            return self.n_layers * per_layer + norm + head + (emb if include_embeddings else 0)
-        emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
-        emb += self.vocab_size * self.lm_head_bias
-        return self.n_layers * per_layer + norm + (emb if include_embeddings else 0)
+        body = self.n_layer_weights * per_layer + norm * (self.norm_position == "pre")
+        e = self.resolved_embed_dim
+        tables = self.vocab_size * e  # tokens, positions, types: the embeddings proper
+        tables += e * (self.max_seq_len * (self.position_kind == "learned") + self.type_vocab_size)
+        body += e * (2 if self.norm_kind == "layer" else 1) * self.embed_norm
+        body += (e * d + d) * bool(self.embed_dim)  # ALBERT's projection to the hidden width
+        # the head: an encoder's or classifier's pooler and score layer, or the LM head
+        body += (d * d + d) * (self.pooler != "none")
+        body += len(self.labels) * (d + self.classifier_bias)
+        if self.has_lm_head:
+            tables += self.vocab_size * d * (not self.tie_embeddings)
+            body += self.vocab_size * self.lm_head_bias
+        return body + (tables if include_embeddings else 0)
 
     def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
-        """Matmul FLOPs per token: 2N forward (6N training) plus attention over seq_len/2 on average."""
+        """Matmul FLOPs per token: 2N forward (6N training) plus attention over the keys a query
+        sees (seq_len / 2 on average, causal; seq_len in an encoder)."""
         seq = seq_len or self.max_seq_len
-        n_matmul = (
-            self.num_params(include_embeddings=False) + self.vocab_size * self.dim
-        )  # lm_head matmul always runs
+        unshared = replace(self, shared_layers=False)  # a shared layer runs n_layers times
+        n_matmul = unshared.num_params(include_embeddings=False)
+        n_matmul += self.vocab_size * self.dim * self.has_lm_head  # the LM head's matmul
         if self.n_experts:  # a token runs k of the n experts
             idle = self.n_experts - self.n_experts_per_token
             n_matmul -= self.n_layers * idle * 3 * self.dim * self.expert_ffn_dim
-        attn = (
-            2 * 2 * self.n_layers * self.q_dim * seq / 2
-        )  # QK^T and AV, causal: half the keys on average
+        # QK^T and AV over the keys a query sees: causal, half of them on average
+        attn = 2 * 2 * self.n_layers * self.q_dim * seq / (2 if self.causal else 1)
         forward = 2 * n_matmul + attn
         return 3 * forward if training else forward
 
@@ -246,6 +279,8 @@ _CHOICES = {
     "router": ("softmax_topk", "softmax_topk_raw"),
     "pooling": ("last", "first"),
     "pooler": ("none", "tanh", "relu"),
+    "position_kind": ("rope", "learned"),
+    "norm_position": ("pre", "post"),
 }
 
 
@@ -298,6 +333,26 @@ def _check_family_options(c: ModelConfig) -> None:
         raise ConfigError(f"model.labels must be distinct non-empty names, got {list(c.labels)}")
     if len(c.labels) == 1:
         raise ConfigError("model.labels needs at least two classes")
+    _check_encoder_options(c)
+
+
+def _check_encoder_options(c: ModelConfig) -> None:
+    """Raise ConfigError for encoder options out of range or with options they do not combine with."""
+    for name in ("type_vocab_size", "embed_dim"):
+        if getattr(c, name) < 0:
+            raise ConfigError(f"model.{name} must be >= 0, got {getattr(c, name)}")
+    if c.pooler != "none" and not c.labels and c.causal:
+        raise ConfigError("model.pooler without model.labels is an encoder's (model.causal false)")
+    if not c.causal and c.sliding_window:  # windows are implemented for causal attention
+        raise ConfigError("model.sliding_window needs causal attention (model.causal true)")
+    if c.causal and (c.shared_layers or c.embed_dim):
+        # a decoder would cache one layer's keys once for all its applications, and its LM head
+        # would need the projection back to embed_dim
+        raise ConfigError("model.shared_layers and model.embed_dim are for encoders (causal false)")
+    if c.norm_position == "post" and (c.parallel_block or c.sandwich_norms):
+        raise ConfigError(
+            "model.norm_position post does not combine with parallel or sandwich blocks"
+        )
 
 
 def _check_type(name: str, kind: str, value: object) -> None:

@@ -39,11 +39,13 @@ def padding_doc_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def head_modules(config: ModelConfig) -> dict[str, nn.Module]:
     """The head's modules by attribute name (the model sets them on itself, so the tensors are
-    `pooler.weight/bias` and `score.weight/bias`); only for a config with labels."""
+    `pooler.weight/bias` and `score.weight/bias`); for a classifier, or an encoder without labels
+    (its pooler only, kept for a classifier built on it)."""
     modules: dict[str, nn.Module] = {}
     if config.pooler != "none":
         modules["pooler"] = nn.Linear(config.dim, config.dim)
-    modules["score"] = nn.Linear(config.dim, len(config.labels), bias=config.classifier_bias)
+    if config.labels:
+        modules["score"] = nn.Linear(config.dim, len(config.labels), bias=config.classifier_bias)
     return modules
 
 

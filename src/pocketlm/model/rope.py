@@ -64,8 +64,11 @@ def attention_factor(config: ModelConfig) -> float:
 
 
 def rope_buffers(config: ModelConfig) -> dict[str, torch.Tensor]:
-    """rope_inv_freq_<set> -> (rotary_dim / 2,) float32 for every rope set the model uses."""
+    """rope_inv_freq_<set> -> (rotary_dim / 2,) float32 for every rope set the model uses (none
+    with learned positions)."""
     c = config
+    if c.position_kind != "rope":
+        return {}
     dim = c.resolved_rotary_dim
     if c.rope_scaling == "longrope":
         out = {

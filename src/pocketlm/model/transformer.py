@@ -3,10 +3,12 @@
 Defaults are Llama (RMSNorm, RoPE, SwiGLU, GQA, tied or untied embeddings); the family options
 (config.py) add what imported families need: Gemma's (1 + w) norms, sqrt(dim) embedding scale,
 GeGLU, sandwich norms and soft-caps; Phi's LayerNorm, plain MLP, parallel block, partial rotary and
-biases; Qwen's biases and q/k norms; sliding windows; rope scaling (model/rope.py). One class, no
-subclasses; parameter names are those of `transformers`' LlamaForCausalLM (checkpoint/weights_spec
-lists what each option adds). Attention lives in model/attention.py. The KV cache is passed in by
-the caller.
+biases; Qwen's biases and q/k norms; sliding windows; rope scaling (model/rope.py); and for
+encoders (BERT, DistilBERT, ALBERT) bidirectional attention, learned positions, token types, an
+embedding norm and projection (model/embeddings.py), post-norm blocks and one layer shared by
+the whole depth. One class, no subclasses; parameter names are those of `transformers`'
+LlamaForCausalLM (checkpoint/weights_spec lists what each option adds). Attention lives in
+model/attention.py. The KV cache is passed in by the caller.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 from pocketlm.model import native_attention
 from pocketlm.model.attention import Attention, document_starts
 from pocketlm.model.config import ModelConfig
+from pocketlm.model.embeddings import embed, embedding_modules
 from pocketlm.model.gated_activation import gated_activation
 from pocketlm.model.heads import head_modules, padding_doc_ids, pooled_index, score_pooled
 from pocketlm.model.kv_cache import KVCache
@@ -66,15 +69,21 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     """Pre-norm residual block: attention then MLP (or both from one norm: parallel_block), each
-    branch's output optionally normalised before its residual add (sandwich_norms)."""
+    branch's output optionally normalised before its residual add (sandwich_norms); or post-norm
+    (BERT): x = norm(x + attn(x)), then norm(x + mlp(x))."""
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.self_attn = Attention(config, layer_idx)
         self.mlp = MoE(config) if config.n_experts else MLP(config)
-        self.input_layernorm = make_norm(config, config.dim)
+        self.post_norm = config.norm_position == "post"
+        if self.post_norm:  # the norms after each residual add (layer_norms in weights_spec)
+            self.post_attention_layernorm = make_norm(config, config.dim)
+            self.post_mlp_layernorm = make_norm(config, config.dim)
+        else:
+            self.input_layernorm = make_norm(config, config.dim)
         self.parallel = config.parallel_block
-        if not config.parallel_block:
+        if not config.parallel_block and not self.post_norm:
             self.post_attention_layernorm = make_norm(config, config.dim)
         self.sandwich = config.sandwich_norms
         if config.sandwich_norms:
@@ -93,6 +102,10 @@ class DecoderLayer(nn.Module):
         uniform: int | None,
         doc_starts: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if self.post_norm:
+            attn = self.self_attn(x, cos, sin, cache, positions, uniform, doc_starts)
+            x = self.post_attention_layernorm(x + self.resid_dropout(attn))
+            return self.post_mlp_layernorm(x + self.resid_dropout(self.mlp(x)))
         h = self.input_layernorm(x)
         attn = self.self_attn(h, cos, sin, cache, positions, uniform, doc_starts)
         if self.parallel:  # Phi-2: both branches read the same normed input
@@ -107,13 +120,18 @@ class DecoderLayer(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Embeddings, the layer stack and the final norm (HF's `model.` prefix)."""
+    """Embeddings, the layer stack and the final norm (HF's `model.` prefix); with shared layers
+    (ALBERT) the stack holds one layer, which the forward applies n_layers times; post-norm
+    blocks have no final norm (an identity)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.n_layers))
-        self.norm = make_norm(config, config.dim)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.resolved_embed_dim)
+        for name, module in embedding_modules(config).items():
+            setattr(self, name, module)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.n_layer_weights))
+        pre = config.norm_position == "pre"
+        self.norm = make_norm(config, config.dim) if pre else nn.Identity()
         self.config = config
         for name, inv_freq in rope_buffers(config).items():
             self.register_buffer(name, inv_freq, persistent=False)
@@ -130,13 +148,14 @@ class Decoder(nn.Module):
 
 
 class CausalLM(nn.Module):
-    """Decoder + LM head. forward(input_ids (B, T), cache?) -> logits (B, T, vocab)."""
+    """Decoder + LM head. forward(input_ids (B, T), cache?) -> logits (B, T, vocab); or a
+    classifier's (B, n_labels), or an encoder's hidden states (B, T, dim) (see forward)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.model = Decoder(config)
-        if config.labels:  # a sequence classifier: the head of model/heads.py, no LM head
+        if not config.has_lm_head:  # a classifier or an encoder: model/heads.py, no LM head
             for name, module in head_modules(config).items():
                 setattr(self, name, module)
         else:
@@ -156,12 +175,17 @@ class CausalLM(nn.Module):
         positions: torch.Tensor | None = None,
         doc_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for every position, or only at output_positions (B,) -> (B, vocab).
 
         A classifier (config.labels) returns (B, n_labels) class logits instead: each row is
         pooled at its last (or first) real token; attention_mask (B, T), true on real tokens,
         marks the padding, on either side: padded and unpadded rows give the same logits.
+        An encoder without labels (config.causal false) has no LM head and returns its final
+        hidden states (B, T, dim), padding rows (where attention_mask is false) included.
+        Encoders with token-type embeddings take token_type_ids (B, T) (default: type 0);
+        learned positions count from each row's first real token, as rotary ones do.
 
         With a cache, input_ids are the new tokens of each row, written after the row's
         current length; the cache's lengths advance by T. With targets (B, T) (-100 = no
@@ -170,17 +194,22 @@ class CausalLM(nn.Module):
         exist at once.
 
         Packed rows (training, no cache): doc_ids (B, T) name each token's document (a run of
-        equal ids) and attention stays inside it; positions (B, T) are the rotary positions
+        equal ids) and attention stays inside it; positions (B, T) are the token positions
         (default: restarting at 0 with each document). Each document then computes exactly
         what it computes alone.
         """
         batch, seq = input_ids.shape
-        if self.config.labels:
+        if not self.config.has_lm_head:
             if cache is not None or targets is not None or output_positions is not None:
-                raise ValueError("a classifier takes input_ids and attention_mask only")
-            if attention_mask is None:
+                raise ValueError(
+                    "a classifier or encoder takes input_ids, attention_mask and token_type_ids"
+                )
+            if attention_mask is None and self.config.labels:
                 attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-            doc_ids = padding_doc_ids(attention_mask)  # (B, T)
+            if attention_mask is not None:
+                if doc_ids is not None:
+                    raise ValueError("attention_mask and doc_ids do not combine")
+                doc_ids = padding_doc_ids(attention_mask)  # (B, T)
         elif attention_mask is not None:
             raise ValueError("attention_mask is for classifiers; language models take doc_ids")
         if cache is not None and (positions is not None or doc_ids is not None):
@@ -190,10 +219,6 @@ class CausalLM(nn.Module):
             doc_starts = document_starts(doc_ids)  # (B, T)
             if positions is None:
                 positions = torch.arange(seq, device=input_ids.device) - doc_starts  # (B, T)
-        x = self.model.embed_tokens(input_ids)  # (B, T, dim)
-        if self.config.embed_scale != 1.0:
-            # In the model's dtype, as Gemma does: sqrt(dim) rounded to fp32, then to the dtype.
-            x = x * torch.tensor(self.config.embed_scale, dtype=torch.float32).to(x.dtype)
         uniform: int | None = 0
         cache_pos: torch.Tensor | None = None
         if cache is not None:
@@ -204,7 +229,7 @@ class CausalLM(nn.Module):
                 raise ValueError(
                     f"sequence of {seq} positions exceeds the model's context of {self.config.max_seq_len}"
                 )
-            rope_pos = positions  # (B, T)
+            pos = positions  # (B, T): rotary or learned positions
             # longrope picks its long factors by the furthest position (a sync: longrope only)
             long = self.config.rope_scaling == "longrope"
             end = int(positions.max()) + 1 if long and positions.numel() else seq
@@ -213,14 +238,17 @@ class CausalLM(nn.Module):
                 raise ValueError(
                     f"sequence of {uniform + seq} positions exceeds the model's context of {self.config.max_seq_len}"
                 )
-            rope_pos = torch.arange(uniform, uniform + seq, device=input_ids.device)[None]  # (1, T)
+            pos = torch.arange(uniform, uniform + seq, device=input_ids.device)[None]  # (1, T)
             end = uniform + seq
         else:
-            rope_pos = cache_pos  # (B, T)
+            pos = cache_pos  # (B, T)
             end = max(cache.lengths) + seq
-        rope = self._rope(rope_pos, end, x.dtype)
-        for layer in self.model.layers:
-            cos, sin = rope[layer.rope_set]
+        x = embed(self.model, self.config, input_ids, pos, token_type_ids)  # (B, T, dim)
+        rope = self._rope(pos, end, x.dtype)  # empty with learned positions
+        layers = self.model.layers
+        for i in range(self.config.n_layers):
+            layer = layers[0] if self.config.shared_layers else layers[i]
+            cos, sin = rope.get(layer.rope_set, (None, None))
             x = layer(x, cos, sin, cache, cache_pos, uniform, doc_starts)
         if cache is not None:
             cache.advance(seq)
@@ -230,6 +258,8 @@ class CausalLM(nn.Module):
             return score_pooled(
                 pooled, self.score, getattr(self, "pooler", None), self.config.pooler
             )
+        if not self.config.causal:
+            return self.model.norm(x)  # an encoder's final hidden states (B, T, dim)
         if output_positions is not None:
             x = x[torch.arange(batch, device=x.device), output_positions]  # (B, dim)
         if targets is not None:
@@ -333,7 +363,7 @@ def materialize(model: CausalLM, device: torch.device | str = "cpu") -> CausalLM
 def retie(model: CausalLM) -> None:
     """Make the LM head share the embedding's storage again (after to_empty / surgery)."""
     emb = model.model.embed_tokens
-    if model.config.labels:  # a classifier has no LM head to tie
+    if not model.config.has_lm_head:  # a classifier or encoder has no LM head to tie
         return
     if isinstance(emb, nn.Embedding):
         model.lm_head.weight = emb.weight
