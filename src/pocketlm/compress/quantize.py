@@ -47,6 +47,11 @@ def quantize_model_dir(
             f"{loaded.directory} is already quantized; quantize the float model instead"
         )
     config = loaded.config
+    if scheme != "bf16" and not config.has_lm_head:
+        raise InputError(
+            f"{loaded.directory}: {scheme} quantization is implemented for language models; a "
+            "classifier or encoder (no LM head) quantizes to bf16 only"
+        )
     in_dims = {config.dim, config.q_dim}
     if config.n_experts:  # the dense ffn_dim is unused: every MLP is the experts'
         in_dims |= {config.expert_ffn_dim, config.shared_expert_ffn_dim} - {0}

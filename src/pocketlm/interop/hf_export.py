@@ -31,6 +31,7 @@ from pocketlm.common.errors import ArtifactError, ConfigError, UnsupportedModelE
 from pocketlm.common.manifest import ArtifactWriter, iter_lineage, parent_ref, read_manifest
 from pocketlm.interop.families import FamilySpec, family_named
 from pocketlm.interop.families import hf_config as family_config
+from pocketlm.interop.families.encoder_names import export_names
 from pocketlm.interop.families.llama import LLAMA
 from pocketlm.interop.model_card import imported_model_card, model_card
 from pocketlm.interop.open_model import model_dir as resolve_model
@@ -92,7 +93,7 @@ def hf_state_dict(
     """Tensors under the family's HF names (fused where it fuses them) cast to `dtype`; refuses
     unmapped, missing, non-float or non-finite tensors. A bias the family's config forces but the
     model lacks (Llama's o_proj with attention_bias) is written as zeros."""
-    plan = spec.hf_names.plan(config)
+    plan = export_names(spec, config)  # an encoder's base model: without its base prefix
     wanted = {name for _, group in plan for name in group}
     tied_head = {"lm_head.weight"} if config.tie_embeddings else set()
     unknown = sorted(set(state) - wanted - tied_head)
@@ -178,7 +179,7 @@ def export_hf(
         missing = [n for n in (TOKENIZER_FILE,) if n not in copied]
     if missing:
         raise ArtifactError(f"{directory}: missing tokenizer file(s) {missing}")
-    architecture = spec.architectures[0]
+    architecture = hf_json["architectures"][0]  # an encoder's: its classifier's or base model's
     with ArtifactWriter(
         out,
         HF_EXPORT_KIND,
@@ -188,7 +189,7 @@ def export_hf(
         overwrite=overwrite,
     ) as art:
         _write_json(art.path(HF_CONFIG_FILE), hf_json)
-        if GENERATION_CONFIG_FILE not in copied:
+        if GENERATION_CONFIG_FILE not in copied and config.has_lm_head:  # a model that generates
             _write_json(art.path(GENERATION_CONFIG_FILE), generation_config(loaded.tokenizer))
         save_file(state, str(art.path(HF_WEIGHTS_FILE)), metadata={"format": "pt"})
         for name in copied:

@@ -40,6 +40,7 @@ from pocketlm.common.errors import ArtifactError
 from pocketlm.common.log import get_logger
 from pocketlm.common.manifest import ArtifactWriter, parent_ref
 from pocketlm.interop.families import FamilySpec, NameTable, find_family
+from pocketlm.interop.families.encoder_names import checkpoint_names, dropped
 from pocketlm.interop.families.hf_config import model_config
 from pocketlm.interop.safetensors_stream import (
     INDEX_FILE,
@@ -98,6 +99,7 @@ def import_hf(
             "transformers: AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)"
         )
     weights = SourceWeights(src)
+    config = model_config(spec, hf, weights.tensors)  # the weights settle an encoder's pooler
     tensors = _plan(spec, config, weights)
     sources = [src / HF_CONFIG_FILE, *weights.files]
     if (src / INDEX_FILE).is_file():
@@ -197,14 +199,19 @@ def _other_spellings(
 def _plan(spec: FamilySpec, config: ModelConfig, weights: SourceWeights) -> list[OutTensor]:
     """The artifact's tensors in PocketLM order, each fetching (and splitting) its HF source."""
     want = expected_tensors(config, {"scheme": "none"})
-    plan = _other_spellings(spec.hf_names.plan(config), spec.hf_names, config, weights)
+    plan = checkpoint_names(spec, spec.hf_names.plan(config), weights.tensors)
+    plan = _other_spellings(plan, spec.hf_names, config, weights)
     used = {hf_name for hf_name, _ in plan}
+    heads = sorted(n for n in weights.tensors if n not in used and dropped(spec, n))
+    if heads:
+        _log.info("skipping %d tensors of heads PocketLM does not run (%s)", len(heads), heads[0])
     unknown = sorted(
         n
         for n in weights.tensors
         if n not in used
         and not n.endswith(_SKIPPED_SUFFIXES)
         and not (config.tie_embeddings and n == "lm_head.weight")
+        and n not in heads
     )
     if unknown:
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""

@@ -103,9 +103,15 @@ def imported_model_card(
     config: ModelConfig, *, architecture: str, dtype: str, params: int, source: str
 ) -> str:
     """README.md for a model that came from a Hugging Face folder: what it is and how to load it."""
+    # (pipeline tag, the Auto class that loads it): a language model, a classifier, an encoder
+    pipeline, auto = "text-generation", "AutoModelForCausalLM"
+    if config.labels:
+        pipeline, auto = "text-classification", "AutoModelForSequenceClassification"
+    elif not config.causal:
+        pipeline, auto = "feature-extraction", "AutoModel"
     return f"""---
 library_name: transformers
-pipeline_tag: text-generation
+pipeline_tag: {pipeline}
 tags:
 - pocketlm
 ---
@@ -114,15 +120,15 @@ tags:
 
 A `transformers` {architecture} ({params:,} parameters, {DTYPE_NAMES[dtype]} weights, {config.n_layers}
 layers, hidden size {config.dim}, context {config.max_seq_len} tokens), imported by PocketLM
-{__version__} from `{source}` and written back in its own family's format: logits match
+{__version__} from `{source}` and written back in its own family's format: outputs match
 PocketLM's forward pass. `manifest.json` records which model it came from.
 
 ```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import {auto}, AutoTokenizer
 
 path = "path/to/this/directory"
 tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+model = {auto}.from_pretrained(path, local_files_only=True)
 ```
 """
 

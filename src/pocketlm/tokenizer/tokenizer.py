@@ -194,23 +194,40 @@ class Tokenizer:
                 raise
             raise ArtifactError(f"{path}: {exc}") from exc
 
-    def encode(self, text: str, *, add_bos: bool = False, parse_special: bool = True) -> list[int]:
-        """Token ids of `text` (no special tokens added unless add_bos).
+    def encode(
+        self,
+        text: str,
+        *,
+        add_bos: bool = False,
+        parse_special: bool = True,
+        add_special_tokens: bool = False,
+    ) -> list[int]:
+        """Token ids of `text` (no special tokens added unless add_bos or add_special_tokens).
 
         With parse_special (trusted text: corpora, raw prompts) special-token text such as
         "<|end|>" becomes that token; without it (untrusted text) it is encoded as plain bytes.
         add_bos prepends bos when this tokenizer's model starts sequences with one (`add_bos`).
+        add_special_tokens applies tokenizer.json's post-processor instead, as transformers'
+        `tokenizer(text)` does: an encoder's [CLS] text [SEP] (what it classifies), a bos.
         """
+        if add_bos and add_special_tokens:
+            raise ValueError("add_bos and add_special_tokens both add special tokens: pick one")
         backend = self.backend if parse_special else self._plain_backend
-        ids = backend.encode(text, add_special_tokens=False).ids
+        ids = backend.encode(text, add_special_tokens=add_special_tokens).ids
         return [self.bos_id, *ids] if add_bos and self.add_bos else ids
 
-    def encode_batch(self, texts: Sequence[str], *, parse_special: bool = True) -> list[list[int]]:
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        *,
+        parse_special: bool = True,
+        add_special_tokens: bool = False,
+    ) -> list[list[int]]:
         """Token ids of many texts, encoded in parallel by the Rust backend (see encode)."""
         backend = self.backend if parse_special else self._plain_backend
         # encode_batch_fast (tokenizers >= 0.21) skips character offsets we never use: ~20% faster.
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-        return [e.ids for e in encode(list(texts), add_special_tokens=False)]
+        return [e.ids for e in encode(list(texts), add_special_tokens=add_special_tokens)]
 
     @property
     def has_chat_template(self) -> bool:

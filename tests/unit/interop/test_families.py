@@ -18,10 +18,14 @@ _CONFIG_CLASSES = {
     "llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
     "qwen3": "Qwen3Config", "phi": "PhiConfig", "phi3": "Phi3Config", "gemma": "GemmaConfig",
     "gemma2": "Gemma2Config", "gemma3": "Gemma3TextConfig", "mixtral": "MixtralConfig",
-    "qwen2_moe": "Qwen2MoeConfig", "qwen3_moe": "Qwen3MoeConfig",
+    "qwen2_moe": "Qwen2MoeConfig", "qwen3_moe": "Qwen3MoeConfig", "bert": "BertConfig",
+    "distilbert": "DistilBertConfig", "albert": "AlbertConfig",
 }  # fmt: skip
 _ALWAYS_WRITTEN = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                    "num_attention_heads")  # fmt: skip
+# ModelConfig field -> the decoders' key, for encoders that spell sizes their own way
+_SIZES = {"vocab_size": "vocab_size", "dim": "hidden_size", "ffn_dim": "intermediate_size",
+          "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads"}  # fmt: skip
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
@@ -30,8 +34,12 @@ def test_defaults_are_what_transformers_assumes(spec):
     # 32 heads: a multiple of every family's default number of key/value heads
     dims = dict(vocab_size=512, hidden_size=256, intermediate_size=96, num_hidden_layers=2,
                 num_attention_heads=32)  # fmt: skip
+    always = _ALWAYS_WRITTEN
+    if spec.encoder is not None:  # DistilBERT's dim, n_layers, ...
+        dims = {spec.encoder.keys[ours]: dims[key] for ours, key in _SIZES.items()}
+        always = tuple(dims)
     full = getattr(transformers, _CONFIG_CLASSES[spec.name])(**dims).to_dict()
-    bare = {"model_type": full["model_type"], **{k: full[k] for k in _ALWAYS_WRITTEN}}
+    bare = {"model_type": full["model_type"], **{k: full[k] for k in always}}
     assert find_family(bare) is spec
     assert model_config(spec, bare) == model_config(spec, full)
 

@@ -11,11 +11,13 @@ type, a layer type, a flag) is an UnsupportedModelError naming the key and its v
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import fields, replace
 from typing import Any
 
 from pocketlm.common.errors import ConfigError, UnsupportedModelError
+from pocketlm.interop.families.encoder_config import encoder_hf_config, encoder_model_config
+from pocketlm.interop.families.encoder_names import export_names
 from pocketlm.interop.families.spec import FamilySpec
 from pocketlm.model.config import ModelConfig
 
@@ -46,9 +48,12 @@ def _unsupported(spec: FamilySpec, key: str, value: Any, what: str = "") -> Unsu
     )
 
 
-def model_config(spec: FamilySpec, hf: Mapping[str, Any]) -> ModelConfig:
+def model_config(
+    spec: FamilySpec, hf: Mapping[str, Any], tensor_names: Collection[str] | None = None
+) -> ModelConfig:
     """The ModelConfig of a Hugging Face config of this family; UnsupportedModelError for what
-    PocketLM does not implement, ConfigError for inconsistent values."""
+    PocketLM does not implement, ConfigError for inconsistent values. `tensor_names` (the
+    checkpoint's) settle what a config leaves to the weights (an encoder's pooler)."""
     v = lambda key: _value(spec, hf, key)  # noqa: E731
     if hf.get("quantization_config"):
         method = hf["quantization_config"].get("quant_method", "?")
@@ -56,6 +61,9 @@ def model_config(spec: FamilySpec, hf: Mapping[str, Any]) -> ModelConfig:
             f"{spec.name} config.json: a pre-quantized checkpoint ({method}); import the float "
             "(bf16/fp16/fp32) checkpoint and quantize it with `pocketlm quantize`"
         )
+    if spec.encoder is not None:  # BERT and kin spell their configs their own way
+        activations = {**ACTIVATIONS, **spec.activations}
+        return encoder_model_config(spec, hf, activations, tensor_names)
     for key, allowed in spec.refused.items():
         if v(key) not in allowed:
             raise _unsupported(spec, key, v(key))
@@ -247,6 +255,11 @@ def hf_config(
 ) -> dict[str, Any]:
     """config.json for a model of this family (both config styles); UnsupportedModelError naming
     the options the family cannot express (the result read back must be the same model)."""
+    if spec.encoder is not None:
+        act = _hf_activation(spec, config.activation)
+        out = encoder_hf_config(spec, config, act, dtype=dtype, token_ids=token_ids)
+        _check_round_trip(spec, config, out, [name for name, _ in export_names(spec, config)])
+        return out
     c = config
     out: dict[str, Any] = {
         "architectures": [spec.architectures[0]],
@@ -351,10 +364,16 @@ def _hf_windows(spec: FamilySpec, c: ModelConfig) -> dict[str, Any]:
     return out
 
 
-def _check_round_trip(spec: FamilySpec, config: ModelConfig, written: Mapping[str, Any]) -> None:
-    """Raise UnsupportedModelError unless the written config reads back as `config`."""
+def _check_round_trip(
+    spec: FamilySpec,
+    config: ModelConfig,
+    written: Mapping[str, Any],
+    tensor_names: Collection[str] | None = None,
+) -> None:
+    """Raise UnsupportedModelError unless the written config (with the tensors written beside
+    it) reads back as `config`."""
     try:
-        back = model_config(spec, written)
+        back = model_config(spec, written, tensor_names)
     except (ConfigError, UnsupportedModelError) as exc:
         raise UnsupportedModelError(f"{spec.name} cannot express this model: {exc}") from exc
     ignore = {f.name: getattr(config, f.name) for f in fields(config) if f.name in _NOT_COMPARED}

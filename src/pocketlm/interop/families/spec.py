@@ -16,6 +16,7 @@ from typing import Any
 
 from pocketlm.checkpoint.weights_spec import expected_tensors
 from pocketlm.common.errors import ArtifactError
+from pocketlm.interop.families.encoder_spec import EncoderSpec
 from pocketlm.model.config import ModelConfig
 
 LAYER_PREFIX = "model.layers.{i}."  # PocketLM's (and most HF families') prefix of layer i
@@ -161,6 +162,7 @@ class FamilySpec:
     refused: Mapping[str, Any] = field(default_factory=dict)  # HF key -> only value implemented
     hf_names: NameTable = field(default_factory=lambda: NameTable({}, {}))
     gguf: GgufSpec | None = None  # None: llama.cpp has no architecture for the family
+    encoder: EncoderSpec | None = None  # an encoder family (BERT, ...): its own config reading
 
     def matches(self, hf: Mapping[str, Any]) -> bool:
         """Whether a config.json names this family (by architectures, else by model_type)."""
