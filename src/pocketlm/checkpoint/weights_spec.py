@@ -78,7 +78,7 @@ def expected_tensors(config: ModelConfig, quant: dict[str, Any]) -> dict[str, Te
 
     def norm(name: str, n: int) -> None:
         vector(name + ".weight", n)
-        if c.norm_kind == "layer":
+        if c.norm_kind != "rms":  # LayerNorm's and NoNorm's shift
             vector(name + ".bias", n)
 
     matrix("model.embed_tokens", c.vocab_size, c.resolved_embed_dim)
@@ -94,6 +94,13 @@ def expected_tensors(config: ModelConfig, quant: dict[str, Any]) -> dict[str, Te
         norm("model.norm", c.dim)
     for i in range(c.n_layer_weights):  # shared layers (ALBERT): one layer's tensors
         p = f"model.layers.{i}."
+        if c.bottleneck_dim:  # MobileBERT's layers: every linear biased
+            for name, rows, cols in bottleneck_linears(c):
+                matrix(p + name, rows, cols)
+                vector(p + name + ".bias", rows)
+            for name, width in bottleneck_norms(c):
+                norm(p + name, width)
+            continue
         for name in layer_norms(c):
             norm(p + name, c.resolved_head_dim if name.startswith("self_attn.") else c.dim)
         if c.n_experts:  # the router stays in float: routing decides which experts run
@@ -124,18 +131,19 @@ def classifier_tensors(config: ModelConfig) -> dict[str, TensorSpec]:
 
 def encoder_embedding_tensors(config: ModelConfig) -> dict[str, TensorSpec]:
     """The encoder options' embedding tensors (model/embeddings.py), kept in float: learned
-    positions, token types, the embedding norm and ALBERT's projection to the hidden width."""
-    c, e, out = config, config.resolved_embed_dim, {}
+    positions, token types, the embedding norm and the projection to the hidden width (ALBERT's,
+    MobileBERT's trigram one)."""
+    c, s, out = config, config.embed_sum_dim, {}
     if c.position_kind == "learned":
-        out["model.embed_positions.weight"] = TensorSpec((c.max_seq_len, e), FLOAT_DTYPES)
+        out["model.embed_positions.weight"] = TensorSpec((c.max_seq_len, s), FLOAT_DTYPES)
     if c.type_vocab_size:
-        out["model.embed_types.weight"] = TensorSpec((c.type_vocab_size, e), FLOAT_DTYPES)
+        out["model.embed_types.weight"] = TensorSpec((c.type_vocab_size, s), FLOAT_DTYPES)
     if c.embed_norm:
-        out["model.embed_norm.weight"] = TensorSpec((e,), FLOAT_DTYPES)
-        if c.norm_kind == "layer":
-            out["model.embed_norm.bias"] = TensorSpec((e,), FLOAT_DTYPES)
-    if c.embed_dim:
-        out["model.embed_proj.weight"] = TensorSpec((c.dim, e), FLOAT_DTYPES)
+        out["model.embed_norm.weight"] = TensorSpec((s,), FLOAT_DTYPES)
+        if c.norm_kind != "rms":
+            out["model.embed_norm.bias"] = TensorSpec((s,), FLOAT_DTYPES)
+    if c.embed_proj_in:
+        out["model.embed_proj.weight"] = TensorSpec((c.dim, c.embed_proj_in), FLOAT_DTYPES)
         out["model.embed_proj.bias"] = TensorSpec((c.dim,), FLOAT_DTYPES)
     return out
 
@@ -208,6 +216,28 @@ def layer_matrices(config: ModelConfig) -> tuple[tuple[str, int, int], ...]:
     else:
         mlp = gated("mlp.", ffn)
     return attention + mlp
+
+
+def bottleneck_linears(config: ModelConfig) -> tuple[tuple[str, int, int], ...]:
+    """(name, rows, cols) of a bottleneck layer's linears (model/bottleneck.py), in the order
+    they apply: the projections in (the layer's own, then q/k's), attention (v reads the
+    full-width input), the stacked MLPs, the layer's MLP, the projection out."""
+    c, d, b, f = config, config.dim, config.bottleneck_dim, config.resolved_ffn_dim
+    out = [("bottleneck_in", b, d), ("bottleneck_qk", b, d)]
+    out += [("self_attn.q_proj", c.q_dim, b), ("self_attn.k_proj", c.q_dim, b)]
+    out += [("self_attn.v_proj", c.q_dim, d), ("self_attn.o_proj", b, c.q_dim)]
+    for j in range(c.n_ffn - 1):
+        out += [(f"ffns.{j}.mlp.up_proj", f, b), (f"ffns.{j}.mlp.down_proj", b, f)]
+    out += [("mlp.up_proj", f, b), ("mlp.down_proj", b, f), ("bottleneck_out", d, b)]
+    return tuple(out)
+
+
+def bottleneck_norms(config: ModelConfig) -> tuple[tuple[str, int], ...]:
+    """(name, width) of a bottleneck layer's norms, in the order they apply."""
+    b = config.bottleneck_dim
+    out = [("bottleneck_in_norm", b), ("bottleneck_qk_norm", b), ("post_attention_layernorm", b)]
+    out += [(f"ffns.{j}.norm", b) for j in range(config.n_ffn - 1)]
+    return (*out, ("post_mlp_layernorm", b), ("bottleneck_out_norm", config.dim))
 
 
 def check_quantizable(config: ModelConfig, quant: dict[str, Any], where: Path) -> None:

@@ -83,14 +83,17 @@ class Attention(nn.Module):
         positions: torch.Tensor | None,
         uniform: int | None,
         doc_starts: torch.Tensor | None = None,
+        *,
+        values: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, dim) -> (B, T, dim); cos/sin (B or 1, 1, T, rotary_dim) at the new positions
         (None: no rotary); doc_starts (B, T) (no cache) keeps attention inside each packed
-        document."""
+        document; values (B, T, any width): what v_proj reads, when not x (MobileBERT)."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)  # (B, T, H, hd)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, hd)
-        v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, hd)
+        v = self.v_proj(x if values is None else values)
+        v = v.view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, hd)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         dropout = self.dropout if self.training else 0.0

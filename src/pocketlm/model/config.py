@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from pocketlm.common.errors import ArtifactError, ConfigError
+from pocketlm.model.encoder_checks import bottleneck_layer_params, check_encoder_options
 
 # Ceilings that keep every size the C kernels index within a C int, and the RoPE tables (one
 # row per position, built at load) within reason.
@@ -38,9 +39,10 @@ class ModelConfig:
     # --- Family options: construction-time choices that imported families need. The defaults are
     # Llama; interop/families/ sets them from a Hugging Face config. Tensor names stay Llama's
     # (checkpoint/weights_spec.py lists what each option adds).
-    norm_kind: str = "rms"  # "rms" | "layer" (LayerNorm with a bias: Phi-2)
+    norm_kind: str = "rms"  # "rms" | "layer" (LayerNorm with a bias: Phi-2) | "affine" (no
+    # normalisation, x * w + b: MobileBERT's NoNorm; encoders only)
     norm_offset: float = 0.0  # 1.0 = Gemma's (1 + w) scale, the 1 added in fp32
-    activation: str = "silu"  # "silu" | "gelu_tanh" | "gelu"
+    activation: str = "silu"  # "silu" | "gelu_tanh" | "gelu" | "relu" (encoders only: MobileBERT)
     mlp_kind: str = "gated"  # "gated" (gate/up/down) | "plain" (up/down: Phi-2's fc1/fc2)
     o_bias: bool = False  # bias on o_proj (Phi-2's dense)
     mlp_bias: bool = False  # biases on the MLP's linears (Phi-2)
@@ -92,6 +94,12 @@ class ModelConfig:
     norm_position: str = "pre"  # "pre": x + f(norm(x)), a final norm | "post": norm(x + f(x)),
     # two norms a layer and none after the last (BERT)
     shared_layers: bool = False  # one layer's weights applied n_layers times, stored once (ALBERT)
+    embed_trigram: bool = False  # each position's token embedding is the next, this and the
+    # previous token's side by side (zeros past a sequence's ends), projected to dim before
+    # dim-wide positions and types are added (MobileBERT)
+    bottleneck_dim: int = 0  # MobileBERT's layers (model/bottleneck.py): attention and MLPs at
+    # this width between a dim -> bottleneck_dim projection in and one out; 0 = none
+    n_ffn: int = 1  # MLPs per bottleneck layer, each post-normed (num_feedforward_networks)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len"):
@@ -117,9 +125,9 @@ class ModelConfig:
             raise ConfigError(
                 f"model.n_heads ({self.n_heads}) must be a multiple of model.n_kv_heads ({self.n_kv_heads})"
             )
-        if not self.head_dim and self.dim % self.n_heads:
+        if not self.head_dim and self.inner_dim % self.n_heads:
             raise ConfigError(
-                f"model.dim ({self.dim}) must be divisible by model.n_heads ({self.n_heads}), or set model.head_dim"
+                f"model.dim ({self.inner_dim}) must be divisible by model.n_heads ({self.n_heads}), or set model.head_dim"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
@@ -140,6 +148,24 @@ class ModelConfig:
     @property
     def resolved_embed_dim(self) -> int:
         return self.embed_dim or self.dim
+
+    @property
+    def embed_sum_dim(self) -> int:
+        """Width of the position and type tables and the embedding norm: dim after a trigram
+        projection, else the token embeddings' width."""
+        return self.dim if self.embed_trigram else self.resolved_embed_dim
+
+    @property
+    def embed_proj_in(self) -> int:
+        """Input width of the embedding projection to dim (0: none)."""
+        if self.embed_trigram:
+            return 3 * self.resolved_embed_dim
+        return self.embed_dim
+
+    @property
+    def inner_dim(self) -> int:
+        """The width attention and the MLP work at: bottleneck_dim in bottleneck layers."""
+        return self.bottleneck_dim or self.dim
 
     @property
     def n_layer_weights(self) -> int:
@@ -168,7 +194,7 @@ class ModelConfig:
 
     @property
     def resolved_head_dim(self) -> int:
-        return self.head_dim or self.dim // self.n_heads
+        return self.head_dim or self.inner_dim // self.n_heads
 
     @property
     def resolved_ffn_dim(self) -> int:
@@ -199,15 +225,18 @@ class ModelConfig:
                 mlp += 3 * d * self.shared_expert_ffn_dim + d
         else:
             mlp = n_mats * d * f + (f + d) * self.mlp_bias
-        norm = d * (2 if self.norm_kind == "layer" else 1)  # weight (+ bias)
+        per_norm = 1 if self.norm_kind == "rms" else 2  # weight (+ bias)
+        norm = d * per_norm
         n_norms = (1 if self.parallel_block else 2) + 2 * self.sandwich_norms
         per_layer = attn + mlp + n_norms * norm
+        if self.bottleneck_dim:
+            per_layer = bottleneck_layer_params(self, per_norm)
         body = self.n_layer_weights * per_layer + norm * (self.norm_position == "pre")
-        e = self.resolved_embed_dim
+        e, s = self.resolved_embed_dim, self.embed_sum_dim
         tables = self.vocab_size * e  # tokens, positions, types: the embeddings proper
-        tables += e * (self.max_seq_len * (self.position_kind == "learned") + self.type_vocab_size)
-        body += e * (2 if self.norm_kind == "layer" else 1) * self.embed_norm
-        body += (e * d + d) * bool(self.embed_dim)  # ALBERT's projection to the hidden width
+        tables += s * (self.max_seq_len * (self.position_kind == "learned") + self.type_vocab_size)
+        body += s * per_norm * self.embed_norm
+        body += (self.embed_proj_in * d + d) * bool(self.embed_proj_in)  # projection to dim
         # the head: an encoder's or classifier's pooler and score layer, or the LM head
         body += (d * d + d) * (self.pooler != "none")
         body += len(self.labels) * (d + self.classifier_bias)
@@ -272,8 +301,8 @@ class ModelConfig:
 
 
 _CHOICES = {
-    "norm_kind": ("rms", "layer"),
-    "activation": ("silu", "gelu_tanh", "gelu"),
+    "norm_kind": ("rms", "layer", "affine"),
+    "activation": ("silu", "gelu_tanh", "gelu", "relu"),
     "mlp_kind": ("gated", "plain"),
     "rope_scaling": ("none", "linear", "llama3", "longrope"),
     "router": ("softmax_topk", "softmax_topk_raw"),
@@ -333,26 +362,7 @@ def _check_family_options(c: ModelConfig) -> None:
         raise ConfigError(f"model.labels must be distinct non-empty names, got {list(c.labels)}")
     if len(c.labels) == 1:
         raise ConfigError("model.labels needs at least two classes")
-    _check_encoder_options(c)
-
-
-def _check_encoder_options(c: ModelConfig) -> None:
-    """Raise ConfigError for encoder options out of range or with options they do not combine with."""
-    for name in ("type_vocab_size", "embed_dim"):
-        if getattr(c, name) < 0:
-            raise ConfigError(f"model.{name} must be >= 0, got {getattr(c, name)}")
-    if c.pooler != "none" and not c.labels and c.causal:
-        raise ConfigError("model.pooler without model.labels is an encoder's (model.causal false)")
-    if not c.causal and c.sliding_window:  # windows are implemented for causal attention
-        raise ConfigError("model.sliding_window needs causal attention (model.causal true)")
-    if c.causal and (c.shared_layers or c.embed_dim):
-        # a decoder would cache one layer's keys once for all its applications, and its LM head
-        # would need the projection back to embed_dim
-        raise ConfigError("model.shared_layers and model.embed_dim are for encoders (causal false)")
-    if c.norm_position == "post" and (c.parallel_block or c.sandwich_norms):
-        raise ConfigError(
-            "model.norm_position post does not combine with parallel or sandwich blocks"
-        )
+    check_encoder_options(c)
 
 
 def _check_type(name: str, kind: str, value: object) -> None:

@@ -1,4 +1,5 @@
-"""The model's normalisations: RMSNorm (Llama's, or Gemma's (1 + w) scale) and LayerNorm (Phi-2)."""
+"""The model's normalisations: RMSNorm (Llama's, or Gemma's (1 + w) scale), LayerNorm (Phi-2, BERT)
+and MobileBERT's NoNorm (an affine map only)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,22 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, (x.shape[-1],), weight, bias, self.eps)
 
 
+class AffineNorm(nn.Module):
+    """No normalisation, a learned scale and shift: x * weight + bias (MobileBERT's NoNorm)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.to(x.dtype) + self.bias.to(x.dtype)
+
+
 def make_norm(config: ModelConfig, dim: int) -> nn.Module:
     """The config's norm over `dim` features (norm_kind, norm_offset, norm_eps)."""
     if config.norm_kind == "layer":
         return LayerNorm(dim, config.norm_eps)
+    if config.norm_kind == "affine":
+        return AffineNorm(dim)
     return RMSNorm(dim, config.norm_eps, config.norm_offset)

@@ -5,10 +5,11 @@ Defaults are Llama (RMSNorm, RoPE, SwiGLU, GQA, tied or untied embeddings); the 
 GeGLU, sandwich norms and soft-caps; Phi's LayerNorm, plain MLP, parallel block, partial rotary and
 biases; Qwen's biases and q/k norms; sliding windows; rope scaling (model/rope.py); and for
 encoders (BERT, DistilBERT, ALBERT) bidirectional attention, learned positions, token types, an
-embedding norm and projection (model/embeddings.py), post-norm blocks and one layer shared by
-the whole depth. One class, no subclasses; parameter names are those of `transformers`'
-LlamaForCausalLM (checkpoint/weights_spec lists what each option adds). Attention lives in
-model/attention.py. The KV cache is passed in by the caller.
+embedding norm and projection (model/embeddings.py), post-norm blocks, one layer shared by
+the whole depth and MobileBERT's bottleneck layers (model/bottleneck.py). One class, no
+subclasses; parameter names are those of `transformers`' LlamaForCausalLM
+(checkpoint/weights_spec lists what each option adds). Attention lives in model/attention.py.
+The KV cache is passed in by the caller.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from pocketlm.model import native_attention
 from pocketlm.model.attention import Attention, document_starts
+from pocketlm.model.bottleneck import BottleneckLayer
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.embeddings import embed, embedding_modules
 from pocketlm.model.gated_activation import gated_activation
@@ -45,6 +47,7 @@ _ACTIVATIONS = {
     "silu": F.silu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "gelu": F.gelu,
+    "relu": F.relu,
 }
 
 
@@ -129,7 +132,10 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.resolved_embed_dim)
         for name, module in embedding_modules(config).items():
             setattr(self, name, module)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.n_layer_weights))
+        self.layers = nn.ModuleList(
+            BottleneckLayer(config, i, MLP) if config.bottleneck_dim else DecoderLayer(config, i)
+            for i in range(config.n_layer_weights)
+        )
         pre = config.norm_position == "pre"
         self.norm = make_norm(config, config.dim) if pre else nn.Identity()
         self.config = config

@@ -1,5 +1,5 @@
-"""Tiny random Hugging Face encoders (BERT, DistilBERT, ALBERT), built offline by `transformers`
-and saved with a tokenizer trained in-process: WordPiece (BERT, DistilBERT) or Unigram (ALBERT,
+"""Tiny random Hugging Face encoders (BERT, DistilBERT, ALBERT, MobileBERT), built offline by `transformers`
+and saved with a tokenizer trained in-process: WordPiece (BERT, DistilBERT, MobileBERT) or Unigram (ALBERT,
 SentencePiece-style), saved through transformers' own tokenizer classes as released checkpoints
 are (tokenizer_class BertTokenizer / AlbertTokenizer).
 
@@ -35,6 +35,10 @@ FAMILIES = {
     "albert": ("AlbertConfig", "AlbertModel", "AlbertForSequenceClassification", dict(
         embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
         intermediate_size=48, max_position_embeddings=64, type_vocab_size=2)),
+    "mobilebert": ("MobileBertConfig", "MobileBertModel", "MobileBertForSequenceClassification",
+                   dict(hidden_size=64, embedding_size=16, intra_bottleneck_size=32,
+                        num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                        num_feedforward_networks=3, max_position_embeddings=64)),
 }  # fmt: skip
 _SPECIALS = dict(
     unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
@@ -95,6 +99,7 @@ def build_encoder(family: str, vocab_size: int, *, labels: bool, seed: int = 0, 
     torch.manual_seed(seed)
     model = getattr(transformers, classifier_cls if labels else base_cls)(config).eval()
     gen = torch.Generator().manual_seed(seed + 1)
+    std = 0.1 if family == "mobilebert" else 0.2  # NoNorm does not rein the activations in
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "LayerNorm" in name or "layer_norm" in name:
@@ -102,7 +107,7 @@ def build_encoder(family: str, vocab_size: int, *, labels: bool, seed: int = 0, 
             elif name.endswith(".bias"):
                 p.copy_(0.3 * torch.randn(p.shape, generator=gen))
             else:
-                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+                p.copy_(std * torch.randn(p.shape, generator=gen))
     return model
 
 

@@ -19,7 +19,7 @@ _CONFIG_CLASSES = {
     "qwen3": "Qwen3Config", "phi": "PhiConfig", "phi3": "Phi3Config", "gemma": "GemmaConfig",
     "gemma2": "Gemma2Config", "gemma3": "Gemma3TextConfig", "mixtral": "MixtralConfig",
     "qwen2_moe": "Qwen2MoeConfig", "qwen3_moe": "Qwen3MoeConfig", "bert": "BertConfig",
-    "distilbert": "DistilBertConfig", "albert": "AlbertConfig",
+    "distilbert": "DistilBertConfig", "albert": "AlbertConfig", "mobilebert": "MobileBertConfig",
 }  # fmt: skip
 _ALWAYS_WRITTEN = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                    "num_attention_heads")  # fmt: skip

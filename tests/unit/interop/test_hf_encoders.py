@@ -1,6 +1,6 @@
-"""BERT, DistilBERT and ALBERT imported from tiny random models `transformers` built and saved:
-classifier logits and base hidden states equal to transformers' in fp32 (padding on the right,
-attention masks, token types), token ids equal to AutoTokenizer's (WordPiece and Unigram, with
+"""BERT, DistilBERT, ALBERT and MobileBERT imported from tiny random models `transformers` built
+and saved: classifier logits and base hidden states equal to transformers' in fp32 (padding on
+the right, attention masks, token types), token ids equal to AutoTokenizer's (WordPiece and Unigram, with
 [CLS] ... [SEP]), `export hf` back to the family (AutoModelForSequenceClassification / AutoModel
 load it with the same outputs), masked-LM folders as base encoders, refused configs."""
 
@@ -25,14 +25,15 @@ transformers = pytest.importorskip("transformers")
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-ENCODERS = ("bert", "distilbert", "albert")
+ENCODERS = ("bert", "distilbert", "albert", "mobilebert")
 # What each family must turn on (so a test cannot pass with the feature silently off).
 FEATURES = {
     "bert": {"causal", "position_kind", "type_vocab_size", "embed_norm", "norm_position"},
     "distilbert": {"causal", "position_kind", "embed_norm", "norm_position"},
     "albert": {"causal", "type_vocab_size", "embed_dim", "shared_layers", "norm_position"},
+    "mobilebert": {"embed_trigram", "bottleneck_dim", "n_ffn", "norm_kind", "activation"},
 }
-POOLERS = {"bert": "tanh", "distilbert": "relu", "albert": "tanh"}
+POOLERS = {"bert": "tanh", "distilbert": "relu", "albert": "tanh", "mobilebert": "tanh"}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,23 @@ def _batch(folder, pairs: bool = False):
     return tok(SENTENCES, padding=True, return_tensors="pt")  # padded on the right
 
 
+def _theirs(hf, batch, family: str) -> torch.Tensor:
+    """transformers' first output for a padded batch. MobileBERT's trigram embeddings read the
+    padding beside a row's last token, so its padded rows depend on the padding; PocketLM's do
+    not (zeros past a sequence's end, as transformers gives the row alone): compare with each
+    row run alone."""
+    with torch.no_grad():
+        if family != "mobilebert":
+            return hf(**batch)[0]
+        rows = []
+        for i, n in enumerate(batch["attention_mask"].sum(1).tolist()):
+            alone = hf(**{k: v[i : i + 1, :n] for k, v in batch.items()})[0]  # (1, n, ...)
+            if alone.dim() == 3:  # hidden states: pad back to the batch's length
+                alone = torch.nn.functional.pad(alone, (0, 0, 0, batch["input_ids"].shape[1] - n))
+            rows.append(alone)
+        return torch.cat(rows)
+
+
 def _ours(model, batch):
     kwargs = {"attention_mask": batch["attention_mask"]}
     if "token_type_ids" in batch and model.config.type_vocab_size:
@@ -76,8 +94,7 @@ def test_classifier_logits_match_transformers(built, family):
     model = load_model(artifact).model
     for batch in (_batch(folder), _batch(folder, pairs=family != "distilbert")):
         assert not batch["attention_mask"].all()  # some rows are padded
-        with torch.no_grad():
-            theirs = hf(**batch).logits
+        theirs = _theirs(hf, batch, family)
         torch.testing.assert_close(_ours(model, batch), theirs, atol=1e-5, rtol=0)
         assert theirs.std() > 0.1
 
@@ -91,15 +108,20 @@ def test_base_encoder_hidden_states_match_transformers(built, family):
     assert config.pooler == ("none" if family == "distilbert" else "tanh")  # BertModel's pooler
     hf = transformers.AutoModel.from_pretrained(str(folder)).eval()
     batch = _batch(folder)
-    with torch.no_grad():
-        theirs = hf(**batch)
+    theirs = _theirs(hf, batch, family)
     ours = _ours(loaded.model, batch)  # (B, T, dim)
     real = batch["attention_mask"].bool()
-    assert ours.shape == theirs.last_hidden_state.shape
-    torch.testing.assert_close(ours[real], theirs.last_hidden_state[real], atol=1e-5, rtol=0)
-    if config.pooler != "none":  # kept for a classifier built on it: BERT's pooled [CLS]
-        pooled = torch.tanh(loaded.model.pooler(ours[:, 0]))
-        torch.testing.assert_close(pooled, theirs.pooler_output, atol=1e-5, rtol=0)
+    assert ours.shape == theirs.shape
+    # 1e-5, relative to the largest state where they exceed 1 (MobileBERT's un-normalised ones)
+    atol = 1e-5 * max(1.0, theirs[real].abs().max().item())
+    torch.testing.assert_close(ours[real], theirs[real], atol=atol, rtol=0)
+    if config.pooler != "none":  # kept for a classifier built on it: the pooled [CLS]
+        n = int(batch["attention_mask"][0].sum())
+        alone = {k: v[:1, :n] for k, v in batch.items()}
+        with torch.no_grad():
+            want = hf(**alone).pooler_output
+            pooled = torch.tanh(loaded.model.pooler(_ours(loaded.model, alone)[:, 0]))
+        torch.testing.assert_close(pooled, want, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("family", ["bert", "albert"])

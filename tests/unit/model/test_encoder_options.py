@@ -26,12 +26,18 @@ CLASSIFIER = dataclasses.replace(
     ENCODER, labels=("a", "b", "c"), pooler="tanh", classifier_bias=True
 )
 ALBERT = dataclasses.replace(CLASSIFIER, embed_dim=16, shared_layers=True, n_layers=3)
+MOBILEBERT = dataclasses.replace(
+    CLASSIFIER, embed_dim=16, embed_trigram=True, bottleneck_dim=32, n_ffn=3, norm_kind="affine",
+    activation="relu",
+)  # fmt: skip
 VARIANTS = {
     "encoder": ENCODER,
     "encoder_with_pooler": dataclasses.replace(ENCODER, pooler="tanh"),
     "classifier": CLASSIFIER,
     "distilbert": dataclasses.replace(CLASSIFIER, type_vocab_size=0, pooler="relu"),
     "albert": ALBERT,
+    "mobilebert": MOBILEBERT,
+    "mobilebert_base": dataclasses.replace(MOBILEBERT, labels=(), pooler="none"),
     "pre_norm_encoder": dataclasses.replace(ENCODER, norm_position="pre", embed_norm=False),
     "learned_positions_decoder": ModelConfig(
         vocab_size=64,
@@ -58,6 +64,15 @@ def test_tensors_and_parameter_count_match_the_model(name: str) -> None:
     assert set(spec) == set(state)
     assert all(tuple(state[n].shape) == s.shape for n, s in spec.items())
     assert config.num_params() == model.num_params()
+
+
+def test_trigram_embeddings_see_the_neighbours_inside_a_sequence() -> None:
+    from pocketlm.model.embeddings import trigrams
+
+    x = torch.arange(1.0, 7.0).reshape(1, 6, 1)  # tokens 1..6, one feature each
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2]])  # two documents of three
+    out = trigrams(x, positions)  # (1, 6, 3): next, this, previous
+    assert out[0].tolist() == [[2, 1, 0], [3, 2, 1], [0, 3, 2], [5, 4, 0], [6, 5, 4], [0, 6, 5]]
 
 
 def test_shared_layers_are_one_layer_applied_n_times() -> None:
@@ -104,7 +119,9 @@ def test_native_and_sdpa_kernels_agree_with_learned_positions() -> None:
         torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("config", [CLASSIFIER, ALBERT], ids=["bert", "albert"])
+@pytest.mark.parametrize(
+    "config", [CLASSIFIER, ALBERT, MOBILEBERT], ids=["bert", "albert", "mobilebert"]
+)
 def test_encoder_classifier_padding_on_either_side(config: ModelConfig) -> None:
     model = build_model(config, seed=5).eval()
     text = _ids(1, 6)
@@ -117,8 +134,13 @@ def test_encoder_classifier_padding_on_either_side(config: ModelConfig) -> None:
     torch.testing.assert_close(left, alone, atol=1e-5, rtol=0)
 
 
-def test_packed_encoder_documents_attend_only_inside_themselves() -> None:
-    model = build_model(ENCODER, seed=6).eval()
+@pytest.mark.parametrize(
+    "config", [ENCODER, dataclasses.replace(MOBILEBERT, labels=(), pooler="none")],
+    ids=["bert", "mobilebert"],
+)  # fmt: skip
+def test_packed_encoder_documents_attend_only_inside_themselves(config: ModelConfig) -> None:
+    """Attention, and MobileBERT's trigram embeddings, stay inside each packed document."""
+    model = build_model(config, seed=6).eval()
     a, b = _ids(1, 5, seed=1), _ids(1, 7, seed=2)
     with torch.no_grad():
         packed = model(torch.cat([a, b], 1), doc_ids=torch.tensor([[0] * 5 + [1] * 7]))
@@ -152,6 +174,11 @@ def test_an_encoder_has_no_lm_head() -> None:
     [
         (dict(causal=True, shared_layers=True), "encoders"),
         (dict(causal=True, embed_dim=16), "encoders"),
+        (dict(causal=True, norm_kind="affine"), "encoders"),
+        (dict(causal=True, activation="relu"), "encoders"),
+        (dict(causal=True, embed_trigram=True), "encoders"),
+        (dict(bottleneck_dim=32, mlp_kind="gated"), "MobileBERT"),
+        (dict(n_ffn=2), "n_ffn"),
         (dict(causal=True, pooler="tanh"), "pooler"),
         (dict(sliding_window=4), "causal"),
         (dict(norm_position="pre", parallel_block=True, norm_position_check=True), "post"),

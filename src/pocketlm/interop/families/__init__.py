@@ -15,6 +15,7 @@ from pocketlm.interop.families.albert import ALBERT
 from pocketlm.interop.families.bert import BERT, DISTILBERT
 from pocketlm.interop.families.gemma import GEMMA, GEMMA2, GEMMA3
 from pocketlm.interop.families.llama import LLAMA, MISTRAL
+from pocketlm.interop.families.mobilebert import MOBILEBERT
 from pocketlm.interop.families.moe import MIXTRAL, QWEN2_MOE, QWEN3_MOE
 from pocketlm.interop.families.phi import PHI, PHI3
 from pocketlm.interop.families.qwen import QWEN2, QWEN3
@@ -24,7 +25,7 @@ __all__ = ["FAMILIES", "FamilySpec", "NameTable", "family_named", "find_family"]
 
 FAMILIES: tuple[FamilySpec, ...] = (
     LLAMA, MISTRAL, QWEN2, QWEN3, PHI, PHI3, GEMMA, GEMMA2, GEMMA3, MIXTRAL, QWEN2_MOE, QWEN3_MOE,
-    BERT, DISTILBERT, ALBERT,
+    BERT, DISTILBERT, ALBERT, MOBILEBERT,
 )  # fmt: skip
 
 # Architectures that are close to a supported one but are not it: say what to do instead.

@@ -44,10 +44,11 @@ def encoder_model_config(
         raise _unsupported(spec, spec.activation_key, act)
     opts["activation"] = activations[act]
     architecture = (hf.get("architectures") or [spec.architectures[0]])[0]
+    pooler = enc.pooler if not enc.pooler_flag or _value(spec, hf, enc.pooler_flag) else "none"
     if architecture in enc.classifiers:
-        opts.update(labels=labels_from_config(spec, hf), pooler=enc.pooler, classifier_bias=True)
+        opts.update(labels=labels_from_config(spec, hf), pooler=pooler, classifier_bias=True)
     elif enc.pooler_tensor and _has_pooler(enc.pooler_tensor, enc.base_prefix, tensor_names):
-        opts["pooler"] = enc.pooler
+        opts["pooler"] = pooler
     try:
         return ModelConfig(**opts)
     except (ConfigError, TypeError) as exc:
@@ -101,6 +102,8 @@ def encoder_hf_config(
     out[spec.activation_key] = hf_activation
     for key, allowed in spec.refused.items():
         out[key] = allowed[0]
+    if enc.pooler_flag:
+        out[enc.pooler_flag] = c.pooler != "none"
     out["pad_token_id"] = token_ids.get("pad_token_id")
     if c.labels:
         out["id2label"] = {str(i): name for i, name in enumerate(c.labels)}

@@ -24,5 +24,7 @@ class EncoderSpec:
     pooler: str  # the classifier's pooler activation ("tanh": BERT's pooler; "relu": DistilBERT)
     pooler_tensor: str = ""  # HF tensor of a base model's pooler, when the family has one: its
     # presence in the weights keeps the pooler of an imported base model
+    pooler_flag: str = ""  # a config key that, false, means no pooler (MobileBERT's
+    # classifier_activation: [CLS]'s hidden state goes to the classifier as it is)
     dropped: tuple[str, ...] = ()  # tensor name prefixes of heads PocketLM does not run (the
     # masked-LM and next-sentence heads): skipped on import, with a log line
