@@ -201,3 +201,25 @@ def test_encoder_flops_count_every_key_and_no_lm_head() -> None:
     head = 2 * ENCODER.vocab_size * ENCODER.dim
     gap = ENCODER.flops_per_token(24, training=False) - decoder.flops_per_token(24, training=False)
     assert gap == pytest.approx(attention / 2 - head)
+
+
+@pytest.mark.parametrize(
+    "config", [CLASSIFIER, ALBERT, MOBILEBERT], ids=["bert", "albert", "mobilebert"]
+)
+def test_encoder_classifiers_train(config: ModelConfig) -> None:
+    """Gradients reach every parameter (a shared layer's from all its applications; token types
+    only through type 0's row) and steps on a fixed batch lower the loss."""
+    model = build_model(config, seed=8)
+    ids, mask = _ids(4, 10), torch.tensor([[1] * 10, [1] * 7 + [0] * 3] * 2)
+    labels = torch.tensor([0, 1, 2, 1]) % len(config.labels)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        loss = torch.nn.functional.cross_entropy(model(ids, attention_mask=mask), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        if not losses:
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]
