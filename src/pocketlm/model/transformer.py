@@ -252,8 +252,9 @@ class CausalLM(nn.Module):
         x = embed(self.model, self.config, input_ids, pos, token_type_ids)  # (B, T, dim)
         rope = self._rope(pos, end, x.dtype)  # empty with learned positions
         layers = self.model.layers
-        for i in range(self.config.n_layers):
-            layer = layers[0] if self.config.shared_layers else layers[i]
+        if self.config.shared_layers:  # one layer's weights, applied n_layers times
+            layers = [layers[0]] * self.config.n_layers
+        for layer in layers:
             cos, sin = rope.get(layer.rope_set, (None, None))
             x = layer(x, cos, sin, cache, cache_pos, uniform, doc_starts)
         if cache is not None:

@@ -223,3 +223,22 @@ def test_encoder_classifiers_train(config: ModelConfig) -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0]
+
+
+@pytest.mark.parametrize("config", [CLASSIFIER, ALBERT], ids=["bert", "albert"])
+def test_a_student_of_every_second_layer(config: ModelConfig) -> None:
+    """DistilBERT's student initialisation (model/layer_select.py) on encoders: a BERT student
+    takes layers 0, 2, ...; an ALBERT student applies its one shared layer half as often."""
+    from pocketlm.model.layer_select import every_other_layer, select_layers
+
+    teacher = build_model(dataclasses.replace(config, n_layers=4), seed=9).eval()
+    student = select_layers(teacher, every_other_layer(4)).eval()
+    assert student.config.n_layers == 2
+    assert student.num_params() == student.config.num_params()
+    with torch.no_grad():
+        ids = _ids(2, 8)
+        if config.shared_layers:  # the same tensors, applied twice instead of four times
+            assert student.num_params() == teacher.num_params()
+        else:
+            assert student.num_params() < teacher.num_params()
+        assert student(ids).shape == teacher(ids).shape
