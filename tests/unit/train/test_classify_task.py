@@ -17,6 +17,7 @@ from pocketlm.checkpoint.model_io import load_model
 from pocketlm.common.env import DistEnv
 from pocketlm.common.errors import ConfigError, InputError
 from pocketlm.data.classify_loader import ClassifyBatches, LabelledTokens, make_batch
+from pocketlm.engine.classify import open_classifier
 from pocketlm.model.classifier import to_classifier
 from pocketlm.model.lora import LoRAConfig
 from pocketlm.train.config import OptimConfig, ScheduleConfig, TrainConfig
@@ -130,6 +131,13 @@ def test_each_mode_trains_exactly_its_parameters(tiny_model_dir, tmp_path, mode)
         model = load_adapted_model(tiny_model_dir, run.model_dir).model
         assert model.config.labels == LABELS
         assert torch.equal(model.score.weight, tensors["score.weight"])
+        served = open_classifier(
+            tiny_model_dir, adapter=run.model_dir, device="cpu", precision="fp32"
+        )
+        with torch.no_grad():
+            want = model(torch.tensor([[1, 20, 30]])).softmax(-1)[0].tolist()
+        got = served.predict([[1, 20, 30]])[0].probabilities
+        assert list(got.values()) == pytest.approx(want, abs=1e-6)
         return
     after = load_model(run.model_dir).model.state_dict()
     changed = {n for n in start if not torch.equal(start[n], after[n])}
