@@ -4,8 +4,9 @@ server's counterpart of the generation scheduler for a classifier).
 A request is a list of token lists, queued whole (all or none) and answered whole through a
 Future. The worker takes whole queued requests up to `max_batch` inputs at a time (a larger
 request runs alone, in batches of max_batch) and classifies them in one call, so concurrent
-clients share batches. Past `max_queue` waiting inputs a request is refused (SchedulerBusy);
-after stop, SchedulerClosed. No torch here: the classifier does the computing.
+clients share batches. Up to `max_queue` inputs wait beyond what the worker takes next (a batch
+when it is idle, nothing while it runs one: as the generation scheduler counts its free slots);
+past that a request is refused (SchedulerBusy); after stop, SchedulerClosed. No torch here: the classifier does the computing.
 """
 
 from __future__ import annotations
@@ -80,15 +81,29 @@ class ClassifyBatcher:
                 self._thread.start()
         return self
 
+    @property
+    def max_request(self) -> int:
+        """The most inputs one request may hold: a batch and a full queue."""
+        return self.max_batch + self.max_queue
+
     def submit(self, inputs: Sequence[Sequence[int]]) -> Future:
-        """Queue one request; its Future gives one prediction per input, in order."""
+        """Queue one request; its Future gives one prediction per input, in order.
+        SchedulerBusy when the queue is full; InputError for a request that could never fit
+        (more than max_request inputs)."""
         request = _Request([list(ids) for ids in inputs], Future())
+        if len(request.inputs) > self.max_request:
+            raise InputError(
+                f"{len(request.inputs)} inputs in one request: this server takes at most "
+                f"{self.max_request}"
+            )
         with self._cond:
             if self._closed:
                 raise SchedulerClosed("the server is shutting down and takes no new requests")
-            if self._queued_inputs + len(request.inputs) > self.max_queue:
+            free = 0 if self._active else self.max_batch  # what the idle worker takes at once
+            if self._queued_inputs + len(request.inputs) - free > self.max_queue:
                 raise SchedulerBusy(
-                    f"{self._queued_inputs} inputs wait already and the queue holds {self.max_queue}"
+                    f"{self._queued_inputs} inputs wait already; a batch of {self.max_batch} "
+                    f"and a queue of {self.max_queue} are full"
                 )
             self._waiting.append(request)
             self._queued_inputs += len(request.inputs)

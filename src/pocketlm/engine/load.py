@@ -172,19 +172,25 @@ def load_engine(
     return GenerationEngine(target, tokenizer, draft=draft_backend, draft_tokens=draft_tokens)
 
 
-def refuse_classifier(model: Path) -> None:
-    """ConfigError when the model directory holds a classifier: it labels texts, it generates
-    nothing (engine/classify.py opens it)."""
+def classifier_labels(model: str | Path) -> tuple[str, ...]:
+    """The labels of a classifier model (a dir, training run or HF folder, imported on first
+    use); () for a language model or a directory the model check will refuse anyway."""
     from pocketlm.checkpoint.layout import CONFIG_FILE
     from pocketlm.model.config import ModelConfig
 
     try:
-        config = ModelConfig.load(Path(model) / CONFIG_FILE)
+        return ModelConfig.load(model_dir(model) / CONFIG_FILE).labels
     except (PocketLMError, OSError, ValueError):
-        return  # the model check that follows names what is wrong
-    if config.labels:
+        return ()  # the model check that follows names what is wrong
+
+
+def refuse_classifier(model: Path) -> None:
+    """ConfigError when the model directory holds a classifier: it labels texts, it generates
+    nothing (engine/classify.py opens it)."""
+    labels = classifier_labels(model)
+    if labels:
         raise ConfigError(
-            f"{model} is a classifier over {list(config.labels)}: it labels texts and generates "
+            f"{model} is a classifier over {list(labels)}: it labels texts and generates "
             "nothing; use `pocketlm classify predict`, or serve it (POST /v1/classify)"
         )
 

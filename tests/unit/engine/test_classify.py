@@ -125,6 +125,8 @@ def test_a_full_queue_refuses_and_stopping_refuses_what_waits(classifier_dir):
             return [None] * len(inputs)
 
     batcher = ClassifyBatcher(Held(), max_batch=2, max_queue=3).start()
+    with pytest.raises(InputError, match="at most 5"):
+        batcher.submit([[1]] * 6)
     first = batcher.submit([[1], [2]])  # taken by the worker, held at the gate
     for _ in range(100):
         if batcher.stats().active:
@@ -132,7 +134,7 @@ def test_a_full_queue_refuses_and_stopping_refuses_what_waits(classifier_dir):
         threading.Event().wait(0.01)
     waiting = batcher.submit([[1], [2], [3]])
     with pytest.raises(SchedulerBusy):
-        batcher.submit([[4]])
+        batcher.submit([[6]])
     batcher.stop(drain=False, timeout=0.1)
     with pytest.raises(SchedulerClosed):
         waiting.result(timeout=5)
