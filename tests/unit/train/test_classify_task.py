@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pocketlm.checkpoint.adapted_model import load_adapted_model, read_classifier
+from pocketlm.checkpoint.adapted_model import load_adapted_model, merge_adapter, read_classifier
 from pocketlm.checkpoint.adapters import load_adapter
 from pocketlm.checkpoint.model_io import load_model
 from pocketlm.common.env import DistEnv
@@ -138,6 +138,11 @@ def test_each_mode_trains_exactly_its_parameters(tiny_model_dir, tmp_path, mode)
             want = model(torch.tensor([[1, 20, 30]])).softmax(-1)[0].tolist()
         got = served.predict([[1, 20, 30]])[0].probabilities
         assert list(got.values()) == pytest.approx(want, abs=1e-6)
+        merged = load_model(merge_adapter(tiny_model_dir, run.model_dir, tmp_path / "merged"))
+        assert merged.config.labels == LABELS and not hasattr(merged.model, "lm_head")
+        with torch.no_grad():
+            folded = merged.model(torch.tensor([[1, 20, 30]])).softmax(-1)[0].tolist()
+        assert folded == pytest.approx(want, abs=1e-5)
         return
     after = load_model(run.model_dir).model.state_dict()
     changed = {n for n in start if not torch.equal(start[n], after[n])}
