@@ -149,8 +149,9 @@ def test_each_mode_trains_exactly_its_parameters(tiny_model_dir, tmp_path, mode)
     assert changed == expected
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
-    config = settings(budget="7 steps")
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_an_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path, mode):
+    config = settings(mode, budget="7 steps")
     data, val = marker_task(40, 0), marker_task(16, 1)  # 40 examples: epochs end mid-batch
     whole = train_classifier(tiny_model_dir, LABELS, data, val, tmp_path / "whole", config)
 
@@ -180,11 +181,12 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path
     resumed = train_classifier(
         tiny_model_dir, LABELS, data, val, tmp_path / "cut", config, resume=True
     )
-    a, b = (
-        load_model(whole.model_dir).model.state_dict(),
-        load_model(resumed.model_dir).model.state_dict(),
-    )
-    assert all(torch.equal(a[n], b[n]) for n in a)
+    if mode == "lora":  # the adapter's matrices and the head
+        a, b = load_adapter(whole.model_dir)[0], load_adapter(resumed.model_dir)[0]
+    else:
+        a = load_model(whole.model_dir).model.state_dict()
+        b = load_model(resumed.model_dir).model.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[n], b[n]) for n in a)
     assert resumed.final["val_loss"] == whole.final["val_loss"]
 
 
