@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from pocketlm.common.errors import InputError
+from pocketlm.tokenizer.tokenizer import Tokenizer
 
 Batch = dict[str, np.ndarray]  # input_ids (B, T) int64, attention_mask (B, T) bool, labels (B,)
 
@@ -52,6 +53,21 @@ class LabelledTokens:
             return self, 0
         cut = [list(ids[:max_tokens]) for ids in self.token_ids]
         return LabelledTokens(cut, self.labels), longer
+
+
+def encode_labelled(
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    label_names: Sequence[str],
+) -> LabelledTokens:
+    """Texts tokenized as the classifier takes them at inference and in the server
+    (Tokenizer.encode_inputs), with each label's index in `label_names`."""
+    index = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise InputError(f"labels {unknown[:5]} are not among the classes {list(label_names)}")
+    return LabelledTokens(tokenizer.encode_inputs(texts), [index[label] for label in labels])
 
 
 def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

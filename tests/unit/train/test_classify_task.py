@@ -253,3 +253,16 @@ def test_bad_settings_and_data_fail_before_training(tiny_model_dir, tmp_path):
         classify_task_factory(tiny_model_dir, LABELS, bad, None, settings())
     with pytest.raises(InputError, match="label id 2"):
         classify_task_factory(tiny_model_dir, LABELS, LabelledTokens([[1]], [2]), None, settings())
+
+
+def test_texts_are_encoded_as_inference_encodes_them(synthetic_pipeline):
+    from pocketlm.data.classify_loader import encode_labelled
+    from pocketlm.tokenizer.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(synthetic_pipeline["tokenizer"])
+    texts = ["a happy dog", "the <|end|> sad cat"]
+    data = encode_labelled(tok, texts, ["pos", "neg"], ["neg", "pos"])
+    assert data.labels == [1, 0]
+    assert data.token_ids == [tok.encode(t, add_bos=True, parse_special=False) for t in texts]
+    with pytest.raises(InputError, match="not among the classes"):
+        encode_labelled(tok, texts, ["pos", "meh"], ["neg", "pos"])
