@@ -266,3 +266,12 @@ def test_texts_are_encoded_as_inference_encodes_them(synthetic_pipeline):
     assert data.token_ids == [tok.encode(t, add_bos=True, parse_special=False) for t in texts]
     with pytest.raises(InputError, match="not among the classes"):
         encode_labelled(tok, texts, ["pos", "meh"], ["neg", "pos"])
+
+
+def test_lora_under_bf16_keeps_the_trained_head_in_fp32(tiny_model_dir):
+    config = settings("lora", precision="bf16")
+    factory = classify_task_factory(tiny_model_dir, LABELS, marker_task(16, 0), None, config)
+    task = factory(RunContext(torch.device("cpu"), "bf16", DistEnv(), "none", 1, 0))
+    assert task.model.score.weight.dtype == torch.float32  # trained: not cast with the base
+    assert task.model.model.layers[0].mlp.up_proj.base_layer.weight.dtype == torch.bfloat16
+    assert "score.weight" in task.roles
