@@ -230,3 +230,14 @@ def engine_isa_params() -> list:
             mark = ()
         params.append(pytest.param(level, marks=mark, id=level))
     return params
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tiny_model_dir, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model turned into a two-label classifier (an untrained head, spread wide enough
+    that the labels differ between texts), saved as a model artifact."""
+    from pocketlm.checkpoint.model_io import load_model, save_model
+    from pocketlm.model.classifier import to_classifier
+
+    model = to_classifier(load_model(tiny_model_dir).model, ["negative", "positive"], std=1.0)
+    return save_model(tmp_path_factory.mktemp("tiny-classifier") / "model", model, tiny_model_dir)

@@ -36,7 +36,7 @@ KEY = "fuzz-key"
 FUZZ_DEFAULT = 400
 FUZZ_SLOW = int(os.environ.get("POCKETLM_FUZZ_REQUESTS", "2500"))
 DELIBERATE_503 = {"queue_full", "shutting_down", "too_many_connections"}
-ROUTES = ["/v1/chat/completions", "/v1/completions"]
+ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/classify"]
 PATHS = [*ROUTES, "/", "/health", "/metrics", "/v1/models", "/v1/models/tiny", "/v1/models/x"]
 
 
@@ -100,6 +100,7 @@ _fields = st.sampled_from(
         "model",
         "user",
         "response_format",
+        "input",
     ]
 )
 _message = st.fixed_dictionaries(
@@ -116,6 +117,7 @@ _valid = st.builds(
         {
             "messages": [{"role": "user", "content": text}],
             "prompt": text,
+            "input": text,
             "stop": [text[:3] or "x"],
             "stream": stream,
             "max_tokens": 4,
@@ -312,6 +314,52 @@ def fuzz_server(tiny_model_dir):
     scheduler, tokenizer = make_scheduler(tiny_model_dir, slots=4)
     with live_server(scheduler, tokenizer, api_key=KEY, max_body_bytes=65536) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def fuzz_classifier(tiny_classifier_dir):
+    from pocketlm.engine.classify import open_classifier
+    from pocketlm.engine.classify_batcher import ClassifyBatcher
+
+    classifier = open_classifier(tiny_classifier_dir, device="cpu", precision="fp32")
+    batcher = ClassifyBatcher(classifier, max_batch=4, max_queue=32)
+    with live_server(
+        batcher, classifier.tokenizer, model_id="tiny", api_key=KEY, max_body_bytes=65536
+    ) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("area", AREAS)
+@pytest.mark.parametrize(
+    "requests",
+    [
+        pytest.param(FUZZ_DEFAULT // (2 * len(AREAS)), id="default"),
+        pytest.param(FUZZ_SLOW // len(AREAS), id="slow", marks=pytest.mark.slow),
+    ],
+)
+def test_a_fuzzed_classifier_server_never_gets_5xx_or_a_non_openai_error(
+    fuzz_classifier, area, requests
+):
+    statuses: Counter = Counter()
+
+    @settings(
+        max_examples=requests,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(request=_requests(fuzz_classifier.port, area))
+    def fuzz(request: FuzzRequest) -> None:
+        response = _send(fuzz_classifier.port, request)
+        statuses[response.status if response else None] += 1
+        check_answer(request, response)
+
+    fuzz()
+    sent = sum(statuses.values())
+    print(f"\nfuzz classifier {area}: {sent} requests, statuses {dict(sorted(statuses.items()))}")
+    assert sent >= requests
+    if area == "json":
+        assert any(200 <= s < 300 for s in statuses if s), statuses
 
 
 @pytest.mark.parametrize("area", AREAS)

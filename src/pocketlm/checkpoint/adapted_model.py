@@ -4,7 +4,9 @@ base + adapter as one model, and merging the two into a new (float) model artifa
 An adapter artifact (checkpoint/adapters.py) holds the A/B tensors and the base's hashed
 reference; its manifest's config holds `lora` (rank, alpha, dropout, rslora, base_quant,
 group_size, the targets as given) and `target_modules` (the exact module paths wrapped), which is
-all it takes to rebuild the same LoRA layers on the same base.
+all it takes to rebuild the same LoRA layers on the same base. An adapter trained for a
+classifier also lists `modules_to_save` (modules stored whole: the score layer) and `classifier`
+(its labels and pooling): loading turns a language-model base into that classifier first.
 """
 
 from __future__ import annotations
@@ -27,12 +29,22 @@ from pocketlm.checkpoint.model_io import (
 )
 from pocketlm.common.errors import ArtifactError, ConfigError
 from pocketlm.common.manifest import parent_ref, read_manifest
-from pocketlm.model.lora import LoRAConfig, apply_lora, load_lora_state, merge_lora, quantize_base
+from pocketlm.model.classifier import to_classifier
+from pocketlm.model.lora import (
+    LoRAConfig,
+    apply_lora,
+    load_lora_state,
+    lora_state_dict,
+    merge_lora,
+    quantize_base,
+)
 from pocketlm.model.multi_lora import AdapterRows, AdapterWeights, apply_adapters
 from pocketlm.model.quantized import dequantize_modules, is_quantized
 
 LORA_KEY = "lora"
 TARGETS_KEY = "target_modules"
+KEPT_KEY = "modules_to_save"  # modules stored whole in the adapter (peft's name)
+CLASSIFIER_KEY = "classifier"  # {"labels": [...], "pooling": ...}: the adapter's model classifies
 
 
 def lora_adapter_config(config: LoRAConfig, target_modules: Sequence[str]) -> dict[str, Any]:
@@ -81,12 +93,60 @@ def load_adapted_model(
     tensors, _ = load_adapter(adapter, base=base)  # checks the base's hash before loading it
     loaded = load_model(base) if shared_base is None else shared_base
     model = loaded.model if shared_base is None else _sharing_copy(loaded.model)
+    _as_classifier(model, read_classifier(adapter), adapter)
     quantize_base(model, lora)
     apply_lora(model, lora.rank, lora.alpha, targets, rslora=lora.rslora)
-    load_lora_state(model, tensors, str(adapter))
+    lora_names = set(lora_state_dict(model))
+    kept = {k: v for k, v in tensors.items() if k not in lora_names}
+    load_lora_state(model, {k: v for k, v in tensors.items() if k in lora_names}, str(adapter))
+    _load_kept(model, kept, adapter)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     model.eval()
-    return LoadedModel(model, loaded.config, loaded.tokenizer, loaded.directory, loaded.manifest)
+    config = model.config
+    return LoadedModel(model, config, loaded.tokenizer, loaded.directory, loaded.manifest)
+
+
+def read_classifier(adapter_dir: str | Path) -> dict[str, Any] | None:
+    """The classifier an adapter was trained for ({"labels", "pooling"}), or None."""
+    config = read_manifest(Path(adapter_dir), kind=ADAPTER_KIND).get("config", {})
+    head = config.get(CLASSIFIER_KEY)
+    if head is None:
+        return None
+    if not isinstance(head, dict) or not isinstance(head.get("labels"), list):
+        raise ArtifactError(f"{adapter_dir}: bad '{CLASSIFIER_KEY}' entry in the manifest config")
+    return head
+
+
+def _as_classifier(model: torch.nn.Module, head: dict[str, Any] | None, adapter: Path) -> None:
+    """Turn a language-model base into the adapter's classifier (its head is then loaded from
+    the adapter); a classifier base must have the adapter's labels."""
+    if head is None:
+        if model.config.labels:
+            raise ArtifactError(f"{adapter}: a language-model adapter on a classifier base")
+        return
+    labels = tuple(head["labels"])
+    if model.config.labels:
+        if model.config.labels != labels:
+            raise ArtifactError(
+                f"{adapter} classifies {list(labels)}, its base {list(model.config.labels)}"
+            )
+        return
+    try:
+        to_classifier(model, labels, pooling=head.get("pooling", "last"))
+    except ConfigError as exc:
+        raise ArtifactError(f"{adapter}: {exc}") from exc
+
+
+@torch.no_grad()
+def _load_kept(model: torch.nn.Module, tensors: dict[str, torch.Tensor], adapter: Path) -> None:
+    """Copy the modules an adapter stores whole (a classifier's score) into the model."""
+    own = model.state_dict()
+    for name, value in tensors.items():
+        if name not in own or tuple(own[name].shape) != tuple(value.shape):
+            raise ArtifactError(
+                f"{adapter}: tensor {name} {tuple(value.shape)} does not fit the model"
+            )
+        own[name].copy_(value)
 
 
 def load_multi_adapter_model(
@@ -106,6 +166,8 @@ def load_multi_adapter_model(
         lora, _ = read_lora_config(adapter)
         if lora.base_quant != "none":
             raise ConfigError(f"{adapter} is a QLoRA adapter: it runs on its own quantized base")
+        if read_classifier(adapter) is not None:
+            raise ConfigError(f"{adapter} is a classifier's adapter: it runs as its own model")
         tensors, _ = load_adapter(adapter, base=base)  # checks the base's hash
         weights.append(AdapterWeights(lora.scale, tensors, str(adapter)))
     loaded = load_model(base, device=device, dtype=dtype)

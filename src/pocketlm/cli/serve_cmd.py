@@ -40,7 +40,11 @@ def register(subparsers) -> None:
             "names none gets the first adapter (else the base); an unknown name gets a 404\n"
             "(model_not_found). Requests for the base and its adapters share one continuous batch\n"
             "on the torch backend, each row with its own adapter (--separate-adapters: a batch\n"
-            "and --slots per adapter)."
+            "and --slots per adapter).\n"
+            'A classifier (a model with labels) answers POST /v1/classify instead: {"input": text\n'
+            "or [texts]} -> each text's label and the probability of every label; up to --slots\n"
+            "inputs are classified together, up to --max-queue more wait; the generation routes\n"
+            "answer it with a 400."
         ),
         examples=(
             "  pocketlm serve --model runs/sft\n"
@@ -48,7 +52,10 @@ def register(subparsers) -> None:
             "  pocketlm serve --model models/base --adapter support=runs/lora-support \\\n"
             "                 --adapter code=runs/lora-code\n"
             "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-            '       -d \'{"messages": [{"role": "user", "content": "Hello"}]}\''
+            '       -d \'{"messages": [{"role": "user", "content": "Hello"}]}\'\n'
+            "  pocketlm serve --model runs/sentiment   # a classifier: POST /v1/classify\n"
+            "  curl http://127.0.0.1:8000/v1/classify -H 'Content-Type: application/json' \\\n"
+            '       -d \'{"input": ["a lovely film", "a waste of time"]}\''
         ),
     )
     p.add_argument("--model", required=True, help=MODEL_HELP)
@@ -212,13 +219,22 @@ def open_models(args: argparse.Namespace, threads: int):
     QLoRA adapter or a mixture-of-experts base, the base runs on --backend and each adapter on
     the torch backend with --slots of its own, all over one copy of the base's weights."""
     from pocketlm.common.errors import ConfigError
-    from pocketlm.engine.load import open_adapters, open_backend, open_mixed_adapters
+    from pocketlm.engine.load import (
+        classifier_labels,
+        open_adapters,
+        open_backend,
+        open_mixed_adapters,
+    )
     from pocketlm.engine.scheduler import BatchScheduler
     from pocketlm.serve.served_models import ServedModel, check_model_ids
 
     specs = adapter_specs(args.adapter)
     base_id = args.model_name or Path(args.model).resolve().name
     check_model_ids([base_id, *(name for name, _ in specs)])  # before any model is read
+    if classifier_labels(args.model):
+        if specs:
+            raise ConfigError("--adapter: a classifier is served alone, without adapters")
+        return open_classifier_model(args, base_id), []
     dirs = [directory for _, directory in specs]
     settings = dict(
         slots=args.slots, device=args.device, precision=args.precision, max_len=args.max_len
@@ -258,6 +274,23 @@ def open_models(args: argparse.Namespace, threads: int):
     return base, adapters
 
 
+def open_classifier_model(args: argparse.Namespace, model_id: str):
+    """A classifier as a ServedModel: its inputs classified in batches of up to --slots, up to
+    --max-queue more waiting, on the torch backend (the native engine generates only)."""
+    from pocketlm.common.errors import ConfigError
+    from pocketlm.engine.classify import open_classifier
+    from pocketlm.engine.classify_batcher import ClassifyBatcher
+    from pocketlm.serve.served_models import ServedModel
+
+    if args.backend == "native":
+        raise ConfigError("a classifier runs on the torch backend: use --backend torch (or auto)")
+    classifier = open_classifier(
+        args.model, device=args.device, precision=args.precision, max_len=args.max_len
+    )
+    batcher = ClassifyBatcher(classifier, max_batch=args.slots, max_queue=args.max_queue)
+    return ServedModel(model_id, batcher, classifier.tokenizer, backend_name="torch-classifier")
+
+
 def _serve(args: argparse.Namespace) -> int:
     from pocketlm.common.errors import require
 
@@ -276,7 +309,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     threads = serving_threads(cap_threads(args.threads), free_cores(runnable_others()))
     base, adapters = open_models(args, threads)
-    warn_tokenizer_consistency(base.tokenizer, args.model)
+    if not hasattr(base.scheduler, "labels"):  # a classifier has no chat turns to end
+        warn_tokenizer_consistency(base.tokenizer, args.model)
     settings = ServerSettings(
         model_id=base.model_id,
         default_model=adapters[0].model_id if adapters else None,
@@ -309,9 +343,16 @@ def _serve(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     names = ", ".join(f"{m.model_id} ({m.backend_name})" for m in (base, *adapters))
     shared = not adapters or adapters[0].scheduler is base.scheduler
+    if hasattr(base.scheduler, "labels"):  # a classifier
+        labels = ", ".join(base.scheduler.labels)
+        what = f"the classifier {base.model_id} ({labels}): batches of {args.slots}"
+        tail = "POST /v1/classify, Ctrl-C stops"
+    else:
+        what = f"{names}: {args.slots} slots{'' if shared else ' each'}"
+        tail = "chat page at /, Ctrl-C stops"
     print(
-        f"serving {names}: {args.slots} slots{'' if shared else ' each'}, context "
-        f"{base.scheduler.context_length} on http://{host}:{args.port}  (chat page at /, Ctrl-C stops)",
+        f"serving {what}, context {base.scheduler.context_length} on http://{host}:{args.port}  "
+        f"({tail})",
         file=sys.stderr,
         flush=True,
     )

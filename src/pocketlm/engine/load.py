@@ -59,6 +59,7 @@ def open_backend(
                 "fold the adapter into a model first with `pocketlm merge` and run that natively"
             )
     model = model_dir(model)
+    refuse_classifier(model)
     if adapter is None and (
         backend == "native" or (backend == "auto" and native_fits(device, precision))
     ):
@@ -98,6 +99,7 @@ def open_adapters(
     if not adapters:
         return []
     model = model_dir(model)
+    refuse_classifier(model)
     dev = resolve_device(device)
     dtype = torch_dtype(resolve_precision(precision, dev))
     base = load_model(model, device=dev, dtype=dtype)
@@ -127,6 +129,7 @@ def open_mixed_adapters(
 
     check_slot_count(slots)
     model = model_dir(model)
+    refuse_classifier(model)
     dev = resolve_device(device)
     dtype = torch_dtype(resolve_precision(precision, dev))
     loaded, rows = load_multi_adapter_model(model, adapters, device=dev, dtype=dtype)
@@ -167,6 +170,29 @@ def load_engine(
     draft_backend, draft_tokenizer = open_backend(draft, **settings)
     check_draft(tokenizer, draft_tokenizer)
     return GenerationEngine(target, tokenizer, draft=draft_backend, draft_tokens=draft_tokens)
+
+
+def classifier_labels(model: str | Path) -> tuple[str, ...]:
+    """The labels of a classifier model (a dir, training run or HF folder, imported on first
+    use); () for a language model or a directory the model check will refuse anyway."""
+    from pocketlm.checkpoint.layout import CONFIG_FILE
+    from pocketlm.model.config import ModelConfig
+
+    try:
+        return ModelConfig.load(model_dir(model) / CONFIG_FILE).labels
+    except (PocketLMError, OSError, ValueError):
+        return ()  # the model check that follows names what is wrong
+
+
+def refuse_classifier(model: Path) -> None:
+    """ConfigError when the model directory holds a classifier: it labels texts, it generates
+    nothing (engine/classify.py opens it)."""
+    labels = classifier_labels(model)
+    if labels:
+        raise ConfigError(
+            f"{model} is a classifier over {list(labels)}: it labels texts and generates "
+            "nothing; use `pocketlm classify predict`, or serve it (POST /v1/classify)"
+        )
 
 
 def check_native_settings(device: str, precision: str) -> None:

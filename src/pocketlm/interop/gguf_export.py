@@ -115,6 +115,11 @@ def export_gguf(
     directory = resolve_model(model_dir)
     loaded = load_model(directory)
     c, tok, model = loaded.config, loaded.tokenizer, loaded.model
+    if c.labels:
+        raise ArtifactError(
+            f"{directory} is a classifier over {list(c.labels)}: GGUF files hold language models "
+            "for llama.cpp; export it with `pocketlm export hf` (a *ForSequenceClassification)"
+        )
     spec = gguf_family(loaded.directory)
     gspec = spec.gguf
     assert gspec is not None

@@ -12,6 +12,14 @@ config) through the same FamilySpec its import used. PocketLM's own models are w
 LlamaForCausalLM; with q/k/v biases as Llama with attention_bias (o_proj's bias exact zeros), not as
 Qwen2: transformers 5 loads a "qwen2" directory's tokenizer as Qwen2Tokenizer, which swaps in its
 own normalizer (NFC) and pre-tokenizer (single digits), so token ids would silently differ.
+
+A classifier (ModelConfig.labels) is written as its family's *ForSequenceClassification
+(LlamaForSequenceClassification for PocketLM's own), `score.weight` and id2label / label2id, with
+a pad_token_id always set (transformers refuses batches without one): the tokenizer's pad token,
+else eos. transformers pools each row at its last token that is not pad_token_id, PocketLM at its
+last real token by the attention mask: the two agree for every input whose own last token is not
+that id (texts the tokenizer encodes never end with the pad token; with eos as the pad, texts
+must not end with eos), padded on either side with it.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from pocketlm.interop.families import FamilySpec, family_named
 from pocketlm.interop.families import hf_config as family_config
 from pocketlm.interop.families.encoder_names import export_names
 from pocketlm.interop.families.llama import LLAMA
-from pocketlm.interop.model_card import imported_model_card, model_card
+from pocketlm.interop.model_card import classifier_model_card, imported_model_card, model_card
 from pocketlm.interop.open_model import model_dir as resolve_model
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.quantized import dequantize_modules, is_quantized
@@ -162,6 +170,8 @@ def export_hf(
     else:
         tok = loaded.tokenizer
         token_ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}  # fmt: skip
+    if config.labels:  # transformers classifies batches only with a pad_token_id
+        token_ids = {**token_ids, "pad_token_id": classifier_pad_id(token_ids, loaded.tokenizer)}
     try:
         hf_json = family_config.hf_config(spec, config, dtype=DTYPES[dtype][0], token_ids=token_ids)
     except UnsupportedModelError as exc:
@@ -179,7 +189,7 @@ def export_hf(
         missing = [n for n in (TOKENIZER_FILE,) if n not in copied]
     if missing:
         raise ArtifactError(f"{directory}: missing tokenizer file(s) {missing}")
-    architecture = hf_json["architectures"][0]  # an encoder's: its classifier's or base model's
+    architecture = hf_json["architectures"][0]  # a classifier's, an encoder's or the family's
     with ArtifactWriter(
         out,
         HF_EXPORT_KIND,
@@ -194,7 +204,12 @@ def export_hf(
         save_file(state, str(art.path(HF_WEIGHTS_FILE)), metadata={"format": "pt"})
         for name in copied:
             shutil.copyfile(directory / name, art.path(name))
-        if source is None:
+        if config.labels:
+            card = classifier_model_card(
+                config, architecture=architecture, dtype=dtype, params=params,
+                source=str(directory), pad_id=token_ids["pad_token_id"],
+            )  # fmt: skip
+        elif source is None:
             card = model_card(
                 config, loaded.tokenizer, dtype=dtype, params=params, source=directory
             )
@@ -213,6 +228,18 @@ def export_hf(
                 "weights_bytes": art.path(HF_WEIGHTS_FILE).stat().st_size,
             }
         )
+
+
+def classifier_pad_id(token_ids: Mapping[str, Any], tokenizer: Tokenizer) -> int:
+    """The pad_token_id a classifier is exported with: the model's pad token, else its eos (the
+    first of several), else the tokenizer's own, else 0."""
+    for key, own in (("pad_token_id", tokenizer.pad_id), ("eos_token_id", tokenizer.eos_id)):
+        for value in (token_ids.get(key), own):
+            if isinstance(value, list):
+                value = value[0] if value else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    return 0
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

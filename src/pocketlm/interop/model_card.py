@@ -133,6 +133,47 @@ model = {auto}.from_pretrained(path, local_files_only=True)
 """
 
 
+def classifier_model_card(
+    config: ModelConfig, *, architecture: str, dtype: str, params: int, source: str, pad_id: int
+) -> str:
+    """README.md for a sequence classifier: its labels, how to load it, and the padding rule."""
+    labels = ", ".join(f"`{label}`" for label in config.labels)
+    return f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags:
+- pocketlm
+---
+
+# {_title(Path(source))} (exported by PocketLM)
+
+A `transformers` {architecture}: a decoder ({params:,} parameters, {DTYPE_NAMES[dtype]} weights,
+{config.n_layers} layers, hidden size {config.dim}, context {config.max_seq_len} tokens) that
+labels a text by its last token as one of {labels} (`id2label` in `config.json`). Exported by
+PocketLM {__version__}: its logits match PocketLM's own classifier; `manifest.json` records which
+model it came from.
+
+```python
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+path = "path/to/this/directory"
+tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+if tokenizer.pad_token_id is None:
+    tokenizer.pad_token_id = model.config.pad_token_id
+batch = tokenizer(["a lovely film", "a waste of time"], padding=True, return_tensors="pt")
+probs = model(**batch).logits.softmax(-1)
+print([model.config.id2label[int(i)] for i in probs.argmax(-1)])
+```
+
+transformers classifies each row at its last token that is not `pad_token_id` ({pad_id}): pad
+with that id (on either side), and note that a text whose own last token is that id would be
+classified at an earlier token (PocketLM goes by the attention mask instead). Texts encoded by the
+tokenizer never end with it unless they end with that special token.
+"""
+
+
 def _title(source: Path) -> str:
     """A readable model name: the run's name for a run's final model/ directory."""
     return source.parent.name if source.name == "model" and source.parent.name else source.name

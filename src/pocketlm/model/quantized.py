@@ -273,7 +273,9 @@ def quantize_modules(
     table = nn.Linear(emb.embedding_dim, emb.num_embeddings, bias=False, device=emb.weight.device)
     table.weight = emb.weight
     qtable = convert(table)
-    if model.config.tie_embeddings:
+    if model.config.labels:  # a classifier: no LM head, and its score layer stays float
+        pass
+    elif model.config.tie_embeddings:
         qtable.bias = model.lm_head.bias  # the head's own bias (Phi-2 style), not the table's
         model.lm_head = qtable
     else:
@@ -298,19 +300,20 @@ def dequantize_modules(model: nn.Module) -> nn.Module:
                 if isinstance(getattr(parent, name, None), QuantizedLinear):
                     setattr(parent, name, to_linear(getattr(parent, name)))
     emb = model.model.embed_tokens
+    tied_head = model.config.tie_embeddings and not model.config.labels
     if isinstance(emb, QuantizedEmbedding):
-        table = model.lm_head if model.config.tie_embeddings else None
+        table = model.lm_head if tied_head else None
         weight = (
             table.dequantized() if table is not None else QuantizedEmbeddingView(emb).dequantized()
         )
         model.model.embed_tokens = nn.Embedding.from_pretrained(weight, freeze=False)
-        if model.config.tie_embeddings:
+        if tied_head:
             bias = model.lm_head.bias
             model.lm_head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
             model.lm_head.weight = model.model.embed_tokens.weight
             if bias is not None:
                 model.lm_head.bias = nn.Parameter(bias.detach().float())
-    if isinstance(model.lm_head, QuantizedLinear):
+    if isinstance(getattr(model, "lm_head", None), QuantizedLinear):
         model.lm_head = to_linear(model.lm_head)
     return model
 

@@ -1,7 +1,9 @@
 """The OpenAI-compatible local server: FastAPI routes over one continuous-batching scheduler.
 
 Routes: `/v1/models`, `/v1/completions`, `/v1/chat/completions` (SSE streaming or whole),
-`/health`, `/metrics` (Prometheus text) and `/`, a small chat page. FastAPI and uvicorn are
+`/health`, `/metrics` (Prometheus text) and `/`, a small chat page. A classifier is served over a
+ClassifyBatcher instead of the scheduler: it answers `/v1/classify` (serve/classify_routes.py)
+and refuses the generation routes with a 400 saying so; a language model refuses /v1/classify. FastAPI and uvicorn are
 optional (`pip install 'pocketlm[serve]'`) and imported lazily with an install hint.
 """
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pocketlm.common.errors import ConfigError, require
+from pocketlm.engine.classify_batcher import ClassifyBatcher
 from pocketlm.engine.scheduler import BatchScheduler
 from pocketlm.serve.openai_protocol import ProtocolError, error_body
 from pocketlm.serve.served_models import (
@@ -28,8 +31,8 @@ from pocketlm.serve.served_models import (
 )
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
-ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
-POST_ROUTES = ("/v1/completions", "/v1/chat/completions")  # JSON bodies only
+POST_ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/classify")  # JSON bodies only
+ROUTES = ("/", "/health", "/metrics", "/v1/models", *POST_ROUTES)
 DEFAULT_PUBLIC_PATHS = ("/health", "/")
 
 
@@ -69,20 +72,22 @@ def _fastapi():
 
 
 def create_app(
-    scheduler: BatchScheduler,
+    scheduler: BatchScheduler | ClassifyBatcher,
     tokenizer: Tokenizer,
     settings: ServerSettings,
     *,
     adapters: Sequence[ServedModel] = (),
 ) -> Any:
     """The ASGI app for the base model (`scheduler`, named settings.model_id) and the adapters
-    served on it (each its own scheduler); a request's `model` picks one. Its lifespan starts
-    the schedulers and stops them (cancelling work) at shutdown."""
+    served on it (each its own scheduler); a request's `model` picks one. A ClassifyBatcher
+    serves a classifier (alone: no adapters). Its lifespan starts the schedulers and stops them
+    (cancelling work) at shutdown."""
     fastapi = _fastapi()
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.responses import HTMLResponse, JSONResponse, Response
 
     from pocketlm.serve.chat_page import CHAT_PAGE_HTML
+    from pocketlm.serve.classify_routes import ClassifyRoutes
     from pocketlm.serve.metrics import CONTENT_TYPE, ServerMetrics
     from pocketlm.serve.middleware import (
         ApiKeyMiddleware,
@@ -98,7 +103,13 @@ def create_app(
     metrics = ServerMetrics(ROUTES)
     created = int(time.time())
     check_model_ids([settings.model_id, *(a.model_id for a in adapters)])
-    served = {settings.model_id: GenerationRoutes(scheduler, tokenizer, settings, metrics, created)}
+    if isinstance(scheduler, ClassifyBatcher):
+        if adapters:
+            raise ConfigError("a classifier is served alone: no adapters next to it")
+        base = ClassifyRoutes(scheduler, tokenizer, settings, metrics, created)
+    else:
+        base = GenerationRoutes(scheduler, tokenizer, settings, metrics, created)
+    served = {settings.model_id: base}
     for a in adapters:
         served[a.model_id] = GenerationRoutes(
             a.scheduler,
@@ -120,7 +131,7 @@ def create_app(
     def stats():
         return combined_stats([s.stats() for s in schedulers])
 
-    async def routes_for(request) -> GenerationRoutes:
+    async def routes_for(request) -> GenerationRoutes | ClassifyRoutes:
         # One model: any name is answered (clients often send a fixed one); several: by name.
         name = requested_model(await request.body())
         return pick(served, default, name, strict=len(served) > 1)
@@ -160,7 +171,8 @@ def create_app(
         path = request.scope["path"]  # not request.url: that parses the Host header
         code = {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
         message = {
-            404: f"unknown URL {path}: see /v1/models, /v1/completions, /v1/chat/completions",
+            404: f"unknown URL {path}: see /v1/models, /v1/completions, /v1/chat/completions, "
+            "/v1/classify",
             405: f"method {request.method} is not allowed on {path}",
         }.get(exc.status_code, str(exc.detail))
         return error(exc.status_code, error_body(message, code=code), getattr(exc, "headers", None))
@@ -210,6 +222,10 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: fastapi.Request):
         return await (await routes_for(request)).chat_completions(request)
+
+    @app.post("/v1/classify")
+    async def classify(request: fastapi.Request):
+        return await (await routes_for(request)).classify(request)
 
     # Outermost first (added last): count everything, answer whatever happens, refuse other
     # hosts and foreign pages, check the key, refuse bodies that are not JSON, cap the body.

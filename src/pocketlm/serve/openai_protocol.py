@@ -5,6 +5,7 @@ raises `ProtocolError`, which the server turns into an OpenAI-style error body
 `{"error": {"message", "type", "param", "code"}}` naming the parameter, with status 400.
 Unknown fields are ignored (clients send many); known but unsupported features with a
 non-default value (tools, logit_bias, presence penalties, echo, suffix) are refused by name.
+A classifier's requests (POST /v1/classify) are validated the same way (ClassifyRequest).
 Needs pydantic (installed with fastapi: `pip install 'pocketlm[serve]'`).
 """
 
@@ -22,6 +23,7 @@ from pocketlm.engine.sampling import SamplingParams
 
 MAX_N = 8  # choices per request
 MAX_PROMPTS = 16  # prompts per /v1/completions request
+MAX_CLASSIFY_INPUTS = 32  # texts per /v1/classify request
 MAX_STOPS = 16
 MAX_SEED = 2**63 - 1
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # as OpenAI's /v1/completions
@@ -271,6 +273,29 @@ class ChatCompletionRequest(_Sampling):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
+class ClassifyRequest(BaseModel):
+    """POST /v1/classify (PocketLM's own, shaped as OpenAI's embeddings): `input`, one text or a
+    list of texts, each labelled by the served classifier."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: str | None = None
+    input: str | list[str]
+    user: str | None = None
+
+    def check_supported(self) -> None:
+        """ProtocolError for an empty list or more than MAX_CLASSIFY_INPUTS texts."""
+        inputs = self.inputs()
+        if not inputs:
+            raise ProtocolError("'input' must not be an empty list", param="input")
+        if len(inputs) > MAX_CLASSIFY_INPUTS:
+            raise ProtocolError(f"'input' takes at most {MAX_CLASSIFY_INPUTS} texts", param="input")
+
+    def inputs(self) -> list[str]:
+        """The input(s) as a list."""
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
 _Sampling.model_rebuild()
 CompletionRequest.model_rebuild()
 ChatCompletionRequest.model_rebuild()
@@ -344,7 +369,7 @@ def _param_name(loc: tuple[Any, ...]) -> str | None:
     return name
 
 
-_Request = TypeVar("_Request", bound="_Sampling")
+_Request = TypeVar("_Request", bound=BaseModel)
 
 
 def parse_request(model: type[_Request], body: bytes) -> _Request:

@@ -158,6 +158,15 @@ class GenerationRoutes:
         job = self._start("chat", sequences, logprobs is not None, req.include_usage())
         return await self._respond(request, job, req.stream)
 
+    async def classify(self, request: Any) -> Any:
+        """POST /v1/classify: refused, this model generates text and labels nothing."""
+        raise ProtocolError(
+            f"the model '{self.model_id}' is a language model, not a classifier: it answers "
+            "/v1/completions and /v1/chat/completions; /v1/classify needs a served classifier",
+            param="model",
+            code="model_not_classifier",
+        )
+
     # ---- helpers --------------------------------------------------------------------------------
     def _fit(self, ids: list[int], param: str) -> list[int]:
         context = self.scheduler.context_length

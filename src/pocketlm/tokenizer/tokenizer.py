@@ -229,6 +229,15 @@ class Tokenizer:
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         return [e.ids for e in encode(list(texts), add_special_tokens=add_special_tokens)]
 
+    def encode_inputs(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of untrusted texts a model takes whole (a classifier's inputs), as
+        transformers' `tokenizer(text)` makes them: with the special tokens the tokenizer's
+        post-processor adds (bos; an encoder's [CLS] ... [SEP]); special-token text typed in
+        them stays plain text."""
+        backend = self._plain_backend
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        return [e.ids for e in encode(list(texts), add_special_tokens=True)]
+
     @property
     def has_chat_template(self) -> bool:
         """True when render_chat/encode_chat can format a conversation for this model."""

@@ -66,15 +66,16 @@ FAMILIES = {
 DENSE = [f for f in FAMILIES if f not in ("mixtral", "qwen2_moe", "qwen3_moe")]
 
 
-def build_hf_model(name: str, seed: int = 0, **overrides):
+def build_hf_model(name: str, seed: int = 0, *, model_cls: str | None = None, **overrides):
     """A tiny random transformers model of family `name` (config keywords `overrides` on top of
-    the family's), perturbed, in eval mode, fp32."""
+    the family's; model_cls: another class of the family, e.g. its *ForSequenceClassification),
+    perturbed, in eval mode, fp32."""
     import transformers
 
-    config_cls, model_cls, extra = FAMILIES[name]
+    config_cls, causal_cls, extra = FAMILIES[name]
     config = getattr(transformers, config_cls)(**{**COMMON, **extra, **overrides})
     torch.manual_seed(seed)
-    model = getattr(transformers, model_cls)(config).eval()
+    model = getattr(transformers, model_cls or causal_cls)(config).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     embed_scale = config.hidden_size**0.5 if name.startswith("gemma") else 1.0
     with torch.no_grad():

@@ -106,6 +106,7 @@ GEMMA3 = FamilySpec(
     name="gemma3",
     architectures=("Gemma3ForCausalLM",),
     model_types=("gemma3_text",),
+    classifier_arch="Gemma3TextForSequenceClassification",  # Gemma3For... is the multimodal one
     defaults={
         **_DEFAULTS,
         "num_key_value_heads": 4,

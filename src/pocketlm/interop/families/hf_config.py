@@ -5,7 +5,8 @@ Gemma 3's rope_local_base_freq and sliding_window_pattern) and what transformers
 (rope_parameters, per layer type for Gemma 3, layer_types, dtype); a key config.json leaves out
 takes the value transformers assumes for the family (FamilySpec.defaults). Writes both styles at
 once, so transformers 4.45+ and 5.x load the result. Anything PocketLM does not implement (a rope
-type, a layer type, a flag) is an UnsupportedModelError naming the key and its value.
+type, a layer type, a flag) is an UnsupportedModelError naming the key and its value. A family's
+*ForSequenceClassification config reads as a classifier (families/classifier_config.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from pocketlm.common.errors import ConfigError, UnsupportedModelError
+from pocketlm.interop.families.classifier_config import classifier_keys, classifier_options
 from pocketlm.interop.families.encoder_config import encoder_hf_config, encoder_model_config
 from pocketlm.interop.families.encoder_names import export_names
 from pocketlm.interop.families.spec import FamilySpec
@@ -100,6 +102,7 @@ def model_config(
         opts.update(_gemma(spec, hf, dim, head_dim))
     if spec.experts:
         opts.update(_experts(spec, hf, n_layers))
+    opts.update(classifier_options(spec, hf))
     try:
         return ModelConfig(**opts)
     except ConfigError as exc:
@@ -290,6 +293,7 @@ def hf_config(
         out.setdefault(key, allowed[0])
     out.update(_hf_rope(spec, c))
     out.update(_hf_windows(spec, c))
+    out.update(classifier_keys(spec, c))
     for option, keys in spec.experts.items():
         out[keys[0]] = getattr(c, option)
     if spec.router_flag:

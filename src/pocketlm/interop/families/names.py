@@ -21,6 +21,7 @@ _TOP = {
     "model.embed_tokens": "model.embed_tokens",
     "model.norm": "model.norm",
     "lm_head": "lm_head",
+    "score": "score",  # a sequence classifier's head (transformers' *ForSequenceClassification)
 }
 
 # Llama's names, which PocketLM's own are: the identity, spelled out so every tensor is accounted for.

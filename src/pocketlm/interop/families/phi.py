@@ -39,6 +39,7 @@ PHI = FamilySpec(
             "model.embed_tokens": "model.embed_tokens",
             "model.norm": "model.final_layernorm",
             "lm_head": "lm_head",
+            "score": "score",
         },
         {
             "input_layernorm": "input_layernorm",

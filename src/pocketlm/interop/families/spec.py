@@ -163,10 +163,22 @@ class FamilySpec:
     hf_names: NameTable = field(default_factory=lambda: NameTable({}, {}))
     gguf: GgufSpec | None = None  # None: llama.cpp has no architecture for the family
     encoder: EncoderSpec | None = None  # an encoder family (BERT, ...): its own config reading
+    # transformers' sequence classifier of the family ("" = the first architecture with
+    # ForCausalLM -> ForSequenceClassification): its body, plus a bias-free `score` layer over
+    # the last non-pad token (families/classifier_config.py)
+    classifier_arch: str = ""
+
+    @property
+    def classifier_architecture(self) -> str:
+        """The family's *ForSequenceClassification architecture name."""
+        return self.classifier_arch or self.architectures[0].replace(
+            "ForCausalLM", "ForSequenceClassification"
+        )
 
     def matches(self, hf: Mapping[str, Any]) -> bool:
-        """Whether a config.json names this family (by architectures, else by model_type)."""
+        """Whether a config.json names this family (by architectures, its sequence classifier
+        included, else by model_type)."""
         archs = hf.get("architectures") or []
         if archs:
-            return archs[0] in self.architectures
+            return archs[0] in self.architectures or archs[0] == self.classifier_architecture
         return hf.get("model_type") in self.model_types

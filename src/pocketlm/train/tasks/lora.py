@@ -3,6 +3,10 @@ model the inner task builds (with the base's weights loaded) gets LoRA layers, i
 (QLoRA: quantized first when asked), only the A/B matrices train (role ADAPTER: AdamW, no decay),
 and checkpoints and the final artifact hold only the adapter tensors plus the base's hashed
 reference (checkpoint/adapters.py). Batches, loss and evaluation stay the inner task's.
+
+Modules named in `keep` (a classifier's fresh score layer) train whole next to the adapter and
+are saved in it, as peft's modules_to_save; the adapter's config lists them, and a classifier's
+labels, so that loading rebuilds the same model (checkpoint/adapted_model.py).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from pocketlm.checkpoint.adapted_model import lora_adapter_config
+from pocketlm.checkpoint.adapted_model import CLASSIFIER_KEY, KEPT_KEY, lora_adapter_config
 from pocketlm.checkpoint.adapters import load_adapter, save_adapter
 from pocketlm.checkpoint.layout import resolve_model_dir
 from pocketlm.common.errors import ConfigError
@@ -33,11 +37,14 @@ def with_lora(
     base_dir: str | Path,
     *,
     command: Sequence[str] | None = None,
+    keep: Sequence[str] = (),
 ) -> TaskFactory:
     """A factory for the same task training a LoRA adapter on its model instead of the model.
 
     `base_dir` is the model artifact whose weights the inner factory loads: the adapter's
     reference and the hash loading it checks. The adapter's A matrices start from the run's seed.
+    `keep`: module paths of the inner model trained whole and saved in the adapter (their
+    inner roles kept).
     """
     if lora.rank < 1:
         raise ConfigError("LoRA needs a rank >= 1 (--lora-rank)")
@@ -57,10 +64,19 @@ def with_lora(
             seed=ctx.seed,
         )
         model.train(model.training)  # the new layers take the model's mode (dropout on or off)
+        kept = _kept_roles(task, keep)  # trainable again before the frozen base is cast
         if ctx.precision == "bf16":  # the frozen base as autocast would use it: half the bytes
             cast_frozen_linears(model, torch.bfloat16)
-        names = lora_parameter_names(model)
+        names = [*lora_parameter_names(model), *kept]
         adapter_config = lora_adapter_config(lora, targets)
+        if keep:
+            adapter_config[KEPT_KEY] = list(keep)
+        labels = getattr(getattr(model, "config", None), "labels", ())
+        if labels:  # the adapter's model is a classifier: loading rebuilds its head first
+            adapter_config[CLASSIFIER_KEY] = {
+                "labels": list(labels),
+                "pooling": model.config.pooling,
+            }
 
         def save(request: SaveRequest) -> Path:
             return save_adapter(
@@ -89,7 +105,7 @@ def with_lora(
             loss=task.loss,
             to_device=task.to_device,
             tokens_per_batch=task.tokens_per_batch,
-            roles={name: Role.ADAPTER for name in names},
+            roles={**{name: Role.ADAPTER for name in lora_parameter_names(model)}, **kept},
             save=save,
             load=load,
             evaluate=task.evaluate,
@@ -104,3 +120,24 @@ def with_lora(
         )
 
     return factory_with_lora
+
+
+def _kept_roles(task: TrainTask, keep: Sequence[str]) -> dict[str, Role]:
+    """The inner task's roles of the parameters under the `keep` modules, made trainable again
+    (apply_lora froze everything); ConfigError for a module the model lacks or the task freezes."""
+    roles: dict[str, Role] = {}
+    for path in keep:
+        try:
+            module = task.model.get_submodule(path)
+        except AttributeError as exc:
+            raise ConfigError(
+                f"with_lora keeps {path!r}, which the model has no module for"
+            ) from exc
+        for name, param in module.named_parameters(prefix=path):
+            if name not in task.roles:
+                raise ConfigError(
+                    f"with_lora keeps {name}, which task {task.name!r} does not train"
+                )
+            param.requires_grad_(True)
+            roles[name] = task.roles[name]
+    return roles
