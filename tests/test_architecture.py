@@ -27,7 +27,16 @@ ALLOWED: dict[str, set[str]] = {
     "interop": {"common", "model", "checkpoint", "tokenizer"},
     # finetune opens its base through interop.open_model, as every entry point taking a model
     "train": {"common", "model", "checkpoint", "tokenizer", "data", "evals", "interop"},
-    "pipelines": {"common", "tokenizer", "data", "engine", "train"},
+    "pipelines": {
+        "common",
+        "tokenizer",
+        "data",
+        "checkpoint",
+        "interop",
+        "engine",
+        "evals",
+        "train",
+    },
     "cli": {
         "common",
         "checkpoint",  # inspect reads a training run's state

@@ -10,6 +10,7 @@ from pocketlm import __version__
 from pocketlm.cli import (
     bench_cmd,
     chat_cmd,
+    classify_cmd,
     data_cmd,
     eval_cmd,
     export_cmd,
@@ -41,6 +42,7 @@ The life of a model, one command per stage (each writes a directory with a manif
   import           a Hugging Face model folder (Llama, Qwen, Phi, Gemma, Mistral) -> a model
   finetune         a model + token shards -> the model trained further, or a LoRA/QLoRA adapter
   merge            base model + LoRA adapter -> one plain model
+  classify         labelled texts -> a text classifier (train, eval, predict, distill)
   generate         stream text from a model
   chat             chat with a model in the terminal
   serve            an OpenAI-compatible local server and chat page
@@ -69,6 +71,7 @@ _COMMANDS = (
     import_cmd,
     finetune_cmd,
     merge_cmd,
+    classify_cmd,
     generate_cmd,
     chat_cmd,
     serve_cmd,

@@ -179,7 +179,12 @@ def classifier_labels(model: str | Path) -> tuple[str, ...]:
     from pocketlm.model.config import ModelConfig
 
     try:
-        return ModelConfig.load(model_dir(model) / CONFIG_FILE).labels
+        path = model_dir(model) / CONFIG_FILE
+        # before the model check: only a plain file of a config's size (not a device, a FIFO
+        # or a gigabyte), whatever its manifest says
+        if not path.is_file() or path.stat().st_size > 1 << 20:
+            return ()
+        return ModelConfig.load(path).labels
     except (PocketLMError, OSError, ValueError):
         return ()  # the model check that follows names what is wrong
 

@@ -22,14 +22,19 @@ def check_encoder_options(c: ModelConfig) -> None:
         raise ConfigError("model.pooler without model.labels is an encoder's (model.causal false)")
     if not c.causal and c.sliding_window:  # windows are implemented for causal attention
         raise ConfigError("model.sliding_window needs causal attention (model.causal true)")
-    mobile = c.norm_kind == "affine" or c.activation == "relu" or c.embed_trigram
-    if c.causal and (c.shared_layers or c.embed_dim or c.bottleneck_dim or mobile):
+    encoder_only = {
+        "model.shared_layers": c.shared_layers,
+        "model.embed_dim": c.embed_dim,
+        "model.embed_trigram": c.embed_trigram,
+        "model.bottleneck_dim": c.bottleneck_dim,
+        "model.norm_kind affine": c.norm_kind == "affine",
+        "model.activation relu": c.activation == "relu",
+    }
+    set_here = [name for name, on in encoder_only.items() if on]
+    if c.causal and set_here:
         # a decoder would cache one layer's keys once for all its applications, its LM head
         # would need the projection back to embed_dim, and the native engine runs decoders
-        raise ConfigError(
-            "model.shared_layers, embed_dim, embed_trigram, bottleneck_dim, norm_kind affine "
-            "and activation relu are for encoders (causal false)"
-        )
+        raise ConfigError(f"{', '.join(set_here)}: only for encoders (model.causal false)")
     plain = c.mlp_kind == "plain" and c.qkv_bias and c.o_bias and c.mlp_bias
     if c.bottleneck_dim and not (plain and c.norm_position == "post" and not c.n_experts):
         raise ConfigError(
