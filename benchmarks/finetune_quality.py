@@ -85,12 +85,13 @@ def samples(model: str, val: Path, n: int, adapter: str | None = None) -> list[d
 
 def chat_stage(name: str, model: str, train: Path, val: Path, work: Path, extra: list[str]):
     run = work / name
-    shutil.rmtree(run, ignore_errors=True)
     n_val = len(val.read_text().splitlines())
-    pocketlm(
+    if not (run / "model" / "manifest.json").exists():  # a finished stage is reused
+        shutil.rmtree(run, ignore_errors=True)
+        pocketlm(
         "finetune", "--model", model, "--data", str(train), "--val", str(val), "--out", str(run),
         "--end-of-turn-prompts", str(n_val), "--too-long", "truncate", *extra,
-    )  # fmt: skip
+        )  # fmt: skip
     s = summary(run)
     adapter = str(run) if "--lora-rank" in extra else None
     return {
