@@ -24,7 +24,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -203,9 +203,121 @@ def tfidf_logreg(data: SentimentData, args: argparse.Namespace) -> dict[str, Any
     )
 
 
+def _pocketlm_row(
+    name: str, description: str, model: Path, run: Path, data: SentimentData, args, **details
+) -> dict[str, Any]:
+    """Score a trained PocketLM classifier run (its model/ and its training summary)."""
+    from pocketlm.engine.classify import open_classifier
+
+    classifier = open_classifier(run / "model", device="cpu")
+    order = [list(classifier.labels).index(label) for label in data.labels]
+
+    def predict_proba(texts: Sequence[str]) -> np.ndarray:
+        predictions = classifier.predict(list(texts), batch_size=32)
+        probs = np.array([[p.probabilities[k] for k in classifier.labels] for p in predictions])
+        return probs[:, order]  # (N, C) in the benchmark's label order
+
+    summary = json.loads((run / "model" / "manifest.json").read_text())["summary"]
+    return score(
+        name, description, float(summary.get("train_seconds", 0.0)), predict_proba, data, args,
+        body=str(model), params=summary.get("params"), steps=summary.get("steps"),
+        val_accuracy=summary.get("val_accuracy"), **details,
+    )  # fmt: skip
+
+
+def _train_tsv(data_folder: Path, model: Path, run: Path, args, **settings) -> None:
+    """`pocketlm classify train` on the training file (10% stratified validation split)."""
+    import shutil
+
+    from pocketlm.pipelines.classify import ClassifyRunConfig, train_from_files
+    from pocketlm.train.tasks.classify import ClassifyConfig, classify_train_defaults
+
+    shutil.rmtree(run, ignore_errors=True)
+    train = replace(
+        classify_train_defaults(), budget=args.budget, batch_size=32, ctx=128,
+        threads=args.threads, **settings.pop("train", {}),
+    )  # fmt: skip
+    config = ClassifyRunConfig(classify=ClassifyConfig(train=train, **settings))
+    train_from_files(model, [str(data_folder / "movie-reviews-train.tsv")], run, config)
+
+
+def pocketlm_decoder(data: SentimentData, args: argparse.Namespace) -> dict[str, Any]:
+    """PocketLM's TinyStories model (a decoder) with a classification head, full fine-tune."""
+    model, run = Path(args.decoder), args.workdir / "decoder"
+    if not (run / "model" / "manifest.json").exists():
+        _train_tsv(args.data, model, run, args, train={"optim": _adamw(args.lr)})
+    return _pocketlm_row(
+        "pocketlm_decoder", "TinyStories decoder + head, full fine-tune", model, run, data, args
+    )
+
+
+def _adamw(lr: float):
+    from pocketlm.train.config import OptimConfig
+
+    return OptimConfig(kind="adamw", lr=lr, weight_decay=0.0)
+
+
+def pocketlm_encoder(data: SentimentData, args: argparse.Namespace) -> dict[str, Any]:
+    """A tiny BERT imported from a Hugging Face folder (random weights: no pretrained weights
+    can be downloaded here; WordPiece trained on the training texts), full fine-tune."""
+    folder, run = args.workdir / "bert-tiny-hf", args.workdir / "encoder"
+    if not (folder / "config.json").exists():
+        _tiny_bert(folder, data.train_texts)
+    if not (run / "model" / "manifest.json").exists():
+        _train_tsv(args.data, folder, run, args, train={"optim": _adamw(args.lr)})
+    return _pocketlm_row(
+        "pocketlm_encoder", "tiny BERT imported from an HF folder (random init), full fine-tune",
+        folder, run, data, args,
+    )  # fmt: skip
+
+
+def _tiny_bert(folder: Path, texts: Sequence[str]) -> None:
+    """A 4-layer, 256-wide BertForSequenceClassification folder with its WordPiece tokenizer."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(list(texts), vocab_size=8192, min_frequency=2)
+    wordpiece.save_model(str(folder))
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=wordpiece.get_vocab_size(), hidden_size=256, num_hidden_layers=4,
+        num_attention_heads=4, intermediate_size=1024, max_position_embeddings=512,
+        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(folder)
+
+
+def pocketlm_distilled(data: SentimentData, args: argparse.Namespace) -> dict[str, Any]:
+    """DistilBERT-style student (every second layer) of the run named by --teacher-run."""
+    import shutil
+
+    from pocketlm.pipelines.classify import ClassifyRunConfig, distill_from_files
+    from pocketlm.train.tasks.classify import ClassifyConfig, classify_train_defaults
+
+    teacher = args.workdir / args.teacher_run / "model"
+    run = args.workdir / f"distilled-{args.teacher_run}"
+    if not (run / "model" / "manifest.json").exists():
+        shutil.rmtree(run, ignore_errors=True)
+        train = replace(
+            classify_train_defaults(), budget=args.budget, batch_size=32, ctx=128,
+            threads=args.threads, optim=_adamw(args.lr),
+        )  # fmt: skip
+        config = ClassifyRunConfig(classify=ClassifyConfig(train=train))
+        distill_from_files(teacher, [str(args.data / "movie-reviews-train.tsv")], run, config)
+    return _pocketlm_row(
+        "pocketlm_distilled", f"student of {args.teacher_run}: every second layer, distilled",
+        teacher, run, data, args, teacher=str(teacher),
+    )  # fmt: skip
+
+
 VARIANTS: dict[str, Callable[[SentimentData, argparse.Namespace], dict[str, Any]]] = {
     "majority": majority,
     "tfidf_logreg": tfidf_logreg,
+    "pocketlm_decoder": pocketlm_decoder,
+    "pocketlm_encoder": pocketlm_encoder,
+    "pocketlm_distilled": pocketlm_distilled,
 }
 
 
@@ -247,6 +359,14 @@ def main() -> None:
         "--batch1-limit", type=int, default=500, help="test sentences timed at batch 1"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/pocketlm-classify"))
+    parser.add_argument(
+        "--decoder", default="/tmp/pocketlm-ftq/runs/ftq-base/model",
+        help="the PocketLM decoder to put a head on (benchmarks/finetune_quality.py makes one)",
+    )  # fmt: skip
+    parser.add_argument("--budget", default="10m", help="training budget per PocketLM variant")
+    parser.add_argument("--lr", type=float, default=3e-4, help="PocketLM variants' peak lr")
+    parser.add_argument("--teacher-run", default="decoder", help="decoder or encoder")
     args = parser.parse_args()
     if not (args.data / "movie-reviews-train.tsv").is_file():
         sys.exit(f"no sentiment data in {args.data} (see ../shared/data/README.md)")
@@ -263,6 +383,10 @@ def main() -> None:
         for name in args.variants:
             print(f"-- {name}", flush=True)
             rows.append(VARIANTS[name](data, args))
+    if args.out.is_file():  # rows of variants not run this time are kept
+        kept = json.loads(args.out.read_text())["rows"]
+        ran = {r["variant"] for r in rows}
+        rows = [r for r in kept if r["variant"] not in ran] + rows
     report = {
         "benchmark": "classify_quality",
         "command": " ".join(sys.argv),
