@@ -171,8 +171,8 @@ def main() -> None:
         result["chat"] = chat_stage("chat-full", str(base), train, val, work, budget)
     if "imported" in args.stages:
         hf = work / "base-hf"
-        shutil.rmtree(hf, ignore_errors=True)
-        pocketlm("export", "hf", "--model", str(base), "--out", str(hf))
+        if not (hf / "manifest.json").exists():  # kept: an adapter names its base by hash
+            pocketlm("export", "hf", "--model", str(base), "--out", str(hf))
         lora = ["--lora-rank", "16", "--lora-alpha", "32", "--lr", "1e-3"]
         result["imported"] = chat_stage(
             "chat-imported-lora", str(hf), train, val, work, budget + lora
