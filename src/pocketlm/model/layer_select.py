@@ -22,7 +22,8 @@ def every_other_layer(n_layers: int) -> list[int]:
 def select_layers(model: CausalLM, keep: Sequence[int]) -> CausalLM:
     """A new model of the kept layers (in the order given, renumbered from 0) and all the other
     tensors (embeddings, final norm, heads) of `model`, copied; per-layer options (layer_types)
-    follow their layers. The source model is left as it was."""
+    follow their layers; a model of shared layers keeps its one layer, applied len(keep) times.
+    The source model is left as it was."""
     config = model.config
     keep = list(keep)
     if not keep or any(not 0 <= i < config.n_layers for i in keep) or len(set(keep)) < len(keep):
@@ -35,7 +36,8 @@ def select_layers(model: CausalLM, keep: Sequence[int]) -> CausalLM:
     with torch.device("meta"):
         small = CausalLM(dataclasses.replace(config, **changes))
     small = materialize(small)  # uninitialised: every tensor is loaded below
-    renumber = {old: new for new, old in enumerate(keep)}
+    # shared layers (ALBERT) store one layer that every depth applies: it stays, whichever depths
+    renumber = {0: 0} if config.shared_layers else {old: new for new, old in enumerate(keep)}
     state: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         if not name.startswith(_LAYER):

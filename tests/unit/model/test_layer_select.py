@@ -57,3 +57,16 @@ def test_bad_selections_are_refused() -> None:
     for keep in ([], [0, 0], [4], [-1]):
         with pytest.raises(ValueError, match="distinct indices"):
             select_layers(model, keep)
+
+
+def test_a_shared_layer_model_keeps_its_one_layer_at_any_selection() -> None:
+    config = dataclasses.replace(
+        CONFIG, shared_layers=True, causal=False, position_kind="learned", labels=("a", "b")
+    )
+    model = build_model(config, seed=1)
+    for keep in ([0, 2], [1, 3], [3]):
+        small = select_layers(model, keep)
+        assert small.config.n_layers == len(keep) and len(small.model.layers) == 1
+        assert torch.equal(
+            small.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight
+        )

@@ -124,27 +124,13 @@ def classify_task_factory(
             f"{base} is quantized: its integer weights cannot be fine-tuned; train a LoRA adapter "
             "(mode lora) or the head alone (mode head), or start from the float model"
         )
-    train_data.check(len(labels), "training")
-    train_data, cut_train = train_data.truncated(tc.ctx)
-    if val_data is not None and len(val_data):
-        val_data.check(len(labels), "validation")
-        val_data, cut_val = val_data.truncated(tc.ctx)
-        if settings.eval_examples:
-            n = min(settings.eval_examples, len(val_data))
-            val_data = LabelledTokens(val_data.token_ids[:n], val_data.labels[:n])
-    else:
-        val_data, cut_val = None, 0
     tokenizer = checked.tokenizer
     pad = next((i for i in (pad_id, tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
-    mean_len = sum(len(t) for t in train_data.token_ids) / max(1, len(train_data))
-    report = {
-        **(data_report or {}),
-        "labels": list(labels),
-        "examples": {"train": len(train_data), "val": len(val_data) if val_data else 0},
-        "truncated": {"ctx": tc.ctx, "train": cut_train, "val": cut_val},
-        "mean_tokens": round(mean_len, 2),
-        "pad_id": pad,
-    }
+    train_data, val_data, report = prepare_examples(
+        train_data, val_data, labels, tc.ctx, settings.eval_examples, pad
+    )
+    report = {**(data_report or {}), **report}
+    mean_len = report["mean_tokens"]
     all_parents = [parent_ref(base), *parents]
     weights = torch.tensor(settings.class_weights) if settings.class_weights else None
 
@@ -180,15 +166,7 @@ def classify_task_factory(
             )  # fmt: skip
 
         def load(checkpoint: Path) -> dict[str, torch.Tensor]:
-            tensors = read_weights(checkpoint)
-            expected = set(model.state_dict())
-            missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-            if missing or unexpected:
-                raise ArtifactError(
-                    f"{checkpoint}: weights do not match this classifier "
-                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-                )
-            return tensors
+            return checkpoint_tensors(checkpoint, model)
 
         # Training FLOPs of the body and the head at one position (no LM head over the vocab);
         # a frozen body runs forward only.
@@ -219,6 +197,52 @@ def classify_task_factory(
         keep = [name for name in HEAD_MODULES if _has_head_module(checked.config, name)]
         return with_lora(inner, settings.lora, base, command=command, keep=keep)
     return inner
+
+
+def prepare_examples(
+    train_data: LabelledTokens,
+    val_data: LabelledTokens | None,
+    labels: Sequence[str],
+    ctx: int,
+    eval_examples: int,
+    pad_id: int,
+) -> tuple[LabelledTokens, LabelledTokens | None, dict[str, Any]]:
+    """(training examples, validation examples or None, their report): both checked against
+    the labels and cut to their first `ctx` tokens, the validation set to its first
+    `eval_examples` (0: all); InputError naming the first bad example."""
+    train_data.check(len(labels), "training")
+    train_data, cut_train = train_data.truncated(ctx)
+    if val_data is not None and len(val_data):
+        val_data.check(len(labels), "validation")
+        val_data, cut_val = val_data.truncated(ctx)
+        if eval_examples:
+            n = min(eval_examples, len(val_data))
+            val_data = LabelledTokens(val_data.token_ids[:n], val_data.labels[:n])
+    else:
+        val_data, cut_val = None, 0
+    mean_len = sum(len(t) for t in train_data.token_ids) / max(1, len(train_data))
+    report = {
+        "labels": list(labels),
+        "examples": {"train": len(train_data), "val": len(val_data) if val_data else 0},
+        "truncated": {"ctx": ctx, "train": cut_train, "val": cut_val},
+        "mean_tokens": round(mean_len, 2),
+        "pad_id": pad_id,
+    }
+    return train_data, val_data, report
+
+
+def checkpoint_tensors(checkpoint: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors to restore into `model`; ArtifactError unless their names are
+    exactly the model's."""
+    tensors = read_weights(checkpoint)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{checkpoint}: weights do not match this classifier "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return tensors
 
 
 def _labels(config: ModelConfig, labels: Sequence[str] | None, base: Path) -> tuple[str, ...]:
