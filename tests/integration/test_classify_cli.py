@@ -87,3 +87,21 @@ def test_bad_data_is_named(tiny_classifier_dir, tiny_model_dir, tmp_path: Path) 
     assert r.returncode == 2 and "spam" in r.stderr, r.stderr
     r = pocketlm("classify", "predict", "--model", str(tiny_model_dir), stdin="words\n")
     assert r.returncode == 2 and "classifier" in r.stderr, r.stderr
+
+
+def test_distill_makes_a_student_of_half_the_layers(tiny_model_dir, tmp_path: Path) -> None:
+    train = _labelled(tmp_path / "train.tsv", 120, 2)
+    teacher = tmp_path / "teacher"
+    common = ["--batch-size", "16", "--lr", "3e-3", "--precision", "fp32", "--device", "cpu"]
+    r = pocketlm("classify", "train", "--model", str(tiny_model_dir), "--data", str(train),
+                 "--out", str(teacher), "--max-steps", "30", *common)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    student = tmp_path / "student"
+    r = pocketlm("classify", "distill", "--teacher", str(teacher), "--data", str(train),
+                 "--out", str(student), "--max-steps", "30", *common)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    t_config = json.loads((teacher / "model" / "model_config.json").read_text())
+    s_config = json.loads((student / "model" / "model_config.json").read_text())
+    assert s_config["n_layers"] == (t_config["n_layers"] + 1) // 2
+    assert s_config["labels"] == t_config["labels"]
+    assert json.loads((student / "eval" / "metrics.json").read_text())["accuracy"] >= 0.8

@@ -112,6 +112,55 @@ def train_from_files(
     return result, metrics
 
 
+def distill_from_files(
+    teacher: str | Path,
+    data_files: Sequence[str],
+    out: str | Path,
+    config: ClassifyRunConfig,
+    *,
+    temperature: float = 2.0,
+    val_files: Sequence[str] = (),
+    resume: bool = False,
+    command: Sequence[str] | None = None,
+) -> tuple[Any, dict[str, Any] | None]:
+    """Distil the classifier `teacher` into a student of every second layer on labelled files
+    (train/tasks/distill_classify.py), evaluated at the end into out/eval/ like `train`."""
+    from pocketlm.checkpoint.model_check import check_model_dir
+    from pocketlm.data.classify_loader import encode_labelled
+    from pocketlm.interop.open_model import model_dir as resolve_model
+    from pocketlm.train.tasks.distill_classify import (
+        DistillClassifyConfig,
+        distill_classifier,
+        teacher_labels,
+    )
+
+    data = config.data
+    train_set = _read(data_files, data)
+    val_set = _read(val_files, data) if val_files else None
+    base = resolve_model(teacher)
+    names = teacher_labels(base)
+    label_names(train_set, *([val_set] if val_set else []))  # checks: no unknown labels
+    if val_set is not None:
+        train_ex, val_ex = train_set.examples, val_set.examples
+    else:
+        train_ex, val_ex = split_labelled(train_set.examples, data.val_fraction, data.seed)
+    checked = check_model_dir(base)
+    train = config.classify.train
+    if train.ctx > checked.config.max_seq_len:
+        train = replace(train, ctx=checked.config.max_seq_len)
+    tokenizer = checked.tokenizer
+    train_tokens = encode_labelled(tokenizer, *_columns(train_ex), names)
+    val_tokens = encode_labelled(tokenizer, *_columns(val_ex), names) if val_ex else None
+    settings = DistillClassifyConfig(temperature=temperature, train=train)
+    report = {"train_data": train_set.report, "class_balance": class_balance(train_ex, names)}
+    result = distill_classifier(
+        base, train_tokens, val_tokens, out, settings, data_report=report, resume=resume,
+        command=command,
+    )  # fmt: skip
+    metrics = evaluate_examples(result.model_dir, val_ex, Path(out) / "eval") if val_ex else None
+    return result, metrics
+
+
 def _is_classifier(model_dir: Path) -> bool:
     from pocketlm.engine.load import classifier_labels
 
