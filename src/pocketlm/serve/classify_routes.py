@@ -22,6 +22,7 @@ from pocketlm.serve.metrics import ServerMetrics
 from pocketlm.serve.openai_protocol import ClassifyRequest, ProtocolError, parse_request
 from pocketlm.serve.openai_responses import model_card
 from pocketlm.serve.prompt_bound import PromptBound
+from pocketlm.serve.routes import refusal
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 _DISCONNECT_POLL_S = 0.25
@@ -115,19 +116,8 @@ class ClassifyRoutes:
             return self.scheduler.submit(encoded)
         except InputError as exc:  # more inputs than this server's batch and queue hold
             raise ProtocolError(str(exc), param="input") from exc
-        except SchedulerBusy as exc:
-            self.metrics.observe_rejected()
-            raise ProtocolError(
-                f"the server is busy: {exc}; retry later",
-                type="server_busy",
-                code="queue_full",
-                status=503,
-                headers={"Retry-After": str(self.settings.retry_after_s)},
-            ) from exc
-        except SchedulerClosed as exc:
-            raise ProtocolError(
-                str(exc), type="server_busy", code="shutting_down", status=503
-            ) from exc
+        except (SchedulerBusy, SchedulerClosed) as exc:
+            raise refusal(exc, self.metrics, self.settings.retry_after_s) from exc
 
     async def _wait(self, request: Any, future: Future) -> list | None:
         """The predictions, or None when the client went away (its request is then dropped)."""

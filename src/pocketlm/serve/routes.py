@@ -51,6 +51,21 @@ from pocketlm.tokenizer.tokenizer import Tokenizer
 _DISCONNECT_POLL_S = 0.25
 
 
+def refusal(exc: Exception, metrics: ServerMetrics, retry_after_s: int) -> ProtocolError:
+    """The 503 for a scheduler's refusal: busy (queue_full, counted as rejected, with
+    Retry-After) or closing (shutting_down)."""
+    if isinstance(exc, SchedulerBusy):
+        metrics.observe_rejected()
+        return ProtocolError(
+            f"the server is busy: {exc}; retry later",
+            type="server_busy",
+            code="queue_full",
+            status=503,
+            headers={"Retry-After": str(retry_after_s)},
+        )
+    return ProtocolError(str(exc), type="server_busy", code="shutting_down", status=503)
+
+
 @dataclass
 class _Choice:
     """What one sequence produced so far."""
@@ -197,19 +212,8 @@ class GenerationRoutes:
         try:
             more = {"adapter": self.adapter} if self.adapter != -1 else {}
             handles = self.scheduler.submit_many(specs, **more)
-        except SchedulerBusy as exc:
-            self.metrics.observe_rejected()
-            raise ProtocolError(
-                f"the server is busy: {exc}; retry later",
-                type="server_busy",
-                code="queue_full",
-                status=503,
-                headers={"Retry-After": str(self.settings.retry_after_s)},
-            ) from exc
-        except SchedulerClosed as exc:
-            raise ProtocolError(
-                str(exc), type="server_busy", code="shutting_down", status=503
-            ) from exc
+        except (SchedulerBusy, SchedulerClosed) as exc:
+            raise refusal(exc, self.metrics, self.settings.retry_after_s) from exc
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
         choices = [_Choice(i, p, len(ids)) for i, (ids, _, _, p) in enumerate(sequences)]
         return _Job(
