@@ -140,3 +140,29 @@ def test_a_full_queue_refuses_and_stopping_refuses_what_waits(classifier_dir):
         waiting.result(timeout=5)
     gate.set()
     assert first.result(timeout=5) == [None, None]
+
+
+def test_threads_follow_what_other_programs_leave_free(tiny_classifier_dir, monkeypatch) -> None:
+    from pocketlm.engine import classify
+
+    clock = [0.0]
+    busy = [0.0]
+    monkeypatch.setattr(classify, "runnable_others", lambda: busy[0])
+    monkeypatch.setattr(classify, "usable_cores", lambda: 2)
+    c = classify.open_classifier(tiny_classifier_dir, device="cpu")
+    c._now = lambda: clock[0]
+    before = torch.get_num_threads()
+    try:
+        c.predict(["some words"])
+        assert torch.get_num_threads() == 2
+        busy[0] = 1.5  # another program now keeps a core busy
+        c.predict(["some words"])
+        assert torch.get_num_threads() == 2  # not measured again before the recheck interval
+        clock[0] += classify.THREADS_RECHECK_S
+        c.predict(["some words"])
+        assert torch.get_num_threads() == 1
+        c.threads = 2  # asked for: kept whatever the load
+        c.predict(["some words"])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
