@@ -3,7 +3,8 @@
 Every stage writes one directory holding `manifest.json` with: kind, schema, pocketlm version,
 resolved config, parents (path + sha256 of their manifest), created_at, command line, files
 (bytes + sha256) and free-form `summary` numbers. A crash leaves only a `.tmp-*` directory behind,
-never a half-written artifact under the final name.
+never a half-written artifact under the final name. A resumable stage (synth) names its
+temporary directory (`staging`): a re-run continues in it, and a failure keeps it.
 """
 
 from __future__ import annotations
@@ -142,7 +143,10 @@ class ArtifactWriter:
         parents: Sequence[dict[str, Any]] = (),
         command: Sequence[str] | None = None,
         overwrite: bool = False,
+        staging: str | None = None,
     ) -> None:
+        """staging: a fixed name for the temporary sibling directory; an existing one is
+        continued (not wiped) and a failure keeps it, so a re-run resumes what a killed one wrote."""
         self.out = Path(out)
         self.kind = kind
         self.config = config or {}
@@ -156,17 +160,18 @@ class ArtifactWriter:
                 f"{self.out} already exists; choose another --out or pass --overwrite"
             )
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}"
-        if self.tmp.exists():
+        self.resumable = staging is not None
+        self.tmp = self.out.parent / (staging or f".{self.out.name}.tmp-{os.getpid()}")
+        if self.tmp.exists() and not self.resumable:
             shutil.rmtree(self.tmp)
-        self.tmp.mkdir()
+        self.tmp.mkdir(exist_ok=self.resumable)
         self._done = False
 
     def __enter__(self) -> ArtifactWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if not self._done:
+        if not self._done and not self.resumable:
             self.abort()
 
     def path(self, name: str) -> Path:

@@ -120,3 +120,21 @@ def test_any_value_in_a_manifest_field_reads_or_is_an_artifact_error(tmp_path, f
         assert isinstance(manifest["kind"], str) and isinstance(manifest["schema"], int)
         for name, info in manifest["files"].items():
             assert info["bytes"] == (out / name).stat().st_size
+
+
+def test_a_named_staging_directory_survives_a_crash_and_is_continued(tmp_path):
+    with (
+        pytest.raises(RuntimeError),
+        ArtifactWriter(tmp_path / "art", "thing", staging=".st") as art,
+    ):
+        art.path("part.txt").write_text("first")
+        raise RuntimeError("killed")
+    assert (tmp_path / ".st" / "part.txt").read_text() == "first"  # kept for the re-run
+    assert not (tmp_path / "art").exists()
+    with ArtifactWriter(tmp_path / "art", "thing", staging=".st") as art:
+        with art.path("part.txt").open("a") as fh:
+            fh.write("+second")
+        out = art.commit()
+    assert (out / "part.txt").read_text() == "first+second"
+    assert read_manifest(out)["files"]["part.txt"]["bytes"] == len("first+second")
+    assert not (tmp_path / ".st").exists()
