@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pocketlm.common.errors import InputError
+from pocketlm.common.manifest import MANIFEST_NAME
 from pocketlm.data.accounting import TOO_LONG_RAW, Accounting, FileLedger
 from pocketlm.data.csv_reader import read_csv_rows
 from pocketlm.data.lines import iter_lines
@@ -22,6 +23,7 @@ from pocketlm.data.readers import NOT_A_RECORD, decode_error, parse_json_line, t
 from pocketlm.data.source_options import SourceOptions
 from pocketlm.data.sources import hf_rows, is_hf_dataset_dir, walk_files
 
+_MAX_MANIFEST_BYTES = 16 << 20  # a bigger manifest.json is someone's data, read as records
 ROW_SUFFIXES = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -93,10 +95,25 @@ def iter_rows(spec: str, opts: SourceOptions, book: Accounting) -> Iterator[Row]
                 if dataset not in datasets_read:
                     datasets_read.add(dataset)
                     yield from _dataset_rows(str(dataset), spec, opts, book)
+            elif is_artifact_manifest(path):  # a PocketLM output (synth) given as a folder
+                book.skip_file(path, spec, path.stat().st_size, "a PocketLM artifact's manifest")
             elif path.suffix.lower() in ROW_SUFFIXES:
                 yield from _file_rows(path, spec, opts, book)
             else:
                 book.skip_file(path, spec, path.stat().st_size, f"unsupported type {path.suffix}")
+
+
+def is_artifact_manifest(path: Path) -> bool:
+    """True for the manifest.json of a PocketLM artifact (its description, not records)."""
+    if path.name != MANIFEST_NAME:
+        return False
+    try:
+        if path.stat().st_size > _MAX_MANIFEST_BYTES:
+            return False
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and "kind" in data and "pocketlm_version" in data
 
 
 def _dataset_folder(root: Path, path: Path) -> Path | None:
