@@ -76,3 +76,9 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "pocketlm"
+
+
+def secret_from_env(name: str) -> str | None:
+    """A secret (an API key) from environment variable `name`, stripped; None when unset or empty."""
+    value = (os.environ.get(name) or "").strip()
+    return value or None
