@@ -25,6 +25,7 @@ from pocketlm.cli import (
     quantize_cmd,
     quickstart_cmd,
     serve_cmd,
+    synth_cmd,
     tokenizer_cmd,
 )
 from pocketlm.cli.options import HelpFormatter
@@ -43,6 +44,7 @@ The life of a model, one command per stage (each writes a directory with a manif
   finetune         a model + token shards -> the model trained further, or a LoRA/QLoRA adapter
   merge            base model + LoRA adapter -> one plain model
   classify         labelled texts -> a text classifier (train, eval, predict, distill)
+  synth            a teacher behind an OpenAI-compatible API -> a chat data set (distillation)
   generate         stream text from a model
   chat             chat with a model in the terminal
   serve            an OpenAI-compatible local server and chat page
@@ -72,6 +74,7 @@ _COMMANDS = (
     finetune_cmd,
     merge_cmd,
     classify_cmd,
+    synth_cmd,
     generate_cmd,
     chat_cmd,
     serve_cmd,
