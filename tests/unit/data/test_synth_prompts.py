@@ -130,7 +130,7 @@ def test_replies_keep_text_usage_and_sparse_targets():
                 "bytes": [72, 105],
                 "top_logprobs": [
                     {"token": "Hi", "logprob": -0.1, "bytes": [72, 105]},
-                    {"token": "Hello", "logprob": -2.5, "bytes": None},
+                    {"token": "Hello", "logprob": -2.500000123456, "bytes": None},
                 ],
             },
             {  # half of a two-byte character: the text is lossy, the bytes are kept

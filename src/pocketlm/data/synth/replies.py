@@ -6,7 +6,9 @@ Sparse targets are stored in the teacher's own text form, per assistant token:
 (plus "bytes": [...] where the token's exact bytes are not its UTF-8 text: a token that is part
 of a character; an alternative then has its bytes as a third element). They are not mapped to a
 student tokenizer's ids here: a consumer that shares the teacher's tokenizer maps the texts
-(bytes) itself. A log-probability the API sends as null (minus infinity) stays null.
+(bytes) itself. A log-probability the API sends as null (minus infinity) stays null; the others
+are rounded to LOGPROB_DECIMALS places (a relative error in probability under 1e-5, and half the
+bytes of full float text).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+LOGPROB_DECIMALS = 5
 
 
 class ReplyProblem(Exception):
@@ -104,4 +108,4 @@ def _token(entry: object, where: str) -> tuple[str, float | None, list[int] | No
     valid = isinstance(raw, list) and all(isinstance(b, int) and 0 <= b < 256 for b in raw)
     if valid and bytes(raw) != entry["token"].encode("utf-8", "surrogatepass"):
         exact = list(raw)
-    return entry["token"], None if lp is None else float(lp), exact
+    return entry["token"], None if lp is None else round(float(lp), LOGPROB_DECIMALS), exact
