@@ -3,7 +3,8 @@ with scripted failures, and a clock whose sleeps only advance a counter.
 
 A script maps (the request's last user text, the number of times that text was asked) to a
 behaviour: "ok", "length" (ok, but finish_reason "length"), "429" (Retry-After: 7), "429-date" (Retry-After as an HTTP date, 3 s ahead),
-"500", "400", "401", "302", "notjson" (200 with a body that is not JSON), "truncated" (the
+"500", "400", "401", "echo401" (a 401 quoting the
+Authorization header), "302", "notjson" (200 with a body that is not JSON), "truncated" (the
 body cut short of its Content-Length), "hang" (no reply within the client's timeout).
 """
 
@@ -110,6 +111,8 @@ class FakeTeacher:
             self._send(h, 429, _error("slow down"), {"Retry-After": when})
         elif what in ("500", "400", "401"):
             self._send(h, int(what), _error(f"scripted {what}"))
+        elif what == "echo401":  # a server that quotes the key it refused
+            self._send(h, 401, _error(f"bad key {h.headers.get('Authorization')}"))
         elif what == "302":
             self._send(h, 302, b"", {"Location": "http://127.0.0.1:9/elsewhere"})
         elif what == "notjson":

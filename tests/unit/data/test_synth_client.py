@@ -109,6 +109,12 @@ def test_the_key_goes_only_into_the_authorization_header():
         assert "Authorization" not in teacher.requests[0][1]
 
 
+def test_a_key_the_server_quotes_is_redacted_from_errors():
+    with FakeTeacher(lambda text, n: "echo401") as teacher:
+        ex = _client(teacher, FakeClock(), api_key="sk-secret-123").complete(HELLO)
+    assert ex.fatal and "sk-secret-123" not in ex.error and "bad key Bearer [API key]" in ex.error
+
+
 def test_a_stopped_client_sends_nothing_more():
     with FakeTeacher(lambda text, n: "500") as teacher:
         client = _client(teacher, FakeClock())

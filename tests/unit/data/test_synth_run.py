@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pocketlm.common.errors import ArtifactError, ConfigError, PocketLMError
+from pocketlm.common.errors import ArtifactError, ConfigError, InputError, PocketLMError
 from pocketlm.common.manifest import read_manifest, verify_files
 from pocketlm.data.sft_examples import SFTDataConfig, load_sft_data
 from pocketlm.data.synth.config import SynthConfig
@@ -247,6 +247,10 @@ def test_no_usable_answer_is_an_error_and_the_work_is_kept(tmp_path):
 def test_bad_settings_are_refused_before_any_request(tmp_path):
     with pytest.raises(ConfigError, match="--prompts FILE... or --seed-topics"):
         synthesize(SynthConfig(teacher_url="http://127.0.0.1:9"), tmp_path / "o")
+    missing = SynthConfig(teacher_url="http://127.0.0.1:9", prompts=(str(tmp_path / "no.txt"),))
+    with pytest.raises(InputError, match="no such file"):
+        synthesize(missing, tmp_path / "o")
+    assert list(tmp_path.iterdir()) == []  # nothing made
     for bad, match in (
         ({"top_logprobs": 21}, "top-logprobs"),
         ({"concurrency": 0}, "concurrency"),

@@ -15,7 +15,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pocketlm.common.errors import ConfigError
@@ -163,13 +163,18 @@ class ChatClient:
 
     def complete(self, payload: dict[str, Any]) -> Exchange:
         """Send one request until it succeeds, fails for good or runs out of retries."""
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        exchange = self._complete(json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+        if self.api_key and self.api_key in exchange.error:  # a server that echoes the key
+            return replace(exchange, error=exchange.error.replace(self.api_key, "[API key]"))
+        return exchange
+
+    def _complete(self, body: bytes) -> Exchange:
         error = ""
         for attempt in range(self.policy.max_retries + 1):
+            if self.limiter is not None and not self.stop.is_set():
+                self.limiter.acquire()
             if self.stop.is_set():
                 return Exchange(None, attempt, "stopped", cancelled=True)
-            if self.limiter is not None:
-                self.limiter.acquire()
             reply = post_json(self._opener, self.url, body, self._headers(), self.timeout_s)
             if 200 <= reply.status < 300:
                 try:

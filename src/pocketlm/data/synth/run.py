@@ -69,6 +69,7 @@ def synthesize(
 ) -> SynthResult:
     """Ask the teacher, write (or continue) the synth artifact at `out`; its path and summary."""
     config.check()
+    from_files = read_prompt_files(config.prompts, config.system)  # bad input fails first
     out = Path(out)
     staging = f".{out.name}.synth-partial"
     _prepare(out, out.parent / staging, overwrite)
@@ -109,7 +110,6 @@ def synthesize(
         )
         session = Session(config, client, data, log, state, run, stop, on_progress)
         t0 = clock.now()
-        from_files = read_prompt_files(config.prompts, config.system)
         prompts, duplicates = unique_prompts(from_files + session.topic_prompts())
         session.answer([p for p in prompts if p.id not in state.answered])
         elapsed = clock.now() - t0
