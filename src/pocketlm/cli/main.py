@@ -12,6 +12,7 @@ from pocketlm.cli import (
     chat_cmd,
     classify_cmd,
     data_cmd,
+    distill_cmd,
     eval_cmd,
     export_cmd,
     finetune_cmd,
@@ -45,6 +46,8 @@ The life of a model, one command per stage (each writes a directory with a manif
   merge            base model + LoRA adapter -> one plain model
   classify         labelled texts -> a text classifier (train, eval, predict, distill)
   synth            a teacher behind an OpenAI-compatible API -> a chat data set (distillation)
+  distill          a teacher model -> a smaller student that learns its distributions
+                   (live, or from `distill cache`: the teacher's top-k stored once)
   generate         stream text from a model
   chat             chat with a model in the terminal
   serve            an OpenAI-compatible local server and chat page
@@ -75,6 +78,7 @@ _COMMANDS = (
     merge_cmd,
     classify_cmd,
     synth_cmd,
+    distill_cmd,
     generate_cmd,
     chat_cmd,
     serve_cmd,

@@ -32,7 +32,12 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         shuffle: bool = True,
+        shift: bool = True,
+        max_windows: int = 0,
     ) -> None:
+        """shift: each shuffled epoch moves every window by a seeded offset (off: windows always
+        start at multiples of ctx, window j at token j * ctx, as a teacher cache holds them);
+        max_windows: read only the first that many windows (0: all)."""
         if batch_size < 1 or ctx < 1:
             raise InputError(f"batch_size and ctx must be >= 1, got {batch_size} and {ctx}")
         if not 0 <= rank < world_size:
@@ -46,7 +51,10 @@ class BatchLoader:
         self.shuffle = shuffle
         # Each epoch shifts all windows by a seeded offset in [0, ctx): over several epochs the
         # model sees every token in many positions, not the same ctx-aligned windows again.
-        self.num_windows = (len(split) - 1) // ctx - (1 if shuffle else 0)
+        self.shift = shuffle and shift
+        self.num_windows = (len(split) - 1) // ctx - (1 if self.shift else 0)
+        if max_windows:
+            self.num_windows = min(self.num_windows, max_windows)
         if self.num_windows < 1:
             raise InputError(
                 f"the {split.name} split has {len(split):,} tokens, fewer than one window of ctx+1 = {ctx + 1}",
@@ -78,16 +86,15 @@ class BatchLoader:
                 self._perms.pop(min(self._perms))
             if self.shuffle:
                 rng = np.random.default_rng([self.seed, epoch])
-                self._perms[epoch] = (
-                    rng.permutation(self.num_windows),
-                    int(rng.integers(0, self.ctx)),
-                )
+                order = rng.permutation(self.num_windows)
+                self._perms[epoch] = (order, int(rng.integers(0, self.ctx)) if self.shift else 0)
             else:
                 self._perms[epoch] = (np.arange(self.num_windows), 0)
         return self._perms[epoch]
 
-    def windows_at(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The windows with global counters first .. first+count-1 (a pure function of the seed)."""
+    def starts_at(self, first: int, count: int) -> np.ndarray:
+        """(count,) first token of the windows with global counters first .. first+count-1 (a
+        pure function of the seed); without shift, window j starts at j * ctx."""
         ks = first + np.arange(count, dtype=np.int64)  # (count,) global window counters
         epochs, positions = np.divmod(ks, self.num_windows)
         starts = np.empty(count, dtype=np.int64)  # (count,) first token of each row
@@ -95,6 +102,11 @@ class BatchLoader:
             sel = epochs == epoch
             order, shift = self._perm(int(epoch))
             starts[sel] = order[positions[sel]] * self.ctx + shift
+        return starts
+
+    def windows_at(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The windows with global counters first .. first+count-1 (a pure function of the seed)."""
+        starts = self.starts_at(first, count)
         rows = np.asarray(
             self.split.tokens[starts[:, None] + self._offsets[None, :]], dtype=np.int64
         )  # (count, ctx+1)

@@ -89,6 +89,18 @@ def sparse_forward_kl(
     return (listed + rest) * temperature**2
 
 
+def top_k_logprobs(teacher_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's k most likely tokens per position and their log-probabilities at
+    temperature 1, as a cache stores them: (ids (..., k) int64, most likely first; log-probs
+    (..., k) float16). The one rounding a live top-k teacher and a cache share, so training from
+    either computes the same loss."""
+    if not 1 <= k <= teacher_logits.shape[-1]:
+        raise ValueError(f"top-k must be in 1..{teacher_logits.shape[-1]}, got {k}")
+    log_t = F.log_softmax(teacher_logits.float(), dim=-1)  # (..., V)
+    logprobs, ids = log_t.topk(k, dim=-1)  # (..., k) each, sorted
+    return ids, logprobs.to(torch.float16)
+
+
 def hidden_cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
     """Per-position 1 - cos(student, teacher) (...,) of hidden states (..., dim) of equal width
     (DistilBERT's alignment of the student's states with its teacher's)."""

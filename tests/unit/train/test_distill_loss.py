@@ -12,6 +12,7 @@ from pocketlm.train.distill_loss import (
     distill_loss,
     hidden_cosine_loss,
     sparse_forward_kl,
+    top_k_logprobs,
 )
 
 G = torch.Generator().manual_seed(0)
@@ -94,6 +95,20 @@ def test_sparse_kl_keeps_the_unlisted_mass_as_one_outcome() -> None:
     want = (pt_k * (pt_k.log() - ps_k.log())).sum(-1) + t_rest * (t_rest.log() - s_rest.log())
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
     assert bool((got >= -1e-6).all())  # a KL over k + 1 outcomes: never negative
+
+
+def test_top_k_logprobs_are_the_most_likely_tokens_rounded_to_fp16() -> None:
+    ids, logprobs = top_k_logprobs(T.float(), 4)
+    assert ids.shape == logprobs.shape == (3, 5, 4) and logprobs.dtype == torch.float16
+    expected = F.log_softmax(T.float(), dim=-1).topk(4, dim=-1)
+    assert torch.equal(ids, expected.indices)
+    assert torch.equal(logprobs, expected.values.half())
+    everything = top_k_logprobs(T.float(), 11)
+    sparse = sparse_forward_kl(S.float(), *everything)
+    # fp16 log-probs: the KL within their rounding
+    torch.testing.assert_close(sparse, distill_loss(S.float(), T.float()), atol=1e-2, rtol=0)
+    with pytest.raises(ValueError, match="top-k"):
+        top_k_logprobs(T, 12)
 
 
 def test_hidden_cosine_loss() -> None:

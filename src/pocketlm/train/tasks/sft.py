@@ -36,10 +36,11 @@ from pocketlm.common.config import to_dict
 from pocketlm.common.errors import ArtifactError, ConfigError, InputError
 from pocketlm.common.log import get_logger
 from pocketlm.common.manifest import parent_ref
-from pocketlm.data.packing import IGNORE_INDEX, fill_ratio, pack_examples
-from pocketlm.data.sft_examples import SFTDataConfig, load_sft_data
+from pocketlm.data.packing import IGNORE_INDEX, PackedRows, fill_ratio, pack_examples
+from pocketlm.data.sft_examples import SFTData, SFTDataConfig, load_sft_data
 from pocketlm.data.sft_loader import Batch, PackedBatches, eval_batches
 from pocketlm.model.summary import describe as describe_shape
+from pocketlm.tokenizer.tokenizer import Tokenizer
 from pocketlm.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from pocketlm.train.end_of_turn import end_of_turn_rate, reply_prompts
 from pocketlm.train.loop import RunResult, train
@@ -92,22 +93,10 @@ def sft_task_factory(
             hint="fine-tune a model with a chat template (PocketLM's own models have one), or "
             "continue pretraining on plain text instead",
         )
-    data = load_sft_data(data_files, tokenizer, settings.data, tc.ctx + 1, val_specs=val_files)
-    pad_id = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
+    chat = chat_rows(tokenizer, data_files, settings.data, tc.ctx, val_files=val_files)
+    data, train_rows, val_rows, report = chat.data, chat.train, chat.val, chat.report
     packing = settings.data.packing
-    train_rows = pack_examples(data.train, tc.ctx, pad_id, packing=packing)
-    val_rows = pack_examples(data.val, tc.ctx, pad_id, packing=packing)
-    report = {
-        **data.report,
-        "rows": {
-            "packing": packing,
-            "ctx": tc.ctx,
-            "train": len(train_rows),
-            "val": len(val_rows),
-            "train_fill": round(fill_ratio(data.train, train_rows), 4),
-        },
-    }
-    parents = [parent_ref(base), *(_data_ref(f) for f in (*data_files, *val_files))]
+    parents = [parent_ref(base), *chat.parents]
 
     def factory(ctx: RunContext) -> TrainTask:
         model = load_model(base, dtype=weights_dtype).model.train()
@@ -190,6 +179,46 @@ def sft_task_factory(
         )
 
     return factory
+
+
+@dataclass(frozen=True)
+class ChatRows:
+    """Chat records as training rows: the tokenised examples, their packed (or padded) train
+    and validation rows, the data report and the data files' manifest references."""
+
+    data: SFTData
+    train: PackedRows
+    val: PackedRows
+    report: dict
+    parents: list[dict]
+
+
+def chat_rows(
+    tokenizer: Tokenizer,
+    data_files: Sequence[str],
+    settings: SFTDataConfig,
+    ctx: int,
+    *,
+    val_files: Sequence[str] = (),
+) -> ChatRows:
+    """Read and tokenise chat records with the tokenizer's chat template (the loss mask on the
+    assistant turns) and pack them into rows of ctx positions."""
+    data = load_sft_data(data_files, tokenizer, settings, ctx + 1, val_specs=val_files)
+    pad_id = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
+    train_rows = pack_examples(data.train, ctx, pad_id, packing=settings.packing)
+    val_rows = pack_examples(data.val, ctx, pad_id, packing=settings.packing)
+    report = {
+        **data.report,
+        "rows": {
+            "packing": settings.packing,
+            "ctx": ctx,
+            "train": len(train_rows),
+            "val": len(val_rows),
+            "train_fill": round(fill_ratio(data.train, train_rows), 4),
+        },
+    }
+    parents = [_data_ref(f) for f in (*data_files, *val_files)]
+    return ChatRows(data, train_rows, val_rows, report, parents)
 
 
 def masked_loss(
