@@ -155,7 +155,8 @@ def test_cutting_dead_parts_is_exact(options):
 
 @pytest.fixture(scope="module")
 def pruned_dir(synthetic_pipeline, tmp_path_factory):
-    """A random model on the synthetic tokenizer (vocab 512), pruned to 60% of its body."""
+    """A random model on the synthetic tokenizer (vocab 512), cut on every axis: 3 of 4 layers
+    1 of 2 attention groups and 48 of 64 hidden channels given, the FFN sized to 40% of its body."""
     base = tmp_path_factory.mktemp("prune")
     config = ModelConfig(vocab_size=512, dim=64, n_layers=4, n_heads=4, n_kv_heads=2,
                          ffn_dim=256, max_seq_len=64, init_std=0.1)  # fmt: skip
@@ -163,7 +164,7 @@ def pruned_dir(synthetic_pipeline, tmp_path_factory):
         base / "model", build_model(config, seed=3), synthetic_pipeline["tokenizer"]
     )
     out, report = prune_model_dir(original, base / "pruned", synthetic_pipeline["tokens"],
-                                  ratio=0.6, calib_tokens=1024, ctx=32)  # fmt: skip
+                                  ratio=0.4, layers=3, heads=2, dim=48, calib_tokens=1024, ctx=32)  # fmt: skip
     return original, out, report
 
 
@@ -173,7 +174,13 @@ def test_the_pruned_model_is_an_artifact_with_its_parent_and_cut(pruned_dir):
     assert manifest["parents"][0]["path"] == str(original.resolve())
     summary = manifest["summary"]["pruning"]
     assert summary == report and summary["params_after"] <= summary["target_params"]
-    assert summary["ffn_dim"][1] < 256 and summary["calib_tokens"] == 1024
+    assert (
+        summary["layers"] == [4, 3] and summary["heads"] == [4, 2] and summary["kv_heads"] == [2, 1]
+    )
+    assert (
+        summary["ffn_dim"][1] < 256 and summary["dim"][1] < 64 and summary["calib_tokens"] == 1024
+    )
+    assert len(summary["kept_layers"]) == 3 and len(summary["removed_layers"]) == 1
     loaded = load_model(out)
     assert loaded.config.num_params() == summary["params_after"] == manifest["summary"]["params"]
 
