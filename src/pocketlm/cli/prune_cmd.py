@@ -23,7 +23,7 @@ Hidden channels are cut under RMSNorm only (its eps and weights rescale, so dead
 exactly); MoE, encoder, classifier and quantized models are refused.
 
 A pruned model has lost quality: heal it by distilling from the original, e.g.
-  pocketlm distill --teacher ORIGINAL --student PRUNED --data TOKENS --out HEALED
+  pocketlm distill --teacher ORIGINAL --student PRUNED --tokens TOKENS --out HEALED
 (or from `pocketlm distill cache` of the original on a CPU budget)."""
 
 
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
         description=_DESCRIPTION,
         examples=(
             "  pocketlm prune --model runs/m --ratio 0.6 --calib runs/tokens --out runs/m-pruned\n"
-            "  pocketlm distill --teacher runs/m --student runs/m-pruned --data runs/tokens --out runs/healed\n"
+            "  pocketlm distill --teacher runs/m --student runs/m-pruned --tokens runs/tokens --out runs/healed\n"
             "  pocketlm prune --model runs/m --target-params 20M --axes ffn,heads --calib runs/tokens --out runs/p\n"
             "  pocketlm prune --model runs/m --layers 6 --ffn-dim 512 --calib runs/tokens --out runs/p"
         ),
