@@ -134,9 +134,16 @@ def _dead_model(**options) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize(
-    "options", [{}, {"tie_embeddings": False, "qkv_bias": True}], ids=["tied", "untied-bias"]
-)
+FAMILIES = {
+    "tied": {},
+    "untied-bias": {"tie_embeddings": False, "qkv_bias": True, "o_bias": True},
+    "qwen3": {"qk_norm": True, "qkv_bias": True},
+    "gemma": {"norm_offset": 1.0, "sandwich_norms": True, "activation": "gelu_tanh",
+              "embed_scale": 5.0, "rope_theta": 1e6},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("options", list(FAMILIES.values()), ids=list(FAMILIES))
 def test_cutting_dead_parts_is_exact(options):
     model = _dead_model(**options)
     ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
