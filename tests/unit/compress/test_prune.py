@@ -114,6 +114,7 @@ def _dead_model(**options) -> torch.nn.Module:
     the identity) and hidden channels 24.. (zero in the embeddings and every write)."""
     config = ModelConfig(**{**BASE, **options})
     model = build_model(config, seed=1).eval()
+    gen = torch.Generator().manual_seed(2)
     with torch.no_grad():
         layers = model.model.layers
         layers[0].mlp.gate_proj.weight[10:30] = 0
@@ -130,7 +131,7 @@ def _dead_model(**options) -> torch.nn.Module:
             layer.self_attn.o_proj.weight[24:] = 0
             layer.mlp.down_proj.weight[24:] = 0
         for norm in (*[l.input_layernorm for l in layers], model.model.norm):  # noqa: E741
-            norm.weight.copy_(1 + 0.3 * torch.randn(norm.weight.shape))
+            norm.weight.copy_(1 + 0.3 * torch.randn(norm.weight.shape, generator=gen))
     return model
 
 
@@ -157,7 +158,10 @@ def test_cutting_dead_parts_is_exact(options):
     if pruned.config.tie_embeddings:
         assert pruned.lm_head.weight is pruned.model.embed_tokens.weight
     with torch.no_grad():
-        torch.testing.assert_close(pruned(ids), model(ids), atol=2e-5, rtol=1e-5)
+        want = model(ids)
+        # fp32 rounding only (the RMSNorm rescale reorders sums); a real cut moves logits by ~1
+        torch.testing.assert_close(pruned(ids), want, atol=2e-4, rtol=1e-4)
+    assert want.std() > 0.5
 
 
 @pytest.fixture(scope="module")
