@@ -23,6 +23,7 @@ from pocketlm.cli import (
     plan_cmd,
     presets_cmd,
     pretrain_cmd,
+    prune_cmd,
     quantize_cmd,
     quickstart_cmd,
     serve_cmd,
@@ -53,6 +54,7 @@ The life of a model, one command per stage (each writes a directory with a manif
   serve            an OpenAI-compatible local server and chat page
   eval             validation loss and bits per byte
   quantize         bf16 / int8 / int4 weights, with the quality cost measured
+  prune            cut layers, heads and channels by importance (heal with distill)
   bench            prefill/decode tokens/s, time to first token, memory
   export hf|gguf   a directory transformers loads / one file llama.cpp and Ollama run
   export peft      a LoRA adapter as peft's adapter_config.json + adapter_model.safetensors
@@ -84,6 +86,7 @@ _COMMANDS = (
     serve_cmd,
     eval_cmd,
     quantize_cmd,
+    prune_cmd,
     bench_cmd,
     export_cmd,
     inspect_cmd,
