@@ -98,16 +98,27 @@ class _Worker:
         self.proc.start()
         child.close()  # a worker that dies shows up as EOFError, not a hang
 
-    def ask(self, *cmd: Any) -> Any:
-        """Send a command and return its answer; a failure raises naming the variant."""
+    def send(self, *cmd: Any) -> None:
+        """Send a command (its answer comes from receive)."""
         try:
             self.conn.send(cmd)
+        except OSError as exc:
+            raise PocketLMError(f"{self.name}: its measuring process died ({exc!r})") from exc
+
+    def receive(self) -> Any:
+        """The answer to the last command; a failure raises naming the variant."""
+        try:
             reply = self.conn.recv()
         except (EOFError, OSError) as exc:
             raise PocketLMError(f"{self.name}: its measuring process died ({exc!r})") from exc
         if reply[0] == "error":
             raise (InputError if reply[2] else PocketLMError)(f"{self.name}: {reply[1]}")
         return reply[1]
+
+    def ask(self, *cmd: Any) -> Any:
+        """Send a command and return its answer."""
+        self.send(*cmd)
+        return self.receive()
 
     def stop(self) -> None:
         if self.proc.is_alive():
@@ -142,6 +153,10 @@ def measure(
                 if timing is not None:
                     got.append(timing)
         memory = [w.ask("memory") for w in workers]
+        for w in workers:  # the evaluation's imports (torch) in all at once; evaluations one by one
+            w.send("prepare")
+        for w in workers:
+            w.receive()
         quality = []
         for w in workers:
             log.info("evaluating %s", w.name)
@@ -162,7 +177,9 @@ def _measured(
     memory_mb: float,
     quality: dict[str, Any],
 ) -> dict[str, Any]:
-    row: dict[str, Any] = {"backend": None, "peak_memory_mb": round(memory_mb, 1), **quality}
+    speed_keys = ("load_s", "time_to_first_token_s", "prefill_tokens_per_s", "decode_tokens_per_s")
+    row: dict[str, Any] = {"backend": None, **dict.fromkeys(speed_keys)}
+    row.update({"peak_memory_mb": round(memory_mb, 1), **quality})
     if load is not None and rounds:
         row["backend"] = load[1]
         row.update(

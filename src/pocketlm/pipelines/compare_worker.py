@@ -2,8 +2,9 @@
 
 The parent drives it over a pipe, one command at a time: ("load",) opens the model for timing and
 warms it up; ("round",) times one prefill + decode (engine/bench.timed_round); ("memory",) reads
-this process's peak resident set; ("quality",) evaluates bits/byte (evals/evaluate, what
-`pocketlm eval` reports) and task accuracy; ("stop",) ends it. Every reply is ("ok", value) or
+this process's peak resident set; ("prepare",) imports what the evaluation needs (all variants
+at once); ("quality",) evaluates bits/byte (evals/evaluate, what `pocketlm eval` reports) and task
+accuracy; ("stop",) ends it. Every reply is ("ok", value) or
 ("error", message, whether it is the user's to fix). Quality comes after memory, so the peak counts
 loading and decoding the model, not the evaluation's torch copy of it.
 """
@@ -23,6 +24,13 @@ def _load(spec: dict[str, Any]) -> Any:
     target = open_bench(spec["directory"], **bench)
     timed_round(target)  # warm-up: caches, allocator pools and kernels touched once, not timed
     return target
+
+
+def _prepare(spec: dict[str, Any]) -> None:
+    if spec["tokens"] is not None and not spec["classifier"]:
+        import pocketlm.evals.evaluate
+    if spec["task"] is not None and spec["classifier"]:
+        import pocketlm.engine.classify  # noqa: F401
 
 
 def _quality(spec: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +85,8 @@ def serve(conn: Any, spec: dict[str, Any]) -> None:
                 reply = None if target is None else timed_round(target)
             elif cmd[0] == "memory":
                 reply = peak_rss_mb()
+            elif cmd[0] == "prepare":
+                reply = _prepare(spec)
             elif cmd[0] == "quality":
                 reply = _quality(spec)
             else:
