@@ -49,7 +49,7 @@ def plot_pareto(
     y_higher_better: bool,
     panels: Sequence[Panel],
     path: str | Path,
-    title: str = "variants",
+    title: str = "variants compared (Pareto-optimal ringed)",
 ) -> Path:
     """A PNG with one scatter per panel (panel.x against y, each point named), the Pareto-optimal
     points of each panel ringed and joined by a step line."""
@@ -79,6 +79,7 @@ def plot_pareto(
         better_x = "higher" if panel.higher_better else "lower"
         ax.set_xlabel(f"{panel.label} ({better_x} is better)")
         ax.set_ylabel(f"{y_label} ({'higher' if y_higher_better else 'lower'} is better)")
+        ax.ticklabel_format(axis="both", useOffset=False, style="plain")  # real values on ticks
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

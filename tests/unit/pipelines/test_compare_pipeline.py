@@ -105,3 +105,12 @@ def test_a_classifier_is_scored_on_the_task_file(tiny_classifier_dir, tmp_path):
     assert row["decode_tokens_per_s"] is None and row["bpb"] is None
     assert report["quality"] == "task_accuracy"
     assert "no decode speed" in row["notes"][0]
+
+
+def test_a_failure_inside_a_measuring_process_names_the_variant(tiny_model_dir, tmp_path):
+    from dataclasses import replace
+
+    too_long = replace(FAST, prompt_tokens=100_000)  # beyond the tiny model's context
+    with pytest.raises(InputError, match=r"model: .*exceed the context"):
+        compare_models([tiny_model_dir], tmp_path / "cmp", settings=too_long)
+    assert list(tmp_path.iterdir()) == []  # no report, no half-written temporary directory
