@@ -251,6 +251,18 @@ def pocketlm_decoder(data: SentimentData, args: argparse.Namespace) -> dict[str,
     )
 
 
+def pocketlm_decoder_domain(data: SentimentData, args: argparse.Namespace) -> dict[str, Any]:
+    """The same after continued pretraining on the review sentences (finetune_quality.py's
+    10-minute `finetune --tokens reviews --replay tinystories` run), full fine-tune."""
+    model, run = Path(args.domain_decoder), args.workdir / "decoder-domain"
+    if not (run / "model" / "manifest.json").exists():
+        _train_tsv(args.data, model, run, args, train={"optim": _adamw(args.lr)})
+    return _pocketlm_row(
+        "pocketlm_decoder_domain", "TinyStories decoder continued on review text + head",
+        model, run, data, args,
+    )  # fmt: skip
+
+
 def _adamw(lr: float):
     from pocketlm.train.config import OptimConfig
 
@@ -316,6 +328,7 @@ VARIANTS: dict[str, Callable[[SentimentData, argparse.Namespace], dict[str, Any]
     "majority": majority,
     "tfidf_logreg": tfidf_logreg,
     "pocketlm_decoder": pocketlm_decoder,
+    "pocketlm_decoder_domain": pocketlm_decoder_domain,
     "pocketlm_encoder": pocketlm_encoder,
     "pocketlm_distilled": pocketlm_distilled,
 }
@@ -363,6 +376,10 @@ def main() -> None:
     parser.add_argument(
         "--decoder", default="/tmp/pocketlm-ftq/runs/ftq-base/model",
         help="the PocketLM decoder to put a head on (benchmarks/finetune_quality.py makes one)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--domain-decoder", default="/tmp/pocketlm-ftq/reviews-cpt/model",
+        help="the decoder continued on review text (benchmarks/finetune_quality.py makes one)",
     )  # fmt: skip
     parser.add_argument("--budget", default="10m", help="training budget per PocketLM variant")
     parser.add_argument("--lr", type=float, default=3e-4, help="PocketLM variants' peak lr")
