@@ -87,6 +87,7 @@ def test_tokens_of_another_tokenizer_are_refused_naming_the_variant(
         variant_facts(tiny_model_dir, tokens)
 
 
+@pytest.mark.slow  # ~6-12 s: a measuring process that imports torch, on top of the one above
 def test_a_classifier_is_scored_on_the_task_file(tiny_classifier_dir, tmp_path):
     from pocketlm.data.classify_data import read_labelled
     from pocketlm.pipelines.classify import evaluate_examples
