@@ -53,6 +53,8 @@ _API = {
     "merge_adapter": "pocketlm.checkpoint.adapted_model:merge_adapter",
     "quantize": "pocketlm.compress.quantize:quantize_model_dir",
     "evaluate": "pocketlm.evals.evaluate:evaluate_model",
+    "compare": "pocketlm.pipelines.compare:compare_models",
+    "CompareSettings": "pocketlm.pipelines.compare:CompareSettings",
     "export_hf": "pocketlm.interop.hf_export:export_hf",
     "export_gguf": "pocketlm.interop.gguf_export:export_gguf",
     "export_peft": "pocketlm.interop.peft:export_peft",

@@ -11,6 +11,7 @@ from pocketlm.cli import (
     bench_cmd,
     chat_cmd,
     classify_cmd,
+    compare_cmd,
     data_cmd,
     distill_cmd,
     eval_cmd,
@@ -56,6 +57,7 @@ The life of a model, one command per stage (each writes a directory with a manif
   quantize         bf16 / int8 / int4 weights, with the quality cost measured
   prune            cut layers, heads and channels by importance (heal with distill)
   bench            prefill/decode tokens/s, time to first token, memory
+  compare          variants side by side: size, speed, memory, quality; a Pareto plot
   export hf|gguf   a directory transformers loads / one file llama.cpp and Ollama run
   export peft      a LoRA adapter as peft's adapter_config.json + adapter_model.safetensors
   inspect          what an artifact is, how it was made, from which parents
@@ -88,6 +90,7 @@ _COMMANDS = (
     quantize_cmd,
     prune_cmd,
     bench_cmd,
+    compare_cmd,
     export_cmd,
     inspect_cmd,
 )

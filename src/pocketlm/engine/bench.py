@@ -1,8 +1,10 @@
 """Speed and memory of a model on this machine: load time, prefill and decode tokens/s, time to
-first token, peak memory and size — the library side of `pocketlm bench`.
+first token, peak memory and size — the library side of `pocketlm bench` (and of each variant
+`pocketlm compare` measures, in its own process: open_bench, then timed_round per round).
 
 The backend is driven directly (prompt of random ordinary tokens, then greedy decoding of exactly
 `new_tokens` tokens, never stopping early), so the numbers are the forward pass's own speed.
+Time to first token is the cold start: the load plus the first prefill.
 """
 
 from __future__ import annotations
@@ -12,14 +14,100 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+Clock = Callable[[], float]
 
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB."""
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 1024 / 1024
+
+
+@dataclass
+class BenchTarget:
+    """An opened model ready to time: its backend, the fixed prompt and the load time."""
+
+    directory: Path
+    backend: Any
+    prompt: list[int]
+    new_tokens: int
+    load_s: float
+
+
+def open_bench(
+    model_dir: str | Path,
+    *,
+    prompt_tokens: int = 128,
+    new_tokens: int = 64,
+    backend: str = "auto",
+    threads: int = 0,
+    seed: int = 0,
+    device: str = "cpu",
+    precision: str = "auto",
+    now: Clock = time.perf_counter,
+) -> BenchTarget:
+    """Open a model for timing (the load timed by `now`) with a seeded prompt of ordinary tokens."""
+    from pocketlm.common.errors import InputError
+    from pocketlm.engine.load import open_backend
+    from pocketlm.interop.open_model import model_dir as resolve
+
+    directory = resolve(model_dir)
+    t0 = now()
+    model_backend, tokenizer = open_backend(
+        directory,
+        backend=backend,
+        threads=threads,
+        max_len=prompt_tokens + new_tokens,
+        device=device,
+        precision=precision,
+    )
+    load_s = now() - t0
+    if prompt_tokens + new_tokens > model_backend.context_length:
+        raise InputError(
+            f"prompt ({prompt_tokens}) + new tokens ({new_tokens}) exceed the context of {model_backend.context_length}"
+        )
+    rng = random.Random(seed)
+    ordinary = [i for i in range(tokenizer.vocab_size) if i not in tokenizer.special_ids]
+    head = [tokenizer.bos_id] if tokenizer.add_bos else []
+    prompt = head + [rng.choice(ordinary) for _ in range(prompt_tokens - len(head))]
+    return BenchTarget(directory, model_backend, prompt, new_tokens, load_s)
+
+
+def timed_round(target: BenchTarget, now: Clock = time.perf_counter) -> tuple[float, float]:
+    """(prefill seconds, decode seconds) of one prefill of the prompt then exactly
+    `new_tokens` greedy decoding steps, on slot 0 (released first)."""
+    import numpy as np
+
+    backend = target.backend
+    backend.release(0)
+    start = now()
+    token = int(np.argmax(backend.prefill(0, target.prompt)))
+    prefill_s = now() - start
+    start = now()
+    for _ in range(target.new_tokens):
+        token = int(np.argmax(backend.decode((0,), (token,))[0]))
+    return prefill_s, now() - start
+
+
+def speed_summary(
+    prompt_tokens: int,
+    new_tokens: int,
+    load_s: float,
+    prefill_s: Sequence[float],
+    decode_s: Sequence[float],
+) -> dict[str, float]:
+    """Load time, time to first token (load + first prefill), median prefill and decode tokens/s."""
+    return {
+        "load_s": round(load_s, 4),
+        "time_to_first_token_s": round(load_s + prefill_s[0], 4),
+        "prefill_tokens_per_s": round(prompt_tokens / statistics.median(prefill_s), 1),
+        "decode_tokens_per_s": round(new_tokens / statistics.median(decode_s), 2),
+    }
 
 
 def bench_model(
@@ -35,57 +123,30 @@ def bench_model(
     precision: str = "auto",
 ) -> dict[str, Any]:
     """Measure one model; returns a dict of numbers (see module docstring)."""
-    import numpy as np
-
     from pocketlm.checkpoint.layout import WEIGHTS_FILE
-    from pocketlm.common.errors import InputError
-    from pocketlm.engine.load import open_backend
-    from pocketlm.interop.open_model import model_dir as resolve
 
-    directory = resolve(model_dir)
-    t0 = time.perf_counter()
-    model_backend, tokenizer = open_backend(
-        directory,
+    target = open_bench(
+        model_dir,
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
         backend=backend,
         threads=threads,
-        max_len=prompt_tokens + new_tokens,
+        seed=seed,
         device=device,
         precision=precision,
     )
-    load_s = time.perf_counter() - t0
-    if prompt_tokens + new_tokens > model_backend.context_length:
-        raise InputError(
-            f"prompt ({prompt_tokens}) + new tokens ({new_tokens}) exceed the context of {model_backend.context_length}"
-        )
-    rng = random.Random(seed)
-    ordinary = [i for i in range(tokenizer.vocab_size) if i not in tokenizer.special_ids]
-    head = [tokenizer.bos_id] if tokenizer.add_bos else []
-    prompt = head + [rng.choice(ordinary) for _ in range(prompt_tokens - len(head))]
-    prefill_s, decode_s, ttft_s = [], [], None
-    for r in range(repeats):
-        model_backend.release(0)
-        start = time.perf_counter()
-        logits = model_backend.prefill(0, prompt)
-        token = int(np.argmax(logits))
-        prefill_s.append(time.perf_counter() - start)
-        if r == 0:
-            ttft_s = load_s + prefill_s[0]
-        start = time.perf_counter()
-        for _ in range(new_tokens):
-            token = int(np.argmax(model_backend.decode((0,), (token,))[0]))
-        decode_s.append(time.perf_counter() - start)
-    weights = directory / WEIGHTS_FILE
+    rounds = [timed_round(target) for _ in range(repeats)]
+    model_backend = target.backend
     return {
-        "model": str(directory),
+        "model": str(target.directory),
         "backend": model_backend.name,
         "isa": getattr(model_backend, "isa", None),  # native only
         "threads": getattr(model_backend, "threads", None),  # native only
         "prompt_tokens": prompt_tokens,
         "new_tokens": new_tokens,
-        "load_s": round(load_s, 4),
-        "time_to_first_token_s": round(ttft_s or 0.0, 4),
-        "prefill_tokens_per_s": round(prompt_tokens / statistics.median(prefill_s), 1),
-        "decode_tokens_per_s": round(new_tokens / statistics.median(decode_s), 2),
+        **speed_summary(
+            prompt_tokens, new_tokens, target.load_s, [p for p, _ in rounds], [d for _, d in rounds]
+        ),
         "peak_memory_mb": round(peak_rss_mb(), 1),
-        "model_bytes": weights.stat().st_size,
+        "model_bytes": (target.directory / WEIGHTS_FILE).stat().st_size,
     }
