@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def pocketlm(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "POCKETLM_NO_PROGRESS": "1"}
@@ -74,6 +76,7 @@ def test_train_eval_predict(tiny_model_dir, tmp_path: Path) -> None:
     assert [json.loads(x)["label"] for x in r.stdout.splitlines()] == ["negative", "positive"]
 
 
+@pytest.mark.slow  # end to end through subprocesses; the unit tests cover the parts
 def test_bad_data_is_named(tiny_classifier_dir, tiny_model_dir, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nfine words,positive\n,negative\n")
@@ -89,6 +92,7 @@ def test_bad_data_is_named(tiny_classifier_dir, tiny_model_dir, tmp_path: Path) 
     assert r.returncode == 2 and "classifier" in r.stderr, r.stderr
 
 
+@pytest.mark.slow  # end to end through subprocesses; the unit tests cover the parts
 def test_distill_makes_a_student_of_half_the_layers(tiny_model_dir, tmp_path: Path) -> None:
     train = _labelled(tmp_path / "train.tsv", 120, 2)
     teacher = tmp_path / "teacher"

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def pocketlm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -13,6 +15,7 @@ def pocketlm(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # end to end through subprocesses; the unit tests cover the parts
 def test_compare_the_tiny_model_and_its_int8_variant(tiny_model_dir, synthetic_pipeline, tmp_path):
     from pocketlm.compress.quantize import quantize_model_dir
 
@@ -39,6 +42,7 @@ def test_compare_the_tiny_model_and_its_int8_variant(tiny_model_dir, synthetic_p
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+@pytest.mark.slow  # end to end through subprocesses; the unit tests cover the parts
 def test_compare_names_a_bad_directory(tiny_model_dir, tmp_path):
     r = pocketlm("compare", str(tiny_model_dir), str(tmp_path / "nothing-here"))
     assert r.returncode == 2

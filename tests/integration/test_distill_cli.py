@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pocketlm.common.manifest import read_manifest
 
 FAST = ("--precision", "fp32", "--device", "cpu", "--batch-size", "4", "--ctx", "16")
@@ -21,6 +23,7 @@ def pocketlm(*args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow  # end to end through subprocesses; the unit tests cover the parts
 def test_cache_then_distill_from_it_then_live(tiny_model_dir, synthetic_pipeline, tmp_path: Path):
     tokens, cache = str(synthetic_pipeline["tokens"]), tmp_path / "cache"
     r = pocketlm(

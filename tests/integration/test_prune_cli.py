@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pocketlm.common.manifest import read_manifest
 
 
@@ -19,6 +21,7 @@ def pocketlm(*args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow  # end to end through subprocesses; the unit tests cover the parts
 def test_prune_then_heal_by_distillation_then_export(
     tiny_model_dir, synthetic_pipeline, tmp_path: Path
 ):

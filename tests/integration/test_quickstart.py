@@ -111,6 +111,8 @@ def test_an_interrupted_quickstart_resumes_its_training_stage(text_folder, tmp_p
     assert "validation bits per byte" in report.read_text()
 
 
+@pytest.mark.slow  # ~100 s on 2 cores (the stdlib request set, 32 greedy end-of-turn replies);
+# the parts are unit-tested: data/stdlib_instructions, train/tasks/sft, train/end_of_turn
 @pytest.mark.timeout(600)
 def test_quickstart_chat_adds_a_fine_tuning_stage_on_stdlib_requests(text_folder, tmp_path):
     """--chat: the pretrained model is fine-tuned on requests derived from the stdlib's

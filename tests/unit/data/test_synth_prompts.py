@@ -5,6 +5,7 @@ de-duplication, the teacher's topic lists, replies with top_logprobs, the append
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -170,6 +171,17 @@ def test_unreadable_replies_name_the_field(data, match):
 
 
 def test_append_only_files_repair_a_cut_last_line_and_refuse_other_damage(tmp_path, caplog):
+    # the pocketlm loggers stop propagating once a command set logging up (an earlier test may
+    # have): listen on the synth logger itself
+    logger = logging.getLogger("pocketlm.synth")
+    logger.addHandler(caplog.handler)
+    try:
+        _repair_and_refuse(tmp_path, caplog)
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
+def _repair_and_refuse(tmp_path, caplog) -> None:
     path = tmp_path / "d.jsonl"
     f = JsonlFile(path)
     f.append({"a": 1})
