@@ -121,6 +121,10 @@ def test_each_mode_trains_exactly_its_parameters(tiny_model_dir, tmp_path, mode)
     assert task.roles["score.weight"] == Role.HEAD
     if mode == "lora":
         assert {task.roles[n] for n in lora} == {Role.ADAPTER} and len(lora) == 2 * 7 * 2
+    if mode == "full":  # the body and the head's training FLOPs: no LM head is counted or removed
+        mean_len = sum(len(t) for t in data.token_ids) / len(data.token_ids)
+        flops = task.model.config.flops_per_token(round(mean_len), training=True)
+        assert task.flops_per_token == pytest.approx(flops)
 
     run = train(factory, config.train, tmp_path / mode)
     start = to_classifier(load_model(tiny_model_dir).model, LABELS, seed=0).state_dict()

@@ -171,10 +171,9 @@ def classify_task_factory(
         def load(checkpoint: Path) -> dict[str, torch.Tensor]:
             return checkpoint_tensors(checkpoint, model)
 
-        # Training FLOPs of the body and the head at one position (no LM head over the vocab);
-        # a frozen body runs forward only.
+        # Training FLOPs of the body and the head (a classifier's config counts no LM head over
+        # the vocabulary); a frozen body runs forward only.
         flops = config.flops_per_token(max(1, round(mean_len)), training=True)
-        flops -= 6 * config.vocab_size * config.dim
         return TrainTask(
             name="classify",
             model=model,
