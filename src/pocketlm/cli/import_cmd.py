@@ -11,7 +11,12 @@ Families (chosen from config.json's "architectures", never from the folder's nam
   LlamaForCausalLM (Llama 2/3.x, SmolLM2)   MistralForCausalLM
   Qwen2ForCausalLM (Qwen2, Qwen2.5)         Qwen3ForCausalLM
   PhiForCausalLM (Phi-2)                    Phi3ForCausalLM (Phi-3, Phi-3.5, Phi-4-mini)
-  GemmaForCausalLM   Gemma2ForCausalLM      Gemma3ForCausalLM (text-only Gemma 3)"""
+  GemmaForCausalLM   Gemma2ForCausalLM      Gemma3ForCausalLM (text-only Gemma 3)
+  MixtralForCausalLM   Qwen2MoeForCausalLM  Qwen3MoeForCausalLM (mixtures of experts)
+  each family's *ForSequenceClassification (a classifier: `pocketlm classify`)
+Encoders (classifiers, or bases for `pocketlm classify train`):
+  BertModel / BertFor…   DistilBertModel / DistilBertFor…   AlbertModel / AlbertFor…
+  MobileBertModel / MobileBertFor… (their *ForSequenceClassification heads are kept)"""
 
 
 def register(subparsers) -> None:

@@ -43,8 +43,10 @@ The life of a model, one command per stage (each writes a directory with a manif
   presets          the named model sizes: parameters, FLOPs and KV bytes per token
   plan             what each model size costs (memory, step time) and buys in a budget
   pretrain         token shards -> a Llama-compatible model (checkpoints, metrics, loss plot)
-  import           a Hugging Face model folder (Llama, Qwen, Phi, Gemma, Mistral) -> a model
-  finetune         a model + token shards -> the model trained further, or a LoRA/QLoRA adapter
+  import           a Hugging Face model folder (Llama, Qwen, Phi, Gemma, Mistral, Mixtral;
+                   BERT, DistilBERT, ALBERT, MobileBERT) -> a model
+  finetune         a model + chat records or token shards -> the model trained further, or a
+                   LoRA/QLoRA adapter
   merge            base model + LoRA adapter -> one plain model
   classify         labelled texts -> a text classifier (train, eval, predict, distill)
   synth            a teacher behind an OpenAI-compatible API -> a chat data set (distillation)
