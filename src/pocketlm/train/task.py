@@ -61,6 +61,11 @@ class RunContext:
         return autocast_context(self.device, self.precision)
 
 
+def arrays_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """A host batch of numpy arrays as tensors on the device (a TrainTask's to_device)."""
+    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16/fp16 autocast on the device, or nothing for fp32."""
     if precision == "fp32":

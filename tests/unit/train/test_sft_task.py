@@ -25,10 +25,9 @@ from pocketlm.data.sft_tokens import SFTTokens, target_count
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
 from pocketlm.train.config import OptimConfig, ScheduleConfig, TrainConfig
-from pocketlm.train.task import RunContext
+from pocketlm.train.task import RunContext, arrays_to_device
 from pocketlm.train.tasks.sft import (
     SFTConfig,
-    batch_to_device,
     held_out_loss,
     masked_loss,
     sft,
@@ -117,7 +116,7 @@ def test_the_loss_counts_only_assistant_targets_and_packing_changes_nothing(base
     assert (
         report["rows"]["train"] < report["examples"]["train"] and report["rows"]["train_fill"] > 0.8
     )
-    batch = batch_to_device(next(task.batches), CPU.device)
+    batch = arrays_to_device(next(task.batches), CPU.device)
     assert set(batch) == {"input_ids", "targets", "doc_ids", "positions"}
     loss, count = masked_loss(task.model, batch)
     assert count == (batch["targets"] != -100).sum() and 0 < count < batch["targets"].numel()

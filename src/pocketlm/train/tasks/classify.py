@@ -51,7 +51,13 @@ from pocketlm.model.lora import LoRAConfig
 from pocketlm.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from pocketlm.train.loop import RunResult, train
 from pocketlm.train.roles import roles_by_structure
-from pocketlm.train.task import RunContext, SaveRequest, TaskFactory, TrainTask
+from pocketlm.train.task import (
+    RunContext,
+    SaveRequest,
+    TaskFactory,
+    TrainTask,
+    arrays_to_device,
+)
 from pocketlm.train.tasks.lora import with_lora
 
 MODES = ("full", "lora", "head")
@@ -179,7 +185,7 @@ def classify_task_factory(
             model=model,
             batches=batches,
             loss=loss,
-            to_device=batch_to_device,
+            to_device=arrays_to_device,
             tokens_per_batch=max(1, round(tc.batch_size * mean_len)),
             roles=roles_by_structure(model, heads=head, frozen=frozen),
             save=save,
@@ -282,11 +288,6 @@ def classify_loss(
     return (per_example * w).sum(), w.sum()
 
 
-def batch_to_device(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
-    """A host batch of numpy arrays as tensors on the device."""
-    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
-
-
 @torch.no_grad()
 def held_out_metrics(
     model: nn.Module,
@@ -300,7 +301,7 @@ def held_out_metrics(
     total = torch.zeros((), dtype=torch.float64, device=device)
     correct, count = 0, 0
     for batch in batches:
-        on_device = batch_to_device(batch, device)
+        on_device = arrays_to_device(batch, device)
         with autocast or contextlib.nullcontext():
             logits = model(on_device["input_ids"], attention_mask=on_device["attention_mask"])
         labels = on_device["labels"]

@@ -53,9 +53,14 @@ from pocketlm.train.config import TrainConfig
 from pocketlm.train.distill_loss import KINDS, distill_loss, hidden_cosine_loss
 from pocketlm.train.loop import RunResult, train
 from pocketlm.train.roles import roles_by_structure
-from pocketlm.train.task import RunContext, SaveRequest, TaskFactory, TrainTask
+from pocketlm.train.task import (
+    RunContext,
+    SaveRequest,
+    TaskFactory,
+    TrainTask,
+    arrays_to_device,
+)
 from pocketlm.train.tasks.classify import (
-    batch_to_device,
     checkpoint_tensors,
     classify_train_defaults,
     held_out_metrics,
@@ -245,7 +250,7 @@ def distill_classify_task_factory(
             model=student,
             batches=batches,
             loss=loss,
-            to_device=batch_to_device,
+            to_device=arrays_to_device,
             tokens_per_batch=max(1, round(tc.batch_size * report["mean_tokens"])),
             roles=roles_by_structure(student, heads=head_parameter_modules(student)),
             save=save,

@@ -59,7 +59,13 @@ from pocketlm.train.distributed import unwrap
 from pocketlm.train.loop import RunResult, train
 from pocketlm.train.on_policy import OnPolicyBatches, SampleRequest, sample_rows
 from pocketlm.train.roles import roles_by_structure
-from pocketlm.train.task import RunContext, SaveRequest, TaskFactory, TrainTask
+from pocketlm.train.task import (
+    RunContext,
+    SaveRequest,
+    TaskFactory,
+    TrainTask,
+    arrays_to_device,
+)
 from pocketlm.train.tasks.distill_sources import (
     DistillData,
     cache_source,
@@ -381,7 +387,7 @@ def batch_to_device(batch: Any, device: torch.device) -> Any:
     """A host batch's arrays as tensors on the device (an on-policy request passes as is)."""
     if isinstance(batch, SampleRequest):
         return batch
-    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+    return arrays_to_device(batch, device)
 
 
 def distill(

@@ -45,7 +45,13 @@ from pocketlm.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from pocketlm.train.end_of_turn import end_of_turn_rate, reply_prompts
 from pocketlm.train.loop import RunResult, train
 from pocketlm.train.roles import roles_by_structure
-from pocketlm.train.task import RunContext, SaveRequest, TaskFactory, TrainTask
+from pocketlm.train.task import (
+    RunContext,
+    SaveRequest,
+    TaskFactory,
+    TrainTask,
+    arrays_to_device,
+)
 
 _log = get_logger("pocketlm.train.sft")
 
@@ -162,7 +168,7 @@ def sft_task_factory(
             model=model,
             batches=batches,
             loss=masked_loss,
-            to_device=batch_to_device,
+            to_device=arrays_to_device,
             tokens_per_batch=tc.batch_size * tc.ctx,
             roles=roles_by_structure(model, heads=[model.lm_head]),
             save=save,
@@ -237,11 +243,6 @@ def masked_loss(
     return loss, (targets != IGNORE_INDEX).sum()
 
 
-def batch_to_device(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
-    """A host batch of numpy rows as tensors on the device."""
-    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
-
-
 @torch.no_grad()
 def held_out_loss(
     model: nn.Module,
@@ -255,7 +256,7 @@ def held_out_loss(
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     for batch in batches:
-        on_device = batch_to_device(batch, device)
+        on_device = arrays_to_device(batch, device)
         with autocast or contextlib.nullcontext():
             loss, n = masked_loss(model, on_device)
         total += loss.double()
