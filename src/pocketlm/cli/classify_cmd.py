@@ -12,6 +12,7 @@ from pocketlm.cli.options import (
     command_line,
     config_from_args,
     training_budget,
+    training_flag_keys,
 )
 
 _FLAGS = {
@@ -23,15 +24,7 @@ _FLAGS = {
     "lora_rank": "classify.lora.rank",
     "lora_alpha": "classify.lora.alpha",
     "class_weights": "classify.class_weights",
-    "ctx": "classify.train.ctx",
-    "batch_size": "classify.train.batch_size",
-    "grad_accum": "classify.train.grad_accum",
-    "lr": "classify.train.optim.lr",
-    "budget": "classify.train.budget",
-    "precision": "classify.train.precision",
-    "device": "classify.train.device",
-    "seed": "classify.train.seed",
-    "compile": "classify.train.compile",
+    **training_flag_keys("classify.train"),
 }
 
 _DESCRIPTION = """\

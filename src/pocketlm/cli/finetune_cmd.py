@@ -11,6 +11,7 @@ from pocketlm.cli.options import (
     command_line,
     config_from_args,
     training_budget,
+    training_flag_keys,
 )
 
 _FLAGS = {
@@ -21,15 +22,7 @@ _FLAGS = {
     "rslora": "lora.rslora",
     "qlora": "lora.base_quant",
     "group_size": "lora.group_size",
-    "ctx": "train.ctx",
-    "batch_size": "train.batch_size",
-    "grad_accum": "train.grad_accum",
-    "lr": "train.optim.lr",
-    "budget": "train.budget",
-    "precision": "train.precision",
-    "device": "train.device",
-    "seed": "train.seed",
-    "compile": "train.compile",
+    **training_flag_keys(),
     "val_fraction": "data.val_fraction",
     "on_bad_record": "data.on_bad_record",
     "too_long": "data.too_long",

@@ -209,6 +209,25 @@ def add_adapter_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# add_training_options' flags -> their key in a TrainConfig
+_TRAINING_KEYS = {
+    "ctx": "ctx",
+    "batch_size": "batch_size",
+    "grad_accum": "grad_accum",
+    "lr": "optim.lr",
+    "budget": "budget",
+    "precision": "precision",
+    "device": "device",
+    "seed": "seed",
+    "compile": "compile",
+}
+
+
+def training_flag_keys(prefix: str = "train") -> dict[str, str]:
+    """dest -> dotted config key of add_training_options' flags, the TrainConfig at `prefix`."""
+    return {dest: f"{prefix}.{key}" for dest, key in _TRAINING_KEYS.items()}
+
+
 def add_training_options(run: Any, *, lr_help: str, seed_help: str) -> None:
     """The training loop's flags every training command shares (sequence, batch, learning rate,
     budget, precision, device, compile, seed); read back with `training_budget`."""

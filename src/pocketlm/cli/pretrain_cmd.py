@@ -11,6 +11,7 @@ from pocketlm.cli.options import (
     command_line,
     config_from_args,
     training_budget,
+    training_flag_keys,
 )
 
 _FLAGS = {
@@ -20,15 +21,7 @@ _FLAGS = {
     "heads": "model.n_heads",
     "kv_heads": "model.n_kv_heads",
     "ffn_dim": "model.ffn_dim",
-    "ctx": "train.ctx",
-    "batch_size": "train.batch_size",
-    "grad_accum": "train.grad_accum",
-    "lr": "train.optim.lr",
-    "budget": "train.budget",
-    "precision": "train.precision",
-    "device": "train.device",
-    "seed": "train.seed",
-    "compile": "train.compile",
+    **training_flag_keys(),
 }
 
 
