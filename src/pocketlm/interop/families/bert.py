@@ -26,6 +26,19 @@ ENCODER_OPTIONS = {
     "pooling": "first",  # [CLS]
 }
 # transformers' BertConfig: the sizes of bert-base
+# A BERT layer's tensors (HF names after the layer prefix), shared with MobileBERT's layers
+BERT_ATTENTION_NAMES = {
+    "self_attn.q_proj": "attention.self.query",
+    "self_attn.k_proj": "attention.self.key",
+    "self_attn.v_proj": "attention.self.value",
+    "self_attn.o_proj": "attention.output.dense",
+    "post_attention_layernorm": "attention.output.LayerNorm",
+}
+BERT_MLP_NAMES = {
+    "mlp.up_proj": "intermediate.dense",
+    "mlp.down_proj": "output.dense",
+    "post_mlp_layernorm": "output.LayerNorm",
+}
 BERT_KEYS = {
     "vocab_size": "vocab_size",
     "dim": "hidden_size",
@@ -78,16 +91,7 @@ BERT = FamilySpec(
             "pooler": "bert.pooler.dense",
             "score": "classifier",
         },
-        {
-            "self_attn.q_proj": "attention.self.query",
-            "self_attn.k_proj": "attention.self.key",
-            "self_attn.v_proj": "attention.self.value",
-            "self_attn.o_proj": "attention.output.dense",
-            "post_attention_layernorm": "attention.output.LayerNorm",
-            "mlp.up_proj": "intermediate.dense",
-            "mlp.down_proj": "output.dense",
-            "post_mlp_layernorm": "output.LayerNorm",
-        },
+        {**BERT_ATTENTION_NAMES, **BERT_MLP_NAMES},
         layer_prefix="bert.encoder.layer.{i}.",
     ),
     encoder=EncoderSpec(

@@ -9,7 +9,12 @@ bottleneck with queries and keys from their own shared bottleneck, NoNorm.
 
 from __future__ import annotations
 
-from pocketlm.interop.families.bert import BERT_KEYS, ENCODER_OPTIONS
+from pocketlm.interop.families.bert import (
+    BERT_ATTENTION_NAMES,
+    BERT_KEYS,
+    BERT_MLP_NAMES,
+    ENCODER_OPTIONS,
+)
 from pocketlm.interop.families.encoder_spec import EncoderSpec
 from pocketlm.interop.families.spec import FamilySpec, NameTable
 
@@ -75,15 +80,9 @@ MOBILEBERT = FamilySpec(
             "bottleneck_in_norm": "bottleneck.input.LayerNorm",
             "bottleneck_qk": "bottleneck.attention.dense",
             "bottleneck_qk_norm": "bottleneck.attention.LayerNorm",
-            "self_attn.q_proj": "attention.self.query",
-            "self_attn.k_proj": "attention.self.key",
-            "self_attn.v_proj": "attention.self.value",
-            "self_attn.o_proj": "attention.output.dense",
-            "post_attention_layernorm": "attention.output.LayerNorm",
+            **BERT_ATTENTION_NAMES,
             **_STACKED,
-            "mlp.up_proj": "intermediate.dense",
-            "mlp.down_proj": "output.dense",
-            "post_mlp_layernorm": "output.LayerNorm",
+            **BERT_MLP_NAMES,
             "bottleneck_out": "output.bottleneck.dense",
             "bottleneck_out_norm": "output.bottleneck.LayerNorm",
         },
