@@ -57,6 +57,64 @@ def _read(files: Sequence[str], data: ClassifyDataConfig) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """Labelled files ready for a classifier's training: the model directory, the class names,
+    the held-out examples (for the report), both sides tokenized, the loop's settings with ctx
+    at most the model's context, and the data report."""
+
+    base: Path
+    names: tuple[str, ...]
+    val_examples: list[LabelledExample]
+    train_tokens: Any
+    val_tokens: Any
+    train: Any  # TrainConfig
+    report: dict[str, Any]
+
+
+def _prepare(
+    model: str | Path,
+    data_files: Sequence[str],
+    val_files: Sequence[str],
+    config: ClassifyRunConfig,
+    names: Sequence[str] | None = None,
+) -> _Prepared:
+    """Read, split (without val_files: a stratified share), check the labels (against `names`,
+    else the data's own), warn of imbalance and tokenize with the model's tokenizer."""
+    from pocketlm.checkpoint.model_check import check_model_dir
+    from pocketlm.data.classify_loader import encode_labelled
+    from pocketlm.interop.open_model import model_dir as resolve_model
+
+    data = config.data
+    train_set = _read(data_files, data)
+    val_set = _read(val_files, data) if val_files else None
+    found = label_names(train_set, *([val_set] if val_set else []))  # unknown labels refused
+    names = tuple(names) if names is not None else found
+    if val_set is not None:
+        train_ex, val_ex = train_set.examples, val_set.examples
+    else:
+        train_ex, val_ex = split_labelled(train_set.examples, data.val_fraction, data.seed)
+    balance = class_balance(train_ex, names)
+    if balance["warning"]:
+        log.warning("%s", balance["warning"])
+    base = resolve_model(model)
+    checked = check_model_dir(base)
+    train, context = config.classify.train, checked.config.max_seq_len
+    if train.ctx > context:  # texts are cut to ctx tokens: at most the model's
+        log.info("texts cut at the model's context, %d tokens", context)
+        train = replace(train, ctx=context)
+    tokenizer = checked.tokenizer
+    report = {
+        "train_data": train_set.report,
+        "val_data": val_set.report if val_set else {"split_from_train": data.val_fraction},
+        "class_balance": balance,
+    }
+    return _Prepared(
+        base, names, list(val_ex), encode_labelled(tokenizer, *_columns(train_ex), names),
+        encode_labelled(tokenizer, *_columns(val_ex), names) if val_ex else None, train, report,
+    )  # fmt: skip
+
+
 def train_from_files(
     model: str | Path,
     data_files: Sequence[str],
@@ -70,46 +128,21 @@ def train_from_files(
     """Train a classifier of `model` on labelled files into the run `out`; its validation set
     (val_files, else a stratified share) is evaluated at the end into out/eval/. Returns
     (RunResult, the evaluation's metrics or None without validation examples)."""
-    from pocketlm.checkpoint.model_check import check_model_dir
-    from pocketlm.data.classify_loader import encode_labelled
-    from pocketlm.interop.open_model import model_dir as resolve_model
     from pocketlm.train.tasks.classify import train_classifier
 
-    data = config.data
-    train_set = _read(data_files, data)
-    val_set = _read(val_files, data) if val_files else None
-    names = label_names(train_set, *([val_set] if val_set else []))
-    if val_set is not None:
-        train_ex, val_ex = train_set.examples, val_set.examples
-    else:
-        train_ex, val_ex = split_labelled(train_set.examples, data.val_fraction, data.seed)
-    balance = class_balance(train_ex, names)
-    if balance["warning"]:
-        log.warning("%s", balance["warning"])
-    base = resolve_model(model)
-    checked = check_model_dir(base)
-    tokenizer, context = checked.tokenizer, checked.config.max_seq_len
-    if config.classify.train.ctx > context:  # texts are cut to ctx tokens: at most the model's
-        log.info("texts cut at the model's context, %d tokens", context)
-        train = replace(config.classify.train, ctx=context)
-        config = replace(config, classify=replace(config.classify, train=train))
-    train_tokens = encode_labelled(tokenizer, *_columns(train_ex), names)
-    val_tokens = encode_labelled(tokenizer, *_columns(val_ex), names) if val_ex else None
-    report = {
-        "train_data": train_set.report,
-        "val_data": val_set.report if val_set else {"split_from_train": data.val_fraction},
-        "class_balance": balance,
-    }
+    p = _prepare(model, data_files, val_files, config)
+    settings = replace(config.classify, train=p.train)
     result = train_classifier(
-        base, None if _is_classifier(base) else names, train_tokens, val_tokens, out,
-        config.classify, data_report=report, resume=resume, command=command,
+        p.base, None if _is_classifier(p.base) else p.names, p.train_tokens, p.val_tokens, out,
+        settings, data_report=p.report, resume=resume, command=command,
     )  # fmt: skip
-    metrics = None
-    if val_ex:
-        adapter = result.model_dir if config.classify.mode == "lora" else None
-        classifier = base if adapter else result.model_dir
-        metrics = evaluate_examples(classifier, val_ex, Path(out) / "eval", adapter=adapter)
-    return result, metrics
+    if not p.val_examples:
+        return result, None
+    adapter = result.model_dir if settings.mode == "lora" else None
+    classifier = p.base if adapter else result.model_dir
+    return result, evaluate_examples(
+        classifier, p.val_examples, Path(out) / "eval", adapter=adapter
+    )
 
 
 def distill_from_files(
@@ -125,8 +158,6 @@ def distill_from_files(
 ) -> tuple[Any, dict[str, Any] | None]:
     """Distil the classifier `teacher` into a student of every second layer on labelled files
     (train/tasks/distill_classify.py), evaluated at the end into out/eval/ like `train`."""
-    from pocketlm.checkpoint.model_check import check_model_dir
-    from pocketlm.data.classify_loader import encode_labelled
     from pocketlm.interop.open_model import model_dir as resolve_model
     from pocketlm.train.tasks.distill_classify import (
         DistillClassifyConfig,
@@ -134,31 +165,16 @@ def distill_from_files(
         teacher_labels,
     )
 
-    data = config.data
-    train_set = _read(data_files, data)
-    val_set = _read(val_files, data) if val_files else None
-    base = resolve_model(teacher)
-    names = teacher_labels(base)
-    label_names(train_set, *([val_set] if val_set else []))  # checks: no unknown labels
-    if val_set is not None:
-        train_ex, val_ex = train_set.examples, val_set.examples
-    else:
-        train_ex, val_ex = split_labelled(train_set.examples, data.val_fraction, data.seed)
-    checked = check_model_dir(base)
-    train = config.classify.train
-    if train.ctx > checked.config.max_seq_len:
-        train = replace(train, ctx=checked.config.max_seq_len)
-    tokenizer = checked.tokenizer
-    train_tokens = encode_labelled(tokenizer, *_columns(train_ex), names)
-    val_tokens = encode_labelled(tokenizer, *_columns(val_ex), names) if val_ex else None
-    settings = DistillClassifyConfig(temperature=temperature, train=train)
-    report = {"train_data": train_set.report, "class_balance": class_balance(train_ex, names)}
+    names = teacher_labels(resolve_model(teacher))  # label ids in the teacher's order
+    p = _prepare(teacher, data_files, val_files, config, names)
+    settings = DistillClassifyConfig(temperature=temperature, train=p.train)
     result = distill_classifier(
-        base, train_tokens, val_tokens, out, settings, data_report=report, resume=resume,
-        command=command,
+        p.base, p.train_tokens, p.val_tokens, out, settings, data_report=p.report,
+        resume=resume, command=command,
     )  # fmt: skip
-    metrics = evaluate_examples(result.model_dir, val_ex, Path(out) / "eval") if val_ex else None
-    return result, metrics
+    if not p.val_examples:
+        return result, None
+    return result, evaluate_examples(result.model_dir, p.val_examples, Path(out) / "eval")
 
 
 def _is_classifier(model_dir: Path) -> bool:
