@@ -236,7 +236,10 @@ def add_training_options(run: Any, *, lr_help: str, seed_help: str) -> None:
     run.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default: 1)")
     run.add_argument("--lr", type=float, help=lr_help)
     budget = run.add_mutually_exclusive_group()
-    budget.add_argument("--budget", help="wall-clock budget, e.g. 5m, 90s, 1h (default: 5m)")
+    budget.add_argument(
+        "--budget",
+        help="time budget, e.g. 5m, 90s, 1h (default: 5m); '10m cpu' counts this process's CPU time instead of the wall clock (the same compute on a busy machine)",
+    )
     budget.add_argument("--max-tokens", help="token budget, e.g. 20M")
     budget.add_argument("--max-steps", type=int, help="optimizer-step budget")
     add_precision_option(run, "autocast precision of the training step", None)

@@ -1,4 +1,4 @@
-"""Training budgets: wall-clock time, tokens or optimizer steps."""
+"""Training budgets: wall-clock time, CPU time, tokens or optimizer steps."""
 
 from __future__ import annotations
 
@@ -16,20 +16,30 @@ class Budget:
 
     kind: Literal["time", "tokens", "steps"]
     amount: float
+    # Time budgets only: count this process's CPU seconds (all its threads) instead of the wall
+    # clock, so a run on a shared machine gets the same compute however busy the machine is.
+    cpu: bool = False
 
     def describe(self) -> str:
         if self.kind == "time":
             from pocketlm.common.units import format_duration
 
-            return format_duration(self.amount)
+            return format_duration(self.amount) + (" of CPU time" if self.cpu else "")
         from pocketlm.common.units import format_count
 
         return f"{format_count(self.amount)} {self.kind}"
 
 
 def parse_budget(text: str) -> Budget:
-    """'5m' / '90s' -> time; '20M tokens' / '20Mtok' -> tokens; '500 steps' -> steps."""
+    """'5m' / '90s' -> time; '10m cpu' -> CPU time; '20M tokens' / '20Mtok' -> tokens;
+    '500 steps' -> steps."""
     s = text.strip().lower()
+    cpu = re.fullmatch(r"(.+?)\s*cpu", s)
+    if cpu:
+        wall = parse_budget(cpu.group(1))
+        if wall.kind != "time":
+            raise ConfigError(f"budget {text!r}: 'cpu' goes after a time, e.g. '10m cpu'")
+        return Budget("time", wall.amount, cpu=True)
     m = re.fullmatch(r"(.+?)\s*(tokens?|tok|steps?)", s)
     if m:
         kind = "tokens" if m.group(2).startswith("tok") else "steps"

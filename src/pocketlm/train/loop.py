@@ -14,7 +14,6 @@ ETA, a loss-curve PNG, atomic checkpoints with keep-last-N, exact resume at any 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +55,11 @@ def train(
     *,
     resume: bool = False,
     command: Sequence[str] | None = None,
-    now: Callable[[], float] = time.perf_counter,
+    now: Callable[[], float] | None = None,
 ) -> RunResult:
     """Build the task for this process's context and train it until the budget is spent;
-    writes checkpoints, metrics, the loss plot and `run_dir/model` (from the main rank)."""
+    writes checkpoints, metrics, the loss plot and `run_dir/model` (from the main rank).
+    `now` (seconds) defaults to the wall clock, or this process's CPU time for a 'cpu' budget."""
     run = setup_run(factory, config, Path(run_dir), resume=resume, command=command, now=now)
     try:
         done = _already_finished(run)

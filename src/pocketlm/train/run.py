@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,7 @@ def setup_run(
     *,
     resume: bool,
     command: Sequence[str] | None,
-    now: Callable[[], float],
+    now: Callable[[], float] | None,
 ) -> Run:
     """Resolve the context, build the task for it, wrap the model, build optimizers from the
     task's roles, and restore the latest checkpoint when resuming."""
@@ -104,6 +105,8 @@ def setup_run(
         [(n, p, task.roles[n]) for n, p in named], config.optim, ctx.device
     )
     budget = parse_budget(config.budget)
+    if now is None:
+        now = time.process_time if budget.cpu else time.perf_counter
     tokens_per_step = task.tokens_per_batch * config.grad_accum * ctx.dist.world_size
     clock = RunClock(
         budget, tokens_per_step, config.schedule, config.optim.min_lr_ratio, config.eval_tokens

@@ -35,6 +35,15 @@ def test_budgets():
         parse_budget("forever")
 
 
+def test_a_cpu_budget_is_a_time_budget_on_the_process_clock():
+    budget = parse_budget("10m cpu")
+    assert (budget.kind, budget.amount, budget.cpu) == ("time", 600, True)
+    assert budget.describe().endswith("of CPU time")
+    assert not parse_budget("10m").cpu
+    with pytest.raises(ConfigError, match="'cpu' goes after a time"):
+        parse_budget("500 steps cpu")
+
+
 @pytest.mark.parametrize("bare", ["5", "30", "2.5"])
 def test_a_budget_without_a_unit_is_refused_with_the_choices(bare):
     with pytest.raises(ConfigError, match=rf"budget '{bare}' has no unit: write {bare}s, {bare}m"):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,7 +328,7 @@ def train_classifier(
     data_report: dict[str, Any] | None = None,
     resume: bool = False,
     command: Sequence[str] | None = None,
-    now: Callable[[], float] = time.perf_counter,
+    now: Callable[[], float] | None = None,
 ) -> RunResult:
     """Train a classifier of `model_dir` over `labels` into the run directory `out`; its
     `model/` is a classifier model artifact (mode lora: an adapter artifact on the base)."""

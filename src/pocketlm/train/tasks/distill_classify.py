@@ -28,7 +28,6 @@ teacher as a parent.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,7 +369,7 @@ def distill_classifier(
     data_report: dict[str, Any] | None = None,
     resume: bool = False,
     command: Sequence[str] | None = None,
-    now: Callable[[], float] = time.perf_counter,
+    now: Callable[[], float] | None = None,
 ) -> RunResult:
     """Distill the classifier `teacher_dir` into a smaller student (see the module docstring)
     in the run directory `out`; its `model/` is the student, an ordinary classifier artifact."""

@@ -26,7 +26,6 @@ cache (`pocketlm distill cache`) the teacher is never loaded.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,7 +401,7 @@ def distill(
     cache_dir: str | Path | None = None,
     resume: bool = False,
     command: Sequence[str] | None = None,
-    now: Callable[[], float] = time.perf_counter,
+    now: Callable[[], float] | None = None,
 ) -> RunResult:
     """Distill a teacher (live, or its cache) into `student` in the run directory `out`; its
     `model/` is the student (a model artifact, or an adapter on the student with LoRA)."""

@@ -9,7 +9,6 @@ factory is wrapped by `with_lora` (train/tasks/lora.py) the same way.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +100,7 @@ def finetune(
     replay_dir: str | Path | None = None,
     resume: bool = False,
     command: Sequence[str] | None = None,
-    now: Callable[[], float] = time.perf_counter,
+    now: Callable[[], float] | None = None,
 ) -> RunResult:
     """Fine-tune `model_dir` on `tokens_dir` or chat `data_files` into the run directory `out`;
     its `model/` is a model artifact (full fine-tune) or an adapter artifact on the base (LoRA /

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +245,7 @@ def pretrain(
     *,
     resume: bool = False,
     command: Sequence[str] | None = None,
-    now: Callable[[], float] = time.perf_counter,
+    now: Callable[[], float] | None = None,
 ) -> RunResult:
     """Pretrain a model on `tokens_dir` into the run directory `out`."""
     config = config or PretrainConfig()

@@ -20,7 +20,6 @@ base's tokenizer, chat template and generation_config.json. LoRA wraps this fact
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,7 +273,7 @@ def sft(
     val_files: Sequence[str] = (),
     resume: bool = False,
     command: Sequence[str] | None = None,
-    now: Callable[[], float] = time.perf_counter,
+    now: Callable[[], float] | None = None,
 ) -> RunResult:
     """Fine-tune `model_dir` on chat data into the run directory `out` (full fine-tune)."""
     settings = settings or SFTConfig()
