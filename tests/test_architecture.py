@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "train": {"common", "model", "checkpoint", "tokenizer", "data", "evals", "interop"},
     "pipelines": {
         "common",
+        "compress",  # the quickstart's variants, the draft's cut
         "tokenizer",
         "data",
         "checkpoint",

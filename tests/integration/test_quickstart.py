@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pocketlm.pipelines.quickstart import QuickstartConfig, run_quickstart
@@ -23,21 +25,35 @@ def test_quickstart_runs_end_to_end_and_reuses_stages(text_folder, tmp_path):
         "machine load | other programs used",
         "loss.png",
         "## Samples",
+        "## Variants: which one to ship",
+        "compare/pareto.png",
     ):
         assert needle in text
     assert text.count("```") == 10  # five sample completions
     assert (tmp_path / "qs" / "pretrain" / "loss.png").exists()
+    # the variants stage: int8 and int4 copies measured beside the model, smaller on disk
+    compared = json.loads((tmp_path / "qs" / "compare" / "report.json").read_text())
+    by_name = {r["name"]: r for r in compared["variants"]}
+    assert set(by_name) == {"model", "int8", "int4"}, set(by_name)
+    assert by_name["int4"]["size_mb"] < by_name["int8"]["size_mb"] < by_name["model"]["size_mb"]
+    assert all(r["val_bpb"] > 0 and r["decode_tokens_per_s"] > 0 for r in by_name.values())
+    assert (tmp_path / "qs" / "compare" / "pareto.png").exists()
     assert any("<- chosen" in line for line in lines)
     assert any(line.strip().startswith("pocketlm generate --model") for line in lines)
 
     again: list[str] = []
     run_quickstart(config, tmp_path / "qs", echo=again.append)
-    assert sum("reusing" in line for line in again) == 4
+    assert sum("reusing" in line for line in again) == 5
 
     changed: list[str] = []
     run_quickstart(
         QuickstartConfig(
-            corpus=(str(text_folder),), budget="6s", vocab_size=300, ctx=64, batch_size=4
+            corpus=(str(text_folder),),
+            budget="6s",
+            vocab_size=300,
+            ctx=64,
+            batch_size=4,
+            variants=False,
         ),
         tmp_path / "qs",
         echo=changed.append,
@@ -50,10 +66,9 @@ def test_quickstart_runs_end_to_end_and_reuses_stages(text_folder, tmp_path):
 @pytest.mark.timeout(600)
 def test_quickstart_on_stdlib_with_a_tiny_budget(tmp_path):
     """THE end-to-end pipeline test: the README's main command on the embedded corpus."""
-    import json
 
     report = run_quickstart(
-        QuickstartConfig(budget="8s", model="pico-1m", ctx=128, batch_size=8),
+        QuickstartConfig(budget="8s", model="pico-1m", ctx=128, batch_size=8, variants=False),
         tmp_path / "std",
         echo=lambda s: None,
     )
@@ -69,7 +84,7 @@ _QUICKSTART = """
 import sys
 from pocketlm.pipelines.quickstart import QuickstartConfig, run_quickstart
 config = QuickstartConfig(corpus=(sys.argv[1],), budget="12s", vocab_size=320, ctx=64,
-                          batch_size=4, model="pico-1m", device="cpu")
+                          batch_size=4, model="pico-1m", device="cpu", variants=False)
 run_quickstart(config, sys.argv[2], echo=lambda line: print(line, flush=True))
 """
 
@@ -101,7 +116,7 @@ def test_an_interrupted_quickstart_resumes_its_training_stage(text_folder, tmp_p
     lines: list[str] = []
     config = QuickstartConfig(
         corpus=(str(text_folder),), budget="12s", vocab_size=320, ctx=64, batch_size=4,
-        model="pico-1m", device="cpu",
+        model="pico-1m", device="cpu", variants=False,
     )  # fmt: skip
     report = run_quickstart(config, out, echo=lines.append)
     assert sum("reusing" in line for line in lines) == 3  # corpus, tokenizer, tokens
@@ -123,7 +138,7 @@ def test_quickstart_chat_adds_a_fine_tuning_stage_on_stdlib_requests(text_folder
     lines: list[str] = []
     config = QuickstartConfig(
         corpus=(str(text_folder),), budget="6s", vocab_size=320, ctx=256, batch_size=2,
-        model="pico-1m", chat=True, chat_budget="3 steps",
+        model="pico-1m", chat=True, chat_budget="3 steps", variants=False,
     )  # fmt: skip
     run_quickstart(config, tmp_path / "qs", echo=lines.append)
     chat = tmp_path / "qs" / "chat"

@@ -60,6 +60,9 @@ The student (--student) is
   DIR      a model (a pruned copy of the teacher, a smaller trained model): trained whole, or
            through a LoRA adapter with --lora-rank (the student's base stays frozen), or
   PRESET   a named size (`pocketlm presets`), built fresh with the teacher's tokenizer and context.
+  draft[:N] a speculative-decoding draft for the teacher, in one command: the teacher cut to N
+           layers (default: a quarter) by importance on --tokens, distilled from it, and
+           quantized to int4 in OUT/draft-int4 for `pocketlm generate --draft`.
 
 The data is one of
   --tokens DIR     token shards made with the teacher's tokenizer (`pocketlm data encode`):
@@ -118,6 +121,7 @@ def register(subparsers) -> None:
             "  pocketlm distill --teacher runs/big --student runs/pruned --tokens runs/tokens --hard-weight 0.2 --out runs/healed\n"
             "  pocketlm distill --teacher runs/chat --student runs/small-chat --data chats.jsonl --loss reverse_kl --on-policy 0.5 --out runs/d\n"
             "  pocketlm distill --teacher runs/big --student runs/small --tokens runs/tokens --lora-rank 16 --out runs/lora\n"
+            "  pocketlm distill --teacher runs/big --student draft --tokens runs/tokens --budget 10m --out runs/draft   # then generate --draft runs/draft/draft-int4\n"
             "  pocketlm distill cache --teacher runs/big --tokens runs/tokens --ctx 256 --out runs/cache\n"
             "  pocketlm distill --cache runs/cache --student nano-3m --budget 10m --out runs/from-cache"
         ),
@@ -126,9 +130,10 @@ def register(subparsers) -> None:
     teacher.add_argument("--teacher", help=f"the teacher: {MODEL_HELP}")
     teacher.add_argument(
         "--student",
-        metavar="DIR|PRESET",
-        help="the student: a model directory with the teacher's tokenizer, or a preset name "
-        "built fresh (see `pocketlm presets`)",
+        metavar="DIR|PRESET|draft",
+        help="the student: a model directory with the teacher's tokenizer, a preset name "
+        "built fresh (see `pocketlm presets`), or draft[:LAYERS] (a speculative draft cut from "
+        "the teacher)",
     )
     source = p.add_argument_group("data (one of)")
     source.add_argument("--tokens", help="token shards encoded with the teacher's tokenizer")
@@ -260,11 +265,15 @@ def _distill(args: argparse.Namespace) -> int:
         args.ctx = read_manifest(args.cache, kind="teacher_cache")["config"]["ctx"]
     training_budget(args)
     config = config_from_args(DistillConfig, args, _FLAGS)
-    result = distill(
-        args.student, args.out, config, teacher_dir=args.teacher, tokens_dir=args.tokens,
-        data_files=args.data or (), val_files=args.val or (), cache_dir=args.cache,
-        resume=args.resume, command=command_line(),
-    )  # fmt: skip
+    draft = _draft(args, config)
+    if draft is not None:
+        result = draft.run
+    else:
+        result = distill(
+            args.student, args.out, config, teacher_dir=args.teacher, tokens_dir=args.tokens,
+            data_files=args.data or (), val_files=args.val or (), cache_dir=args.cache,
+            resume=args.resume, command=command_line(),
+        )  # fmt: skip
     if dist_env().rank != 0:
         return 0
     final = result.final
@@ -278,8 +287,27 @@ def _distill(args: argparse.Namespace) -> int:
         )
     elif "teacher_val_loss" in final:
         print(f"teacher: val loss {final['teacher_val_loss']:.4f} (assistant tokens)")
+    if draft is not None:
+        print(f"draft at int4: {draft.int4_dir}")
+        print(f"  pocketlm generate --model {args.teacher} --draft {draft.int4_dir} --prompt ...")
     print(result.model_dir)
     return 0
+
+
+def _draft(args: argparse.Namespace, config):
+    """`--student draft[:LAYERS]`: the one-command draft (pipelines/draft), else None."""
+    from pocketlm.common.errors import ConfigError
+    from pocketlm.pipelines.draft import distill_draft, draft_layers
+
+    layers = draft_layers(args.student)
+    if layers is None:
+        return None
+    if not args.teacher or args.cache or args.data:
+        raise ConfigError("--student draft needs a live --teacher and --tokens DIR")
+    return distill_draft(
+        args.teacher, args.tokens, args.out, config, layers=layers, resume=args.resume,
+        command=command_line(),
+    )  # fmt: skip
 
 
 def _cache(args: argparse.Namespace) -> int:

@@ -41,6 +41,13 @@ def register(subparsers) -> None:
         "functions (docstring -> code), offline",
     )
     p.add_argument("--chat-budget", default="2m", help="budget of the chat fine-tuning stage")
+    p.add_argument(
+        "--no-variants",
+        dest="variants",
+        action="store_false",
+        help="skip the last stage: int8 and int4 copies of the model compared with it "
+        "(size, decode speed, bits per byte) in compare/ and the report",
+    )
     p.set_defaults(handler=_quickstart)
 
 
@@ -54,6 +61,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         model=args.model,
         device=args.device,
         chat=args.chat,
+        variants=args.variants,
         chat_budget=args.chat_budget,
     )
     run_quickstart(config, args.out, command=command_line())

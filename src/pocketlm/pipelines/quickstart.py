@@ -1,4 +1,5 @@
-"""The quickstart: corpus -> tokenizer -> tokens -> plan -> pretrain -> eval -> samples -> report.md.
+"""The quickstart: corpus -> tokenizer -> tokens -> plan -> pretrain -> eval -> samples ->
+int8/int4 variants compared -> report.md.
 
 Each stage writes its own artifact under `out/` and is reused on the next run when its inputs
 are unchanged; an interrupted training run is resumed.
@@ -24,6 +25,7 @@ STATE_FILE = "quickstart.json"
 # No trailing spaces: byte-level BPE attaches a space to the next word, so a prompt ending in
 # one asks the model to continue after an unnatural token.
 PYTHON_PROMPTS = ("def", "class", "import", "    def __init__(self", "#")
+VARIANT_SCHEMES = ("int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class QuickstartConfig:
     seed: int = 0
     chat: bool = False  # add a chat fine-tuning stage on the stdlib instruction set
     chat_budget: str = "2m"
+    variants: bool = True  # quantize to int8 and int4 and compare the three (size, speed, bpb)
 
 
 def _complete(path: Path, kind: str) -> bool:
@@ -73,6 +76,7 @@ def run_quickstart(
         "tokenizer": {"vocab_size": config.vocab_size},
         "tokens": {},
         "chat": {"budget": config.chat_budget},
+        "variants": {"schemes": list(VARIANT_SCHEMES)},
         "pretrain": {
             "budget": config.budget,
             "model": config.model,
@@ -84,7 +88,7 @@ def run_quickstart(
     }
     reuse = True
     state: dict[str, Any] = {}
-    n_stages = 5 if config.chat else 4
+    n_stages = 4 + int(config.chat) + int(config.variants)
 
     def stage(index: int, name: str, kind: str, path: Path, build: Callable[[], Any]) -> None:
         nonlocal reuse
@@ -198,6 +202,14 @@ def run_quickstart(
             chat_dir / "model",
             lambda: _chat_stage(config, out, run_dir, command, echo),
         )
+    if config.variants:
+        stage(
+            n_stages,
+            "variants",
+            "compare",
+            out / "compare",
+            lambda: _variants_stage(out, run_dir, tokens_dir, command),
+        )
     report = _report(config, out, tokens_dir, run_dir, echo)
     echo(f"\nReport: {report}")
     echo("Next, try:")
@@ -207,9 +219,12 @@ def run_quickstart(
         )
     echo(f"  pocketlm generate --model {run_dir} --prompt 'def fibonacci(n):'")
     echo(f"  pocketlm eval --model {run_dir} --tokens {tokens_dir}")
-    echo(
-        f"  pocketlm quantize --model {run_dir} --scheme int8 --tokens {tokens_dir} --out {out / 'int8'}"
-    )
+    if not config.variants:
+        echo(
+            f"  pocketlm quantize --model {run_dir} --scheme int8 --tokens {tokens_dir} --out {out / 'int8'}"
+        )
+    else:
+        echo(f"  pocketlm generate --model {out / 'int4'} --prompt 'def'   # the int4 variant")
     echo(
         f"  pocketlm serve --model {run_dir}   # OpenAI API + chat page (pip install 'pocketlm[serve]')"
     )
@@ -219,6 +234,29 @@ def run_quickstart(
     )
     echo(f"  pocketlm inspect {run_dir / 'model'}")
     return report
+
+
+def _variants_stage(
+    out: Path, run_dir: Path, tokens_dir: Path, command: Sequence[str] | None
+) -> None:
+    """Quantize the model to each VARIANT_SCHEMES and compare them all in out/compare."""
+    from pocketlm.compress.quantize import quantize_model_dir
+    from pocketlm.pipelines.compare import CompareSettings, compare_models
+
+    paths = [run_dir / "model"]
+    for scheme in VARIANT_SCHEMES:
+        quantize_model_dir(run_dir, out / scheme, scheme, command=command, overwrite=True)
+        paths.append(out / scheme)
+    # Two interleaved rounds and 64k evaluation tokens: a quick look, `pocketlm compare` for more.
+    settings = CompareSettings(rounds=2, max_tokens=65536)
+    compare_models(
+        paths,
+        out / "compare",
+        tokens=tokens_dir,
+        settings=settings,
+        command=command,
+        overwrite=True,
+    )
 
 
 def _chat_stage(
@@ -300,6 +338,26 @@ def _samples(model_dir: Path, prompts: Sequence[str], device: str) -> list[tuple
     ]
 
 
+def _variants_section(compare_dir: Path) -> list[str]:
+    """The report's lines on the quantized variants: compare's table and Pareto plot."""
+    if not _complete(compare_dir, "compare"):
+        return []
+    from pocketlm.evals.compare import table_lines
+
+    report = json.loads((compare_dir / "report.json").read_text(encoding="utf-8"))
+    return [
+        "## Variants: which one to ship",
+        "",
+        "The model, and its int8 and int4 copies (`pocketlm quantize`), each measured in its own",
+        "process (`pocketlm compare`; details in [compare/report.md](compare/report.md)):",
+        "",
+        *table_lines(report),
+        "",
+        "![Pareto plot](compare/pareto.png)",
+        "",
+    ]
+
+
 def _report(
     config: QuickstartConfig,
     out: Path,
@@ -341,6 +399,7 @@ def _report(
     ]
     for prompt, completion in samples:
         lines += ["```", prompt + completion, "```", ""]
+    lines += _variants_section(out / "compare")
     warning = load_warning(run_dir / LOAD_FILE)
     if warning:
         lines[lines.index("![loss curve](pretrain/loss.png)")] = (

@@ -1,0 +1,237 @@
+"""Issue "Shrink a model": distillation vs hard labels, cached vs live teacher, prune-and-heal.
+
+    python benchmarks/shrink_quality.py --teacher RUN_OR_MODEL --tokens TOKENS_DIR --work DIR
+        [--parts kd prune] [--budget "10m cpu"] [--teacher-m-budget "40m cpu"]
+
+Every training run is one `pocketlm` process with ONE thread and a CPU-time budget ("10m cpu":
+ten minutes of this process's CPU time), two of them side by side on the 2 cores: each run gets
+the same compute however busy the shared machine is, and the pairs see the same noise.
+
+kd:    a student with 1/4 of the teacher's non-embedding parameters, from one initialisation:
+       (a) hard labels (`pocketlm pretrain` of its shape), (b) distilled from the live teacher,
+       (c) distilled from a top-32 cache of the teacher over the tokens (b) saw, with a token
+       budget equal to (b)'s (its wall time is then the comparison).
+prune: the M shape (dim 512, 8 layers, ffn 1536) trained on the same tokens, pruned to 60% of its
+       non-embedding parameters, healed by distillation from a cache of its logits, against the
+       pruned shape trained from scratch for the same budget; decode tokens/s of both on the
+       native engine.
+
+Every step's output is kept in --work: a rerun skips what is done. Results:
+benchmarks/results/shrink_quality.json (and the table printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "shrink_quality.json"
+M_SHAPE = dict(dim=512, layers=8, heads=8, kv_heads=4, ffn_dim=1536)
+COMMON = ["--set", "train.threads=1", "--batch-size", "16", "--ctx", "256"]
+
+
+def _cli(*args: str, log: Path) -> float:
+    """Run one pocketlm command (stdout+stderr to log); its wall seconds."""
+    start = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "POCKETLM_NO_PROGRESS": "1"}
+    with log.open("w") as out:
+        rc = subprocess.call(["pocketlm", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+    if rc:
+        sys.exit(f"failed ({rc}): pocketlm {' '.join(args)} - see {log}")
+    return time.perf_counter() - start
+
+
+def _step(work: Path, name: str, *args: str) -> dict:
+    """One run, skipped when work/name/done.json exists; returns its record."""
+    done = work / f"{name}.done.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    seconds = _cli(*args, log=work / f"{name}.log")
+    record = {"name": name, "wall_s": round(seconds, 1), "command": "pocketlm " + " ".join(args)}
+    done.write_text(json.dumps(record))
+    return record
+
+
+def _pair(*calls) -> list:
+    """Run two steps (or lanes of steps) side by side, one thread each."""
+    with ThreadPoolExecutor(2) as pool:
+        return [f.result() for f in [pool.submit(c) for c in calls]]
+
+
+def _bpb(model: Path, tokens: str) -> float:
+    out = subprocess.run(
+        ["pocketlm", "eval", "--model", str(model), "--tokens", tokens, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)["bpb"]
+
+
+def _summary(run: Path) -> dict:
+    """Tokens and steps a run trained (from its metrics)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss" in r]
+    return {"tokens": train[-1]["tokens"], "steps": train[-1]["step"]}
+
+
+def _non_embedding(model_dir: Path) -> int:
+    from pocketlm.checkpoint.model_io import load_model
+
+    model = load_model(model_dir).model
+    emb = sum(p.numel() for n, p in model.named_parameters() if "embed" in n or "lm_head" in n)
+    return sum(p.numel() for p in model.parameters()) - emb
+
+
+def _fresh_student(teacher: Path, out: Path, dim: int, layers: int, heads: int) -> None:
+    """A random-initialised model of this shape with the teacher's tokenizer and options."""
+    if out.exists():
+        return
+    import dataclasses
+
+    from pocketlm.checkpoint.model_io import load_model, save_model
+    from pocketlm.model.transformer import build_model
+
+    loaded = load_model(teacher)
+    config = dataclasses.replace(
+        loaded.config, dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=heads, ffn_dim=0
+    )
+    save_model(out, build_model(config, seed=0), loaded.directory)
+
+
+def kd(args, work: Path) -> dict:
+    teacher = Path(args.teacher)
+    student0 = work / "kd-student-init"
+    _fresh_student(teacher, student0, dim=112, layers=4, heads=4)
+    shape = ["--layers", "4", "--dim", "112", "--heads", "4", "--kv-heads", "4"]
+    lr = ["--lr", "0.003"]
+    hard, live = (
+        _step(work, "kd-hard", "pretrain", "--tokens", args.tokens, "--out",
+                      str(work / "kd-hard"), *shape, *COMMON, *lr, "--budget", args.budget,
+                      "--overwrite"),
+        _step(work, "kd-live", "distill", "--teacher", str(teacher), "--student",
+                      str(student0), "--tokens", args.tokens, "--out", str(work / "kd-live"),
+                      *COMMON, *lr, "--budget", args.budget, "--overwrite"),
+    )
+    live_tokens = _summary(work / "kd-live")["tokens"]
+    cache = _step(work, "kd-cache", "distill", "cache", "--teacher", str(teacher), "--tokens",
+                  args.tokens, "--out", str(work / "kd-cache"), "--max-tokens",
+                  str(live_tokens + 256 * 16))
+    cached = _step(work, "kd-cached", "distill", "--cache", str(work / "kd-cache"), "--student",
+                   str(student0), "--out", str(work / "kd-cached"), *COMMON, *lr,
+                   "--max-tokens", str(live_tokens), "--overwrite")
+    rows = {}
+    for name, rec in [("hard", hard), ("live", live), ("cached", cached)]:
+        run = work / f"kd-{name}"
+        rows[name] = {**rec, **_summary(run), "val_bpb": _bpb(run / "model", args.tokens)}
+    rows["cache_build"] = cache
+    return {
+        "teacher_bpb": _bpb(teacher, args.tokens),
+        "teacher_non_embedding": _non_embedding(teacher),
+        "student_non_embedding": _non_embedding(student0),
+        "runs": rows,
+    }
+
+
+def m_teacher(args, work: Path) -> dict:
+    """The M shape trained on the tokens (the teacher the prune part cuts)."""
+    s = M_SHAPE
+    shape = ["--layers", str(s["layers"]), "--dim", str(s["dim"]), "--heads", str(s["heads"]),
+             "--kv-heads", str(s["kv_heads"]), "--ffn-dim", str(s["ffn_dim"])]
+    return _step(work, "m-teacher", "pretrain", "--tokens", args.tokens, "--out",
+                 str(work / "m-teacher"), *shape, *COMMON, "--lr", "0.003", "--budget",
+                 args.teacher_m_budget, "--overwrite")
+
+
+def prune(args, work: Path) -> dict:
+    m = work / "m-teacher"
+    teach = m_teacher(args, work)
+    pruned = work / "m-pruned"
+    _step(work, "m-prune", "prune", "--model", str(m), "--calib", args.tokens, "--ratio", "0.6",
+          "--out", str(pruned), "--overwrite")
+    cache = _step(work, "m-cache", "distill", "cache", "--teacher", str(m), "--tokens",
+                  args.tokens, "--out", str(work / "m-cache"))
+    fresh = work / "m-pruned-init"
+    if not fresh.exists():
+        from pocketlm.checkpoint.model_io import load_model, save_model
+        from pocketlm.model.transformer import build_model
+
+        loaded = load_model(pruned)
+        save_model(fresh, build_model(loaded.config, seed=0), loaded.directory)
+    heal, scratch = _pair(
+        lambda: _step(work, "m-heal", "distill", "--cache", str(work / "m-cache"), "--student",
+                      str(pruned), "--out", str(work / "m-heal"), *COMMON, "--lr", "0.001",
+                      "--budget", args.budget, "--overwrite"),
+        lambda: _step(work, "m-scratch", "distill", "--cache", str(work / "m-cache"),
+                      "--student", str(fresh), "--out", str(work / "m-scratch"), *COMMON,
+                      "--lr", "0.003", "--budget", args.budget, "--hard-weight", "1.0",
+                      "--overwrite"),
+    )
+    result = {
+        "teacher": {**teach, **_summary(m), "val_bpb": _bpb(m / "model", args.tokens),
+                    "non_embedding": _non_embedding(m / "model")},
+        "pruned_non_embedding": _non_embedding(pruned),
+        "pruned_unhealed_bpb": _bpb(pruned, args.tokens),
+        "cache_build": cache,
+    }
+    for name, rec in [("healed", heal), ("scratch", scratch)]:
+        run = work / f"m-{name.replace('healed', 'heal')}"
+        result[name] = {**rec, **_summary(run), "val_bpb": _bpb(run / "model", args.tokens)}
+    result["decode"] = _decode_speed([m / "model", work / "m-heal" / "model"])
+    return result
+
+
+def _decode_speed(models: list[Path], rounds: int = 3) -> dict:
+    """Native-engine decode tokens/s (128-token prompt, 128 new), interleaved rounds, medians."""
+    import statistics
+
+    from pocketlm.engine.load import load_engine
+    from pocketlm.engine.sampling import SamplingParams
+
+    engines = {str(m): load_engine(m, backend="native") for m in models}
+    params = SamplingParams(temperature=0.0, max_new_tokens=128)
+    prompt = "once upon a time there was a little girl named lily. " * 12
+    rates: dict[str, list[float]] = {k: [] for k in engines}
+    for _ in range(rounds):
+        for key, engine in engines.items():
+            start = time.perf_counter()
+            out = engine.complete(prompt, params)
+            rates[key].append(len(out.token_ids) / (time.perf_counter() - start))
+    return {k: round(statistics.median(v), 1) for k, v in rates.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--teacher", required=True, help="the 10-minute TinyStories model (kd)")
+    ap.add_argument("--tokens", required=True, help="TinyStories tokens (its tokenizer)")
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--parts", nargs="+", default=["kd", "prune"])
+    ap.add_argument("--budget", default="10m cpu")
+    ap.add_argument("--teacher-m-budget", default="25m cpu")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from machine import describe_machine
+
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["machine"] = describe_machine()
+    parts = list(args.parts)
+    if {"kd", "prune"} <= set(parts):  # two lanes: the kd runs beside the M teacher
+        results["kd"], _ = _pair(lambda: kd(args, work), lambda: m_teacher(args, work))
+        RESULTS.write_text(json.dumps(results, indent=2))
+        parts.remove("kd")
+    for part in parts:
+        results[part] = {"kd": kd, "prune": prune}[part](args, work)
+        RESULTS.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
