@@ -36,6 +36,7 @@ from pocketlm.model import native_attention
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.norms import make_norm
+from pocketlm.model.past_kv import PastKV
 from pocketlm.model.rope import apply_rope
 
 
@@ -79,7 +80,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache | None,
+        cache: KVCache | PastKV | None,
         positions: torch.Tensor | None,
         uniform: int | None,
         doc_starts: torch.Tensor | None = None,
@@ -133,6 +134,8 @@ class Attention(nn.Module):
             query_pos = torch.arange(seq, device=x.device)[None]  # (1, T)
         if query_pos is not None:
             mask = self._visible(query_pos, k.shape[2])  # (B, 1, T, S)
+            if isinstance(cache, PastKV):  # export: Optimum's attention_mask over the keys
+                mask = cache.visible(mask, query_pos)
         if doc_starts is not None:
             mask = self._visible_in_documents(doc_starts)  # (B, 1, T, T)
         if self.n_kv_heads != self.n_heads:
