@@ -30,6 +30,8 @@ class PastKV:
         self.presents: list[tuple[torch.Tensor, torch.Tensor]] = [
             (k, v) for k, v in self.past
         ]  # replaced layer by layer as the forward writes
+        # window (0: none) -> the (B, 1, T, S) visibility the first layer of that kind built
+        self.masks: dict[int, torch.Tensor] = {}
 
     def uniform_length(self) -> None:
         """None: the model takes the general path (explicit positions and mask) for any past."""
