@@ -1,5 +1,5 @@
 """The onnxruntime backend (an `export onnx` directory): the engine's greedy tokens are the torch
-backend's, slots of one length decode in one run with the logits of each alone, the loader picks
+backend's, slots of any lengths decode in one run with the logits of each alone, the loader picks
 it by the path and refuses what does not fit, and bench measures it. The protocol itself is
 test_backend_protocol.py's, run on every backend."""
 
@@ -50,20 +50,23 @@ def test_greedy_generation_is_the_torch_backends(exported):
     assert greedy["onnx"] == greedy["torch"] and texts["onnx"] == texts["torch"]
 
 
-def test_slots_of_one_length_decode_together_as_each_alone(exported):
+def test_slots_decode_together_as_each_alone(exported):
+    """One run for slots of any lengths (left-padded), past the sliding window of 8 too."""
     _, onnx_dir = exported
     backend, _ = open_backend(onnx_dir, slots=3, threads=1)
     alone, _ = open_backend(onnx_dir, slots=1, threads=1)
-    prompts = [[5, 6, 7, 8], [9, 10, 11, 12], [13, 14]]
+    prompts = [list(range(5, 17)), list(range(30, 42)), [13, 14]]  # 12, 12 and 2 tokens
     for slot, prompt in enumerate(prompts):
         backend.prefill(slot, prompt)
-    got = backend.decode([1, 0, 2], [20, 21, 22])  # slots 0 and 1 share one run
-    for row, (prompt, token) in enumerate(zip([prompts[1], prompts[0], prompts[2]], [20, 21, 22])):
-        alone.release(0)
-        alone.prefill(0, prompt)
-        want = alone.decode([0], [token])[0]
-        assert np.abs(got[row] - want).max() < 1e-5
-    assert [backend.position(s) for s in range(3)] == [5, 5, 3]
+    for step in range(3):  # the rows follow the order of the slots asked
+        tokens = [20 + step, 21 + step, 22 + step]
+        got = backend.decode([1, 0, 2], tokens)
+        for row, slot in enumerate([1, 0, 2]):
+            prompts[slot].append(tokens[row])
+            alone.release(0)
+            want = alone.prefill(0, prompts[slot])
+            assert np.abs(got[row] - want).max() < 1e-4
+    assert [backend.position(s) for s in range(3)] == [15, 15, 5]
 
 
 def test_the_loader_picks_onnx_by_the_path_and_refuses_what_does_not_fit(exported):
