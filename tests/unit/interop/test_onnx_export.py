@@ -15,6 +15,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from hf_families import DENSE
 from onnx_models import FAMILIES, ort_decoder_logits, ort_greedy, save_family
 
 from pocketlm.checkpoint.model_io import load_model
@@ -156,3 +157,31 @@ def test_unexportable_models_are_refused_by_name(tokenizer, tmp_path):
     with pytest.raises(ArtifactError, match="mixture of experts"):
         export_onnx(src, tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()
+
+
+# Phi-3's longrope is refused (test_unexportable...): its family runs here with plain rotary
+IMPORTED = {f: {} for f in DENSE}
+IMPORTED["phi3"] = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(IMPORTED))
+def test_imported_families_run_in_onnxruntime_as_in_transformers(family, tmp_path):
+    """Each dense Hugging Face family, imported and exported: onnxruntime's logits over a prefill
+    and 32 decode steps are transformers' own within 1e-4."""
+    from gguf_files import save_with_tokenizer
+
+    from pocketlm.interop.hf_import import import_hf
+    from tests.unit.tokenizer.hf_folders import write_folder
+
+    tokenizer = write_folder("qwen2_5", tmp_path / "tok")
+    src = save_with_tokenizer(family, tmp_path / "hf", tokenizer, **IMPORTED[family])
+    out = export_onnx(import_hf(src, tmp_path / "art"), tmp_path / "onnx")
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(src).eval()
+    tokens = torch.randint(3, 400, (PREFILL + DECODE,), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        want = hf(tokens[None]).logits[0, PREFILL - 1 :].numpy()
+    got = ort_decoder_logits(_session(out), _config(out), tokens.tolist(), PREFILL)
+    assert np.abs(got - want).max() < 1e-4
