@@ -67,6 +67,9 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # idle worker threads sleep instead of spinning between the graph's many small nodes:
+        # with 2 threads on 2 shared cores, decode ran 1.5-2.7x faster (micro-6m, small-30m)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(self.directory / ONNX_FILE), options, providers=["CPUExecutionProvider"]
         )
