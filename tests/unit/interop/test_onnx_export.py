@@ -185,3 +185,22 @@ def test_imported_families_run_in_onnxruntime_as_in_transformers(family, tmp_pat
         want = hf(tokens[None]).logits[0, PREFILL - 1 :].numpy()
     got = ort_decoder_logits(_session(out), _config(out), tokens.tolist(), PREFILL)
     assert np.abs(got - want).max() < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["bert", "distilbert", "albert", "mobilebert"])
+def test_encoder_classifiers_export_with_their_padding(family, tmp_path):
+    """Imported encoder classifiers (token type 0): the same logits, one row left-padded."""
+    from hf_encoders import save_encoder
+
+    from pocketlm.interop.hf_import import import_hf
+
+    artifact = import_hf(save_encoder(family, tmp_path / "hf", labels=True), tmp_path / "art")
+    out = export_onnx(artifact, tmp_path / "onnx")
+    model = load_model(artifact).model.eval()
+    ids = np.array([[2, 10, 11, 12, 3], [0, 0, 2, 14, 3]])
+    mask = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    got = _session(out).run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    with torch.inference_mode():
+        want = model(torch.tensor(ids), attention_mask=torch.tensor(mask)).numpy()
+    assert np.abs(got - want).max() < 1e-4
