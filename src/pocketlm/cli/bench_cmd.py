@@ -27,7 +27,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--repeats", type=int, default=3, help="timed repetitions (medians are reported)"
     )
-    p.add_argument("--backend", choices=["auto", "native", "torch"], default="auto")
+    p.add_argument(
+        "--backend", choices=["auto", "native", "torch", "onnx", "llamacpp"], default="auto"
+    )
     p.add_argument(
         "--threads",
         type=int,

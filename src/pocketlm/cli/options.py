@@ -149,9 +149,10 @@ def add_runtime_options(parser: argparse.ArgumentParser, *, threads_help: str) -
     r.add_argument(
         "--backend",
         default="auto",
-        choices=["auto", "torch", "native"],
-        help="forward passes in PyTorch or the native C kernels (CPU only); auto: native on the "
-        "CPU when it can run the model, else torch",
+        choices=["auto", "torch", "native", "onnx", "llamacpp"],
+        help="forward passes in PyTorch or the native C kernels (CPU only); onnx: an `export "
+        "onnx` directory in onnxruntime; llamacpp: a .gguf file in llama.cpp; auto: onnx or "
+        "llamacpp by the path, else native on the CPU when it can run the model, else torch",
     )
     r.add_argument(
         "--threads", type=int, default=0, help=f"{threads_help}; more than the usable cores: capped"

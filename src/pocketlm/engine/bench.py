@@ -53,10 +53,12 @@ def open_bench(
 ) -> BenchTarget:
     """Open a model for timing (the load timed by `now`) with a seeded prompt of ordinary tokens."""
     from pocketlm.common.errors import InputError
+    from pocketlm.engine.exported import exported_format
     from pocketlm.engine.load import open_backend
     from pocketlm.interop.open_model import model_dir as resolve
 
-    directory = resolve(model_dir)
+    # an exported model (ONNX directory, .gguf file) is opened as it is, by its own runtime
+    directory = Path(model_dir) if exported_format(model_dir) else resolve(model_dir)
     t0 = now()
     model_backend, tokenizer = open_backend(
         directory,
@@ -123,8 +125,6 @@ def bench_model(
     precision: str = "auto",
 ) -> dict[str, Any]:
     """Measure one model; returns a dict of numbers (see module docstring)."""
-    from pocketlm.checkpoint.layout import WEIGHTS_FILE
-
     target = open_bench(
         model_dir,
         prompt_tokens=prompt_tokens,
@@ -148,5 +148,13 @@ def bench_model(
             prompt_tokens, new_tokens, target.load_s, [p for p, _ in rounds], [d for _, d in rounds]
         ),
         "peak_memory_mb": round(peak_rss_mb(), 1),
-        "model_bytes": (target.directory / WEIGHTS_FILE).stat().st_size,
+        "model_bytes": _weights_file(target.directory).stat().st_size,
     }
+
+
+def _weights_file(directory: Path) -> Path:
+    """The file holding the model's weights: model.safetensors, or an exported model's file."""
+    from pocketlm.checkpoint.layout import WEIGHTS_FILE
+    from pocketlm.engine.exported import exported_format, exported_weights
+
+    return exported_weights(directory) if exported_format(directory) else directory / WEIGHTS_FILE

@@ -1,8 +1,10 @@
 """THE one way to open a saved model for inference: `open_backend`, and `load_engine` over it.
 
-Two backends: "torch" (any device and precision PyTorch drives) and "native" (the C kernels on
-the CPU, which start without importing torch). "auto" takes the native one when the model runs
-on the CPU in full precision and it can open the model, else torch. Generation, chat, the
+Two backends for model artifacts: "torch" (any device and precision PyTorch drives) and "native"
+(the C kernels on the CPU, which start without importing torch). "auto" takes the native one when
+the model runs on the CPU in full precision and it can open the model, else torch. Exported
+models run on their own runtimes: an `export onnx` directory on "onnx" (onnxruntime) and a .gguf
+file on "llamacpp" (llama-cpp-python); "auto" picks those by the path. Generation, chat, the
 server and bench all open their models here.
 """
 
@@ -14,14 +16,17 @@ from pathlib import Path
 
 from pocketlm.checkpoint.model_check import check_model_dir
 from pocketlm.common.device import gpu_may_be_present
-from pocketlm.common.errors import ConfigError, PocketLMError
+from pocketlm.common.errors import ArtifactError, ConfigError, PocketLMError
 from pocketlm.common.log import get_logger
 from pocketlm.engine.backend import Backend, check_slot_count
+from pocketlm.engine.exported import GGUF, ONNX, exported_format
 from pocketlm.engine.generation import GenerationEngine
 from pocketlm.interop.open_model import model_dir
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
-BACKENDS = ("auto", "torch", "native")
+BACKENDS = ("auto", "torch", "native", "onnx", "llamacpp")
+# exported format (engine/exported.py) -> the backend that runs it
+EXPORTED_BACKENDS = {ONNX: "onnx", GGUF: "llamacpp"}
 _log = get_logger("pocketlm.engine")
 
 
@@ -41,7 +46,8 @@ def open_backend(
     Hugging Face folder (imported into the cache on first use: interop.open_model).
 
     backend: "torch", "native" (CPU only; a PocketLMError says why when it cannot run) or
-    "auto" (native when the device is the CPU and precision auto/fp32, falling back to torch).
+    "auto" (native when the device is the CPU and precision auto/fp32, falling back to torch);
+    "onnx" / "llamacpp" for an `export onnx` directory / a .gguf file (auto picks them).
     threads: native backend threads (0 = its default). max_len: context per slot in tokens
     (default and ceiling: the model's). rewind: the most tokens the caller will truncate a slot
     back by, when more than the native backend's rolling caches keep by default (KV_REWIND).
@@ -51,6 +57,12 @@ def open_backend(
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
     check_slot_count(slots)  # before any model is read
+    exported = exported_format(model)
+    if exported is not None or backend in EXPORTED_BACKENDS.values():
+        return open_exported(
+            model, exported, slots=slots, backend=backend, device=device, precision=precision,
+            threads=threads, max_len=max_len, adapter=adapter,
+        )  # fmt: skip
     if backend == "native":
         check_native_settings(device, precision)
         if adapter is not None:
@@ -76,6 +88,52 @@ def open_backend(
     return _open_torch(
         model, slots=slots, device=device, precision=precision, max_len=max_len, adapter=adapter
     )
+
+
+def open_exported(
+    model: str | Path,
+    exported: str | None,
+    *,
+    slots: int,
+    backend: str,
+    device: str,
+    precision: str,
+    threads: int,
+    max_len: int | None,
+    adapter: str | Path | None,
+) -> tuple[Backend, Tokenizer]:
+    """(backend, tokenizer) for an exported model on its runtime; ConfigError naming what does not
+    fit (a model artifact given to --backend onnx, an adapter, a GPU or a precision asked for)."""
+    wanted = EXPORTED_BACKENDS.get(exported) if exported else None
+    if wanted is None:
+        need = "an `export onnx` directory" if backend == "onnx" else "a .gguf file"
+        raise ConfigError(
+            f"--backend {backend} runs {need}, and {model} is not one: export the model first "
+            f"(pocketlm export {'onnx' if backend == 'onnx' else 'gguf'}), or use --backend auto"
+        )
+    if backend not in ("auto", wanted):
+        raise ConfigError(f"{model} is an exported {exported} model: it runs on --backend {wanted} (or auto)")  # fmt: skip
+    if adapter is not None:
+        raise ConfigError(f"an exported {exported} model runs without adapters: merge the adapter and export again")  # fmt: skip
+    if device.strip().lower() not in ("auto", "cpu") or precision not in ("auto", "fp32"):
+        raise ConfigError(
+            f"an exported {exported} model runs on the CPU in the precision it was exported with: "
+            "leave --device and --precision at auto"
+        )
+    if exported == ONNX:
+        from pocketlm.engine.onnx_backend import OnnxBackend
+
+        opened = OnnxBackend(model, slots=slots, threads=threads, max_len=max_len)
+        tokenizer = Tokenizer.load(model)
+        if tokenizer.vocab_size > opened.vocab_size:
+            raise ArtifactError(
+                f"{model}: tokenizer has {tokenizer.vocab_size} tokens but the graph's logits "
+                f"{opened.vocab_size}"
+            )
+        return opened, tokenizer
+    from pocketlm.engine.gguf_backend import open_gguf
+
+    return open_gguf(model, slots=slots, threads=threads, max_len=max_len)
 
 
 def open_adapters(

@@ -22,6 +22,7 @@ from pocketlm.common.log import get_logger
 from pocketlm.common.manifest import MANIFEST_NAME, read_manifest
 
 _log = get_logger("pocketlm.interop.open")
+ONNX_KIND = "onnx_export"  # interop/onnx_export.py's artifacts (not imported from torch here)
 
 
 def is_hf_folder(path: str | Path) -> bool:
@@ -30,8 +31,8 @@ def is_hf_folder(path: str | Path) -> bool:
     if not (p / HF_CONFIG_FILE).is_file():
         return False
     if (p / MANIFEST_NAME).is_file():
-        try:
-            return read_manifest(p)["kind"] != MODEL_KIND
+        try:  # an ONNX export carries a config.json for other tools, and no weights to import
+            return read_manifest(p)["kind"] not in (MODEL_KIND, ONNX_KIND)
         except ArtifactError:
             return True
     return True

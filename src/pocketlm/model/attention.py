@@ -36,6 +36,7 @@ from pocketlm.model import native_attention
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.norms import make_norm
+from pocketlm.model.past_kv import PastKV
 from pocketlm.model.rope import apply_rope
 
 
@@ -79,7 +80,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache | None,
+        cache: KVCache | PastKV | None,
         positions: torch.Tensor | None,
         uniform: int | None,
         doc_starts: torch.Tensor | None = None,
@@ -131,7 +132,12 @@ class Attention(nn.Module):
                     query_pos = positions
         if causal and self._window_cuts(seq):
             query_pos = torch.arange(seq, device=x.device)[None]  # (1, T)
-        if query_pos is not None:
+        if isinstance(cache, PastKV):  # export: one mask per window, with the key mask, shared
+            mask = cache.masks.get(self.window)  # by the layers (fewer nodes in the graph)
+            if mask is None:
+                mask = cache.visible(self._visible(query_pos, k.shape[2]), query_pos)
+                cache.masks[self.window] = mask  # (B, 1, T, S)
+        elif query_pos is not None:
             mask = self._visible(query_pos, k.shape[2])  # (B, 1, T, S)
         if doc_starts is not None:
             mask = self._visible_in_documents(doc_starts)  # (B, 1, T, T)
@@ -151,6 +157,9 @@ class Attention(nn.Module):
         if self.softcap:
             out = self._capped_attention(q, k, v, mask, causal and mask is None, dropout)
         else:
+            scale = self.scale
+            if scale is None and isinstance(cache, PastKV):  # export: a constant, not a graph
+                scale = self.head_dim**-0.5  # of Shape, Sqrt and Div in every layer
             out = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -158,7 +167,7 @@ class Attention(nn.Module):
                 attn_mask=mask,
                 dropout_p=dropout,
                 is_causal=causal and mask is None and seq > 1,
-                scale=self.scale,
+                scale=scale,
             )
         out = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)  # (B, T, H*hd)
         return self.o_proj(out)

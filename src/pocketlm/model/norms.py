@@ -57,7 +57,8 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
-        return F.layer_norm(x, (x.shape[-1],), weight, bias, self.eps)
+        # the normalised width from the weight, a constant (ONNX export traces x.shape as data)
+        return F.layer_norm(x, weight.shape, weight, bias, self.eps)
 
 
 class AffineNorm(nn.Module):

@@ -31,6 +31,7 @@ from pocketlm.model.kv_cache import KVCache
 from pocketlm.model.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from pocketlm.model.moe import MoE
 from pocketlm.model.norms import LayerNorm, RMSNorm, make_norm
+from pocketlm.model.past_kv import PastKV
 from pocketlm.model.quantized import QuantizedLinear
 from pocketlm.model.rope import (
     GLOBAL,
@@ -100,7 +101,7 @@ class DecoderLayer(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache | None,
+        cache: KVCache | PastKV | None,
         positions: torch.Tensor | None,
         uniform: int | None,
         doc_starts: torch.Tensor | None = None,
@@ -173,7 +174,7 @@ class CausalLM(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: KVCache | PastKV | None = None,
         *,
         output_positions: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
@@ -194,7 +195,9 @@ class CausalLM(nn.Module):
         learned positions count from each row's first real token, as rotary ones do.
 
         With a cache, input_ids are the new tokens of each row, written after the row's
-        current length; the cache's lengths advance by T. With targets (B, T) (-100 = no
+        current length; the cache's lengths advance by T. A PastKV (model/past_kv.py, for graph
+        export) takes past keys/values as tensors, collects the presents and needs positions
+        (B, T): rotary positions, while cache indices follow the past. With targets (B, T) (-100 = no
         target) the result is instead the cross-entropy ("mean" over the targets or their
         "sum"), computed by the LM head fused with the loss so the (B, T, vocab) logits never
         exist at once.
@@ -218,7 +221,10 @@ class CausalLM(nn.Module):
                 doc_ids = padding_doc_ids(attention_mask)  # (B, T)
         elif attention_mask is not None:
             raise ValueError("attention_mask is for classifiers; language models take doc_ids")
-        if cache is not None and (positions is not None or doc_ids is not None):
+        if isinstance(cache, PastKV):  # export (model/past_kv.py): explicit positions, no doc_ids
+            if positions is None or doc_ids is not None:
+                raise ValueError("a PastKV cache takes positions (B, T) and no doc_ids")
+        elif cache is not None and (positions is not None or doc_ids is not None):
             raise ValueError("positions and doc_ids are for packed training rows, not a KV cache")
         doc_starts = None
         if doc_ids is not None:

@@ -1,8 +1,12 @@
-"""THE backend protocol, the same for both implementations: torch and native give the full
-forward's logits for prefill/decode/extend/truncate/release on several slots, and the engine over
-slot 0 of a many-slot backend writes what it writes over a one-slot backend."""
+"""THE backend protocol, the same for every implementation: torch, native and onnx (the model's
+`export onnx` directory in onnxruntime) give the full forward's logits for
+prefill/decode/extend/truncate/release on several slots, and the engine over slot 0 of a many-slot
+backend writes what it writes over a one-slot backend."""
 
 from __future__ import annotations
+
+import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +22,7 @@ from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
-KINDS = ["torch", "native"]
+KINDS = ["torch", "native", "onnx"]
 CONTEXT = 24
 TOLERANCE = 2e-4  # x max|logit|: the native fp32 kernels' stated tolerance against PyTorch
 
@@ -51,9 +55,22 @@ def reference(model_dir):
     return logits
 
 
+@functools.cache
+def _onnx_export(model_dir: Path) -> Path:
+    """The model's `export onnx` directory, written once beside it."""
+    from pocketlm.interop.onnx_export import export_onnx
+
+    return export_onnx(model_dir, model_dir.parent / "onnx")
+
+
 def _open(model_dir, kind: str, slots: int) -> Backend:
     if kind == "native":
         pytest.importorskip("pocketlm.engine._native", reason="native extension not built")
+    if kind == "onnx":
+        pytest.importorskip(
+            "onnxruntime", reason="onnxruntime not installed: pip install '.[onnx]'"
+        )
+        model_dir = _onnx_export(model_dir)
     backend, _ = open_backend(
         model_dir, slots=slots, backend=kind, device="cpu", precision="fp32", threads=1
     )
