@@ -36,7 +36,7 @@ def test_quickstart_runs_end_to_end_and_reuses_stages(text_folder, tmp_path):
     by_name = {r["name"]: r for r in compared["variants"]}
     assert set(by_name) == {"model", "int8", "int4"}, set(by_name)
     assert by_name["int4"]["size_mb"] < by_name["int8"]["size_mb"] < by_name["model"]["size_mb"]
-    assert all(r["val_bpb"] > 0 and r["decode_tokens_per_s"] > 0 for r in by_name.values())
+    assert all(r["bpb"] > 0 and r["decode_tokens_per_s"] > 0 for r in by_name.values())
     assert (tmp_path / "qs" / "compare" / "pareto.png").exists()
     assert any("<- chosen" in line for line in lines)
     assert any(line.strip().startswith("pocketlm generate --model") for line in lines)

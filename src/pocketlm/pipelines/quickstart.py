@@ -208,7 +208,7 @@ def run_quickstart(
             "variants",
             "compare",
             out / "compare",
-            lambda: _variants_stage(out, run_dir, tokens_dir, command),
+            lambda: _variants_stage(out, run_dir, tokens_dir, config.ctx, command),
         )
     report = _report(config, out, tokens_dir, run_dir, echo)
     echo(f"\nReport: {report}")
@@ -237,7 +237,7 @@ def run_quickstart(
 
 
 def _variants_stage(
-    out: Path, run_dir: Path, tokens_dir: Path, command: Sequence[str] | None
+    out: Path, run_dir: Path, tokens_dir: Path, ctx: int, command: Sequence[str] | None
 ) -> None:
     """Quantize the model to each VARIANT_SCHEMES and compare them all in out/compare."""
     from pocketlm.compress.quantize import quantize_model_dir
@@ -248,7 +248,10 @@ def _variants_stage(
         quantize_model_dir(run_dir, out / scheme, scheme, command=command, overwrite=True)
         paths.append(out / scheme)
     # Two interleaved rounds and 64k evaluation tokens: a quick look, `pocketlm compare` for more.
-    settings = CompareSettings(rounds=2, max_tokens=65536)
+    # The bench's prompt and reply fit the model's context (128 + 64 tokens at the default 256).
+    settings = CompareSettings(
+        rounds=2, max_tokens=65536, prompt_tokens=min(128, ctx // 2), new_tokens=min(64, ctx // 4)
+    )
     compare_models(
         paths,
         out / "compare",
