@@ -112,20 +112,71 @@ def kd(args, work: Path) -> dict:
     shape = ["--layers", "4", "--dim", "112", "--heads", "4", "--kv-heads", "4"]
     lr = ["--lr", "0.003"]
     hard, live = (
-        _step(work, "kd-hard", "pretrain", "--tokens", args.tokens, "--out",
-                      str(work / "kd-hard"), *shape, *COMMON, *lr, "--budget", args.budget,
-                      "--overwrite"),
-        _step(work, "kd-live", "distill", "--teacher", str(teacher), "--student",
-                      str(student0), "--tokens", args.tokens, "--out", str(work / "kd-live"),
-                      *COMMON, *lr, "--budget", args.budget, "--overwrite"),
+        _step(
+            work,
+            "kd-hard",
+            "pretrain",
+            "--tokens",
+            args.tokens,
+            "--out",
+            str(work / "kd-hard"),
+            *shape,
+            *COMMON,
+            *lr,
+            "--budget",
+            args.budget,
+            "--overwrite",
+        ),
+        _step(
+            work,
+            "kd-live",
+            "distill",
+            "--teacher",
+            str(teacher),
+            "--student",
+            str(student0),
+            "--tokens",
+            args.tokens,
+            "--out",
+            str(work / "kd-live"),
+            *COMMON,
+            *lr,
+            "--budget",
+            args.budget,
+            "--overwrite",
+        ),
     )
     live_tokens = _summary(work / "kd-live")["tokens"]
-    cache = _step(work, "kd-cache", "distill", "cache", "--teacher", str(teacher), "--tokens",
-                  args.tokens, "--out", str(work / "kd-cache"), "--max-tokens",
-                  str(live_tokens + 256 * 16))
-    cached = _step(work, "kd-cached", "distill", "--cache", str(work / "kd-cache"), "--student",
-                   str(student0), "--out", str(work / "kd-cached"), *COMMON, *lr,
-                   "--max-tokens", str(live_tokens), "--overwrite")
+    cache = _step(
+        work,
+        "kd-cache",
+        "distill",
+        "cache",
+        "--teacher",
+        str(teacher),
+        "--tokens",
+        args.tokens,
+        "--out",
+        str(work / "kd-cache"),
+        "--max-tokens",
+        str(live_tokens + 256 * 16),
+    )
+    cached = _step(
+        work,
+        "kd-cached",
+        "distill",
+        "--cache",
+        str(work / "kd-cache"),
+        "--student",
+        str(student0),
+        "--out",
+        str(work / "kd-cached"),
+        *COMMON,
+        *lr,
+        "--max-tokens",
+        str(live_tokens),
+        "--overwrite",
+    )
     rows = {}
     for name, rec in [("hard", hard), ("live", live), ("cached", cached)]:
         run = work / f"kd-{name}"
@@ -142,21 +193,66 @@ def kd(args, work: Path) -> dict:
 def m_teacher(args, work: Path) -> dict:
     """The M shape trained on the tokens (the teacher the prune part cuts)."""
     s = M_SHAPE
-    shape = ["--layers", str(s["layers"]), "--dim", str(s["dim"]), "--heads", str(s["heads"]),
-             "--kv-heads", str(s["kv_heads"]), "--ffn-dim", str(s["ffn_dim"])]
-    return _step(work, "m-teacher", "pretrain", "--tokens", args.tokens, "--out",
-                 str(work / "m-teacher"), *shape, *COMMON, "--lr", "0.003", "--budget",
-                 args.teacher_m_budget, "--overwrite")
+    shape = [
+        "--layers",
+        str(s["layers"]),
+        "--dim",
+        str(s["dim"]),
+        "--heads",
+        str(s["heads"]),
+        "--kv-heads",
+        str(s["kv_heads"]),
+        "--ffn-dim",
+        str(s["ffn_dim"]),
+    ]
+    return _step(
+        work,
+        "m-teacher",
+        "pretrain",
+        "--tokens",
+        args.tokens,
+        "--out",
+        str(work / "m-teacher"),
+        *shape,
+        *COMMON,
+        "--lr",
+        "0.003",
+        "--budget",
+        args.teacher_m_budget,
+        "--overwrite",
+    )
 
 
 def prune(args, work: Path) -> dict:
     m = work / "m-teacher"
     teach = m_teacher(args, work)
     pruned = work / "m-pruned"
-    _step(work, "m-prune", "prune", "--model", str(m), "--calib", args.tokens, "--ratio", "0.6",
-          "--out", str(pruned), "--overwrite")
-    cache = _step(work, "m-cache", "distill", "cache", "--teacher", str(m), "--tokens",
-                  args.tokens, "--out", str(work / "m-cache"))
+    _step(
+        work,
+        "m-prune",
+        "prune",
+        "--model",
+        str(m),
+        "--calib",
+        args.tokens,
+        "--ratio",
+        "0.6",
+        "--out",
+        str(pruned),
+        "--overwrite",
+    )
+    cache = _step(
+        work,
+        "m-cache",
+        "distill",
+        "cache",
+        "--teacher",
+        str(m),
+        "--tokens",
+        args.tokens,
+        "--out",
+        str(work / "m-cache"),
+    )
     fresh = work / "m-pruned-init"
     if not fresh.exists():
         from pocketlm.checkpoint.model_io import load_model, save_model
@@ -165,17 +261,50 @@ def prune(args, work: Path) -> dict:
         loaded = load_model(pruned)
         save_model(fresh, build_model(loaded.config, seed=0), loaded.directory)
     heal, scratch = _pair(
-        lambda: _step(work, "m-heal", "distill", "--cache", str(work / "m-cache"), "--student",
-                      str(pruned), "--out", str(work / "m-heal"), *COMMON, "--lr", "0.001",
-                      "--budget", args.budget, "--overwrite"),
-        lambda: _step(work, "m-scratch", "distill", "--cache", str(work / "m-cache"),
-                      "--student", str(fresh), "--out", str(work / "m-scratch"), *COMMON,
-                      "--lr", "0.003", "--budget", args.budget, "--hard-weight", "1.0",
-                      "--overwrite"),
+        lambda: _step(
+            work,
+            "m-heal",
+            "distill",
+            "--cache",
+            str(work / "m-cache"),
+            "--student",
+            str(pruned),
+            "--out",
+            str(work / "m-heal"),
+            *COMMON,
+            "--lr",
+            "0.001",
+            "--budget",
+            args.budget,
+            "--overwrite",
+        ),
+        lambda: _step(
+            work,
+            "m-scratch",
+            "distill",
+            "--cache",
+            str(work / "m-cache"),
+            "--student",
+            str(fresh),
+            "--out",
+            str(work / "m-scratch"),
+            *COMMON,
+            "--lr",
+            "0.003",
+            "--budget",
+            args.budget,
+            "--hard-weight",
+            "1.0",
+            "--overwrite",
+        ),
     )
     result = {
-        "teacher": {**teach, **_summary(m), "val_bpb": _bpb(m / "model", args.tokens),
-                    "non_embedding": _non_embedding(m / "model")},
+        "teacher": {
+            **teach,
+            **_summary(m),
+            "val_bpb": _bpb(m / "model", args.tokens),
+            "non_embedding": _non_embedding(m / "model"),
+        },
         "pruned_non_embedding": _non_embedding(pruned),
         "pruned_unhealed_bpb": _bpb(pruned, args.tokens),
         "cache_build": cache,

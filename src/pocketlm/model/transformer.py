@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from pocketlm.model import native_attention
@@ -161,6 +162,9 @@ class CausalLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        # Training memory for compute: a layer keeps only its input for backward and runs its
+        # forward again there (~1/3 more step time; set by the training loop, not saved).
+        self.checkpoint_activations = False
         self.model = Decoder(config)
         if not config.has_lm_head:  # a classifier or an encoder: model/heads.py, no LM head
             for name, module in head_modules(config).items():
@@ -260,9 +264,16 @@ class CausalLM(nn.Module):
         layers = self.model.layers
         if self.config.shared_layers:  # one layer's weights, applied n_layers times
             layers = [layers[0]] * self.config.n_layers
+        recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
         for layer in layers:
             cos, sin = rope.get(layer.rope_set, (None, None))
-            x = layer(x, cos, sin, cache, cache_pos, uniform, doc_starts)
+            if recompute and cache is None:
+                # keep only the layer's input; its forward runs again during backward
+                x = torch.utils.checkpoint.checkpoint(
+                    layer, x, cos, sin, None, cache_pos, uniform, doc_starts, use_reentrant=False
+                )
+            else:
+                x = layer(x, cos, sin, cache, cache_pos, uniform, doc_starts)
         if cache is not None:
             cache.advance(seq)
         if self.config.labels:

@@ -80,9 +80,7 @@ def distill_draft(
                 f"a draft of {keep} layers is not smaller than the teacher ({teacher_layers}): "
                 f"use --student draft:N with N < {teacher_layers}"
             )
-        prune_model_dir(
-            teacher_dir, init, tokens_dir, layers=keep, command=command, overwrite=True
-        )
+        prune_model_dir(teacher_dir, init, tokens_dir, layers=keep, command=command, overwrite=True)
     run = distill(
         str(init), out, config, teacher_dir=teacher_dir, tokens_dir=tokens_dir, resume=resume,
         command=command,

@@ -99,6 +99,8 @@ def setup_run(
     torch.manual_seed(config.seed)
     task = factory(ctx)
     model = _trainable(task).to(ctx.device)
+    if config.checkpoint_activations:
+        _checkpoint_activations(model)
     model = wrap_model(model, ctx)
     named = _named_trainable(model, task)
     optimizers = build_optimizers(
@@ -146,6 +148,18 @@ def setup_run(
             clock.fixed_total(), desc=task.name, unit="step", initial=run.step, leave=True
         )
     return run
+
+
+def _checkpoint_activations(model: nn.Module) -> None:
+    """Turn on layer recomputation in every decoder the trained module holds."""
+    from pocketlm.model.transformer import CausalLM
+
+    decoders = [m for m in model.modules() if isinstance(m, CausalLM)]
+    if not decoders:
+        raise ConfigError("checkpoint_activations: this task's model has no decoder layers")
+    for decoder in decoders:
+        decoder.checkpoint_activations = True
+    _log.info("activation checkpointing: each layer's forward runs again in backward")
 
 
 def _trainable(task: TrainTask) -> nn.Module:

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from distill_models import distill_settings  # noqa: E402
+from distill_models import distill_settings
 
-from pocketlm.checkpoint.model_io import load_model, read_quantization  # noqa: E402
-from pocketlm.common.errors import ConfigError  # noqa: E402
-from pocketlm.engine.load import load_engine  # noqa: E402
-from pocketlm.engine.sampling import SamplingParams  # noqa: E402
-from pocketlm.pipelines.draft import auto_layers, distill_draft, draft_layers  # noqa: E402
+from pocketlm.checkpoint.model_io import load_model, read_quantization
+from pocketlm.common.errors import ConfigError
+from pocketlm.engine.load import load_engine
+from pocketlm.engine.sampling import SamplingParams
+from pocketlm.pipelines.draft import auto_layers, distill_draft, draft_layers
 
 
 def test_draft_student_names():

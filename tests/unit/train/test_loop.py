@@ -250,3 +250,28 @@ def test_resuming_a_finished_run_changes_nothing(synthetic_pipeline, tmp_path):
     again = pretrain(tokens, tmp_path / "run", config, resume=True)
     assert (again.steps, again.final) == (first.steps, first.final)
     assert (first.model_dir / "manifest.json").read_bytes() == written  # not written again
+
+
+def test_checkpointed_activations_train_the_same_steps(synthetic_pipeline, tmp_path, monkeypatch):
+    """train.checkpoint_activations recomputes layers in backward: the same losses, step by step."""
+    import torch.utils.checkpoint
+
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counted)
+    losses = {}
+    for flag in (False, True):
+        run = tmp_path / f"run-{flag}"
+        pretrain(
+            synthetic_pipeline["tokens"], run,
+            tiny_pretrain_config("3 steps", checkpoint_activations=flag, checkpoint_every=0),
+        )  # fmt: skip
+        losses[flag] = [r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+        assert bool(calls) == flag  # the layers ran through checkpoint() only when asked
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
