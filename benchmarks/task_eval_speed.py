@@ -79,10 +79,11 @@ _WORKER = """
 import json, sys, time
 t0 = time.perf_counter()
 from pocketlm.pipelines.task_eval import TaskEvalSettings, evaluate_tasks
-report = evaluate_tasks(sys.argv[1], [sys.argv[2]], TaskEvalSettings(backend=sys.argv[3]))
+settings = TaskEvalSettings(backend=sys.argv[3], threads=int(sys.argv[4]))
+report = evaluate_tasks(sys.argv[1], [sys.argv[2]], settings)
 task = next(iter(report["tasks"].values()))
 print(json.dumps({"seconds": time.perf_counter() - t0, "scoring_s": report["seconds"],
-                  "backend": report["backend"], "items": task["items"],
+                  "backend": report["backend"], "items": task["items"], "threads": int(sys.argv[4]),
                   "acc": task["metrics"]["acc"]["value"]}))
 """
 
@@ -92,20 +93,23 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-task-eval")
     p.add_argument("--items", type=int, default=1000)
     p.add_argument("--backends", nargs="+", default=["native", "torch"])
+    p.add_argument("--threads", type=int, default=0, help="0: the cores others leave free")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     model, task = prepare(args.work, args.items)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "POCKETLM_NO_PROGRESS": "1"}
     rows = {}
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else "?"
     for backend in args.backends:
         out = subprocess.run(
-            [sys.executable, "-c", _WORKER, str(model), str(task), backend],
+            [sys.executable, "-c", _WORKER, str(model), str(task), backend, str(args.threads)],
             capture_output=True, text=True, env=env, check=True,
         )  # fmt: skip
         rows[backend] = json.loads(out.stdout.strip().splitlines()[-1])
     if args.json:
         print(json.dumps(rows))
         return
+    print(f"load average before: {load}")
     for backend, r in rows.items():
         print(
             f"{backend:>7}: {r['items']} items in {r['seconds']:.1f} s "

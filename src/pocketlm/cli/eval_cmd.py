@@ -136,6 +136,7 @@ def _eval_tasks(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         command=command_line(),
     )
+    report.pop("items")  # every item's outcome: in --out's items.jsonl
     if args.json:
         print(json.dumps(report))
         return 0

@@ -198,6 +198,42 @@ class NativeBackend:
         """Append tokens to a slot; float32 logits (n, V) after each of them."""
         return self._append(slot, token_ids, every=True)
 
+    def extend_many(
+        self, slots: Sequence[int], token_lists: Sequence[Sequence[int]]
+    ) -> list[np.ndarray]:
+        """token_lists[i] appended to slots[i] (distinct slots) in ONE forward (the kernels take
+        each token's own slot and position); float32 logits (n_i, V) after each token of each.
+        Many short sequences share each read of the weights (scoring: continuations of many
+        items at once)."""
+        slots = [int(s) for s in slots]
+        check_slots(slots, self.slots)
+        if len(slots) != len(token_lists):
+            raise InputError(f"{len(slots)} slots but {len(token_lists)} token lists")
+        for s, ids in zip(slots, token_lists, strict=True):
+            check_append(self, s, len(ids))
+        if self._rope_boundary and any(
+            self._crosses_boundary(s, len(ids)) for s, ids in zip(slots, token_lists, strict=True)
+        ):  # a slot runs again from its first token: one call each
+            return [self.extend(s, ids) for s, ids in zip(slots, token_lists, strict=True)]
+        ids = np.ascontiguousarray(np.concatenate([np.asarray(t) for t in token_lists]), np.int32)
+        positions = np.concatenate(  # (total,) each token's own position in its slot
+            [np.arange(self._lengths[s], self._lengths[s] + len(t)) for s, t in zip(slots, token_lists, strict=True)]
+        ).astype(np.int32)  # fmt: skip
+        owners = np.repeat(
+            np.array(slots, dtype=np.int32), [len(t) for t in token_lists]
+        )  # (total,)
+        out = np.empty((ids.shape[0], self.vocab_size), dtype=np.float32)  # (total, V)
+        self._model.forward(ids, positions, owners, out, True)
+        rows, first = [], 0
+        for s, t in zip(slots, token_lists, strict=True):
+            rows.append(out[first : first + len(t)])
+            first += len(t)
+            self._lengths[s] += len(t)
+            self._reached[s] = max(self._reached[s], self._lengths[s])
+            if self._rope_boundary:
+                self._tokens[s] += [int(x) for x in t]
+        return rows
+
     def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
         """Token i at the end of sequence slots[i] (distinct slots), one call; logits (n, V)."""
         slots = [int(s) for s in slots]

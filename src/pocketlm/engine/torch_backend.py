@@ -112,6 +112,16 @@ class TorchBackend:
         check_append(self, slot, len(token_ids))
         return self._append(slot, token_ids, every=True)
 
+    def extend_many(
+        self, slots: Sequence[int], token_lists: Sequence[Sequence[int]]
+    ) -> list[np.ndarray]:
+        """token_lists[i] appended to slots[i] (distinct slots), one forward each; float32 logits
+        (n_i, V) after each token of each (the optional batched extend of backend.py)."""
+        check_slots([int(s) for s in slots], self.slots)
+        if len(slots) != len(token_lists):
+            raise InputError(f"{len(slots)} slots but {len(token_lists)} token lists")
+        return [self.extend(int(s), t) for s, t in zip(slots, token_lists, strict=True)]
+
     def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
         """One token for each of distinct slots, one forward per span; float32 logits (n, V)."""
         check_decode(self, slots, token_ids)

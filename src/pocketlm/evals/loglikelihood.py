@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -117,6 +117,59 @@ def score_continuations(
         logprobs, greedy = token_logprobs(rows, cont)
         out.append(Scored(float(logprobs.sum()), greedy, len(cont)))
     backend.release(slot)
+    return out
+
+
+Request = tuple[Sequence[int], Sequence[Sequence[int]]]  # (context ids, continuations' ids)
+
+
+def score_many(backend: LogitsBackend, requests: Sequence[Request]) -> list[list[Scored]]:
+    """Each request's continuations scored (as score_continuations). A backend with
+    `extend_many` and several slots takes `slots` requests at once: each context prefilled in
+    its slot, then the j-th continuation of every request extended in ONE call (short
+    continuations share each read of the weights) and truncated back. A request that does not
+    fit the context whole goes alone (its context is cut per continuation)."""
+    out: list[list[Scored] | None] = [None] * len(requests)
+    room = backend.context_length
+    batched = []
+    for i, (ctx, conts) in enumerate(requests):
+        fits = len(ctx) + max(len(c) for c in conts) - 1 <= room
+        if fits and hasattr(backend, "extend_many") and getattr(backend, "slots", 1) > 1:
+            batched.append(i)
+        else:
+            out[i] = score_continuations(backend, ctx, conts)
+    width = getattr(backend, "slots", 1)
+    for first in range(0, len(batched), width):
+        group = batched[first : first + width]
+        for slot, scored in enumerate(_score_group(backend, [requests[i] for i in group])):
+            out[group[slot]] = scored
+    return [r for r in out if r is not None]
+
+
+def _score_group(backend: Any, requests: Sequence[Request]) -> list[list[Scored]]:
+    """Requests i in slot i: contexts prefilled, the j-th continuations extended together."""
+    lasts = []
+    for slot, (ctx, _) in enumerate(requests):
+        backend.release(slot)
+        lasts.append(backend.prefill(slot, list(ctx)))  # (V,)
+    out: list[list[Scored]] = [[] for _ in requests]
+    for j in range(max(len(conts) for _, conts in requests)):
+        takers = [s for s, (_, conts) in enumerate(requests) if j < len(conts)]
+        longer = [s for s in takers if len(requests[s][1][j]) > 1]
+        rows: dict[int, np.ndarray] = {}
+        if longer:  # every continuation but its last token, all slots in one call
+            extended = backend.extend_many(longer, [requests[s][1][j][:-1] for s in longer])
+            rows = dict(zip(longer, extended, strict=True))
+        for s in takers:
+            cont = list(requests[s][1][j])
+            logits = lasts[s][None, :]  # (1, V)
+            if s in rows:
+                logits = np.concatenate([logits, rows[s]])  # (n, V)
+                backend.truncate(s, len(requests[s][0]))
+            logprobs, greedy = token_logprobs(logits, cont)
+            out[s].append(Scored(float(logprobs.sum()), greedy, len(cont)))
+    for slot in range(len(requests)):
+        backend.release(slot)
     return out
 
 

@@ -45,6 +45,21 @@ def task_summary(
     }
 
 
+def item_records(results: Sequence[ItemResult]) -> list[dict[str, Any]]:
+    """Every item's outcome, for comparing runs (evals/task_parity): where it is, its scores,
+    the model's answer (a choice, a label or the generated text) and the choices'
+    log-likelihoods."""
+    return [
+        {
+            "where": r.where,
+            "scores": r.scores,
+            "got": r.got,
+            **({"loglikelihoods": list(r.loglikelihoods)} if r.loglikelihoods else {}),
+        }
+        for r in results
+    ]
+
+
 def _fmt(entry: Mapping[str, float | None]) -> str:
     value, stderr = entry["value"], entry["stderr"]
     text = f"{value:.4f}"

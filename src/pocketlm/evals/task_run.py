@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pocketlm.evals.loglikelihood import LogitsBackend, encode_pairs, score_continuations
+from pocketlm.evals.loglikelihood import LogitsBackend, encode_pairs, score_many
 from pocketlm.evals.task_files import ClassifyItem, GenerateItem, Task
 from pocketlm.evals.task_metrics import choice_metrics, generation_metrics
 from pocketlm.evals.task_prompts import build_prompt, choice_texts
@@ -51,23 +51,32 @@ def score_choice_task(
     shots: int = 0,
     seed: int = 1234,
     limit: int | None = None,
+    batch: int = 64,
     progress: Progress = _none,
 ) -> list[ItemResult]:
-    """A multiple-choice task (or a classify task on a language model) by log-likelihood."""
+    """A multiple-choice task (or a classify task on a language model) by log-likelihood,
+    `batch` items handed to the scorer at once (a backend with several slots scores them
+    together: evals.loglikelihood.score_many)."""
+    indices = list(item_indices(task, limit))
     results = []
-    for index in item_indices(task, limit):
-        item = task.items[index]
-        prompt = build_prompt(task, index, shots=shots, seed=seed)
-        context_ids, conts = encode_pairs(tokenizer, prompt.context, prompt.continuations)
-        scored = score_continuations(backend, context_ids, conts)
-        lls = tuple(s.loglikelihood for s in scored)
-        choices = choice_texts(task, item)
-        scores = choice_metrics(lls, choices, prompt.gold)
-        best = max(range(len(lls)), key=lambda i: (lls[i], -i))
-        results.append(
-            ItemResult(item.where, scores, choices[prompt.gold], choices[best], prompt.context, lls)
-        )
-        progress(1)
+    for first in range(0, len(indices), batch):
+        chunk = indices[first : first + batch]
+        prompts = [build_prompt(task, i, shots=shots, seed=seed) for i in chunk]
+        requests = [encode_pairs(tokenizer, p.context, p.continuations) for p in prompts]
+        for index, prompt, scored in zip(
+            chunk, prompts, score_many(backend, requests), strict=True
+        ):
+            item = task.items[index]
+            lls = tuple(s.loglikelihood for s in scored)
+            choices = choice_texts(task, item)
+            scores = choice_metrics(lls, choices, prompt.gold)
+            best = max(range(len(lls)), key=lambda i: (lls[i], -i))
+            results.append(
+                ItemResult(
+                    item.where, scores, choices[prompt.gold], choices[best], prompt.context, lls
+                )
+            )
+        progress(len(chunk))
     return results
 
 

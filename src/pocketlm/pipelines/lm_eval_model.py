@@ -132,16 +132,17 @@ def loglikelihoods(
     backend: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]
 ) -> list[tuple[float, bool]]:
     """(log-likelihood, greedy) of each (context, continuation), each context prefilled once."""
-    from pocketlm.evals.loglikelihood import encode_pairs, score_continuations
+    from pocketlm.evals.loglikelihood import encode_pairs, score_many
 
     by_context: dict[str, list[int]] = {}
     for i, (context, _) in enumerate(pairs):
         by_context.setdefault(context, []).append(i)
+    groups = list(by_context.items())
+    requests = [encode_pairs(tokenizer, c, [pairs[i][1] for i in idx]) for c, idx in groups]
     out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
-    for context, indices in by_context.items():
-        ctx, conts = encode_pairs(tokenizer, context, [pairs[i][1] for i in indices])
-        for i, scored in zip(indices, score_continuations(backend, ctx, conts), strict=True):
-            out[i] = (scored.loglikelihood, scored.greedy)
+    for (_, indices), scored in zip(groups, score_many(backend, requests), strict=True):
+        for i, s in zip(indices, scored, strict=True):
+            out[i] = (s.loglikelihood, s.greedy)
     return out
 
 

@@ -10,6 +10,7 @@ predict.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from pocketlm.common.errors import ConfigError, PocketLMError
 from pocketlm.common.manifest import ArtifactWriter, parent_ref
 from pocketlm.common.progress import progress_bar
 from pocketlm.evals.task_files import Task, read_task
-from pocketlm.evals.task_report import report_markdown, task_summary
+from pocketlm.evals.task_report import item_records, report_markdown, task_summary
 from pocketlm.evals.task_run import (
     ItemResult,
     item_indices,
@@ -31,7 +32,8 @@ from pocketlm.evals.task_run import (
 )
 
 KIND = "task-eval"
-GENERATION_SLOTS = 8  # prompts a generation task decodes together
+ITEMS_FILE = "items.jsonl"  # every item's outcome, one JSON line each (evals/task_parity reads)
+SLOTS = 8  # prompts a generation task decodes together; items a multiple-choice batch scores
 SCORE_REWIND = 256  # tokens a continuation may take (native sliding-window caches keep them)
 
 
@@ -68,13 +70,13 @@ def evaluate_tasks(
     overwrite: bool = False,
     command: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The report of `model` on the task files; also written to `out` (report.json, report.md)
-    as a task-eval artifact when given."""
+    """The report of `model` on the task files, with every item's outcome under "items"; also
+    written to `out` (report.json, report.md, items.jsonl) as a task-eval artifact when given."""
     from pocketlm.engine.load import classifier_labels
 
     tasks = [read_task(f, settings.task_type) for f in task_files]  # bad files fail first
     names = _unique_names(tasks)
-    writer = None
+    writer = contextlib.nullcontext(None)
     if out is not None:  # opened first: an occupied --out fails before the scoring
         writer = ArtifactWriter(
             out,
@@ -84,28 +86,35 @@ def evaluate_tasks(
             command=command,
             overwrite=overwrite,
         )
-    start = time.perf_counter()
-    labels = classifier_labels(model)
-    if labels:
-        results, backend_name = _run_classifier(model, tasks, settings, adapter, labels)
-    else:
-        results, backend_name = _run_language_model(model, tasks, settings, adapter)
-    report = {
-        "model": str(model),
-        "adapter": None if adapter is None else str(adapter),
-        "backend": backend_name,
-        "shots": settings.shots,
-        "seed": settings.seed,
-        "limit": settings.limit,
-        "seconds": time.perf_counter() - start,
-        "tasks": {n: task_summary(t, r) for n, t, r in zip(names, tasks, results, strict=True)},
-    }
-    if writer is not None:
-        with writer as art:
+    with writer as art:  # a failure on the way leaves no half-written artifact
+        start = time.perf_counter()
+        labels = classifier_labels(model)
+        if labels:
+            results, backend_name = _run_classifier(model, tasks, settings, adapter, labels)
+        else:
+            results, backend_name = _run_language_model(model, tasks, settings, adapter)
+        summaries = zip(names, tasks, results, strict=True)
+        report = {
+            "model": str(model),
+            "adapter": None if adapter is None else str(adapter),
+            "backend": backend_name,
+            "shots": settings.shots,
+            "seed": settings.seed,
+            "limit": settings.limit,
+            "seconds": time.perf_counter() - start,
+            "tasks": {n: task_summary(t, r) for n, t, r in summaries},
+        }
+        items = {n: item_records(r) for n, r in zip(names, results, strict=True)}
+        if art is not None:
             art.path("report.json").write_text(json.dumps(report, indent=2) + "\n", "utf-8")
             art.path("report.md").write_text(report_markdown(report), "utf-8")
+            with art.path(ITEMS_FILE).open("w", encoding="utf-8") as fh:
+                for name, records in items.items():
+                    for record in records:
+                        fh.write(json.dumps({"task": name, **record}) + "\n")
             primary = {n: t["metrics"][t["primary"]]["value"] for n, t in report["tasks"].items()}
             report["out"] = str(art.commit({"primary": primary}))
+    report["items"] = items  # not in report.json: items.jsonl holds them
     return report
 
 
@@ -130,10 +139,9 @@ def _run_language_model(
     from pocketlm.engine.load import open_backend
 
     # a classify task on a language model: the label words scored as choices
-    generating = any(t.kind == "generate" for t in tasks)
     backend, tokenizer = open_backend(
         model,
-        slots=GENERATION_SLOTS if generating else 1,
+        slots=SLOTS,
         backend=settings.backend,
         device=settings.device,
         precision=settings.precision,

@@ -15,6 +15,7 @@ from pocketlm.evals.loglikelihood import (
     rolling_loglikelihood,
     rolling_windows,
     score_continuations,
+    score_many,
 )
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import build_model
@@ -121,3 +122,39 @@ def test_rolling_loglikelihood_is_the_windowed_sum(model_dir):
         _full_forward_ll(loaded.model, [tokenizer.bos_id], ids[:CONTEXT]), abs=1e-4
     )
     assert np.isfinite(first)
+
+
+@pytest.mark.parametrize("kind", ["torch", "native"])
+def test_many_requests_in_slots_score_as_one_at_a_time(model_dir, kind):
+    if kind == "native":
+        pytest.importorskip("pocketlm.engine._native", reason="native extension not built")
+    batched, tok = open_backend(model_dir, slots=3, backend=kind, device="cpu", precision="fp32")
+    alone, _ = open_backend(model_dir, backend=kind, device="cpu", precision="fp32")
+    texts = ["The dog", "A happy little bird", "Mom said", "The sun and the moon", "Cake"]
+    requests = [
+        encode_pairs(tok, t, [" ran", " to the big park", " x"][: 2 + i % 2])
+        for i, t in enumerate(texts)
+    ]
+    requests.append((requests[0][0] * 20, requests[0][1]))  # too long for the context: alone
+    got = score_many(batched, requests)
+    want = [score_continuations(alone, ctx, conts) for ctx, conts in requests]
+    assert [len(g) for g in got] == [len(w) for w in want]
+    for g, w in zip(got, want, strict=True):
+        for a, b in zip(g, w, strict=True):
+            assert a.tokens == b.tokens and a.greedy == b.greedy
+            assert a.loglikelihood == pytest.approx(b.loglikelihood, abs=1e-4)
+    assert all(batched.position(s) == 0 for s in range(3))  # slots released
+
+
+def test_native_extend_many_is_each_extend(model_dir):
+    pytest.importorskip("pocketlm.engine._native", reason="native extension not built")
+    many, _ = open_backend(model_dir, slots=3, backend="native", threads=1)
+    one, _ = open_backend(model_dir, slots=3, backend="native", threads=1)
+    for backend in (many, one):
+        backend.prefill(0, [1, 5, 9])
+        backend.prefill(2, [1, 7])
+    rows = many.extend_many([2, 0, 1], [[4, 4, 8], [6], [1, 2]])
+    want = [one.extend(2, [4, 4, 8]), one.extend(0, [6]), one.extend(1, [1, 2])]
+    for r, w in zip(rows, want, strict=True):
+        np.testing.assert_allclose(r, w, atol=1e-5)
+    assert [many.position(s) for s in range(3)] == [4, 2, 5]

@@ -124,3 +124,24 @@ def test_quantized_model_and_the_artifact(tiny_model_dir, mc_file, tmp_path):
     assert json.loads((out / "report.json").read_text())["tasks"] == report["tasks"]
     assert "| mc | choice | 3 | acc (primary) |" in (out / "report.md").read_text()
     assert read_manifest(out)["kind"] == "task-eval"
+
+
+def test_parity_of_a_model_and_its_int8_variant(tiny_model_dir, mc_file, tmp_path):
+    from pocketlm.compress.quantize import quantize_model_dir
+    from pocketlm.evals.task_parity import parity, parity_markdown, read_items
+
+    q8, _ = quantize_model_dir(tiny_model_dir, tmp_path / "q8", "int8")
+    settings = TaskEvalSettings(backend="torch", precision="fp32")
+    ref = evaluate_tasks(tiny_model_dir, [mc_file], settings, out=tmp_path / "ref")
+    var = evaluate_tasks(q8, [mc_file], settings)
+    same = parity(ref["items"], read_items(tmp_path / "ref"))["mc"]
+    assert same["same_answer"] == 1.0 and same["loglikelihood_abs_diff"]["max"] == 0.0
+    table = parity(ref["items"], var["items"])
+    entry = table["mc"]
+    assert entry["items"] == 5 and 0.0 <= entry["same_answer"] <= 1.0
+    assert entry["metrics"]["acc"]["difference"] == pytest.approx(
+        var["tasks"]["mc"]["metrics"]["acc"]["value"]
+        - ref["tasks"]["mc"]["metrics"]["acc"]["value"]
+    )
+    assert 0 < entry["loglikelihood_abs_diff"]["max"] < 1.0  # int8 moves the numbers a little
+    assert "| mc | acc |" in parity_markdown(table, ("fp32", "int8"))
