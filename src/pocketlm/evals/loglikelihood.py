@@ -148,10 +148,10 @@ def score_many(backend: LogitsBackend, requests: Sequence[Request]) -> list[list
 
 def _score_group(backend: Any, requests: Sequence[Request]) -> list[list[Scored]]:
     """Requests i in slot i: contexts prefilled, the j-th continuations extended together."""
-    lasts = []
-    for slot, (ctx, _) in enumerate(requests):
+    slots = list(range(len(requests)))
+    for slot in slots:
         backend.release(slot)
-        lasts.append(backend.prefill(slot, list(ctx)))  # (V,)
+    lasts = backend.extend_many(slots, [list(ctx) for ctx, _ in requests], every=False)  # (V,) each
     out: list[list[Scored]] = [[] for _ in requests]
     for j in range(max(len(conts) for _, conts in requests)):
         takers = [s for s, (_, conts) in enumerate(requests) if j < len(conts)]

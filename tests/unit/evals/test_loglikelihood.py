@@ -146,15 +146,25 @@ def test_many_requests_in_slots_score_as_one_at_a_time(model_dir, kind):
     assert all(batched.position(s) == 0 for s in range(3))  # slots released
 
 
-def test_native_extend_many_is_each_extend(model_dir):
-    pytest.importorskip("pocketlm.engine._native", reason="native extension not built")
-    many, _ = open_backend(model_dir, slots=3, backend="native", threads=1)
-    one, _ = open_backend(model_dir, slots=3, backend="native", threads=1)
+@pytest.mark.parametrize("kind", ["torch", "native"])
+def test_extend_many_is_each_extend(model_dir, kind):
+    if kind == "native":
+        pytest.importorskip("pocketlm.engine._native", reason="native extension not built")
+    settings = dict(slots=4, backend=kind, device="cpu", precision="fp32", threads=1)
+    many, _ = open_backend(model_dir, **settings)
+    one, _ = open_backend(model_dir, **settings)
     for backend in (many, one):
         backend.prefill(0, [1, 5, 9])
-        backend.prefill(2, [1, 7])
-    rows = many.extend_many([2, 0, 1], [[4, 4, 8], [6], [1, 2]])
-    want = [one.extend(2, [4, 4, 8]), one.extend(0, [6]), one.extend(1, [1, 2])]
+        backend.prefill(1, [1, 3, 3, 7])  # an idle row inside the span
+        backend.prefill(3, [1, 7])
+    rows = many.extend_many([3, 0, 2], [[4, 4, 8], [6], [1, 2]])
+    want = [one.extend(3, [4, 4, 8]), one.extend(0, [6]), one.extend(2, [1, 2])]
     for r, w in zip(rows, want, strict=True):
         np.testing.assert_allclose(r, w, atol=1e-5)
-    assert [many.position(s) for s in range(3)] == [4, 2, 5]
+    assert [many.position(s) for s in range(4)] == [4, 4, 2, 5]
+    after = many.extend_many([1], [[2]])[0]  # the idle row's context is intact
+    np.testing.assert_allclose(after, one.extend(1, [2]), atol=1e-5)
+    lasts = many.extend_many([0, 2], [[3, 3], [5]], every=False)  # (V,) after each last token
+    np.testing.assert_allclose(lasts[0], one.prefill(0, [3, 3]), atol=1e-5)
+    np.testing.assert_allclose(lasts[1], one.prefill(2, [5]), atol=1e-5)
+    assert [many.position(s) for s in range(4)] == [one.position(s) for s in range(4)]
