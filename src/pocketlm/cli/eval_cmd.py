@@ -20,6 +20,8 @@ _EXAMPLES = """\
   pocketlm eval --model runs/pretrain --task quiz.jsonl
   pocketlm eval --model runs/q8 --task quiz.jsonl answers.jsonl --shots 3 --out runs/eval-q8
   pocketlm eval --model runs/pretrain --task quiz.jsonl --backend torch --limit 200 --json
+  pocketlm eval --model runs/onnx --task quiz.jsonl          # the exported file that ships
+  pocketlm eval --model runs/model-q8_0.gguf --task quiz.jsonl
 
 task files (JSONL, or CSV with a header; the type is read from the fields):
   multiple choice  {"question": "The sky is", "choices": ["blue", "green"], "answer": 0}
@@ -41,8 +43,9 @@ def register(subparsers) -> None:
             "    choice's log-likelihood / its length in characters) and acc_bytes, as lm-evaluation-harness\n"
             "    defines them; generation by greedy output: exact_match, contains, regex; classification:\n"
             "    a classifier's label, or a language model's most likely label word. Each score comes with\n"
-            "    its standard error; the report lists a few failures. Any backend runs it (torch, native;\n"
-            "    quantized models too); --out writes report.json and report.md as an artifact."
+            "    its standard error; the report lists a few failures. Any backend runs it (torch, native,\n"
+            "    quantized models, an ONNX export, a GGUF file); --out writes report.json, report.md and\n"
+            "    items.jsonl (every item's outcome) as an artifact."
         ),
         examples=_EXAMPLES,
     )
@@ -76,8 +79,10 @@ def register(subparsers) -> None:
     task.add_argument(
         "--backend",
         default="auto",
-        choices=["auto", "torch", "native"],
-        help="auto: the native CPU kernels when they run the model, else torch",
+        choices=["auto", "torch", "native", "onnx", "llamacpp"],
+        help="onnx: an `export onnx` directory in onnxruntime; llamacpp: a .gguf file in "
+        "llama.cpp; auto: onnx or llamacpp by the path, else the native CPU kernels when they "
+        "run the model, else torch",
     )
     task.add_argument("--threads", type=int, default=0, help="native backend threads (0: auto)")
     add_precision_option(task, "precision of the torch backend", "auto")

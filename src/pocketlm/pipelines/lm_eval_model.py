@@ -11,7 +11,8 @@ lm_eval's own CLI with the same arguments:
 
 or from Python: `register()`, then `lm_eval.simple_evaluate(model="pocketlm", ...)` (or pass a
 `PocketLMEval` instance as `model`). model_args: pretrained (any model path PocketLM opens),
-backend (auto, torch, native), device, precision, threads, max_length (context per sequence),
+backend (auto, torch, native, onnx, llamacpp: `pretrained` an `export onnx` directory or a .gguf
+file), device, precision, threads, max_length (context per sequence),
 max_gen_toks, adapter (a LoRA adapter on top of pretrained). Needs `pip install 'pocketlm[lmeval]'`.
 
 The three request types: loglikelihood as lm-eval's HF model computes it (evals.loglikelihood:
@@ -32,7 +33,7 @@ from typing import Any
 from pocketlm.common.errors import require
 
 MODEL_NAME = "pocketlm"
-GENERATION_SLOTS = 8  # prompts generated together
+GENERATE_BATCH = 32  # prompts handed to the batching scheduler at once
 
 
 def _lm_eval() -> Any:
@@ -62,11 +63,11 @@ def model_class() -> type:
         ) -> None:
             super().__init__()
             from pocketlm.engine.load import open_backend
-            from pocketlm.pipelines.task_eval import SCORE_REWIND
+            from pocketlm.pipelines.task_eval import SCORE_REWIND, scoring_slots
 
             self.engine, self.tok = open_backend(
                 pretrained,
-                slots=GENERATION_SLOTS,
+                slots=scoring_slots(pretrained),
                 backend=str(backend),
                 device=str(device),
                 precision=str(precision),
@@ -169,8 +170,8 @@ def generate_until(
         groups.setdefault((limit, stops), []).append(i)
     for (limit, stops), indices in groups.items():
         generate = greedy_generator(backend, tokenizer, limit)
-        for first in range(0, len(indices), GENERATION_SLOTS * 4):
-            chunk = indices[first : first + GENERATION_SLOTS * 4]
+        for first in range(0, len(indices), GENERATE_BATCH):
+            chunk = indices[first : first + GENERATE_BATCH]
             texts = generate([requests[i][0] for i in chunk], [stops] * len(chunk))
             for i, text in zip(chunk, texts, strict=True):
                 outputs[i] = text

@@ -118,6 +118,14 @@ def evaluate_tasks(
     return report
 
 
+def scoring_slots(model: str | Path) -> int:
+    """Sequences to open a model with for scoring and generation: SLOTS, or 1 for a GGUF file
+    (llama.cpp's backend holds one)."""
+    from pocketlm.engine.exported import GGUF, exported_format
+
+    return 1 if exported_format(model) == GGUF else SLOTS
+
+
 def _unique_names(tasks: Sequence[Task]) -> list[str]:
     """Each task's name (its file's stem), numbered where two files share one."""
     names: list[str] = []
@@ -141,7 +149,7 @@ def _run_language_model(
     # a classify task on a language model: the label words scored as choices
     backend, tokenizer = open_backend(
         model,
-        slots=SLOTS,
+        slots=scoring_slots(model),
         backend=settings.backend,
         device=settings.device,
         precision=settings.precision,
