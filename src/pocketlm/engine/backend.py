@@ -5,7 +5,11 @@ A backend holds `slots` independent sequences, each with its own cached context 
 in ONE forward, `extend` appends tokens to one slot and scores every one of them (speculative
 verification), `truncate` forgets a slot's tail and `release` its whole context. Logits always come
 back to the host as numpy float32. The single-sequence engine and the speculative decoder drive
-slot 0; the batching scheduler drives them all. Implementations: `torch_backend.TorchBackend` (any
+slot 0; the batching scheduler drives them all. A backend may also offer
+`extend_many(slots, token_lists, every=True)`: extend several slots at once, in one forward
+where it can (scoring many items' contexts and continuations together); every=False returns
+only the logits after each list's last token.
+Implementations: `torch_backend.TorchBackend` (any
 device PyTorch drives) and `native_backend.NativeBackend` (the C kernels, CPU, no torch). Nothing
 here imports torch.
 """

@@ -107,6 +107,24 @@ def token_logprob(
     return TokenLogprob(int(token), float(logsm[token]), best)
 
 
+def prompt_logprobs(logits: np.ndarray, token_ids: Sequence[int], top: int) -> list[TokenLogprob]:
+    """TokenLogprob of token_ids[i] under the model's own log-softmax of logits row i (n, V) (no
+    sampling settings: what a prompt token's probability is), with the `top` most likely."""
+    rows = np.asarray(logits, dtype=np.float64)  # (n, V)
+    peak = rows.max(axis=-1, keepdims=True)  # (n, 1)
+    logsm = rows - (peak + np.log(np.exp(rows - peak).sum(axis=-1, keepdims=True)))  # (n, V)
+    out = []
+    for row, token in zip(logsm, token_ids, strict=True):
+        best: tuple[tuple[int, float], ...] = ()
+        if top > 0:
+            k = min(top, row.shape[0])
+            idx = np.argpartition(-row, k - 1)[:k]  # (k,) unordered
+            idx = idx[np.lexsort((idx, -row[idx]))]  # most likely first, ties by lower id
+            best = tuple((int(i), float(row[i])) for i in idx if np.isfinite(row[i]))
+        out.append(TokenLogprob(int(token), float(row[token]), best))
+    return out
+
+
 def _check_logits(logits: np.ndarray) -> None:
     """Raise PocketLMError for NaN or +inf logits, or when every token is -inf."""
     if np.isfinite(logits).all():

@@ -198,6 +198,58 @@ class NativeBackend:
         """Append tokens to a slot; float32 logits (n, V) after each of them."""
         return self._append(slot, token_ids, every=True)
 
+    def extend_many(
+        self, slots: Sequence[int], token_lists: Sequence[Sequence[int]], *, every: bool = True
+    ) -> list[np.ndarray]:
+        """token_lists[i] appended to slots[i] (distinct slots) in ONE forward (the kernels take
+        each token's own slot and position); float32 logits (n_i, V) after each token of each.
+        Many short sequences share each read of the weights (scoring many items' contexts and
+        continuations at once). every=False: (V,) after each list's last token: every token
+        but the last ones in one forward that computes no logits, then the last ones in one
+        decode step."""
+        slots = [int(s) for s in slots]
+        check_slots(slots, self.slots)
+        if len(slots) != len(token_lists):
+            raise InputError(f"{len(slots)} slots but {len(token_lists)} token lists")
+        for s, ids in zip(slots, token_lists, strict=True):
+            check_append(self, s, len(ids))
+        if self._rope_boundary and any(
+            self._crosses_boundary(s, len(ids)) for s, ids in zip(slots, token_lists, strict=True)
+        ):  # a slot runs again from its first token: one call each
+            one = self.extend if every else self.prefill
+            return [one(s, ids) for s, ids in zip(slots, token_lists, strict=True)]
+        if every:
+            return self._forward_many(slots, token_lists, every=True)
+        self._forward_many(slots, [t[:-1] for t in token_lists], every=False)
+        return list(self.decode(slots, [t[-1] for t in token_lists]))  # (V,) each
+
+    def _forward_many(
+        self, slots: list[int], token_lists: Sequence[Sequence[int]], *, every: bool
+    ) -> list[np.ndarray]:
+        """One forward over the tokens of several slots (checked); logits (n_i, V) of each if
+        `every`, else none (the caches filled)."""
+        sizes = [len(t) for t in token_lists]
+        if sum(sizes) == 0:
+            return [np.empty((0, self.vocab_size), dtype=np.float32) for _ in slots]
+        ids = np.ascontiguousarray(np.concatenate([np.asarray(t) for t in token_lists]), np.int32)
+        positions = np.concatenate(  # (total,) each token's own position in its slot
+            [np.arange(self._lengths[s], self._lengths[s] + n) for s, n in zip(slots, sizes, strict=True)]
+        ).astype(np.int32)  # fmt: skip
+        owners = np.repeat(np.array(slots, dtype=np.int32), sizes)  # (total,)
+        shape = (ids.shape[0], self.vocab_size) if every else (self.vocab_size,)
+        out = np.empty(shape, dtype=np.float32)  # (total, V), or the last token's (V,)
+        self._model.forward(ids, positions, owners, out, every)
+        rows, first = [], 0
+        for s, t, n in zip(slots, token_lists, sizes, strict=True):
+            if every:
+                rows.append(out[first : first + n])
+            first += n
+            self._lengths[s] += n
+            self._reached[s] = max(self._reached[s], self._lengths[s])
+            if self._rope_boundary:
+                self._tokens[s] += [int(x) for x in t]
+        return rows
+
     def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
         """Token i at the end of sequence slots[i] (distinct slots), one call; logits (n, V)."""
         slots = [int(s) for s in slots]

@@ -7,6 +7,12 @@ streaming), then run ONE batched decode step that appends one token to every act
 Each sequence samples and stops through its own `SequenceState`, exactly as the single-sequence
 engine does, so at temperature 0 a request gets the same tokens alone or in a crowd (up to the
 floating-point rounding of batched kernels).
+
+A request submitted with `echo` also scores its prompt: it is run with `extend` (logits after
+every token, in chunks of at most ECHO_CHUNK tokens so a long prompt never holds a (T, V) block)
+and its first event carries each prompt token's log-probability (None for the first token, which
+nothing predicts). With generate=False it ends right there (finish_reason "length", no token):
+scoring a text without generating, as OpenAI's echo with max_tokens 0.
 """
 
 from __future__ import annotations
@@ -16,16 +22,24 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from pocketlm.common.errors import InputError, PocketLMError
 from pocketlm.common.log import get_logger
 from pocketlm.engine.backend import Backend
-from pocketlm.engine.generation import GenerationChunk, SequenceState, TokenLogprob
+from pocketlm.engine.generation import (
+    GenerationChunk,
+    SequenceState,
+    TokenLogprob,
+    prompt_logprobs,
+)
 from pocketlm.engine.sampling import SamplingParams
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 _log = get_logger("pocketlm.engine")
+ECHO_CHUNK = 256  # most prompt tokens one extend of an echoed prompt runs (logits: (chunk, V))
 
 
 def _failure(exc: Exception) -> str:
@@ -59,6 +73,8 @@ class SeqEvent:
     completion_tokens: int
     logprob: TokenLogprob | None = None
     error: str | None = None
+    # echo: per prompt token its log-probability (None for the first), on the first event only
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
     @property
     def done(self) -> bool:
@@ -78,6 +94,8 @@ class GenerationRequest:
     logprobs: int | None = None
     sink: Sink | None = None
     adapter: int = -1  # the backend's adapter index for it (backend.use_adapter); -1: none
+    echo: int | None = None  # score the prompt too, listing this many top alternatives a token
+    generate: bool = True  # False (echo only): end after scoring the prompt
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     finished_at: float | None = None
@@ -126,6 +144,8 @@ class _Running:
     state: SequenceState
     prefilled: int = 0
     next_token: int | None = None  # the token to feed at the next decode step
+    echoed: list[TokenLogprob | None] = field(default_factory=list)  # prompt logprobs so far
+    last_row: object = None  # echo: the logits after the last prefilled token (V,)
 
 
 @dataclass(frozen=True)
@@ -202,16 +222,23 @@ class BatchScheduler:
         specs: Sequence[tuple],
         *,
         adapter: int = -1,
+        echo: int | None = None,
+        generate: bool = True,
     ) -> list[GenerationRequest]:
         """Queue several sequences all or none: (prompt ids, params, logprobs, sink) each, all
-        run with the backend's adapter index `adapter` (-1: none; backend.use_adapter)."""
+        run with the backend's adapter index `adapter` (-1: none; backend.use_adapter); echo:
+        score each prompt too (this many top alternatives a token); generate=False: only that."""
         if adapter != -1 and not hasattr(self.backend, "use_adapter"):
             raise InputError(f"the {self.backend.name} backend serves no adapters")
+        if not generate and echo is None:
+            raise InputError("a request that generates nothing must echo its prompt's logprobs")
         requests = []
         for ids, params, logprobs, sink in specs:
             self._check_prompt(ids)
             requests.append(
-                GenerationRequest(list(ids), params, logprobs, sink, adapter, _scheduler=self)
+                GenerationRequest(
+                    list(ids), params, logprobs, sink, adapter, echo, generate, _scheduler=self
+                )
             )
         with self._cond:
             if self._closed:
@@ -360,8 +387,10 @@ class BatchScheduler:
             ids = run.request.prompt_ids
             left = len(ids) - run.prefilled
             take = left if budget is None else min(budget, left)
+            if run.request.echo is not None:
+                take = min(take, ECHO_CHUNK)
             try:
-                logits = self.backend.prefill(run.slot, ids[run.prefilled : run.prefilled + take])
+                logits = self._prefill(run, ids[run.prefilled : run.prefilled + take])
             except Exception as exc:  # this request fails; the others go on
                 _log.exception("prefill failed")
                 with self._cond:
@@ -371,9 +400,35 @@ class BatchScheduler:
             if run.prefilled == len(ids):
                 self._prefilling.remove(run)
                 self._active.append(run)
-                self._sample(run, logits)
+                if run.request.generate:
+                    self._sample(run, logits)
+                else:
+                    self._echo_only(run)
             if budget is None or (budget := budget - take) <= 0:
                 return  # the rest waits for the next step: running sequences keep streaming
+
+    def _prefill(self, run: _Running, chunk: list[int]):
+        """Prefill a chunk of the prompt; logits (V,) after it. Echo: extend instead, and
+        record each token's log-probability under the logits before it."""
+        if run.request.echo is None:
+            return self.backend.prefill(run.slot, chunk)
+        rows = self.backend.extend(run.slot, chunk)  # (n, V): after each token of the chunk
+        if run.prefilled == 0:
+            run.echoed.append(None)  # nothing predicts the first token
+            scored, before = chunk[1:], rows[:-1]
+        else:  # the chunk's first token is predicted by the previous chunk's last logits
+            scored = chunk
+            before = np.concatenate([run.last_row[None, :], rows[:-1]])  # (n, V)
+        run.echoed += prompt_logprobs(before, scored, run.request.echo)
+        run.last_row = rows[-1]
+        return rows[-1]
+
+    def _echo_only(self, run: _Running) -> None:
+        """End a scoring request: its prompt's logprobs, no token generated."""
+        n = len(run.request.prompt_ids)
+        run.request.emit(SeqEvent("", (), "length", n, 0, prompt_logprobs=tuple(run.echoed)))
+        with self._cond:
+            self._release(run)
 
     def _decode_step(self) -> None:
         runs = [r for r in self._active if r.next_token is not None and not r.request.cancelled]
@@ -393,7 +448,11 @@ class BatchScheduler:
         run.next_token = token
         with self._cond:
             self._generated_tokens += 1
-        run.request.emit(self._event(run, chunk))
+        event = self._event(run, chunk)
+        if run.echoed:  # the first event carries the prompt's logprobs
+            event = replace(event, prompt_logprobs=tuple(run.echoed))
+            run.echoed = []
+        run.request.emit(event)
         if chunk.finish_reason is not None:
             with self._cond:
                 self._release(run)

@@ -112,6 +112,55 @@ class TorchBackend:
         check_append(self, slot, len(token_ids))
         return self._append(slot, token_ids, every=True)
 
+    def extend_many(
+        self, slots: Sequence[int], token_lists: Sequence[Sequence[int]], *, every: bool = True
+    ) -> list[np.ndarray]:
+        """token_lists[i] appended to slots[i] (distinct slots) in one (rows, T) forward over the
+        span of rows they touch, each row at its own positions (right-padded with dummy tokens
+        whose cache writes are undone by restoring the lengths, as decode's); float32 logits
+        (n_i, V) after each token of each (every=False: (V,) after each list's last token). One
+        call each where a row of the span lacks room for the padding or a longrope slot crosses
+        its boundary."""
+        slots = [int(s) for s in slots]
+        check_slots(slots, self.slots)
+        if len(slots) != len(token_lists):
+            raise InputError(f"{len(slots)} slots but {len(token_lists)} token lists")
+        for s, ids in zip(slots, token_lists, strict=True):
+            check_append(self, s, len(ids))
+        width = max(len(t) for t in token_lists)
+        first, last = min(slots), max(slots)
+        lengths = list(self.cache.lengths)
+        if any(lengths[r] + width > self._context_length for r in range(first, last + 1)) or any(
+            self._crosses_boundary(s, len(t)) for s, t in zip(slots, token_lists, strict=True)
+        ):
+            one = self.extend if every else self.prefill
+            return [one(s, t) for s, t in zip(slots, token_lists, strict=True)]
+        tokens = np.zeros((last - first + 1, width), dtype=np.int64)  # (rows, T) dummies: 0
+        for s, t in zip(slots, token_lists, strict=True):
+            tokens[s - first, : len(t)] = t
+        view = self._view(first, last)
+        self._select(first, last)
+        with torch.inference_mode():
+            ids = torch.from_numpy(tokens).to(self.torch_device)
+            if every:
+                logits = self.model(ids, view)  # (rows, T, V)
+                out = [
+                    logits[s - first, : len(t)].float().cpu().numpy()
+                    for s, t in zip(slots, token_lists, strict=True)
+                ]
+            else:  # only each row's last real token goes through the head
+                size = dict(zip(slots, (len(t) for t in token_lists), strict=True))
+                ends = [size.get(r, 1) - 1 for r in range(first, last + 1)]
+                at = torch.tensor(ends, dtype=torch.long, device=self.torch_device)  # (rows,)
+                logits = self.model(ids, view, output_positions=at)  # (rows, V)
+                out = [logits[s - first].float().cpu().numpy() for s in slots]
+        for r in range(first, last + 1):  # undo the dummies: each row keeps what it was given
+            self.cache.lengths[r] = lengths[r]
+        for s, t in zip(slots, token_lists, strict=True):
+            self.cache.lengths[s] += len(t)
+            self._tokens[s] += [int(x) for x in t]
+        return out
+
     def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
         """One token for each of distinct slots, one forward per span; float32 logits (n, V)."""
         check_decode(self, slots, token_ids)

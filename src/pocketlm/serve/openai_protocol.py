@@ -4,7 +4,10 @@ Requests are parsed strictly (a number where a number belongs, finite, in range)
 raises `ProtocolError`, which the server turns into an OpenAI-style error body
 `{"error": {"message", "type", "param", "code"}}` naming the parameter, with status 400.
 Unknown fields are ignored (clients send many); known but unsupported features with a
-non-default value (tools, logit_bias, presence penalties, echo, suffix) are refused by name.
+non-default value (tools, logit_bias, presence penalties, suffix) are refused by name.
+/v1/completions takes a prompt as text or token ids (one or a list of either) and `echo` with
+`logprobs`: the prompt's tokens come back with their log-probabilities (`max_tokens` 0: only
+those, as lm-evaluation-harness's local-completions asks to score a continuation).
 A classifier's requests (POST /v1/classify) are validated the same way (ClassifyRequest).
 Needs pydantic (installed with fastapi: `pip install 'pocketlm[serve]'`).
 """
@@ -84,7 +87,7 @@ class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = None
-    max_tokens: int | None = Field(None, ge=1, le=MAX_SEED)
+    max_tokens: int | None = Field(None, ge=0, le=MAX_SEED)  # 0: completions' echo only
     temperature: float | None = Field(None, ge=0, le=2, **_Float)
     top_p: float | None = Field(None, gt=0, le=1, **_Float)
     top_k: int | None = Field(None, ge=0, le=MAX_SEED)  # extension (vLLM, llama.cpp)
@@ -102,6 +105,11 @@ class _Sampling(BaseModel):
 
     def check_supported(self) -> None:
         """ProtocolError for settings this server cannot honour."""
+        if self.max_tokens == 0 and not getattr(self, "echo", False):
+            raise ProtocolError(
+                "'max_tokens' must be >= 1 (0 only with 'echo': scoring the prompt)",
+                param="max_tokens",
+            )
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name) not in (None, 0, 0.0):
                 raise ProtocolError(
@@ -171,7 +179,8 @@ class StreamOptions(BaseModel):
 class CompletionRequest(_Sampling):
     """POST /v1/completions."""
 
-    prompt: str | list[str]
+    # text, token ids, or a list of either (OpenAI's four forms)
+    prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     suffix: str | None = None
@@ -180,8 +189,8 @@ class CompletionRequest(_Sampling):
     def check_supported(self) -> None:
         """ProtocolError for settings this server cannot honour."""
         super().check_supported()
-        if self.echo:
-            raise ProtocolError("'echo' is not supported by this server", param="echo")
+        if self.echo and self.stream:
+            raise ProtocolError("'echo' with 'stream' is not supported", param="echo")
         if self.suffix:
             raise ProtocolError("'suffix' is not supported by this server", param="suffix")
         if self.best_of is not None and self.best_of != self.n:
@@ -189,6 +198,8 @@ class CompletionRequest(_Sampling):
         prompts = self.prompts()
         if not prompts:
             raise ProtocolError("'prompt' must not be an empty list", param="prompt")
+        if any(isinstance(p, list) and not p for p in prompts):
+            raise ProtocolError("a token-id prompt must not be empty", param="prompt")
         if len(prompts) > MAX_PROMPTS:
             raise ProtocolError(f"'prompt' takes at most {MAX_PROMPTS} strings", param="prompt")
         if len(prompts) * self.n > MAX_N * 2:
@@ -197,9 +208,13 @@ class CompletionRequest(_Sampling):
                 param="n",
             )
 
-    def prompts(self) -> list[str]:
-        """The prompt(s) as a list."""
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt(s) as a list: each a text or a list of token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and all(isinstance(t, int) for t in self.prompt):
+            return [list(self.prompt)]  # type: ignore[arg-type]
+        return list(self.prompt)  # type: ignore[arg-type]
 
 
 class ContentPart(BaseModel):

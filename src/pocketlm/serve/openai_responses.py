@@ -106,6 +106,41 @@ def completion_logprobs(
     }, offset
 
 
+def echo_logprobs(
+    token_ids: Sequence[int], entries: Sequence[TokenLogprob | None], texts: TokenTexts
+) -> tuple[dict[str, Any], int]:
+    """The `logprobs` object of an echoed prompt (a None entry: a token nothing predicts, whose
+    logprob is null as OpenAI sends the first one), and the text offset after it."""
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    offset = 0
+    for token_id, entry in zip(token_ids, entries, strict=True):
+        text, _ = texts.get(token_id)
+        tokens.append(text)
+        token_logprobs.append(None if entry is None else entry.logprob)
+        top = None if entry is None or not entry.top else entry.top
+        tops.append(None if top is None else {texts.get(i)[0]: lp for i, lp in top})
+        offsets.append(offset)
+        offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }, offset
+
+
+def join_logprobs(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two completions `logprobs` objects one after the other (an echoed prompt, its completion)."""
+    tops = [*(first["top_logprobs"] or [None] * len(first["tokens"]))]
+    tops += second["top_logprobs"] or [None] * len(second["tokens"])
+    return {
+        "tokens": first["tokens"] + second["tokens"],
+        "token_logprobs": first["token_logprobs"] + second["token_logprobs"],
+        "top_logprobs": tops if any(t is not None for t in tops) else None,
+        "text_offset": first["text_offset"] + second["text_offset"],
+    }
+
+
 def chat_logprobs(entries: Sequence[TokenLogprob], texts: TokenTexts) -> dict[str, Any]:
     """The /v1/chat/completions `logprobs` object: {"content": [{token, logprob, bytes, top_logprobs}]}."""
     content = []

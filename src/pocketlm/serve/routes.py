@@ -39,7 +39,9 @@ from pocketlm.serve.openai_responses import (
     chat_logprobs,
     completion_choice,
     completion_logprobs,
+    echo_logprobs,
     envelope,
+    join_logprobs,
     model_card,
     new_id,
     sse,
@@ -78,6 +80,9 @@ class _Choice:
     completion_tokens: int = 0
     finish_reason: str | None = None
     text_offset: int = 0  # completions logprobs: characters streamed before the next token
+    echo: tuple[str, list[int]] | None = None  # echo: the prompt's text and its listed tokens
+    echo_skip: int = 0  # prompt tokens not listed (a <bos> the server put before a text prompt)
+    prompt_logprobs: tuple[TokenLogprob | None, ...] = ()
 
 
 @dataclass
@@ -132,23 +137,42 @@ class GenerationRoutes:
 
     # ---- endpoints ----------------------------------------------------------------------------
     async def completions(self, request: Any) -> Any:
-        """POST /v1/completions."""
+        """POST /v1/completions (prompts as text or token ids; echo scores the prompt)."""
         req = parse_request(CompletionRequest, await request.body())
-        for prompt in req.prompts():  # each prompt is a sequence of its own
+        prompts = req.prompts()
+        texts = [p for p in prompts if isinstance(p, str)]
+        for prompt in texts:  # each prompt is a sequence of its own
             self.bound.check([prompt], "prompt")
-        encoded = await asyncio.to_thread(self.tokenizer.encode_batch, req.prompts())
-        sequences = []
-        for p, prompt_ids in enumerate(encoded):
-            head = [self.tokenizer.bos_id] if self.tokenizer.add_bos else []
-            ids = self._fit([*head, *prompt_ids], "prompt")
+        encoded = iter(await asyncio.to_thread(self.tokenizer.encode_batch, texts))
+        head = [self.tokenizer.bos_id] if self.tokenizer.add_bos else []
+        sequences, echoes = [], []
+        for p, prompt in enumerate(prompts):
+            if isinstance(prompt, str):  # text: <bos> first where the model uses one
+                ids, skip = self._fit([*head, *next(encoded)], "prompt"), len(head)
+            else:  # token ids: as given
+                ids, skip = self._fit(self._check_ids(prompt), "prompt"), 0
             limit = req.max_tokens or self.model_defaults.get(
                 "max_new_tokens", COMPLETION_DEFAULT_MAX_TOKENS
             )
+            text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids)
             for i in range(req.n):
                 choice = p * req.n + i
                 params = req.sampling_params(self._cap(limit, ids), choice, self.model_defaults)
                 sequences.append((ids, params, req.logprobs, p))
-        job = self._start("completion", sequences, req.logprobs is not None, req.include_usage())
+                echoes.append((text, ids, skip) if req.echo else None)
+        echo = (req.logprobs or 0) if req.echo else None
+        job = self._start(
+            "completion",
+            sequences,
+            req.logprobs is not None,
+            req.include_usage(),
+            echo=echo,
+            generate=req.max_tokens != 0,
+        )
+        for choice, spec in zip(job.choices, echoes, strict=True):
+            if spec is not None:
+                text, ids, skip = spec
+                choice.echo, choice.echo_skip = (text, ids[skip:]), skip
         return await self._respond(request, job, req.stream)
 
     async def chat_completions(self, request: Any) -> Any:
@@ -194,11 +218,29 @@ class GenerationRoutes:
             )
         return ids
 
+    def _check_ids(self, ids: list[int]) -> list[int]:
+        vocab = self.scheduler.backend.vocab_size
+        bad = next((i for i in ids if not 0 <= i < vocab), None)
+        if bad is not None:
+            raise ProtocolError(
+                f"prompt token id {bad} is outside the vocabulary of {vocab}", param="prompt"
+            )
+        return list(ids)
+
     def _cap(self, limit: int | None, ids: list[int]) -> int:
         room = self.scheduler.context_length - len(ids) + 1
         return room if limit is None else max(1, min(limit, room))
 
-    def _start(self, kind: str, sequences: list, want_logprobs: bool, include_usage: bool) -> _Job:
+    def _start(
+        self,
+        kind: str,
+        sequences: list,
+        want_logprobs: bool,
+        include_usage: bool,
+        *,
+        echo: int | None = None,
+        generate: bool = True,
+    ) -> _Job:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
@@ -210,7 +252,9 @@ class GenerationRoutes:
 
         specs = [(ids, params, lp, sink_for(i)) for i, (ids, params, lp, _) in enumerate(sequences)]
         try:
-            more = {"adapter": self.adapter} if self.adapter != -1 else {}
+            more: dict[str, Any] = {"adapter": self.adapter} if self.adapter != -1 else {}
+            if echo is not None:
+                more.update(echo=echo, generate=generate)
             handles = self.scheduler.submit_many(specs, **more)
         except (SchedulerBusy, SchedulerClosed) as exc:
             raise refusal(exc, self.metrics, self.settings.retry_after_s) from exc
@@ -243,6 +287,8 @@ class GenerationRoutes:
                 status=503 if busy else 500,
             )
         choice.texts.append(event.text)
+        if event.prompt_logprobs is not None:
+            choice.prompt_logprobs = event.prompt_logprobs
         if event.logprob is not None:
             choice.logprobs.append(event.logprob)
         choice.finish_reason = event.finish_reason
@@ -292,9 +338,21 @@ class GenerationRoutes:
                 choices.append(chat_choice(c.index, text, c.finish_reason, lp))
             else:
                 lp = completion_logprobs(c.logprobs, self.texts)[0] if job.want_logprobs else None
+                if c.echo is not None:
+                    text = c.echo[0] + text
+                    if lp is not None:
+                        lp = self._echoed(c, lp)
                 choices.append(completion_choice(c.index, text, c.finish_reason, lp))
         obj = "chat.completion" if job.kind == "chat" else "text_completion"
         return envelope(obj, job.response_id, job.created, self.model_id, choices, self._usage(job))
+
+    def _echoed(self, choice: _Choice, completion: dict[str, Any]) -> dict[str, Any]:
+        """The prompt's logprobs (its listed tokens) before the completion's."""
+        assert choice.echo is not None
+        listed = choice.prompt_logprobs[choice.echo_skip :]
+        prompt, offset = echo_logprobs(choice.echo[1], listed, self.texts)
+        completion = {**completion, "text_offset": [o + offset for o in completion["text_offset"]]}
+        return join_logprobs(prompt, completion)
 
     @staticmethod
     def _usage(job: _Job) -> dict[str, int]:

@@ -112,7 +112,9 @@ def test_completion_requests():
     assert req.prompts() == ["a", "b"] and req.logprobs == 2
     assert _error(CompletionRequest, b'{"prompt": []}').param == "prompt"
     assert _error(CompletionRequest, b'{"prompt": "a", "logprobs": 6}').param == "logprobs"
-    assert _error(CompletionRequest, b'{"prompt": "a", "echo": true}').param == "echo"
+    assert (
+        _error(CompletionRequest, b'{"prompt": "a", "echo": true, "stream": true}').param == "echo"
+    )
     assert _error(CompletionRequest, b'{"prompt": 5}').param == "prompt"
     assert _error(CompletionRequest, b"{}").param == "prompt"
     many = json.dumps({"prompt": ["a"] * 16, "n": 8}).encode()
