@@ -68,7 +68,9 @@ def _batch(spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def pocketlm_step(spec: dict[str, Any], mode: str) -> tuple[Callable[[], None], int]:
     """(one optimizer step of PocketLM's training loop, trainable parameters) for a mode:
-    "full", "lora" or "qlora"."""
+    "full", "lora" or "qlora", each optionally "+ckpt" (activation checkpointing)."""
+    checkpointing = mode.endswith("+ckpt")
+    mode = mode.removesuffix("+ckpt")
     from pocketlm.model.lora import (
         LoRAConfig,
         apply_lora,
@@ -111,6 +113,7 @@ def pocketlm_step(spec: dict[str, Any], mode: str) -> tuple[Callable[[], None], 
         device="cpu",
         compile="on" if spec["compile"] else "off",
         threads=spec["threads"],
+        checkpoint_activations=checkpointing,
     )
     run = setup_run(
         factory,
@@ -124,7 +127,10 @@ def pocketlm_step(spec: dict[str, Any], mode: str) -> tuple[Callable[[], None], 
 
 
 def hf_step(spec: dict[str, Any], mode: str) -> tuple[Callable[[], None], int]:
-    """(one step of a plain transformers (+ peft) loop, trainable parameters): "full" or "lora"."""
+    """(one step of a plain transformers (+ peft) loop, trainable parameters): "full" or "lora",
+    optionally "+ckpt" (transformers' gradient checkpointing, as peft users turn it on)."""
+    checkpointing = mode.endswith("+ckpt")
+    mode = mode.removesuffix("+ckpt")
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c = _model_config(spec)
@@ -142,6 +148,8 @@ def hf_step(spec: dict[str, Any], mode: str) -> tuple[Callable[[], None], int]:
     )
     hf_config._attn_implementation = "sdpa"
     model = LlamaForCausalLM(hf_config)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -183,6 +191,9 @@ VARIANTS = {
     "pocketlm qlora int4": ("pocketlm", "qlora"),
     "hf+peft lora": ("hf", "lora"),
     "hf full": ("hf", "full"),
+    "pocketlm lora +ckpt": ("pocketlm", "lora+ckpt"),
+    "pocketlm qlora int4 +ckpt": ("pocketlm", "qlora+ckpt"),
+    "hf+peft lora +ckpt": ("hf", "lora+ckpt"),
 }
 
 
@@ -269,6 +280,11 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
         "lora/full tokens/s": ("pocketlm lora", "pocketlm full", tps),
         "lora/full memory": ("pocketlm lora", "pocketlm full", mem),
         "qlora/full memory": ("pocketlm qlora int4", "pocketlm full", mem),
+        "lora+ckpt/hf+peft memory": ("pocketlm lora +ckpt", "hf+peft lora", mem),
+        "lora+ckpt/hf+peft+ckpt memory": ("pocketlm lora +ckpt", "hf+peft lora +ckpt", mem),
+        "lora+ckpt/hf+peft tokens/s": ("pocketlm lora +ckpt", "hf+peft lora", tps),
+        "lora+ckpt/hf+peft+ckpt tokens/s": ("pocketlm lora +ckpt", "hf+peft lora +ckpt", tps),
+        "qlora+ckpt/full memory": ("pocketlm qlora int4 +ckpt", "pocketlm full", mem),
     }
     return {k: round(t[a] / t[b], 3) for k, (a, b, t) in pairs.items() if a in t and b in t}
 

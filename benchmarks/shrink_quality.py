@@ -15,6 +15,9 @@ prune: the M shape (dim 512, 8 layers, ffn 1536) trained on the same tokens, pru
        non-embedding parameters, healed by distillation from a cache of its logits, against the
        pruned shape trained from scratch for the same budget; decode tokens/s of both on the
        native engine.
+draft: (its own process, beside prune) `pocketlm distill --student draft` for the trained M
+       model, then one interleaved speculative run (benchmarks/speculative.py): the M model alone,
+       with its int4 self-draft, and with the distilled draft (int4 and float), k = 2..6.
 
 Every step's output is kept in --work: a rerun skips what is done. Results:
 benchmarks/results/shrink_quality.json (and the table printed).
@@ -316,6 +319,33 @@ def prune(args, work: Path) -> dict:
     return result
 
 
+def draft(args, work: Path) -> dict:
+    """The distilled draft (`distill --student draft`, one command) against the int4 self-draft
+    for the trained M model, in one interleaved speculative-decoding run."""
+    m = work / "m-teacher"
+    while not (work / "m-teacher.done.json").exists():  # the prune part's lane trains it
+        time.sleep(30)
+    run = _step(work, "m-draft", "distill", "--teacher", str(m), "--student", "draft",
+                "--tokens", args.tokens, "--out", str(work / "m-draft"), *COMMON, "--lr",
+                "0.001", "--budget", args.budget, "--overwrite")  # fmt: skip
+    _step(work, "m-int4", "quantize", "--model", str(m), "--scheme", "int4", "--out",
+          str(work / "m-int4"), "--overwrite")  # fmt: skip
+    out = work / "speculative.json"
+    drafts = [str(work / "m-int4"), str(work / "m-draft" / "draft-int4"),
+              str(work / "m-draft" / "model")]  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "speculative.py"), "--target",
+         str(m / "model"), "--draft", *drafts, "--k", "2", "3", "4", "6", "--rounds", "3",
+         "--out", str(out)],
+        check=True,
+    )  # fmt: skip
+    return {
+        "draft_run": {**run, **_summary(work / "m-draft"),
+                      "val_bpb": _bpb(work / "m-draft" / "model", args.tokens)},
+        "speculative": json.loads(out.read_text()),
+    }  # fmt: skip
+
+
 def _decode_speed(models: list[Path], rounds: int = 3) -> dict:
     """Native-engine decode tokens/s (128-token prompt, 128 new), interleaved rounds, medians."""
     import statistics
@@ -340,25 +370,27 @@ def main() -> None:
     ap.add_argument("--teacher", required=True, help="the 10-minute TinyStories model (kd)")
     ap.add_argument("--tokens", required=True, help="TinyStories tokens (its tokenizer)")
     ap.add_argument("--work", required=True)
-    ap.add_argument("--parts", nargs="+", default=["kd", "prune"])
+    ap.add_argument("--parts", nargs="+", default=["kd", "prune"], help="kd, prune, draft")
     ap.add_argument("--budget", default="10m cpu")
     ap.add_argument("--teacher-m-budget", default="25m cpu")
+    ap.add_argument("--results", default=str(RESULTS), help="the JSON results file")
     args = ap.parse_args()
+    results_path = Path(args.results)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from machine import describe_machine
 
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results["machine"] = describe_machine()
     parts = list(args.parts)
     if {"kd", "prune"} <= set(parts):  # two lanes: the kd runs beside the M teacher
         results["kd"], _ = _pair(lambda: kd(args, work), lambda: m_teacher(args, work))
-        RESULTS.write_text(json.dumps(results, indent=2))
+        results_path.write_text(json.dumps(results, indent=2))
         parts.remove("kd")
     for part in parts:
-        results[part] = {"kd": kd, "prune": prune}[part](args, work)
-        RESULTS.write_text(json.dumps(results, indent=2))
+        results[part] = {"kd": kd, "prune": prune, "draft": draft}[part](args, work)
+        results_path.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 
 

@@ -1,6 +1,6 @@
 """Speculative decoding speed-up: a target model alone vs the same target with a smaller draft.
 
-    python benchmarks/speculative.py --target RUN_OR_MODEL --draft RUN_OR_MODEL [--backend native]
+    python benchmarks/speculative.py --target RUN_OR_MODEL --draft RUN_OR_MODEL [MORE…] [--backend native]
 
 Both models must share the tokenizer (e.g. two `pocketlm pretrain` runs on the same token
 directory). At temperature 0 the text must be identical with and without the draft; the script
@@ -45,7 +45,7 @@ def main() -> None:
     """Measure and print the speed-up table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--target", required=True)
-    ap.add_argument("--draft", required=True)
+    ap.add_argument("--draft", required=True, nargs="+", help="one or more drafts, interleaved")
     ap.add_argument("--backend", default="native", choices=["native", "torch"])
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
@@ -54,45 +54,48 @@ def main() -> None:
     args = ap.parse_args()
     params = SamplingParams(temperature=0, max_new_tokens=args.new_tokens)
     plain = load_engine(args.target, backend=args.backend)
-    draft_alone = load_engine(args.draft, backend=args.backend)
+    alone = {d: load_engine(d, backend=args.backend) for d in args.draft}
     spec = {
-        k: load_engine(args.target, backend=args.backend, draft=args.draft, draft_tokens=k)
+        (d, k): load_engine(args.target, backend=args.backend, draft=d, draft_tokens=k)
+        for d in args.draft
         for k in args.k
     }
-    rates: dict[str, list[float]] = {"target": [], "draft alone": []}
-    acceptance: dict[int, float] = {}
+    rates: dict[tuple[str, int | None], list[float]] = {("target", None): []}
+    acceptance: dict[tuple[str, int], float] = {}
     for _ in range(args.rounds):  # interleaved so machine drift hits every variant
         rate, expected, _ = _rate(plain, params)
-        rates["target"].append(rate)
-        rates["draft alone"].append(_rate(draft_alone, params)[0])
-        for k, engine in spec.items():
+        rates["target", None].append(rate)
+        for d, engine in alone.items():
+            rates.setdefault((d, None), []).append(_rate(engine, params)[0])
+        for (d, k), engine in spec.items():
             rate, got, acc = _rate(engine, params)
             if got != expected:
-                raise SystemExit(f"k={k}: speculative output differs from plain greedy decoding")
-            rates.setdefault(f"k={k}", []).append(rate)
-            acceptance[k] = acc
-    base = statistics.median(rates["target"])
+                raise SystemExit(
+                    f"{d} k={k}: speculative output differs from plain greedy decoding"
+                )
+            rates.setdefault((d, k), []).append(rate)
+            acceptance[d, k] = acc
+    base = statistics.median(rates["target", None])
     rows = []
     print(
         f"backend {args.backend}, {args.new_tokens} new tokens x {len(PROMPTS)} prompts, "
         f"median of {args.rounds} rounds; outputs identical to plain greedy: yes"
     )
-    print(f"{'variant':14s} {'tok/s':>8s} {'speed-up':>9s} {'accepted':>9s}")
-    for name, values in rates.items():
+    print(f"{'draft':40s} {'k':>3s} {'tok/s':>8s} {'speed-up':>9s} {'accepted':>9s}")
+    for (d, k), values in rates.items():
         med = statistics.median(values)
-        k = int(name[2:]) if name.startswith("k=") else None
-        acc = acceptance.get(k) if k else None
+        acc = acceptance.get((d, k)) if k else None
         rows.append(
             dict(
-                variant=name,
+                draft=d,
+                k=k,  # None: the model alone (the target, or the draft decoding by itself)
                 tokens_per_s=round(med, 1),
                 speedup=round(med / base, 3),
                 acceptance=None if acc is None else round(acc, 3),
             )
         )
-        print(
-            f"{name:14s} {med:8.1f} {med / base:8.2f}x {'' if acc is None else f'{acc:8.0%}':>9s}"
-        )
+        accepted = "" if acc is None else f"{acc:8.0%}"
+        print(f"{d[-40:]:40s} {k or '-':>3} {med:8.1f} {med / base:8.2f}x {accepted:>9s}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
         json.dumps(
