@@ -27,6 +27,7 @@ INPUT_IDS, ATTENTION_MASK, POSITION_IDS, LOGITS = (
     "position_ids",
     "logits",
 )
+OPSET = 17  # LayerNormalization (Phi-2) needs 17; onnxruntime >= 1.14 runs it
 BATCH, SEQUENCE, PAST, TOTAL = (
     "batch_size",
     "sequence_length",
