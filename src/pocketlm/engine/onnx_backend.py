@@ -48,6 +48,21 @@ def read_onnx_config(directory: Path) -> dict[str, Any]:
     return config
 
 
+def onnx_session(directory: Path, threads: int = 0) -> Any:
+    """An onnxruntime CPU session of the directory's model.onnx (its model.onnx.data beside it)
+    with `threads` intra-op threads (0: onnxruntime's default, every core)."""
+    ort = require("onnxruntime", "onnx", "running an ONNX export")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # idle worker threads sleep instead of spinning between the graph's many small nodes:
+    # with 2 threads on 2 shared cores, decode ran 1.5-2.7x faster (micro-6m, small-30m)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(
+        str(directory / ONNX_FILE), options, providers=["CPUExecutionProvider"]
+    )
+
+
 class OnnxBackend:
     """The Backend over an exported decoder graph in onnxruntime; logits (V,) or (n, V) float32."""
 
@@ -59,22 +74,14 @@ class OnnxBackend:
     ) -> None:
         """threads: onnxruntime's intra-op threads (0: its default, every core)."""
         check_slot_count(slots)
-        ort = require("onnxruntime", "onnx", "the onnx backend")
+        require("onnxruntime", "onnx", "the onnx backend")
         self.directory = Path(directory)
         config = read_onnx_config(self.directory)
         if config["task"] != TEXT_GENERATION:
             raise ConfigError(
                 f"{self.directory} holds a {config['task']} graph: it generates nothing"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # idle worker threads sleep instead of spinning between the graph's many small nodes:
-        # with 2 threads on 2 shared cores, decode ran 1.5-2.7x faster (micro-6m, small-30m)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(self.directory / ONNX_FILE), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = onnx_session(self.directory, threads)
         self._check_graph(config)
         self.threads = threads or None
         self.precision = config.get("precision", "fp32")

@@ -185,7 +185,7 @@ def trace_to_onnx(model: CausalLM, path: Path) -> dict[str, list[str]]:
         example = onnx_graph.decoder_example(config)
     else:
         graph = onnx_graph.ClassifierGraph(model)
-        inputs, outputs, axes = onnx_graph.classifier_signature()
+        inputs, outputs, axes = onnx_graph.classifier_signature(config)
         example = onnx_graph.classifier_example(config)
     with warnings.catch_warnings(), torch.no_grad():
         # the TorchScript exporter's deprecation notice and the tracer's notes on the model's

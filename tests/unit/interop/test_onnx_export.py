@@ -238,7 +238,11 @@ def test_encoder_classifiers_export_with_their_padding(family, tmp_path):
     model = load_model(artifact).model.eval()
     ids = np.array([[2, 10, 11, 12, 3], [0, 0, 2, 14, 3]])
     mask = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
-    got = _session(out).run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    session = _session(out)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in [i.name for i in session.get_inputs()]:  # BERT, ALBERT
+        feeds["token_type_ids"] = np.zeros_like(ids)
+    got = session.run(None, feeds)[0]
     with torch.inference_mode():
         want = model(torch.tensor(ids), attention_mask=torch.tensor(mask)).numpy()
     assert np.abs(got - want).max() < 1e-4
