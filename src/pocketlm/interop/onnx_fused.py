@@ -122,108 +122,152 @@ def build_fused(model: CausalLM, *, share_tied: bool = True):
 
     share_tied: a tied LM head reads the embedding table through a Transpose (stored once);
     False stores the head's own transposed copy (int8: so MatMulNBits quantizes it)."""
-    from onnx import TensorProto, helper
-
-    config = model.config
-    refused = supports(config)
+    c, g = model.config, _Graph()
+    refused = supports(c)
     if refused:
         raise ValueError(f"the fused graph does not write {', '.join(refused)}")
-    c, g = config, _Graph()
-    inputs, outputs, _ = onnx_graph.decoder_signature(c)
-    hd, kv = c.resolved_head_dim, c.n_kv_heads
     decoder = model.model
-    # per-row lengths for GroupQueryAttention: seqlens_k = sum(mask) - 1, total = mask's width
-    lengths = g.op("ReduceSum", ["attention_mask", g.const("axis_1", np.array([1]))], keepdims=0)
-    seqlens = g.op("Cast", [g.op("Sub", [lengths, g.const("one", np.array(1))])], to=TensorProto.INT32)  # fmt: skip
+    lengths, tables = _lengths(g), _rope_tables(g, c)
+    embed_table = g.const("model.embed_tokens.weight", _np(decoder.embed_tokens.weight))
+    residual = g.op("Gather", [embed_table, "input_ids"])  # (B, T, dim)
+    if c.embed_scale != 1.0:
+        scale = g.const("embed_scale", np.array(c.embed_scale, np.float32))
+        residual = g.op("Mul", [residual, scale])
+    branch = None
+    for i, layer in enumerate(decoder.layers):
+        p = f"model.layers.{i}"
+        normed, residual = _add_norm(g, c, branch, residual, layer.input_layernorm, f"{p}.input_layernorm")  # fmt: skip
+        attn = _attention(g, c, layer.self_attn, i, normed, lengths, tables)
+        if c.sandwich_norms:
+            attn = _norm(g, c, attn, layer.attn_output_norm, f"{p}.attn_output_norm")
+        normed, residual = _add_norm(g, c, attn, residual, layer.post_attention_layernorm, f"{p}.post_attention_layernorm")  # fmt: skip
+        branch = _mlp(g, c, layer.mlp, normed, f"{p}.mlp")
+        if c.sandwich_norms:
+            branch = _norm(g, c, branch, layer.ffn_output_norm, f"{p}.ffn_output_norm")
+    final, _ = _add_norm(g, c, branch, residual, decoder.norm, "model.norm")
+    _head(g, c, model, final, embed_table, share_tied)
+    inputs, outputs, _ = onnx_graph.decoder_signature(c)
+    return _model(g, c, inputs, outputs)
+
+
+def _lengths(g: _Graph) -> tuple[str, str]:
+    """GroupQueryAttention's seqlens_k (B,) int32 = sum(mask) - 1 and its total_sequence_length,
+    a scalar int32 = the mask's width."""
+    from onnx import TensorProto
+
+    sums = g.op("ReduceSum", ["attention_mask", g.const("axis_1", np.array([1]))], keepdims=0)
+    seqlens = g.op("Sub", [sums, g.const("one", np.array(1))])
     width = g.op("Gather", [g.op("Shape", ["attention_mask"]), g.const("index_1", np.array(1))])
-    total = g.op("Cast", [width], to=TensorProto.INT32)
+    return g.op("Cast", [seqlens], to=TensorProto.INT32), g.op("Cast", [width], to=TensorProto.INT32)  # fmt: skip
+
+
+def _rope_tables(g: _Graph, c: ModelConfig) -> dict[str, tuple[str, str]]:
+    """rope set -> (cos, sin) tables (max_seq_len, rotary_dim / 2) at positions 0.., float32
+    angles float32(p) * inv_freq as the model computes them."""
     positions = np.arange(c.max_seq_len, dtype=np.float32)[:, None]  # (P, 1)
-    rope_tables = {}
-    for rope_set, inv_freq in rope_inv_freqs(c).items():  # (P, rotary_dim / 2) each
-        angles = positions * inv_freq[None]
-        scale = np.float32(attention_factor(c))
-        rope_tables[rope_set] = (
+    scale = np.float32(attention_factor(c))
+    tables = {}
+    for rope_set, inv_freq in rope_inv_freqs(c).items():
+        angles = positions * inv_freq[None]  # (P, rotary_dim / 2)
+        tables[rope_set] = (
             g.const(f"cos_{rope_set}", np.cos(angles) * scale),
             g.const(f"sin_{rope_set}", np.sin(angles) * scale),
         )
+    return tables
 
-    embed_table = g.const("model.embed_tokens.weight", _np(decoder.embed_tokens.weight))
-    h = g.op("Gather", [embed_table, "input_ids"])  # (B, T, dim)
-    if c.embed_scale != 1.0:
-        h = g.op("Mul", [h, g.const("embed_scale", np.array(c.embed_scale, np.float32))])
-    residual, branch = h, None
-    act_op, act_attrs = _ACTIVATION_OPS[c.activation]
 
-    def add_norm(branch: str | None, residual: str, weight: np.ndarray, name: str):
-        """(norm(branch + residual), branch + residual); the first layer has no branch yet."""
-        w = g.const(name, weight)
-        if branch is None:
-            return g.op("SimplifiedLayerNormalization", [residual, w], epsilon=c.norm_eps, axis=-1), residual  # fmt: skip
-        outs = g.op("SkipSimplifiedLayerNormalization", [branch, residual, w], n_out=4, domain=MS, epsilon=c.norm_eps)  # fmt: skip
-        return outs[0], outs[3]
+def _norm(g: _Graph, c: ModelConfig, x: str, norm: torch.nn.Module, name: str) -> str:
+    """RMSNorm of x over its last axis."""
+    w = g.const(f"{name}.weight", _norm_weight(c, norm))
+    return g.op("SimplifiedLayerNormalization", [x, w], epsilon=c.norm_eps, axis=-1)
 
-    for i, layer in enumerate(decoder.layers):
-        p = f"model.layers.{i}"
-        attn = layer.self_attn
-        normed, residual = add_norm(branch, residual, _norm_weight(c, layer.input_layernorm), f"{p}.input_layernorm.weight")  # fmt: skip
-        # one MatMul for q, k and v: (B, T, q_dim + 2 kv_dim)
-        qkv_w = np.concatenate([_np(m.weight) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]).T  # fmt: skip
-        qkv = g.op("MatMul", [normed, g.const(f"{p}.self_attn.qkv_proj.weight", qkv_w)])
-        if attn.q_proj.bias is not None:
-            qkv_b = np.concatenate([_np(m.bias) for m in (attn.q_proj, attn.k_proj, attn.v_proj)])
-            qkv = g.op("Add", [qkv, g.const(f"{p}.self_attn.qkv_proj.bias", qkv_b)])
-        query, key, value = qkv, "", ""
-        if c.qk_norm:  # onnxruntime's CPU GroupQueryAttention has no q/k norm inputs: RMSNorm here
-            sizes = g.const(f"{p}.qkv_sizes", np.array([c.q_dim, c.kv_dim, c.kv_dim]))
-            query, key, value = g.op("Split", [qkv, sizes], n_out=3, axis=-1)
-            query = _head_norm(g, query, _norm_weight(c, attn.q_norm), f"{p}.self_attn.q_norm", c)
-            key = _head_norm(g, key, _norm_weight(c, attn.k_norm), f"{p}.self_attn.k_norm", c)
-        cos, sin = rope_tables[layer_rope_set(c, i)]
-        gqa_inputs = [query, key, value, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
-                      seqlens, total, cos, sin, "position_ids"]  # fmt: skip
-        attrs = dict(num_heads=c.n_heads, kv_num_heads=kv, do_rotary=1, rotary_interleaved=0,
-                     scale=float(c.attn_scale or hd**-0.5), softcap=float(c.attn_softcap))  # fmt: skip
-        if attn.window:  # the query at p sees keys p - window < j <= p (parity-tested)
-            attrs["local_window_size"] = attn.window
-        out = g.name("attn")
-        g.nodes.append(
-            helper.make_node(
-                "GroupQueryAttention",
-                gqa_inputs,
-                [out, f"present.{i}.key", f"present.{i}.value"],
-                name=g.name("GroupQueryAttention"),
-                domain=MS,
-                **attrs,
-            )
+
+def _add_norm(
+    g: _Graph, c: ModelConfig, branch: str | None, residual: str, norm: torch.nn.Module, name: str
+) -> tuple[str, str]:
+    """(norm(branch + residual), branch + residual) in one node; the first layer has no branch."""
+    if branch is None:
+        return _norm(g, c, residual, norm, name), residual
+    w = g.const(f"{name}.weight", _norm_weight(c, norm))
+    outs = g.op("SkipSimplifiedLayerNormalization", [branch, residual, w], n_out=4, domain=MS,
+                epsilon=c.norm_eps)  # fmt: skip
+    return outs[0], outs[3]
+
+
+def _attention(
+    g: _Graph,
+    c: ModelConfig,
+    attn: torch.nn.Module,
+    i: int,
+    x: str,
+    lengths: tuple[str, str],
+    tables: dict[str, tuple[str, str]],
+) -> str:
+    """Layer i's attention of x (B, T, dim) -> (B, T, dim), its cache as past/present i."""
+    from onnx import helper
+
+    p = f"model.layers.{i}.self_attn"
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    qkv_w = np.concatenate([_np(m.weight) for m in projections]).T  # (dim, q_dim + 2 kv_dim)
+    qkv = g.op("MatMul", [x, g.const(f"{p}.qkv_proj.weight", qkv_w)])
+    if attn.q_proj.bias is not None:
+        qkv_b = np.concatenate([_np(m.bias) for m in projections])
+        qkv = g.op("Add", [qkv, g.const(f"{p}.qkv_proj.bias", qkv_b)])
+    query, key, value = qkv, "", ""
+    if c.qk_norm:  # onnxruntime's CPU GroupQueryAttention has no q/k norm inputs: RMSNorm here
+        sizes = g.const(f"{p}.qkv_sizes", np.array([c.q_dim, c.kv_dim, c.kv_dim]))
+        query, key, value = g.op("Split", [qkv, sizes], n_out=3, axis=-1)
+        query = _head_norm(g, query, _norm_weight(c, attn.q_norm), f"{p}.q_norm", c)
+        key = _head_norm(g, key, _norm_weight(c, attn.k_norm), f"{p}.k_norm", c)
+    cos, sin = tables[layer_rope_set(c, i)]
+    inputs = [query, key, value, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+              *lengths, cos, sin, "position_ids"]  # fmt: skip
+    attrs = dict(num_heads=c.n_heads, kv_num_heads=c.n_kv_heads, do_rotary=1,
+                 rotary_interleaved=0, scale=float(c.attn_scale or c.resolved_head_dim**-0.5),
+                 softcap=float(c.attn_softcap))  # fmt: skip
+    if attn.window:  # the query at p sees keys p - window < j <= p (parity-tested)
+        attrs["local_window_size"] = attn.window
+    out = g.name("attn")
+    g.nodes.append(
+        helper.make_node(
+            "GroupQueryAttention",
+            inputs,
+            [out, f"present.{i}.key", f"present.{i}.value"],
+            name=g.name("GroupQueryAttention"),
+            domain=MS,
+            **attrs,
         )
-        a = _linear(g, out, attn.o_proj, f"{p}.self_attn.o_proj")
-        if c.sandwich_norms:
-            w = g.const(f"{p}.attn_output_norm.weight", _norm_weight(c, layer.attn_output_norm))
-            a = g.op("SimplifiedLayerNormalization", [a, w], epsilon=c.norm_eps, axis=-1)
-        normed, residual = add_norm(a, residual, _norm_weight(c, layer.post_attention_layernorm), f"{p}.post_attention_layernorm.weight")  # fmt: skip
-        mlp = layer.mlp
-        gate = _linear(g, normed, mlp.gate_proj, f"{p}.mlp.gate_proj")
-        up = _linear(g, normed, mlp.up_proj, f"{p}.mlp.up_proj")
-        hidden = g.op("Mul", [g.op(act_op, [gate], domain=MS, **act_attrs), up])
-        branch = _linear(g, hidden, mlp.down_proj, f"{p}.mlp.down_proj")
-        if c.sandwich_norms:
-            w = g.const(f"{p}.ffn_output_norm.weight", _norm_weight(c, layer.ffn_output_norm))
-            branch = g.op("SimplifiedLayerNormalization", [branch, w], epsilon=c.norm_eps, axis=-1)
-    final, _ = add_norm(branch, residual, _norm_weight(c, decoder.norm), "model.norm.weight")
+    )
+    return _linear(g, out, attn.o_proj, f"{p}.o_proj")
+
+
+def _mlp(g: _Graph, c: ModelConfig, mlp: torch.nn.Module, x: str, p: str) -> str:
+    """down(act(gate(x)) * up(x)) of x (B, T, dim)."""
+    act_op, act_attrs = _ACTIVATION_OPS[c.activation]
+    gate = _linear(g, x, mlp.gate_proj, f"{p}.gate_proj")
+    up = _linear(g, x, mlp.up_proj, f"{p}.up_proj")
+    hidden = g.op("Mul", [g.op(act_op, [gate], domain=MS, **act_attrs), up])
+    return _linear(g, hidden, mlp.down_proj, f"{p}.down_proj")
+
+
+def _head(
+    g: _Graph, c: ModelConfig, model: CausalLM, x: str, embed_table: str, share_tied: bool
+) -> None:
+    """The graph's "logits" output: x @ the head's weight^T (+ bias), soft-capped (Gemma 2)."""
+    from onnx import helper
+
     head = model.lm_head
-    tied = head.weight is decoder.embed_tokens.weight
-    if tied and share_tied:  # the table stored once; onnxruntime folds the Transpose at load
-        head_w = g.op("Transpose", [embed_table], perm=[1, 0])
+    if head.weight is model.model.embed_tokens.weight and share_tied:
+        weight = g.op("Transpose", [embed_table], perm=[1, 0])  # folded by onnxruntime at load
     else:
-        head_w = g.const("lm_head.weight", _np(head.weight).T)
-    logits = g.op("MatMul", [final, head_w])
+        weight = g.const("lm_head.weight", _np(head.weight).T)
+    logits = g.op("MatMul", [x, weight])
     if head.bias is not None:
         logits = g.op("Add", [logits, g.const("lm_head.bias", _np(head.bias))])
     if c.final_softcap:
         cap = g.const("final_softcap", np.array(c.final_softcap, np.float32))
         logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, cap])]), cap])
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
-    return _model(g, c, inputs, outputs)
 
 
 def _model(g: _Graph, c: ModelConfig, inputs: list[str], outputs: list[str]):
