@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pocketlm.checkpoint.layout import CARRIED_FILES
@@ -151,15 +152,38 @@ def write_graph(
     try:
         names: dict[str, Any] = {**trace_to_onnx(model, scratch / path.name), "graph": "traced"}
         files = list(scratch.iterdir())
-        if len(files) == 1 and files[0].stat().st_size <= external:
+        tied = model.config.has_lm_head and model.config.tie_embeddings and share_tied
+        if len(files) == 1 and files[0].stat().st_size <= external and not tied:
             files[0].replace(path)
         else:
             import onnx
 
-            save_onnx(onnx.load(str(scratch / path.name)), path, external)
+            proto = onnx.load(str(scratch / path.name))
+            if tied:
+                share_tied_table(proto)
+            save_onnx(proto, path, external)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return names
+
+
+def share_tied_table(proto: Any) -> None:
+    """In a traced graph, replace the LM head's copy of the embedding table (the exporter folds
+    the tied weight's transpose into an initializer of its own) by a Transpose of the table."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    by_name = {t.name: t for t in graph.initializer}
+    gathers = [n.input[0] for n in graph.node if n.op_type == "Gather" and n.input[0] in by_name]
+    if not gathers:
+        return
+    table = numpy_helper.to_array(by_name[gathers[0]])  # (V, dim)
+    for init in list(graph.initializer):
+        if tuple(init.dims) == table.shape[::-1] and np.array_equal(numpy_helper.to_array(init), table.T):  # fmt: skip
+            graph.initializer.remove(init)
+            transpose = helper.make_node("Transpose", [gathers[0]], [init.name], perm=[1, 0], name="tied_lm_head")  # fmt: skip
+            graph.node.insert(0, transpose)
+            return
 
 
 def save_onnx(proto: Any, path: Path, external: int) -> None:

@@ -86,3 +86,27 @@ def test_an_encoder_graph_takes_token_type_ids(tmp_path):
     assert np.abs(got - want).max() < 1e-4 and np.abs(want - zero).max() > 1e-3
     rows = [[2, 10, 11, 12, 3], [2, 14, 3]]
     assert np.abs(open_classifier(out, threads=1).logits(rows) - zero).max() < 1e-4
+
+
+def test_classify_predict_and_serve_open_the_export(exported):
+    """`classify predict` writes the torch classifier's labels; `serve` batches the export."""
+    import io
+    import json
+
+    pytest.importorskip("fastapi")
+    from pocketlm.cli.main import build_parser
+    from pocketlm.cli.serve_cmd import open_models
+    from pocketlm.engine.classify_batcher import ClassifyBatcher
+    from pocketlm.pipelines.classify import predict_lines
+
+    src, onnx_dir = exported
+    lines = {}
+    for name, path in (("torch", src), ("onnx", onnx_dir)):
+        out = io.StringIO()
+        assert predict_lines(path, TEXTS, out) == len(TEXTS)
+        lines[name] = [json.loads(line)["label"] for line in out.getvalue().splitlines()]
+    assert lines["onnx"] == lines["torch"]
+    args = build_parser().parse_args(["serve", "--model", str(onnx_dir), "--slots", "2"])
+    base, adapters = open_models(args, threads=1)
+    assert isinstance(base.scheduler, ClassifyBatcher) and adapters == []
+    assert base.scheduler.labels == LABELS
