@@ -7,7 +7,10 @@ special ids, a classifier's labels), config.json as `export hf` writes it where 
 the model's family, the source model's tokenizer files and chat template copied unchanged (so the
 tokenizer read from here is the model's own), and PocketLM's manifest.json.
 
-The graph is traced with PyTorch's TorchScript-based ONNX exporter (`dynamo=False`): with torch
+A decoder whose options the fused graph writes (interop/onnx_fused.py: RMSNorm, a gated MLP,
+plain/linear/llama3 rotary) is written from its weights with onnxruntime's fused operators
+(1.05-1.8x the traced graph's decode speed; benchmarks/RESULTS.md). Any other model's graph is
+traced with PyTorch's TorchScript-based ONNX exporter (`dynamo=False`): with torch
 2.13 it traces every option set of the one model in about a second per small model and keeps the
 classifier's shape-only checks as constants, where the torch.export-based exporter takes several
 times longer and refuses data-dependent Python checks. A quantized PocketLM model is dequantized
