@@ -148,8 +148,14 @@ def bench_model(
             prompt_tokens, new_tokens, target.load_s, [p for p, _ in rounds], [d for _, d in rounds]
         ),
         "peak_memory_mb": round(peak_rss_mb(), 1),
-        "model_bytes": _weights_file(target.directory).stat().st_size,
+        "model_bytes": _weights_bytes(_weights_file(target.directory)),
     }
+
+
+def _weights_bytes(path: Path) -> int:
+    """Bytes of a weights file, with an ONNX graph's external weights (model.onnx.data)."""
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 def _weights_file(directory: Path) -> Path:

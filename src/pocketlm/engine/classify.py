@@ -3,7 +3,8 @@ the probability of every label out.
 
 `open_classifier` opens a classifier model directory (a model artifact, a training run, or a
 Hugging Face *ForSequenceClassification folder, imported once by interop.open_model), or a base
-with a classifier's LoRA adapter, on the torch backend (the native engine runs language models).
+with a classifier's LoRA adapter, on the torch backend (the native engine runs language models);
+or an `export onnx` directory of a classifier in onnxruntime (engine/onnx_classifier.py).
 `Classifier.predict` sorts the inputs by length so that a batch holds similar lengths (little
 padding), pads them on the right (the attention mask decides, so any pad id works) and returns
 the predictions in input order. Texts are encoded as transformers' tokenizer(text) does
@@ -160,8 +161,13 @@ def open_classifier(
     max_len: int | None = None,
     threads: int = 0,
 ) -> Classifier:
-    """A Classifier for a classifier model (dir, training run or HF folder), or for a base with
-    a classifier's LoRA adapter (`adapter`), on the resolved device and precision."""
+    """A Classifier for a classifier model (dir, training run or HF folder, or an `export onnx`
+    directory of one, run in onnxruntime on the CPU), or for a base with a classifier's LoRA
+    adapter (`adapter`), on the resolved device and precision."""
+    from pocketlm.engine.exported import ONNX, exported_format
+
+    if exported_format(model) == ONNX:
+        return _open_onnx(Path(model), adapter, device, precision, max_len, threads)
     from pocketlm.checkpoint.model_io import load_model
     from pocketlm.common.device import resolve_device, resolve_precision, torch_dtype
     from pocketlm.interop.open_model import model_dir
@@ -184,3 +190,27 @@ def open_classifier(
     return Classifier(
         loaded.model, loaded.tokenizer, device=dev, dtype=dtype, max_len=max_len, threads=threads
     )
+
+
+def _open_onnx(
+    directory: Path,
+    adapter: str | Path | None,
+    device: str,
+    precision: str,
+    max_len: int | None,
+    threads: int,
+) -> Classifier:
+    """A Classifier over an exported classifier graph; ConfigError for what it cannot take."""
+    from pocketlm.engine.onnx_classifier import OnnxClassifierModel
+
+    if adapter is not None:
+        raise ConfigError("an exported onnx classifier runs without adapters: merge the adapter and export again")  # fmt: skip
+    if device.strip().lower() not in ("auto", "cpu") or precision not in ("auto", "fp32"):
+        raise ConfigError(
+            "an exported onnx classifier runs on the CPU in the precision it was exported with: "
+            "leave --device and --precision at auto"
+        )
+    model = OnnxClassifierModel(directory, threads=threads)
+    tokenizer = Tokenizer.load(directory)
+    # threads: onnxruntime's own pool, sized at load; torch's is not used
+    return Classifier(model, tokenizer, device=torch.device("cpu"), max_len=max_len, threads=threads or 1)  # fmt: skip

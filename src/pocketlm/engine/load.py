@@ -232,10 +232,18 @@ def load_engine(
 
 def classifier_labels(model: str | Path) -> tuple[str, ...]:
     """The labels of a classifier model (a dir, training run or HF folder, imported on first
-    use); () for a language model or a directory the model check will refuse anyway."""
+    use, or an `export onnx` directory of one); () for a language model or a directory the
+    model check will refuse anyway."""
     from pocketlm.checkpoint.layout import CONFIG_FILE
     from pocketlm.model.config import ModelConfig
 
+    if exported_format(model) == ONNX:
+        from pocketlm.engine.onnx_backend import read_onnx_config
+
+        try:
+            return tuple(read_onnx_config(Path(model)).get("labels", ()))
+        except (PocketLMError, OSError, ValueError):
+            return ()
     try:
         path = model_dir(model) / CONFIG_FILE
         # before the model check: only a plain file of a config's size (not a device, a FIFO

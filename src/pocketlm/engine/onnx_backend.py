@@ -3,9 +3,11 @@
 Each slot keeps its KV cache as numpy arrays, one (1, n_kv_heads, length, head_dim) float32 pair
 per layer: the graph's presents of the slot's last run, fed back as its past (no copy: onnxruntime
 reads contiguous numpy arrays in place). A prefill or extend is one run on its slot. A decode step
-runs every slot it is given in one run, as Optimum batches: each slot's cache left-padded to the
-longest (a copy), the padding masked out by the graph's attention_mask (key indices keep their
-distances, so sliding windows stay exact), each slot's present cut back out (a copy when padded).
+runs every slot it is given in one run: each slot's cache padded to the longest (a copy), the
+padding masked out by the graph's attention_mask, each slot's present cut back out (a copy when
+padded). The traced graph takes Optimum's left padding (key indices keep their distances, so
+sliding windows stay exact); the fused one (interop/onnx_fused.py, onnx_config.json's
+"padding_side": "right") right padding: each row's keys at indices 0.., its new token after them.
 One run of 4 slots decoded 2.4x the tokens/s of 4 runs (micro-6m shape, 1 thread, contexts of
 64 tokens), the copies included.
 
@@ -46,6 +48,21 @@ def read_onnx_config(directory: Path) -> dict[str, Any]:
     return config
 
 
+def onnx_session(directory: Path, threads: int = 0) -> Any:
+    """An onnxruntime CPU session of the directory's model.onnx (its model.onnx.data beside it)
+    with `threads` intra-op threads (0: onnxruntime's default, every core)."""
+    ort = require("onnxruntime", "onnx", "running an ONNX export")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # idle worker threads sleep instead of spinning between the graph's many small nodes:
+    # with 2 threads on 2 shared cores, decode ran 1.5-2.7x faster (micro-6m, small-30m)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(
+        str(directory / ONNX_FILE), options, providers=["CPUExecutionProvider"]
+    )
+
+
 class OnnxBackend:
     """The Backend over an exported decoder graph in onnxruntime; logits (V,) or (n, V) float32."""
 
@@ -57,25 +74,19 @@ class OnnxBackend:
     ) -> None:
         """threads: onnxruntime's intra-op threads (0: its default, every core)."""
         check_slot_count(slots)
-        ort = require("onnxruntime", "onnx", "the onnx backend")
+        require("onnxruntime", "onnx", "the onnx backend")
         self.directory = Path(directory)
         config = read_onnx_config(self.directory)
         if config["task"] != TEXT_GENERATION:
             raise ConfigError(
                 f"{self.directory} holds a {config['task']} graph: it generates nothing"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # idle worker threads sleep instead of spinning between the graph's many small nodes:
-        # with 2 threads on 2 shared cores, decode ran 1.5-2.7x faster (micro-6m, small-30m)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(self.directory / ONNX_FILE), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = onnx_session(self.directory, threads)
         self._check_graph(config)
         self.threads = threads or None
         self.precision = config.get("precision", "fp32")
+        # the fused graph reads each row's length from the mask: rows padded after their keys
+        self._right = config.get("padding_side", "left") == "right"
         cache = config["cache"]
         self._past_names: list[str] = list(config["inputs"][3:])
         self._empty = np.zeros((1, cache["n_kv_heads"], 0, cache["head_dim"]), dtype=np.float32)
@@ -142,18 +153,22 @@ class OnnxBackend:
         ids = np.array([[int(t)] for t in token_ids], dtype=np.int64)  # (n, 1)
         if len(members) == 1:
             past = self._past[members[0]]
-        else:  # (n, KV, longest, hd): each slot's cache left-padded to the longest
+        else:  # (n, KV, longest, hd): each slot's cache padded to the longest
             past = [
-                _left_padded([self._past[s][i] for s in members], pads)
+                _padded([self._past[s][i] for s in members], pads, self._right)
                 for i in range(len(self._past_names))
             ]
         mask = np.ones((len(members), longest + 1), dtype=np.int64)  # (n, longest + 1)
-        for row, pad in enumerate(pads):
-            mask[row, :pad] = 0
+        for row, pad in enumerate(pads):  # padding after the new token, or before the past
+            if self._right:
+                mask[row, lengths[row] + 1 :] = 0
+            else:
+                mask[row, :pad] = 0
         positions = np.array(lengths, dtype=np.int64)[:, None]  # (n, 1)
         logits, presents = self._run(ids, mask, positions, past)
         for row, (slot, pad) in enumerate(zip(members, pads)):
-            kept = [p[row : row + 1, :, pad:] for p in presents]  # (1, KV, length + 1, hd)
+            keep = slice(0, lengths[row] + 1) if self._right else slice(pad, None)
+            kept = [p[row : row + 1, :, keep] for p in presents]  # (1, KV, length + 1, hd)
             self._past[slot] = [np.ascontiguousarray(p) for p in kept] if pad else kept
             self._lengths[slot] += 1
         return logits[:, -1]
@@ -199,11 +214,15 @@ class OnnxBackend:
         return logits, presents
 
 
-def _left_padded(arrays: list[np.ndarray], pads: list[int]) -> np.ndarray:
-    """(1, KV, n_i, hd) arrays -> (B, KV, longest, hd), each row's keys at the end, zeros before."""
+def _padded(arrays: list[np.ndarray], pads: list[int], right: bool) -> np.ndarray:
+    """(1, KV, n_i, hd) arrays -> (B, KV, longest, hd), zeros after each row's keys (right) or
+    before them."""
     first = arrays[0]
     longest = first.shape[2] + pads[0]
     out = np.zeros((len(arrays), first.shape[1], longest, first.shape[3]), dtype=first.dtype)
     for row, (array, pad) in enumerate(zip(arrays, pads)):
-        out[row, :, pad:] = array[0]
+        if right:
+            out[row, :, : longest - pad] = array[0]
+        else:
+            out[row, :, pad:] = array[0]
     return out

@@ -7,7 +7,10 @@ special ids, a classifier's labels), config.json as `export hf` writes it where 
 the model's family, the source model's tokenizer files and chat template copied unchanged (so the
 tokenizer read from here is the model's own), and PocketLM's manifest.json.
 
-The graph is traced with PyTorch's TorchScript-based ONNX exporter (`dynamo=False`): with torch
+A decoder whose options the fused graph writes (interop/onnx_fused.py: RMSNorm, a gated MLP,
+plain/linear/llama3 rotary) is written from its weights with onnxruntime's fused operators
+(1.05-1.8x the traced graph's decode speed; benchmarks/RESULTS.md). Any other model's graph is
+traced with PyTorch's TorchScript-based ONNX exporter (`dynamo=False`): with torch
 2.13 it traces every option set of the one model in about a second per small model and keeps the
 classifier's shape-only checks as constants, where the torch.export-based exporter takes several
 times longer and refuses data-dependent Python checks. A quantized PocketLM model is dequantized
@@ -25,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pocketlm.checkpoint.layout import CARRIED_FILES
@@ -40,9 +44,13 @@ from pocketlm.model.transformer import CausalLM
 from pocketlm.tokenizer.tokenizer import TOKENIZER_FILE, TOKENIZER_FILES, Tokenizer
 
 ONNX_FILE = "model.onnx"
+ONNX_DATA_FILE = "model.onnx.data"  # the weights, beside the graph, when they are large
+# Weights over this many bytes go to ONNX_DATA_FILE: a protobuf holds at most 2 GiB, and the
+# graph's nodes need room beside the initializers
+EXTERNAL_DATA_BYTES = 1_800_000_000
 ONNX_CONFIG_FILE = "onnx_config.json"
 PRECISIONS = ("fp32", "int8")
-OPSET = 17  # LayerNormalization (Phi-2) needs 17; onnxruntime >= 1.14 runs it
+OPSET = onnx_graph.OPSET
 TEXT_GENERATION, TEXT_CLASSIFICATION = "text-generation", "text-classification"
 
 
@@ -53,8 +61,15 @@ def export_onnx(
     precision: str = "fp32",
     command: Sequence[str] | None = None,
     overwrite: bool = False,
+    external_data_bytes: int = EXTERNAL_DATA_BYTES,
+    graph: str = "auto",
 ) -> Path:
-    """Write an ONNX directory (kind 'onnx_export') for a model artifact; returns its path."""
+    """Write an ONNX directory (kind 'onnx_export') for a model artifact; returns its path.
+
+    Weights over external_data_bytes are saved beside the graph, in model.onnx.data. graph:
+    "auto" (the fused decoder where it writes the model, else the traced graph) or "traced"."""
+    if graph not in ("auto", "traced"):
+        raise ConfigError(f"graph must be 'auto' or 'traced', got {graph!r}")
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     require("onnx", "onnx", "ONNX export")
@@ -80,15 +95,23 @@ def export_onnx(
     ) as art:
         started = time.perf_counter()
         fp32_path = art.path("model.fp32.onnx") if precision != "fp32" else art.path(ONNX_FILE)
-        names = trace_to_onnx(loaded.model, fp32_path)
+        names = write_graph(
+            loaded.model,
+            fp32_path,
+            share_tied=precision == "fp32",
+            external=external_data_bytes,
+            fused=graph == "auto",
+        )
         traced_s = time.perf_counter() - started
         if precision == "int8":
             from pocketlm.interop.onnx_quantize import quantize_int8
 
-            quantize_int8(fp32_path, art.path(ONNX_FILE))
-            fp32_path.unlink()
+            quantize_int8(fp32_path, art.path(ONNX_FILE), external=external_data_bytes)
+            for leftover in (fp32_path, art.path(fp32_path.name + ".data")):
+                leftover.unlink(missing_ok=True)
         for name in copied:
             shutil.copyfile(directory / name, art.path(name))
+        names["external_data"] = [ONNX_DATA_FILE] if art.path(ONNX_DATA_FILE).exists() else []
         runner = onnx_config(config, loaded.tokenizer, task, precision, names)
         _write_json(art.path(ONNX_CONFIG_FILE), runner)
         hf_json = _hf_config_json(directory, config, loaded.tokenizer)
@@ -99,11 +122,85 @@ def export_onnx(
                 "task": task,
                 "precision": precision,
                 "params": loaded.model.num_params(),
-                "onnx_bytes": art.path(ONNX_FILE).stat().st_size,
+                "graph": names["graph"],
+                "onnx_bytes": sum(
+                    art.path(n).stat().st_size for n in (ONNX_FILE, *names["external_data"])
+                ),
                 "trace_seconds": round(traced_s, 2),
                 "export_seconds": round(time.perf_counter() - started, 2),
             }
         )
+
+
+def write_graph(
+    model: CausalLM,
+    path: Path,
+    *,
+    share_tied: bool = True,
+    external: int = EXTERNAL_DATA_BYTES,
+    fused: bool = True,
+) -> dict[str, Any]:
+    """The model's graph in `path`: the fused decoder (interop/onnx_fused.py) where it writes the
+    model's options, else the traced one; {"inputs", "outputs", "graph"}. Weights over
+    `external` bytes go to path + ".data"."""
+    from pocketlm.interop import onnx_fused
+
+    if fused and not onnx_fused.supports(model.config):
+        proto = onnx_fused.build_fused(model, share_tied=share_tied)
+        save_onnx(proto, path, external)
+        inputs, outputs, _ = onnx_graph.decoder_signature(model.config)
+        return {"inputs": inputs, "outputs": outputs, "graph": "fused"}
+    scratch = path.parent / ".trace"  # the exporter may write a large model's tensors apart
+    scratch.mkdir()
+    try:
+        names: dict[str, Any] = {**trace_to_onnx(model, scratch / path.name), "graph": "traced"}
+        files = list(scratch.iterdir())
+        tied = model.config.has_lm_head and model.config.tie_embeddings and share_tied
+        if len(files) == 1 and files[0].stat().st_size <= external and not tied:
+            files[0].replace(path)
+        else:
+            import onnx
+
+            proto = onnx.load(str(scratch / path.name))
+            if tied:
+                share_tied_table(proto)
+            save_onnx(proto, path, external)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return names
+
+
+def share_tied_table(proto: Any) -> None:
+    """In a traced graph, replace the LM head's copy of the embedding table (the exporter folds
+    the tied weight's transpose into an initializer of its own) by a Transpose of the table."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    by_name = {t.name: t for t in graph.initializer}
+    gathers = [n.input[0] for n in graph.node if n.op_type == "Gather" and n.input[0] in by_name]
+    if not gathers:
+        return
+    table = numpy_helper.to_array(by_name[gathers[0]])  # (V, dim)
+    for init in list(graph.initializer):
+        if tuple(init.dims) == table.shape[::-1] and np.array_equal(numpy_helper.to_array(init), table.T):  # fmt: skip
+            graph.initializer.remove(init)
+            transpose = helper.make_node("Transpose", [gathers[0]], [init.name], perm=[1, 0], name="tied_lm_head")  # fmt: skip
+            graph.node.insert(0, transpose)
+            return
+
+
+def save_onnx(proto: Any, path: Path, external: int) -> None:
+    """Save a ModelProto to `path`; its weights to path + ".data" when over `external` bytes."""
+    import onnx
+
+    weights = sum(len(t.raw_data) for t in proto.graph.initializer)
+    if weights <= external:
+        onnx.save_model(proto, str(path))
+        return
+    onnx.save_model(
+        proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+        location=path.name + ".data", size_threshold=1024,
+    )  # fmt: skip
 
 
 def trace_to_onnx(model: CausalLM, path: Path) -> dict[str, list[str]]:
@@ -115,7 +212,7 @@ def trace_to_onnx(model: CausalLM, path: Path) -> dict[str, list[str]]:
         example = onnx_graph.decoder_example(config)
     else:
         graph = onnx_graph.ClassifierGraph(model)
-        inputs, outputs, axes = onnx_graph.classifier_signature()
+        inputs, outputs, axes = onnx_graph.classifier_signature(config)
         example = onnx_graph.classifier_example(config)
     with warnings.catch_warnings(), torch.no_grad():
         # the TorchScript exporter's deprecation notice and the tracer's notes on the model's
@@ -149,7 +246,7 @@ def onnx_config(
     tokenizer: Tokenizer,
     task: str,
     precision: str,
-    names: Mapping[str, list[str]],
+    names: Mapping[str, Any],
 ) -> dict[str, Any]:
     """onnx_config.json: what a runner needs to feed the graph without reading it."""
     out: dict[str, Any] = {
@@ -161,6 +258,8 @@ def onnx_config(
         "opset": OPSET,
         "inputs": names["inputs"],
         "outputs": names["outputs"],
+        "graph": names.get("graph", "traced"),
+        "external_data": list(names.get("external_data", [])),
         "vocab_size": config.vocab_size,
         "context_length": config.max_seq_len,
         "bos_token_id": tokenizer.bos_id,
@@ -176,6 +275,8 @@ def onnx_config(
             "layout": "batch, n_kv_heads, sequence, head_dim",
         }
         out["sliding_window"] = config.sliding_window
+        # how a batch of rows of different lengths lines up (interop/onnx_fused.py: right)
+        out["padding_side"] = "right" if out["graph"] == "fused" else "left"
     else:
         out["labels"] = list(config.labels)
         out["pooling"] = config.pooling

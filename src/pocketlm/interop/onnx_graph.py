@@ -27,6 +27,8 @@ INPUT_IDS, ATTENTION_MASK, POSITION_IDS, LOGITS = (
     "position_ids",
     "logits",
 )
+TOKEN_TYPE_IDS = "token_type_ids"  # a classifier's, when its model has token-type embeddings
+OPSET = 17  # LayerNormalization (Phi-2) needs 17; onnxruntime >= 1.14 runs it
 BATCH, SEQUENCE, PAST, TOTAL = (
     "batch_size",
     "sequence_length",
@@ -68,15 +70,21 @@ class DecoderGraph(nn.Module):
 
 
 class ClassifierGraph(nn.Module):
-    """A classifier: (input_ids, attention_mask) -> logits (B, n_labels)."""
+    """A classifier: (input_ids, attention_mask[, token_type_ids]) -> logits (B, n_labels)."""
 
     def __init__(self, model: CausalLM) -> None:
         super().__init__()
         set_attention_kernel(model, "sdpa")
         self.model = model.eval()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, attention_mask=attention_mask).float()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits = self.model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return logits.float()
 
 
 def decoder_signature(config: ModelConfig) -> tuple[list[str], list[str], dict]:
@@ -93,10 +101,12 @@ def decoder_signature(config: ModelConfig) -> tuple[list[str], list[str], dict]:
     return [INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *past], [LOGITS, *present], axes
 
 
-def classifier_signature() -> tuple[list[str], list[str], dict]:
-    """(input names, output names, dynamic axes) of the classifier graph."""
-    axes = {INPUT_IDS: {0: BATCH, 1: SEQUENCE}, ATTENTION_MASK: {0: BATCH, 1: SEQUENCE}}
-    return [INPUT_IDS, ATTENTION_MASK], [LOGITS], {**axes, LOGITS: {0: BATCH}}
+def classifier_signature(config: ModelConfig) -> tuple[list[str], list[str], dict]:
+    """(input names, output names, dynamic axes) of the classifier graph: token_type_ids too
+    when the model has token-type embeddings."""
+    inputs = [INPUT_IDS, ATTENTION_MASK] + ([TOKEN_TYPE_IDS] if config.type_vocab_size else [])
+    axes: dict[str, dict[int, str]] = {name: {0: BATCH, 1: SEQUENCE} for name in inputs}
+    return inputs, [LOGITS], {**axes, LOGITS: {0: BATCH}}
 
 
 def decoder_example(config: ModelConfig, batch: int = 2, seq: int = 3, past: int = 4) -> tuple:
@@ -117,7 +127,10 @@ def classifier_example(config: ModelConfig, batch: int = 2, seq: int = 5) -> tup
     ids = torch.randint(0, config.vocab_size, (batch, seq), generator=generator)
     mask = torch.ones(batch, seq, dtype=torch.int64)
     mask[0, :2] = 0
-    return ids, mask
+    if not config.type_vocab_size:
+        return ids, mask
+    types = torch.randint(0, config.type_vocab_size, (batch, seq), generator=generator)
+    return ids, mask, types
 
 
 def unsupported(config: ModelConfig) -> Sequence[str]:

@@ -24,8 +24,9 @@ from pocketlm.common.errors import require
 BITS, BLOCK_SIZE, ACCURACY_LEVEL = 8, 32, 4
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    """Write `src`'s graph to `dst` with int8 block-quantized MatMul weights (MatMulNBits)."""
+def quantize_int8(src: Path, dst: Path, *, external: int) -> None:
+    """Write `src`'s graph to `dst` with int8 block-quantized MatMul weights (MatMulNBits); its
+    weights to dst + ".data" when over `external` bytes."""
     onnx = require("onnx", "onnx", "ONNX int8 export")
     require("onnxruntime", "onnx", "ONNX int8 export")
     from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -49,6 +50,8 @@ def quantize_int8(src: Path, dst: Path) -> None:
             algo_config=algo,
         )
         quantizer.process()
-        quantizer.model.save_model_to_file(str(dst))
+        from pocketlm.interop.onnx_export import save_onnx
+
+        save_onnx(quantizer.model.model, dst, external)
     finally:
         quiet.setLevel(level)

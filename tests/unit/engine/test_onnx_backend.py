@@ -5,6 +5,7 @@ test_backend_protocol.py's, run on every backend."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -51,8 +52,22 @@ def test_greedy_generation_is_the_torch_backends(exported):
 
 
 def test_slots_decode_together_as_each_alone(exported):
-    """One run for slots of any lengths (left-padded), past the sliding window of 8 too."""
+    """One run for slots of any lengths (right-padded: the fused graph), past the sliding window
+    of 8 too."""
     _, onnx_dir = exported
+    assert json.loads((onnx_dir / "onnx_config.json").read_text())["padding_side"] == "right"
+    _decode_together(onnx_dir)
+
+
+def test_slots_decode_together_in_the_traced_graph(synthetic_pipeline, tmp_path):
+    """The traced graph (Phi-2's options) takes Optimum's left padding."""
+    src = save_family(tmp_path, "phi2_parallel", synthetic_pipeline["tokenizer"])
+    onnx_dir = export_onnx(src, tmp_path / "onnx")
+    assert json.loads((onnx_dir / "onnx_config.json").read_text())["padding_side"] == "left"
+    _decode_together(onnx_dir)
+
+
+def _decode_together(onnx_dir):
     backend, _ = open_backend(onnx_dir, slots=3, threads=1)
     alone, _ = open_backend(onnx_dir, slots=1, threads=1)
     prompts = [list(range(5, 17)), list(range(30, 42)), [13, 14]]  # 12, 12 and 2 tokens

@@ -91,34 +91,81 @@ def test_the_directory_carries_tokenizer_config_and_manifest(tokenizer, tmp_path
     assert hf["model_type"] == "llama" and hf["num_hidden_layers"] == 2
 
 
-def test_batched_rows_with_padding_match_each_row_alone(tokenizer, tmp_path):
-    """Optimum's attention_mask: a left-padded row in a batch computes what it computes alone."""
-    out = export_onnx(save_family(tmp_path, "gemma3", tokenizer), tmp_path / "onnx")
+def test_a_tied_embedding_is_stored_once(tokenizer, tmp_path):
+    src = save_family(tmp_path, "llama", tokenizer)
+    model = load_model(src).model
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    table = 4 * model.model.embed_tokens.weight.numel()
+    weights = 4 * model.num_params()  # the table counted once
+    for graph in ("auto", "traced"):  # the traced graph's folded copy replaced by a Transpose
+        out = export_onnx(src, tmp_path / graph, graph=graph)
+        import onnx
+
+        stored = sum(len(t.raw_data) for t in onnx.load(str(out / ONNX_FILE)).graph.initializer)
+        assert weights - table / 4 < stored < weights + table / 4  # the fused graph's rope tables
+        assert (out / ONNX_FILE).stat().st_size < weights + 0.8 * table  # and the nodes
+        tokens = list(range(5, 20))
+        with torch.inference_mode():
+            want = model.eval()(torch.tensor([tokens]))[0, 8:].numpy()
+        assert np.abs(ort_decoder_logits(_session(out), _config(out), tokens, 9) - want).max() < 1e-4  # fmt: skip
+
+
+def test_large_weights_go_beside_the_graph(tokenizer, tmp_path):
+    """Over the threshold (2 GB by default; 1 byte here) the weights go to model.onnx.data, in
+    both the fused and the traced graph and at int8; onnxruntime reads them from beside it."""
+    for family, precision in (("llama", "fp32"), ("phi2_parallel", "fp32"), ("llama", "int8")):
+        src = save_family(tmp_path / precision, family, tokenizer)
+        small = export_onnx(src, tmp_path / f"{family}-{precision}", precision=precision)
+        out = export_onnx(src, tmp_path / f"{family}-{precision}-ext", precision=precision,
+                          external_data_bytes=1)  # fmt: skip
+        config = _config(out)
+        assert config["external_data"] == ["model.onnx.data"] and not _config(small)["external_data"]  # fmt: skip
+        assert (out / ONNX_FILE).stat().st_size < 0.2 * (small / ONNX_FILE).stat().st_size
+        assert "model.onnx.data" in read_manifest(out)["files"]
+        assert sorted(p.name for p in out.iterdir() if "onnx" in p.name and p.suffix != ".json") == ["model.onnx", "model.onnx.data"]  # fmt: skip
+        tokens = list(range(5, 20))
+        got = ort_decoder_logits(_session(out), config, tokens, 9)
+        assert np.abs(got - ort_decoder_logits(_session(small), _config(small), tokens, 9)).max() == 0  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["gemma3", "phi2_parallel"])
+def test_batched_rows_with_padding_match_each_row_alone(family, tokenizer, tmp_path):
+    """A padded row in a batch computes what it computes alone: the fused graph (gemma3) takes
+    right padding, the traced one (phi2_parallel) Optimum's left padding."""
+    out = export_onnx(save_family(tmp_path, family, tokenizer), tmp_path / "onnx")
     session, config = _session(out), _config(out)
+    assert config["graph"] == ("fused" if family == "gemma3" else "traced")
+    right = config["padding_side"] == "right"
     long, short = list(range(10, 22)), list(range(40, 47))
     alone = [ort_decoder_logits(session, config, row, len(row))[-1] for row in (long, short)]
     pad = len(long) - len(short)
     cache = config["cache"]
     past = {n: np.zeros((2, cache["n_kv_heads"], 0, cache["head_dim"]), np.float32) for n in config["inputs"][3:]}  # fmt: skip
     mask = np.ones((2, len(long)), np.int64)
-    mask[1, :pad] = 0
-    positions = np.stack([np.arange(len(long)), np.maximum(np.arange(len(long)) - pad, 0)])
+    if right:
+        mask[1, len(short) :] = 0
+        padded, positions = short + [0] * pad, np.stack([np.arange(len(long))] * 2)
+    else:
+        mask[1, :pad] = 0
+        padded = [0] * pad + short
+        positions = np.stack([np.arange(len(long)), np.maximum(np.arange(len(long)) - pad, 0)])
     feeds = {
-        "input_ids": np.array([long, [0] * pad + short], np.int64),
+        "input_ids": np.array([long, padded], np.int64),
         "attention_mask": mask,
         "position_ids": positions.astype(np.int64),
         **past,
     }
-    logits = session.run(["logits"], feeds)[0][:, -1]
-    assert np.abs(logits - np.stack(alone)).max() < 1e-4
+    logits = session.run(["logits"], feeds)[0]
+    last = logits[[0, 1], [len(long) - 1, len(short) - 1 if right else len(long) - 1]]
+    assert np.abs(last - np.stack(alone)).max() < 1e-4
 
 
 def test_int8_weights_keep_the_logits_close(tokenizer, tmp_path):
     src = save_family(tmp_path, "llama", tokenizer)
     out = export_onnx(src, tmp_path / "int8", precision="int8")
     fp32 = export_onnx(src, tmp_path / "fp32")
-    # the fp32 embedding table (Gather) stays: a third of this tiny model's bytes
-    assert (out / ONNX_FILE).stat().st_size < 0.6 * (fp32 / ONNX_FILE).stat().st_size
+    # the fp32 embedding table (Gather) stays, beside the head's int8 copy: 0.61x measured
+    assert (out / ONNX_FILE).stat().st_size < 0.65 * (fp32 / ONNX_FILE).stat().st_size
     tokens = list(range(5, 5 + PREFILL + DECODE))
     got = ort_decoder_logits(_session(out), _config(out), tokens, PREFILL)
     want = ort_decoder_logits(_session(fp32), _config(fp32), tokens, PREFILL)
@@ -200,7 +247,11 @@ def test_encoder_classifiers_export_with_their_padding(family, tmp_path):
     model = load_model(artifact).model.eval()
     ids = np.array([[2, 10, 11, 12, 3], [0, 0, 2, 14, 3]])
     mask = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
-    got = _session(out).run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    session = _session(out)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in [i.name for i in session.get_inputs()]:  # BERT, ALBERT
+        feeds["token_type_ids"] = np.zeros_like(ids)
+    got = session.run(None, feeds)[0]
     with torch.inference_mode():
         want = model(torch.tensor(ids), attention_mask=torch.tensor(mask)).numpy()
     assert np.abs(got - want).max() < 1e-4
