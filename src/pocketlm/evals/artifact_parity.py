@@ -94,14 +94,16 @@ def _measured(row: Mapping[str, Any]) -> bool:
 
 
 def parity_report(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Every variant against the first (the reference): {"reference": its name, "tasks": its
-    task scores, "variants": [{"name", "backend", "tasks", "greedy"}]}; None when the first
+    """Every variant against the first (the reference): {"reference": its name,
+    "reference_backend", "tasks": its task scores, "variants": [{"name", "backend", "tasks",
+    "greedy"}]}; None when the first
     measured nothing to compare with (a classifier) or it stands alone."""
     if len(rows) < 2 or not _measured(rows[0]):
         return None
     reference = rows[0]
     return {
         "reference": reference["name"],
+        "reference_backend": reference.get("backend"),
         "tasks": dict(reference.get("task_scores") or {}),
         "variants": [
             {"name": r["name"], "backend": r.get("backend"), **variant_parity(reference, r)}
@@ -125,7 +127,12 @@ def parity_lines(parity: Mapping[str, Any]) -> list[str]:
         metric = parity["tasks"][task]["metric"]
         header += [f"{task} {metric}", "Δ", "same answer"]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
-    ref_cells = [f"{parity['reference']} (reference)", "", "–", "–"]
+    ref_cells = [
+        f"{parity['reference']} (reference)",
+        parity.get("reference_backend") or "",
+        "–",
+        "–",
+    ]
     for task in tasks:
         ref_cells += [f"{parity['tasks'][task]['value']:.4f}", "–", "–"]
     lines.append("| " + " | ".join(ref_cells) + " |")

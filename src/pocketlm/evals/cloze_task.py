@@ -2,7 +2,8 @@
 
 Each item's question is the text up to a word inside a line (the lines before it too, up to
 `context_chars`), its right choice the next `words` words of that line, and its other choices
-`words`-word runs taken from other lines of the same text. Seeded: the same texts and seed give
+`words`-word runs taken from other lines of the same text (a long line counts as pieces of
+`line_words` words). Seeded: the same texts and seed give
 the same records (task_files' `question` / `choices` / `answer`). The quickstart scores its
 variants on such a task from its own validation text, so their task scores mean something.
 """
@@ -17,14 +18,21 @@ from typing import Any
 _WORD = re.compile(r"\S+")
 
 
-def _candidates(texts: Sequence[str], min_words: int) -> list[tuple[int, int, str]]:
-    """(text index, offset of the line in it, the line) of every line with enough words."""
+def _candidates(
+    texts: Sequence[str], min_words: int, max_words: int
+) -> list[tuple[int, int, str]]:
+    """(text index, offset in it, the piece) of every piece with enough words: the lines, a long
+    line cut into pieces of `max_words` words (prose may hold a paragraph a line)."""
     out = []
     for t, text in enumerate(texts):
         offset = 0
         for line in text.splitlines(keepends=True):
-            if len(line.split()) >= min_words:
-                out.append((t, offset, line.rstrip("\r\n")))
+            spans = list(_WORD.finditer(line))
+            for first in range(0, len(spans), max_words):
+                piece = spans[first : first + max_words]
+                if len(piece) >= min_words:
+                    start = piece[0].start() if first else 0  # a line's first piece: its indent
+                    out.append((t, offset + start, line[start : piece[-1].end()]))
             offset += len(line)
     return out
 
@@ -43,14 +51,16 @@ def cloze_records(
     choices: int = 4,
     words: int = 3,
     context_chars: int = 200,
+    line_words: int = 16,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Up to `items` multiple-choice records ({"question", "choices", "answer": index}) from
-    `texts`; fewer when the texts hold fewer usable lines (one item a line at most)."""
+    `texts`; fewer when the texts hold fewer usable lines (one item a line, or a piece of
+    `line_words` words of a longer line, at most)."""
     if choices < 2 or words < 1 or items < 0:
         raise ValueError(f"need choices >= 2, words >= 1, items >= 0; got {choices}, {words}, {items}")  # fmt: skip
     rng = random.Random(seed)
-    lines = _candidates(texts, words + 1)  # at least one word of the line before the blank
+    lines = _candidates(texts, words + 1, max(line_words, words + 1))  # at least one word of the line before the blank
     if len(lines) < choices:
         return []
     records = []

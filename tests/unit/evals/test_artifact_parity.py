@@ -96,7 +96,7 @@ def test_parity_report_is_against_the_first_variant_and_renders():
     lines = parity_lines(report)
     assert lines[0].startswith("| variant | backend | greedy tokens identical until divergence")
     assert "mc acc" in lines[0]
-    assert lines[2].startswith("| model (reference) |") and "1.0000" in lines[2]
+    assert lines[2].startswith("| model (reference) | native |") and "1.0000" in lines[2]
     assert lines[3] == "| onnx | onnx | 75.0% | 50.0% | 0.5000 | -0.5000 | 50.0% |"
     assert parity_report([ref]) is None  # nothing to compare with
     assert parity_report([clf, ref]) is None  # the reference measured nothing

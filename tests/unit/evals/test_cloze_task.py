@@ -54,3 +54,11 @@ def test_records_read_back_as_a_choice_task(tmp_path):
     task = read_task(path)
     assert task.kind == "choice" and len(task.items) == len(records)
     assert [it.gold for it in task.items] == [r["answer"] for r in records]
+
+
+def test_a_long_line_gives_several_items():
+    words = [f"w{i}" for i in range(80)]
+    records = cloze_records([" ".join(words)], items=10, choices=3, words=2, line_words=16, seed=0)
+    assert len(records) == 5  # five pieces of 16 words
+    for r in records:
+        assert r["question"] + " " + r["choices"][r["answer"]] in " ".join(words)
