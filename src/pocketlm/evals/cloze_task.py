@@ -18,9 +18,7 @@ from typing import Any
 _WORD = re.compile(r"\S+")
 
 
-def _candidates(
-    texts: Sequence[str], min_words: int, max_words: int
-) -> list[tuple[int, int, str]]:
+def _candidates(texts: Sequence[str], min_words: int, max_words: int) -> list[tuple[int, int, str]]:
     """(text index, offset in it, the piece) of every piece with enough words: the lines, a long
     line cut into pieces of `max_words` words (prose may hold a paragraph a line)."""
     out = []
@@ -60,7 +58,9 @@ def cloze_records(
     if choices < 2 or words < 1 or items < 0:
         raise ValueError(f"need choices >= 2, words >= 1, items >= 0; got {choices}, {words}, {items}")  # fmt: skip
     rng = random.Random(seed)
-    lines = _candidates(texts, words + 1, max(line_words, words + 1))  # at least one word of the line before the blank
+    lines = _candidates(
+        texts, words + 1, max(line_words, words + 1)
+    )  # at least one word of the line before the blank
     if len(lines) < choices:
         return []
     records = []
