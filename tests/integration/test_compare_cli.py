@@ -33,8 +33,11 @@ def test_compare_the_tiny_model_and_its_int8_variant(tiny_model_dir, synthetic_p
     assert "| variant |" in r.stdout and "| q8" in r.stdout
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert [v["quantization"] for v in report["variants"]] == ["float", "int8"]
-    assert all(v["bpb"] > 0 and v["task_accuracy"] is None for v in report["variants"])
-    assert all("not measured" in v["notes"][0] for v in report["variants"])
+    # a text/label file on language models: the likelier label word, as `pocketlm eval --task`
+    assert all(v["bpb"] > 0 and 0 <= v["task_accuracy"] <= 1 for v in report["variants"])
+    assert all(v["task_scores"]["task"]["metric"] == "acc" for v in report["variants"])
+    assert "Parity with the reference (model):" in r.stdout and "| q8 |" in r.stdout
+    assert report["parity"]["variants"][0]["tasks"]["task"]["same_answer"] is not None
     assert {"report.md", "report.json", "pareto.png", "manifest.json"} <= {
         p.name for p in out.iterdir()
     }

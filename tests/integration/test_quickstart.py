@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pocketlm.pipelines.quickstart import QuickstartConfig, run_quickstart
+from pocketlm.pipelines.quickstart_variants import missing_exports
 
 
 @pytest.mark.timeout(600)
@@ -31,12 +32,27 @@ def test_quickstart_runs_end_to_end_and_reuses_stages(text_folder, tmp_path):
         assert needle in text
     assert text.count("```") == 10  # five sample completions
     assert (tmp_path / "qs" / "pretrain" / "loss.png").exists()
-    # the variants stage: int8 and int4 copies measured beside the model, smaller on disk
+    # the variants stage: int8 and int4 copies and the exports the installed extras allow,
+    # measured beside the model, the copies smaller on disk
     compared = json.loads((tmp_path / "qs" / "compare" / "report.json").read_text())
     by_name = {r["name"]: r for r in compared["variants"]}
-    assert set(by_name) == {"model", "int8", "int4"}, set(by_name)
+    exports = {name for name, extra in (("onnx", "ONNX"), ("model.gguf", "GGUF"))
+               if extra not in missing_exports()}  # fmt: skip
+    assert set(by_name) == {"model", "int8", "int4", *exports}, set(by_name)
     assert by_name["int4"]["size_mb"] < by_name["int8"]["size_mb"] < by_name["model"]["size_mb"]
-    assert all(r["bpb"] > 0 and r["decode_tokens_per_s"] > 0 for r in by_name.values())
+    assert all(r["decode_tokens_per_s"] > 0 for r in by_name.values())
+    assert all(r["bpb"] > 0 for n, r in by_name.items() if n not in exports)
+    # the cloze task from the validation text scores every variant; the parity with the model
+    assert all(0.0 <= r["task_scores"]["cloze"]["value"] <= 1.0 for r in by_name.values())
+    parity = {v["name"]: v for v in compared["parity"]["variants"]}
+    assert compared["parity"]["reference"] == "model" and set(parity) == set(by_name) - {"model"}
+    for name in exports:  # the same weights on another runtime: the same greedy tokens
+        assert parity[name]["greedy"]["until_divergence"] == 1.0, (name, parity[name])
+        assert parity[name]["tasks"]["cloze"]["same_answer"] == 1.0
+    assert "identical greedy continuations" in text and "| model (reference) |" in text
+    assert all(
+        f"{n} export not compared" not in text for n in ("ONNX", "GGUF") if n.lower() in exports
+    )
     assert (tmp_path / "qs" / "compare" / "pareto.png").exists()
     assert any("<- chosen" in line for line in lines)
     assert any(line.strip().startswith("pocketlm generate --model") for line in lines)
@@ -83,6 +99,7 @@ def test_quickstart_on_stdlib_with_a_tiny_budget(tmp_path):
 _QUICKSTART = """
 import sys
 from pocketlm.pipelines.quickstart import QuickstartConfig, run_quickstart
+from pocketlm.pipelines.quickstart_variants import missing_exports
 config = QuickstartConfig(corpus=(sys.argv[1],), budget="12s", vocab_size=320, ctx=64,
                           batch_size=4, model="pico-1m", device="cpu", variants=False)
 run_quickstart(config, sys.argv[2], echo=lambda line: print(line, flush=True))

@@ -2,7 +2,9 @@
 Pareto-optimal (quality against decode speed and against size), the markdown and the plot's axes.
 
 A row is a dict with at least "name"; the measured keys are COLUMNS' (None: not measured).
-Quality is task accuracy when any variant has it, else validation bits/byte.
+Quality is the task score when any variant has it (a classifier's accuracy; a language model's
+mean of its tasks' main metrics), else validation bits/byte. The parity of every variant with the
+first (evals/artifact_parity) is its own table.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pocketlm.evals.artifact_parity import parity_lines
 from pocketlm.evals.pareto import Panel, pareto_front, plot_pareto
 
 # key, header, format of a value
@@ -24,7 +27,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("time_to_first_token_s", "TTFT s", "{:.3f}"),
     ("peak_memory_mb", "peak memory MB", "{:,.0f}"),
     ("bpb", "val bits/byte", "{:.4f}"),
-    ("task_accuracy", "task accuracy", "{:.4f}"),
+    ("task_accuracy", "task score", "{:.4f}"),
 )
 HIGHER_IS_BETTER = {
     "task_accuracy": True,
@@ -32,7 +35,7 @@ HIGHER_IS_BETTER = {
     "decode_tokens_per_s": True,
     "size_mb": False,
 }
-QUALITY_LABELS = {"task_accuracy": "task accuracy", "bpb": "validation bits/byte"}
+QUALITY_LABELS = {"task_accuracy": "task score", "bpb": "validation bits/byte"}
 FRONTS = {"speed": "decode_tokens_per_s", "size": "size_mb"}  # front name -> its x axis
 
 
@@ -79,14 +82,37 @@ def fronts(rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
     return {front: pareto_names(rows, x, quality) for front, x in FRONTS.items()}
 
 
-def compare_report(rows: Sequence[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
-    """The whole report: settings, the rows, the quality used and the Pareto fronts."""
+def compare_report(
+    rows: Sequence[dict[str, Any]],
+    settings: dict[str, Any],
+    parity: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole report: settings, the rows, the quality used, the Pareto fronts and the parity
+    with the reference (evals/artifact_parity.parity_report; None when not measured)."""
     return {
         "settings": settings,
         "quality": quality_key(rows),
         "variants": list(rows),
         "pareto": fronts(rows),
+        "parity": parity,
     }
+
+
+def parity_section(report: dict[str, Any]) -> list[str]:
+    """The markdown section on the parity with the reference ([] without one)."""
+    parity = report.get("parity")
+    if not parity:
+        return []
+    return [
+        "## Parity with the reference",
+        "",
+        f"Every variant against `{parity['reference']}`: greedy continuations of the same prompts "
+        "compared token by token (the share of the reference's tokens matched until the first "
+        "divergence; the share of continuations identical as a whole) and, per task, the main "
+        "metric, its difference and the share of items answered the same.",
+        "",
+        *parity_lines(parity),
+    ]
 
 
 def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
@@ -120,6 +146,9 @@ def format_markdown(report: dict[str, Any], plot_name: str | None = "pareto.png"
         else:
             what = f"{QUALITY_LABELS[quality]} against {'decode tokens/s' if front == 'speed' else 'size on disk'}"
         out.append(f"- Pareto-optimal, {what}: {', '.join(names) or 'none'}")
+    section = parity_section(report)
+    if section:
+        out += ["", *section]
     notes = [(r["name"], n) for r in report["variants"] for n in r.get("notes", [])]
     if notes:
         out += ["", "## Notes", ""] + [f"- {name}: {note}" for name, note in notes]

@@ -1,11 +1,14 @@
 """`pocketlm compare`: model variants -> one table of size, parameters, speed, memory and quality,
 a Pareto plot and a markdown + JSON report, written as an artifact whose parents are the models.
 
-Chains interop.open_model (any directory PocketLM opens), checkpoint.model_check (parameters and
+Chains interop.open_model (any directory PocketLM opens; an `export onnx` directory or a .gguf
+file is measured as it ships, on its own runtime), checkpoint.model_check (parameters and
 quantization, no torch), engine/bench (speed, in compare_worker: one process per variant, rounds
 interleaved so machine drift hits all alike), evals/evaluate (bits/byte, as `pocketlm eval`),
-engine/classify + evals/classify_metrics (a classifier's task accuracy) and evals/compare (the
-table and Pareto fronts).
+engine/classify + evals/classify_metrics (a classifier's task accuracy), pipelines/task_eval (a
+language model's task files, as `pocketlm eval --task`), evals/artifact_parity (every variant
+against the first: score differences, same answers, greedy token agreement) and evals/compare
+(the table and Pareto fronts).
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ from pocketlm.evals.compare import compare_report, format_markdown, plot_report,
 
 log = logging.getLogger("pocketlm.compare")
 KIND = "compare"
-LM_TASK_NOTE = (
-    "task accuracy not measured: a language model's task format comes with `pocketlm eval --task`"
+EXPORTED_BPB_NOTE = (
+    "bits/byte not measured: --tokens scoring runs the PyTorch model; an exported file's task "
+    "scores and greedy token agreement are measured on its own runtime"
 )
+# prompts whose greedy continuations each variant writes (token agreement with the reference)
+GREEDY_PROMPTS = ("The", "def main():", "Once upon a time", "import")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,9 @@ class CompareSettings:
     batch_size: int = 8
     device: str = "auto"
     pause_s: float = 0.2  # between variants: the last one's threads stop spinning
+    greedy_tokens: int = 32  # per greedy prompt (0: no token agreement)
+    greedy_prompts: tuple[str, ...] = GREEDY_PROMPTS
+    task_limit: int | None = None  # items per task file (None: all)
 
 
 def directory_bytes(directory: Path) -> int:
@@ -55,12 +64,18 @@ def directory_bytes(directory: Path) -> int:
 
 
 def variant_facts(path: str | Path, tokens: str | Path | None) -> dict[str, Any]:
-    """What a variant is, without running it: its artifact directory, size on disk, parameters,
-    quantization and whether it is a classifier; the tokens dir is checked against its tokenizer.
-    Errors name `path`."""
+    """What a variant is, without running it: its artifact directory (or exported file), size on
+    disk, parameters, quantization (weights) and whether it is a classifier; the tokens dir is
+    checked against a model artifact's tokenizer. Errors name `path`."""
     from pocketlm.checkpoint.model_check import check_model_dir
+    from pocketlm.engine.exported import exported_format
     from pocketlm.interop.open_model import model_dir
 
+    exported = exported_format(path)
+    if exported is not None:
+        from pocketlm.pipelines.compare_exported import exported_facts
+
+        return exported_facts(Path(path), exported)
     try:
         directory = model_dir(path)
         checked = check_model_dir(directory)
@@ -83,6 +98,7 @@ def variant_facts(path: str | Path, tokens: str | Path | None) -> dict[str, Any]
         "params": config.num_params(),
         "quantization": "float" if scheme == "none" else scheme,
         "classifier": bool(config.labels),
+        "exported": None,
     }
 
 
@@ -194,49 +210,48 @@ def _measured(
     return row
 
 
-def _task_examples(task: str | Path | None) -> tuple[list[str], list[str]] | None:
-    if task is None:
+def _task_examples(tasks: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """A classifier's labelled examples from the task files (None without any)."""
+    if not tasks:
         return None
     from pocketlm.data.classify_data import read_labelled
 
-    examples = read_labelled([str(task)]).examples
+    examples = read_labelled(list(tasks)).examples
     if not examples:
-        raise InputError(f"{task}: no labelled examples (text and label columns)")
+        raise InputError(f"{', '.join(tasks)}: no labelled examples (text and label columns)")
     return [e.text for e in examples], [e.label for e in examples]
 
 
-def _notes(facts: dict[str, Any], tokens: Any, task: Any) -> list[str]:
+def _task_files(task: str | Path | Sequence[str | Path] | None) -> list[str]:
+    if task is None:
+        return []
+    return [str(task)] if isinstance(task, (str, Path)) else [str(t) for t in task]
+
+
+def _notes(facts: dict[str, Any], tokens: Any) -> list[str]:
     notes = []
     if facts["classifier"]:
         notes.append("a classifier: no decode speed (the engine generates text)")
         if tokens is not None:
             notes.append("a classifier: no bits/byte (it has no language-model head)")
-    elif task is not None:
-        notes.append(LM_TASK_NOTE)
+    elif facts["exported"] and tokens is not None:
+        notes.append(EXPORTED_BPB_NOTE)
     return notes
 
 
-def compare_models(
-    paths: Sequence[str | Path],
-    out: str | Path,
-    *,
-    tokens: str | Path | None = None,
-    task: str | Path | None = None,
-    settings: CompareSettings = CompareSettings(),
-    command: Sequence[str] | None = None,
-    overwrite: bool = False,
-) -> tuple[Path, dict[str, Any]]:
-    """Measure every variant and write the report artifact `out` (report.md, report.json,
-    pareto.png); returns (its path, the report)."""
-    if not paths:
-        raise InputError("compare needs at least one model directory")
-    facts = [variant_facts(p, tokens) for p in paths]  # every path checked before any run
-    names = variant_names([str(p) for p in paths])
-    examples = _task_examples(task)
+def _spec(
+    facts: dict[str, Any],
+    settings: CompareSettings,
+    tokens: str | Path | None,
+    tasks: list[str],
+    examples: tuple[list[str], list[str]] | None,
+) -> dict[str, Any]:
+    """What a variant's process measures: the bench (an exported file on its own runtime), the
+    evaluation, a classifier's examples or a language model's task files, the greedy prompts."""
     bench = {
         "prompt_tokens": settings.prompt_tokens,
         "new_tokens": settings.new_tokens,
-        "backend": settings.backend,
+        "backend": "auto" if facts["exported"] else settings.backend,
         "threads": settings.threads,
         "device": "cpu",
     }
@@ -246,12 +261,46 @@ def compare_models(
         "batch_size": settings.batch_size,
         "device": settings.device,
     }
-    specs = [
-        {"directory": f["directory"], "classifier": f["classifier"], "bench": bench,
-         "eval": evals, "tokens": None if tokens is None else str(tokens), "task": examples}
-        for f in facts
-    ]  # fmt: skip
-    config = {**asdict(settings), "tokens": str(tokens or ""), "task": str(task or "")}
+    return {
+        "directory": facts["directory"], "classifier": facts["classifier"],
+        "exported": facts["exported"], "bench": bench, "eval": evals,
+        "tokens": None if tokens is None else str(tokens),
+        "task": examples if facts["classifier"] else None,
+        "task_files": [] if facts["classifier"] else tasks, "task_limit": settings.task_limit,
+        "greedy": {"prompts": list(settings.greedy_prompts), "new_tokens": settings.greedy_tokens},
+    }  # fmt: skip
+
+
+def compare_models(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    tokens: str | Path | None = None,
+    task: str | Path | Sequence[str | Path] | None = None,
+    settings: CompareSettings = CompareSettings(),
+    command: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """Measure every variant and write the report artifact `out` (report.md, report.json,
+    pareto.png); returns (its path, the report). `task`: a classifier's labelled files, or a
+    language model's task files (`pocketlm eval --task`'s formats). The first variant is the
+    reference of the parity table (report["parity"])."""
+    from pocketlm.evals.artifact_parity import parity_report
+
+    if not paths:
+        raise InputError("compare needs at least one model directory")
+    facts = [variant_facts(p, tokens) for p in paths]  # every path checked before any run
+    names = variant_names([str(p) for p in paths])
+    tasks = _task_files(task)
+    examples = _task_examples(tasks) if any(f["classifier"] for f in facts) else None
+    if tasks and not all(f["classifier"] for f in facts):
+        from pocketlm.evals.task_files import read_task
+
+        for t in tasks:  # a bad task file fails before any variant runs
+            read_task(t)
+    specs = [_spec(f, settings, tokens, tasks, examples) for f in facts]
+    config = {**asdict(settings), "tokens": str(tokens or ""), "task": ", ".join(tasks)}
+    config["greedy_prompts"] = list(settings.greedy_prompts)  # as report.json reads back
     with ArtifactWriter(
         out,
         KIND,
@@ -262,10 +311,14 @@ def compare_models(
     ) as art:  # fmt: skip  (opened first: an occupied --out fails before the measuring)
         measured = measure(names, specs, settings)
         rows = [
-            {"name": n, **f, **m, "notes": _notes(f, tokens, task)}
+            {"name": n, **f, **m, "notes": _notes(f, tokens)}
             for n, f, m in zip(names, facts, measured, strict=True)
         ]
-        report = compare_report(rows, config)
+        parity = parity_report(rows)
+        for row in rows:  # items and token ids: what the parity was computed from
+            row.pop("items", None)
+            row.pop("greedy", None)
+        report = compare_report(rows, config, parity)
         art.path("report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         art.path("report.md").write_text(format_markdown(report), encoding="utf-8")
         plot_report(report, art.path("pareto.png"))

@@ -1,5 +1,5 @@
 """The quickstart: corpus -> tokenizer -> tokens -> plan -> pretrain -> eval -> samples ->
-int8/int4 variants compared -> report.md.
+int8/int4 variants and the ONNX/GGUF exports compared with the model -> report.md.
 
 Each stage writes its own artifact under `out/` and is reused on the next run when its inputs
 are unchanged; an interrupted training run is resumed.
@@ -19,13 +19,18 @@ from pocketlm.common.log import get_logger
 from pocketlm.common.manifest import read_manifest
 from pocketlm.common.units import format_count, format_duration
 from pocketlm.pipelines.machine_load import LOAD_FILE, load_row, load_warning, machine_load
+from pocketlm.pipelines.quickstart_variants import (
+    VARIANT_SCHEMES,
+    build_variants,
+    missing_exports,
+    variants_section,
+)
 
 _log = get_logger("pocketlm.quickstart")
 STATE_FILE = "quickstart.json"
 # No trailing spaces: byte-level BPE attaches a space to the next word, so a prompt ending in
 # one asks the model to continue after an unnatural token.
 PYTHON_PROMPTS = ("def", "class", "import", "    def __init__(self", "#")
-VARIANT_SCHEMES = ("int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,12 @@ class QuickstartConfig:
     seed: int = 0
     chat: bool = False  # add a chat fine-tuning stage on the stdlib instruction set
     chat_budget: str = "2m"
-    variants: bool = True  # quantize to int8 and int4 and compare the three (size, speed, bpb)
+    variants: bool = True  # int8, int4, ONNX and GGUF compared with the model (quickstart_variants)
+
+
+def sample_prompts(config: QuickstartConfig) -> tuple[str, ...]:
+    """The prompts of the report's samples (and of the variants' greedy token agreement)."""
+    return PYTHON_PROMPTS if "stdlib" in config.corpus else ("The", "In", "A", "We", "It")
 
 
 def _complete(path: Path, kind: str) -> bool:
@@ -76,7 +86,8 @@ def run_quickstart(
         "tokenizer": {"vocab_size": config.vocab_size},
         "tokens": {},
         "chat": {"budget": config.chat_budget},
-        "variants": {"schemes": list(VARIANT_SCHEMES)},
+        # the exports the installed extras allow: installing one rebuilds the stage
+        "variants": {"schemes": list(VARIANT_SCHEMES), "missing": sorted(missing_exports())},
         "pretrain": {
             "budget": config.budget,
             "model": config.model,
@@ -193,6 +204,7 @@ def run_quickstart(
             pretrain(tokens_dir, run_dir, pc, resume=resume, command=command)
 
     stage(4, "pretrain", "model", run_dir / "model", train_model)
+    prompts = sample_prompts(config)
     chat_dir = out / "chat"
     if config.chat:
         stage(
@@ -208,7 +220,7 @@ def run_quickstart(
             "variants",
             "compare",
             out / "compare",
-            lambda: _variants_stage(out, run_dir, tokens_dir, config.ctx, command),
+            lambda: build_variants(out, run_dir, tokens_dir, config.ctx, prompts, command),
         )
     report = _report(config, out, tokens_dir, run_dir, echo)
     echo(f"\nReport: {report}")
@@ -234,32 +246,6 @@ def run_quickstart(
     )
     echo(f"  pocketlm inspect {run_dir / 'model'}")
     return report
-
-
-def _variants_stage(
-    out: Path, run_dir: Path, tokens_dir: Path, ctx: int, command: Sequence[str] | None
-) -> None:
-    """Quantize the model to each VARIANT_SCHEMES and compare them all in out/compare."""
-    from pocketlm.compress.quantize import quantize_model_dir
-    from pocketlm.pipelines.compare import CompareSettings, compare_models
-
-    paths = [run_dir / "model"]
-    for scheme in VARIANT_SCHEMES:
-        quantize_model_dir(run_dir, out / scheme, scheme, command=command, overwrite=True)
-        paths.append(out / scheme)
-    # Two interleaved rounds and 64k evaluation tokens: a quick look, `pocketlm compare` for more.
-    # The bench's prompt and reply fit the model's context (128 + 64 tokens at the default 256).
-    settings = CompareSettings(
-        rounds=2, max_tokens=65536, prompt_tokens=min(128, ctx // 2), new_tokens=min(64, ctx // 4)
-    )
-    compare_models(
-        paths,
-        out / "compare",
-        tokens=tokens_dir,
-        settings=settings,
-        command=command,
-        overwrite=True,
-    )
 
 
 def _chat_stage(
@@ -341,26 +327,6 @@ def _samples(model_dir: Path, prompts: Sequence[str], device: str) -> list[tuple
     ]
 
 
-def _variants_section(compare_dir: Path) -> list[str]:
-    """The report's lines on the quantized variants: compare's table and Pareto plot."""
-    if not _complete(compare_dir, "compare"):
-        return []
-    from pocketlm.evals.compare import table_lines
-
-    report = json.loads((compare_dir / "report.json").read_text(encoding="utf-8"))
-    return [
-        "## Variants: which one to ship",
-        "",
-        "The model, and its int8 and int4 copies (`pocketlm quantize`), each measured in its own",
-        "process (`pocketlm compare`; details in [compare/report.md](compare/report.md)):",
-        "",
-        *table_lines(report),
-        "",
-        "![Pareto plot](compare/pareto.png)",
-        "",
-    ]
-
-
 def _report(
     config: QuickstartConfig,
     out: Path,
@@ -370,7 +336,7 @@ def _report(
 ) -> Path:
     model_manifest = read_manifest(run_dir / "model", kind="model")
     s = model_manifest["summary"]
-    prompts = PYTHON_PROMPTS if "stdlib" in config.corpus else ("The", "In", "A", "We", "It")
+    prompts = sample_prompts(config)
     samples = _samples(run_dir / "model", prompts, config.device)
     run_cfg = json.loads((run_dir / "run_config.json").read_text(encoding="utf-8"))
     model = run_cfg["model"]
@@ -402,7 +368,8 @@ def _report(
     ]
     for prompt, completion in samples:
         lines += ["```", prompt + completion, "```", ""]
-    lines += _variants_section(out / "compare")
+    if _complete(out / "compare", "compare"):
+        lines += variants_section(out / "compare")
     warning = load_warning(run_dir / LOAD_FILE)
     if warning:
         lines[lines.index("![loss curve](pretrain/loss.png)")] = (
