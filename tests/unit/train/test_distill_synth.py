@@ -24,8 +24,8 @@ from pocketlm.data.synth.replies import sparse_targets
 from pocketlm.engine.generation import TokenLogprob
 from pocketlm.serve.openai_responses import TokenTexts, chat_logprobs
 from pocketlm.tokenizer.tokenizer import Tokenizer
-from pocketlm.train.distill_loss import distill_loss, sparse_forward_kl
 from pocketlm.train.config import OptimConfig
+from pocketlm.train.distill_loss import distill_loss, sparse_forward_kl
 from pocketlm.train.task import RunContext
 from pocketlm.train.tasks.distill_lm import batch_to_device, distill, distill_factory
 from pocketlm.train.tasks.distill_synth_source import synth_source
