@@ -6,9 +6,10 @@ do the student's tokens of the same reply in its chat template. Where a student 
 exactly the bytes of a teacher token, both predict the same text after the same text, so the
 teacher's distribution at that token is a target for the student's: its alternatives (the top
 list and the token it chose) are mapped to student ids through the student vocabulary's bytes
-(data the vocabulary lacks is dropped: its probability is left to the "rest" outcome of
+(alternatives the vocabulary lacks are dropped: its probability is left to the "rest" outcome of
 train/distill_loss.sparse_forward_kl). Every other student token (another split, the end-of-turn
-token, a reply whose teacher tokens do not spell its text) has no target: `valid` is False there.
+token, the part of a reply after the teacher's tokens stop spelling its text) has no target:
+`valid` is False there.
 
 Arrays are per token of the example: row i holds the target for predicting token i (row 0 is
 never used: nothing predicts the first token); a log-probability of -inf is no entry.
@@ -82,6 +83,12 @@ def _alt_bytes(alternative: Sequence[Any]) -> bytes:
     return alternative[0].encode("utf-8", "surrogatepass")
 
 
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """The number of leading bytes a and b share."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
 def _locate(reply: bytes, spelled: bytes) -> int | None:
     """Where the reply starts in the bytes the student's tokens spell (they may add a merged
     prompt byte before it and the end-of-turn token after it, or spell only its beginning when
@@ -101,17 +108,22 @@ def align_reply(
 ) -> SparseTargets:
     """Targets (len(student_ids) rows) for the student tokens spelling `reply`: a token gets
     the stored teacher position whose byte span it equals, its at most k (None: all) most
-    likely entries mapped to student ids; none when the teacher's tokens do not spell the reply."""
+    likely entries mapped to student ids. Only teacher tokens within the bytes the teacher's
+    tokens and the reply agree on from the start count: where they part (a character the
+    teacher wrote half of, shown as U+FFFD in the reply's text; another text) the teacher's
+    context is no longer the student's."""
     reply_bytes = reply.encode("utf-8", "surrogatepass")
     teacher = [teacher_token_bytes(t) for t in stored]
+    agree = _common_prefix(b"".join(teacher), reply_bytes)
     spans: dict[tuple[int, int], int] = {}  # teacher (start, end) in the reply -> position
     at = 0
     for j, raw in enumerate(teacher):
+        if at + len(raw) > agree:
+            break
         spans[(at, at + len(raw))] = j
         at += len(raw)
     pieces = [vocab.table[i] for i in student_ids]
-    spelled = b"".join(teacher) == reply_bytes
-    offset = _locate(reply_bytes, b"".join(pieces)) if spelled else None
+    offset = _locate(reply_bytes, b"".join(pieces)) if spans else None
     if offset is None:
         return no_targets(len(pieces), max(k or 1, 1))
     matched: list[tuple[int, list[tuple[float, int]]]] = []

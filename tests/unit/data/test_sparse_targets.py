@@ -131,8 +131,19 @@ def test_another_split_aligns_only_the_tokens_with_equal_spans(teacher_tok):
 
 def test_text_the_teacher_tokens_do_not_spell_aligns_nothing(teacher_tok):
     stored = served_targets(teacher_tok, teacher_tok.encode(REPLY, parse_special=False), k=3)
-    ids, t = reply_targets(REPLY.replace("cat", "dog"), stored, teacher_tok)
+    ids, t = reply_targets("A" + REPLY[1:], stored, teacher_tok)
     assert len(ids) == len(t.valid) and not t.valid.any()
+
+
+def test_after_a_half_character_the_teacher_wrote_nothing_aligns(teacher_tok):
+    head = teacher_tok.encode("the cat", parse_special=False)
+    lone = vocab_bytes(teacher_tok).index[b"\xe5"]  # the first byte of a 3-byte character
+    ids = [*head, lone, *teacher_tok.encode(" sat", parse_special=False)]
+    stored = served_targets(teacher_tok, ids, k=2)
+    reply = teacher_tok.decode(ids)  # the text the API sends: U+FFFD for the lone byte
+    assert "\ufffd" in reply
+    _, t = reply_targets(reply, stored, teacher_tok)
+    assert t.valid[: len(head)].all() and not t.valid[len(head) :].any()
 
 
 def test_a_record_aligns_its_reply_inside_the_chat_template_not_the_end_of_turn(teacher_tok):
