@@ -153,6 +153,13 @@ def test_the_student_moves_toward_the_teacher_that_wrote_the_targets(pair, tmp_p
     assert summary["teacher"] == str(data.resolve())
 
 
+def test_held_out_records_report_the_students_kl_to_the_stored_targets(pair, tmp_path):
+    _, student, data = pair
+    config = distill_settings("2 steps", train={"ctx": 32}, data=SFTDataConfig(val_fraction=0.25))
+    run = distill(str(student), tmp_path / "run", config, data_files=[str(data)])
+    assert run.final["val_teacher_kl"] > 0 and run.final["val_loss"] > 0
+
+
 def test_records_without_targets_are_refused_with_a_pointer_to_finetune(pair, tmp_path):
     teacher_dir, student, _ = pair
     bare = synth_records(teacher_dir, tmp_path / "bare.jsonl", n=6, bare=6)
