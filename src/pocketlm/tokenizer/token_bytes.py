@@ -10,6 +10,7 @@ SentencePiece byte-fallback piece is "<0xNN>"; a SentencePiece word piece marks 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -39,26 +40,35 @@ def _byte_decoder() -> dict[str, int]:
 BYTE_DECODER = _byte_decoder()  # a byte-level BPE piece character -> the byte it stands for
 
 
-def piece_bytes(piece: str) -> bytes | None:
-    """The bytes a vocabulary piece stands for (None: not a byte-level or SentencePiece piece)."""
-    if all(c in BYTE_DECODER for c in piece):
-        return bytes(BYTE_DECODER[c] for c in piece)
+def piece_bytes(piece: str, byte_level: bool) -> bytes | None:
+    """The bytes a vocabulary piece stands for, in a byte-level BPE vocabulary or another
+    (SentencePiece's); None where the piece does not say (the caller decodes the token)."""
+    if byte_level:
+        return (
+            bytes(BYTE_DECODER[c] for c in piece) if all(c in BYTE_DECODER for c in piece) else None
+        )
     fallback = _BYTE_PIECE.fullmatch(piece)
     if fallback:
         return bytes([int(fallback.group(1), 16)])
-    if _SPACE_MARK in piece:
-        return piece.replace(_SPACE_MARK, " ").encode("utf-8")
-    return None
+    return piece.replace(_SPACE_MARK, " ").encode("utf-8")
+
+
+def is_byte_level(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer's decoder is byte-level (its pieces spell bytes as characters)."""
+    decoder = json.loads(tokenizer.backend.to_str()).get("decoder") or {}
+    parts = decoder.get("decoders") or [decoder]
+    return any(isinstance(d, dict) and d.get("type") == "ByteLevel" for d in parts)
 
 
 def token_bytes_table(tokenizer: Tokenizer) -> list[bytes]:
     """(vocab,) the exact bytes of every id: special tokens their text, others their piece."""
+    byte_level = is_byte_level(tokenizer)
     table = []
     for token_id in range(tokenizer.vocab_size):
         piece = tokenizer.backend.id_to_token(token_id)
         raw = None
         if piece is not None and token_id not in tokenizer.special_ids:
-            raw = piece_bytes(piece)
+            raw = piece_bytes(piece, byte_level)
         if raw is None:
             raw = tokenizer.decode([token_id]).encode("utf-8", "surrogatepass")
         table.append(raw)
