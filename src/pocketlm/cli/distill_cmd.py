@@ -52,9 +52,8 @@ distribution at every position, not only the one right token a corpus holds - fa
 per token, which is how DistilBERT, Minitron and friends got small models from big ones.
 
 Teacher and student read the same token ids, so they need the same tokenizer (a student with
-another tokenizer is refused: distill it in black-box mode with `pocketlm synth`, which writes
-the teacher's replies as text for `pocketlm finetune`). A teacher whose vocabulary is padded
-with extra rows is trimmed to the student's.
+another tokenizer is refused: distill it in black-box mode with `pocketlm synth`, below). A
+teacher whose vocabulary is padded with extra rows is trimmed to the student's.
 
 The student (--student) is
   DIR      a model (a pruned copy of the teacher, a smaller trained model): trained whole, or
@@ -70,6 +69,18 @@ The data is one of
   --data FILE...   chat records, as in `pocketlm finetune`: the loss only on assistant tokens
   --cache DIR      a teacher cache from `pocketlm distill cache` (below): the teacher is never
                    loaded; the student trains on the cached windows (--ctx is the cache's)
+
+Black-box, from stored targets: `--data SYNTH` with neither --teacher nor --cache reads a
+`pocketlm synth` output (its directory or data.jsonl) made with --top-logprobs K: the teacher
+(any OpenAI-compatible API) is known by its top-K log-probabilities per reply token, stored as
+text. The records are formatted in the student's own chat template, as in `pocketlm finetune`;
+each student token of a reply spanning exactly the bytes of a teacher token gets that token's
+top-K (and the token it chose) as a target, mapped to the student's ids (alternatives its
+vocabulary lacks join the "rest" outcome): there the loss is (1 - h) * sparse forward KL +
+h * CE; the other tokens (another split, the end of turn) train on the hard label alone. Any
+student tokenizer works; with the teacher's own nearly every token aligns. The log and the
+summary report the aligned share (distill_data.stored_targets). The student is a model
+directory (a PRESET has no tokenizer here); forward KL only, no --on-policy.
 
 Loss per target position: (1 - h) * D(teacher || student) + h * cross-entropy on the data's
 token, h = --hard-weight. D (--loss) is
@@ -123,11 +134,15 @@ def register(subparsers) -> None:
             "  pocketlm distill --teacher runs/big --student runs/small --tokens runs/tokens --lora-rank 16 --out runs/lora\n"
             "  pocketlm distill --teacher runs/big --student draft --tokens runs/tokens --budget 10m --out runs/draft   # then generate --draft runs/draft/draft-int4\n"
             "  pocketlm distill cache --teacher runs/big --tokens runs/tokens --ctx 256 --out runs/cache\n"
-            "  pocketlm distill --cache runs/cache --student nano-3m --budget 10m --out runs/from-cache"
+            "  pocketlm distill --cache runs/cache --student nano-3m --budget 10m --out runs/from-cache\n"
+            "  pocketlm synth --teacher-url http://127.0.0.1:8000 --prompts p.txt --top-logprobs 8 --out runs/synth\n"
+            "  pocketlm distill --data runs/synth --student runs/small --hard-weight 0.1 --out runs/black-box"
         ),
     )
     teacher = p.add_argument_group("teacher and student")
-    teacher.add_argument("--teacher", help=f"the teacher: {MODEL_HELP}")
+    teacher.add_argument(
+        "--teacher", help=f"the teacher: {MODEL_HELP} (none: --cache, or --data's stored targets)"
+    )
     teacher.add_argument(
         "--student",
         metavar="DIR|PRESET|draft",
@@ -137,7 +152,10 @@ def register(subparsers) -> None:
     )
     source = p.add_argument_group("data (one of)")
     source.add_argument("--tokens", help="token shards encoded with the teacher's tokenizer")
-    source.add_argument("--data", nargs="+", metavar="FILE", help="chat/instruction records")
+    source.add_argument(
+        "--data", nargs="+", metavar="FILE",
+        help="chat/instruction records; without --teacher: a synth output's stored targets",
+    )  # fmt: skip
     source.add_argument(
         "--cache", help="a teacher cache from `pocketlm distill cache` (instead of --teacher)"
     )

@@ -13,7 +13,7 @@ for each example alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +30,9 @@ class PackedRows:
     targets: np.ndarray  # int64, IGNORE_INDEX where nothing is learned
     doc_ids: np.ndarray  # int32, the example each position belongs to within its row
     positions: np.ndarray  # int32, the position within that example (0 at its first token)
+    # more per-position arrays (rows, ctx, ...) that travel with the rows into batches under
+    # their names (a teacher's stored targets: data/sparse_targets.pack_targets)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -37,8 +40,9 @@ class PackedRows:
     def select(self, index: np.ndarray) -> PackedRows:
         """The rows at `index` (any shape of row indices over the first axis)."""
         return PackedRows(
-            self.input_ids[index], self.targets[index], self.doc_ids[index], self.positions[index]
-        )
+            self.input_ids[index], self.targets[index], self.doc_ids[index], self.positions[index],
+            {name: array[index] for name, array in self.extra.items()},
+        )  # fmt: skip
 
 
 def plan_rows(lengths: Sequence[int], ctx: int, packing: bool = True) -> list[list[int]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,13 +78,20 @@ class SFTExample:
     file_id: int = -1
 
 
+# what a caller derives from each kept example and its (fitted) tokens, kept alongside them
+Annotate = Callable[[SFTExample, SFTTokens], Any]
+
+
 @dataclass
 class SFTData:
-    """Tokenised training and validation examples and the report of how they were made."""
+    """Tokenised training and validation examples and the report of how they were made (with
+    `annotate`: its result per example, in the same order)."""
 
     train: list[SFTTokens]
     val: list[SFTTokens]
     report: dict[str, Any]
+    train_notes: list[Any] = field(default_factory=list)
+    val_notes: list[Any] = field(default_factory=list)
 
 
 def read_examples(
@@ -125,9 +132,10 @@ def load_sft_data(
     max_tokens: int,
     *,
     val_specs: Sequence[str] = (),
+    annotate: Annotate | None = None,
 ) -> SFTData:
     """Read, split and tokenise fine-tuning data for a model's tokenizer and chat template;
-    examples hold at most max_tokens tokens (the context + 1)."""
+    examples hold at most max_tokens tokens (the context + 1); `annotate` sees each kept one."""
     if not train_specs:
         raise InputError("no fine-tuning data given", hint="name .jsonl/.json/.csv/.parquet files")
     for spec in (*train_specs, *val_specs):
@@ -147,8 +155,12 @@ def load_sft_data(
         validation = {"fraction": config.val_fraction, "seed": config.split_seed}
     stats: Counter = Counter()
     too_long: list[str] = []
-    train = _encode(train_examples, tokenizer, config, max_tokens, book, stats, too_long)
-    val = _encode(val_examples, tokenizer, config, max_tokens, book, stats, too_long)
+    train_notes: list[Any] = []
+    val_notes: list[Any] = []
+    train = _encode(train_examples, tokenizer, config, max_tokens, book, stats, too_long,
+                    annotate, train_notes)  # fmt: skip
+    val = _encode(val_examples, tokenizer, config, max_tokens, book, stats, too_long,
+                  annotate, val_notes)  # fmt: skip
     if book.open_files:  # a reader or this loop lost track of a record: a bug, not bad input
         raise RuntimeError(f"{book.open_files} input files were never settled")
     accounting = book.summary()
@@ -185,7 +197,7 @@ def load_sft_data(
     }
     if not val:
         _log.warning("no validation examples: add data, raise val_fraction or give a val file")
-    return SFTData(train, val, report)
+    return SFTData(train, val, report, train_notes, val_notes)
 
 
 def _encode(
@@ -196,9 +208,11 @@ def _encode(
     book: Accounting,
     stats: Counter,
     too_long: list[str],
+    annotate: Annotate | None = None,
+    notes: list[Any] | None = None,
 ) -> list[SFTTokens]:
     """Token ids and masks of the examples; each one's outcome settled in its file's ledger
-    (the first examples over the context named in `too_long`)."""
+    (the first examples over the context named in `too_long`; annotate's results in notes)."""
     out = []
     variables = config.template_variables or None
     for example in examples:
@@ -225,4 +239,6 @@ def _encode(
             continue
         book.settle(example.file_id, KEPT, span)
         out.append(fitted)
+        if annotate is not None and notes is not None:
+            notes.append(annotate(example, fitted))
     return out

@@ -16,7 +16,7 @@ import numpy as np
 from pocketlm.common.errors import InputError
 from pocketlm.data.packing import PackedRows
 
-Batch = dict[str, np.ndarray]  # input_ids, targets, doc_ids, positions: each (B, ctx)
+Batch = dict[str, np.ndarray]  # input_ids, targets, doc_ids, positions: each (B, ctx); extras
 
 
 class PackedBatches:
@@ -69,10 +69,7 @@ class PackedBatches:
             sel = epochs == epoch
             index[sel] = self._order(int(epoch))[positions[sel]]
         picked = self.rows.select(index)
-        batch = {"input_ids": picked.input_ids, "targets": picked.targets}
-        if self.packed:
-            batch["doc_ids"], batch["positions"] = picked.doc_ids, picked.positions
-        return batch
+        return _batch(picked, self.packed)
 
     def __iter__(self) -> PackedBatches:
         return self
@@ -107,8 +104,13 @@ def eval_batches(rows: PackedRows, batch_size: int, *, packed: bool = True) -> l
     out = []
     for first in range(0, len(rows), batch_size):
         picked = rows.select(np.arange(first, min(first + batch_size, len(rows))))
-        batch = {"input_ids": picked.input_ids, "targets": picked.targets}
-        if packed:
-            batch["doc_ids"], batch["positions"] = picked.doc_ids, picked.positions
-        out.append(batch)
+        out.append(_batch(picked, packed))
     return out
+
+
+def _batch(picked: PackedRows, packed: bool) -> Batch:
+    """Rows as a batch dict: inputs, targets, the rows' extra arrays, doc ids and positions."""
+    batch = {"input_ids": picked.input_ids, "targets": picked.targets, **picked.extra}
+    if packed:
+        batch["doc_ids"], batch["positions"] = picked.doc_ids, picked.positions
+    return batch

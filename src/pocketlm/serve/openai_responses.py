@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pocketlm.engine.generation import TokenLogprob
+from pocketlm.tokenizer.token_bytes import BYTE_DECODER
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 
@@ -37,26 +38,6 @@ def sse(data: dict[str, Any] | str) -> bytes:
 
 
 SSE_DONE = sse("[DONE]")
-
-
-def _byte_decoder() -> dict[str, int]:
-    """The inverse of GPT-2's byte-to-unicode map that byte-level BPE token strings are written in."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
-
-
-BYTE_DECODER = _byte_decoder()  # a byte-level BPE piece character -> the byte it stands for
 
 
 class TokenTexts:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pocketlm.serve.openai_protocol import ProtocolError
-from pocketlm.serve.openai_responses import BYTE_DECODER
+from pocketlm.tokenizer.token_bytes import BYTE_DECODER
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 

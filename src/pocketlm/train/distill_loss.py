@@ -76,14 +76,18 @@ def sparse_forward_kl(
     """Per-position KL(teacher || student) (...,) over the teacher's top-k tokens plus one
     outcome for the rest, from student logits (..., V), teacher ids (..., k) and the teacher's
     log-probabilities at them (..., k), taken as given at temperature 1 (a cache or an API
-    stores them so): the student is tempered, the teacher's rest is 1 - Σ p_k (clamped at 0)."""
+    stores them so): the student is tempered, the teacher's rest is 1 - Σ p_k (clamped at 0).
+    An entry at -inf is no entry (padding of fewer than k, an API's null): its id's student
+    mass stays in the rest."""
     if teacher_ids.shape != teacher_logprobs.shape:
         raise ValueError("teacher ids and log-probabilities must have the same shape")
     log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (..., V)
     log_s_k = log_s.gather(-1, teacher_ids.long())  # (..., k)
     log_t_k = teacher_logprobs.float()  # (..., k)
+    listed = log_t_k > float("-inf")  # (..., k)
     t_rest = (1.0 - log_t_k.exp().sum(dim=-1)).clamp(min=0.0)  # (...,)
-    s_rest = (1.0 - log_s_k.exp().sum(dim=-1)).clamp(min=1e-12)  # (...,)
+    s_listed = torch.where(listed, log_s_k.exp(), 0.0).sum(dim=-1)  # (...,)
+    s_rest = (1.0 - s_listed).clamp(min=1e-12)  # (...,)
     listed = torch.where(log_t_k.exp() > 0, log_t_k.exp() * (log_t_k - log_s_k), 0.0).sum(-1)
     rest = torch.where(t_rest > 0, t_rest * (t_rest.clamp(min=1e-12).log() - s_rest.log()), 0.0)
     return (listed + rest) * temperature**2

@@ -30,7 +30,8 @@ from pocketlm.tokenizer.tokenizer import TOKENIZER_FILES, Tokenizer
 SYNTH_HINT = (
     "distillation compares the two models' next-token distributions over the same token ids; "
     "for a student with another tokenizer, distill in black-box mode instead: `pocketlm synth` "
-    "writes the teacher's replies as text, and `pocketlm finetune` trains any student on them"
+    "writes the teacher's replies as text (and its top log-probabilities), and `pocketlm "
+    "distill --data SYNTH` (or `pocketlm finetune`) trains any student on them"
 )
 
 

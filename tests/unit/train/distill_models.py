@@ -102,3 +102,12 @@ def chat_teacher_dir(tokenizer_dir: Path, out: Path) -> Path:
         vocab_size=512, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=128
     )
     return save_model(out, build_model(config, seed=0), tokenizer_dir)
+
+
+def sharp_teacher_dir(teacher_dir: Path, out: Path, factor: float = 15.0) -> Path:
+    """The teacher with its logits scaled by `factor` (the final norm's weight): a peaked
+    distribution whose top few tokens hold most of the mass, as a trained model's do."""
+    teacher = load_model(teacher_dir)
+    with torch.no_grad():
+        teacher.model.model.norm.weight.mul_(factor)
+    return save_model(out, teacher.model, teacher_dir)

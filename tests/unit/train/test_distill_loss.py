@@ -119,3 +119,19 @@ def test_hidden_cosine_loss() -> None:
     )
     with pytest.raises(ValueError, match="widths"):
         hidden_cosine_loss(h, torch.randn(2, 3, 4))
+
+
+def test_sparse_entries_at_minus_infinity_are_no_entries():
+    """Padding to k (and an API's null) changes nothing: its id's student mass stays in the rest."""
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(5, 11, generator=g)
+    ids = torch.stack([torch.randperm(11, generator=g)[:3] for _ in range(5)])  # (5, 3)
+    logprobs = torch.log_softmax(torch.randn(5, 11, generator=g), -1).gather(-1, ids)
+    padded_ids = torch.cat([ids, torch.zeros(5, 2, dtype=torch.long)], dim=-1)  # id 0 twice
+    padded = torch.cat([logprobs, torch.full((5, 2), float("-inf"))], dim=-1)
+    student = student.requires_grad_()
+    plain = sparse_forward_kl(student, ids, logprobs, temperature=2.0)
+    with_padding = sparse_forward_kl(student, padded_ids, padded, temperature=2.0)
+    torch.testing.assert_close(with_padding, plain)
+    (grad,) = torch.autograd.grad(with_padding.sum(), student)
+    assert torch.isfinite(grad).all()

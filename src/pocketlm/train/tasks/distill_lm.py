@@ -71,6 +71,7 @@ from pocketlm.train.tasks.distill_sources import (
     chat_source,
     token_source,
 )
+from pocketlm.train.tasks.distill_synth_source import stored_teacher
 from pocketlm.train.tasks.lora import with_lora
 
 
@@ -117,8 +118,10 @@ def position_losses(
     """Per-position loss (N,) from the student's logits (N, V), the teacher's logits (N, V) or
     top-k (ids (N, k), log-probs (N, k)), and the labels (N,) (None: on-policy positions, the
     divergence alone)."""
+    valid = None  # (N,) where a stored teacher has a target (absent: everywhere)
     if isinstance(teacher, tuple):
-        ids, logprobs = teacher
+        ids, logprobs, *rest = teacher
+        valid = rest[0] if rest else None
         divergence = sparse_forward_kl(
             student_logits, ids, logprobs, temperature=settings.temperature
         )
@@ -131,8 +134,10 @@ def position_losses(
         return divergence
     h = settings.hard_weight
     loss = (1.0 - h) * divergence if h < 1.0 else torch.zeros_like(divergence)
-    if h > 0.0:
-        loss = loss + h * F.cross_entropy(student_logits.float(), labels, reduction="none")
+    if h > 0.0 or valid is not None:
+        ce = F.cross_entropy(student_logits.float(), labels, reduction="none")
+        loss = loss + h * ce if h > 0.0 else loss
+        loss = loss if valid is None else torch.where(valid, loss, ce)  # no target: CE alone
     return loss
 
 
@@ -152,16 +157,17 @@ def distill_factory(
     the cache. Everything is checked, and the data read, before a model loads."""
     if sum(x is not None and x != () for x in (tokens_dir, tuple(data_files), cache_dir)) != 1:
         raise ConfigError("give one data source: --tokens DIR, --data FILE... or --cache DIR")
-    if (cache_dir is None) == (teacher_dir is None):
+    if cache_dir is not None and teacher_dir is not None:
         raise ConfigError(
             "give --teacher DIR (a live teacher) or --cache DIR (its cached top-k), not both"
         )
     tc = config.train
-    side = (
-        _from_cache(cache_dir, config)
-        if cache_dir is not None
-        else _from_teacher(teacher_dir, config, tokens_dir, data_files, val_files)
-    )
+    if cache_dir is not None:
+        side = _from_cache(cache_dir, config)
+    elif teacher_dir is not None:
+        side = _from_teacher(teacher_dir, config, tokens_dir, data_files, val_files)
+    else:
+        side = _from_stored(student, config, data_files, val_files)
     data, teacher_checked, teacher_ref = side.data, side.checked, side.ref
     tokenizer_dir, teacher_context = side.tokenizer_dir, side.context
     source = resolve_student(student, side.tokenizer, side.vocab, teacher_context)
@@ -171,7 +177,7 @@ def distill_factory(
     if config.on_policy and data.requests is None:
         raise ConfigError(
             "on-policy distillation scores the student's own samples with the live teacher; a "
-            "cache holds scores of the data only: use --teacher for --on-policy"
+            "cache (or a synth output) holds scores of the data only: use --teacher for --on-policy"
         )
     if config.lora.rank and source.checked is None:
         raise ConfigError(
@@ -239,6 +245,15 @@ def _from_cache(cache_dir: str | Path, config: DistillConfig) -> _TeacherSide:
     )  # fmt: skip
 
 
+def _from_stored(
+    student: str, config: DistillConfig, data_files: Sequence[str], val_files: Sequence[str]
+) -> _TeacherSide:
+    """The targets `pocketlm synth` stored, aligned with the student's own tokens."""
+    s = stored_teacher(student, data_files, val_files, config.data, config.train,
+                       loss=config.loss, top_k=config.top_k)  # fmt: skip
+    return _TeacherSide(s.data, s.tokenizer, s.tokenizer_dir, None, s.context, s.ref, None)
+
+
 def _from_teacher(
     teacher_dir: str | Path | None,
     config: DistillConfig,
@@ -277,8 +292,8 @@ def _check_cache_settings(config: DistillConfig, cache_k: int) -> None:
 
 
 def _sparse(config: DistillConfig, data: DistillData) -> bool:
-    """Whether the teacher is known by its top-k only (a cache, or a live top-k teacher)."""
-    return data.cache is not None or config.top_k > 0
+    """Whether the teacher is known by its top-k only (a cache, stored targets, a live top-k)."""
+    return data.cache is not None or data.kind == "synth" or config.top_k > 0
 
 
 def _student_model(source: StudentSource, seed: int) -> nn.Module:
@@ -311,8 +326,9 @@ def _task(
 
     def teacher_view(batch: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor):
         """The teacher at the masked positions: logits (N, vocab) or top-k (ids, log-probs)."""
-        if "teacher_ids" in batch:  # the cache
-            return batch["teacher_ids"][mask], batch["teacher_logprobs"][mask]
+        if "teacher_ids" in batch:  # the cache, or stored targets (valid where they exist)
+            view = batch["teacher_ids"][mask], batch["teacher_logprobs"][mask]
+            return (*view, batch["teacher_valid"][mask]) if "teacher_valid" in batch else view
         assert teacher is not None
         logits = teacher_logits(
             teacher, ids, vocab, positions=batch.get("positions"), doc_ids=batch.get("doc_ids")

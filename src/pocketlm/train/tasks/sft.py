@@ -36,7 +36,7 @@ from pocketlm.common.errors import ArtifactError, ConfigError, InputError
 from pocketlm.common.log import get_logger
 from pocketlm.common.manifest import parent_ref
 from pocketlm.data.packing import IGNORE_INDEX, PackedRows, fill_ratio, pack_examples
-from pocketlm.data.sft_examples import SFTData, SFTDataConfig, load_sft_data
+from pocketlm.data.sft_examples import Annotate, SFTData, SFTDataConfig, load_sft_data
 from pocketlm.data.sft_loader import Batch, PackedBatches, eval_batches
 from pocketlm.model.summary import describe as describe_shape
 from pocketlm.tokenizer.tokenizer import Tokenizer
@@ -205,10 +205,13 @@ def chat_rows(
     ctx: int,
     *,
     val_files: Sequence[str] = (),
+    annotate: Annotate | None = None,
 ) -> ChatRows:
     """Read and tokenise chat records with the tokenizer's chat template (the loss mask on the
-    assistant turns) and pack them into rows of ctx positions."""
-    data = load_sft_data(data_files, tokenizer, settings, ctx + 1, val_specs=val_files)
+    assistant turns) and pack them into rows of ctx positions (`annotate`: load_sft_data's)."""
+    data = load_sft_data(
+        data_files, tokenizer, settings, ctx + 1, val_specs=val_files, annotate=annotate
+    )
     pad_id = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
     train_rows = pack_examples(data.train, ctx, pad_id, packing=settings.packing)
     val_rows = pack_examples(data.val, ctx, pad_id, packing=settings.packing)
