@@ -103,7 +103,7 @@ def score_continuations(
     out: list[Scored] = []
     loaded: list[int] | None = None  # the context now in the slot
     last: np.ndarray | None = None  # (V,) logits after it
-    for cont in continuations:
+    for i, cont in enumerate(continuations):
         ctx = _fit(list(context_ids), list(cont), room)
         if ctx != loaded:
             backend.release(slot)
@@ -113,11 +113,24 @@ def score_continuations(
         rows = last[None, :]  # (1, V)
         if len(cont) > 1:
             rows = np.concatenate([rows, backend.extend(slot, cont[:-1])])  # (n, V)
-            backend.truncate(slot, len(ctx))
+            if i + 1 < len(continuations):  # the last one is released, not rewound
+                loaded = _rewind(backend, slot, len(ctx), loaded)
         logprobs, greedy = token_logprobs(rows, cont)
         out.append(Scored(float(logprobs.sum()), greedy, len(cont)))
     backend.release(slot)
     return out
+
+
+def _rewind(
+    backend: LogitsBackend, slot: int, position: int, loaded: list[int]
+) -> list[int] | None:
+    """Truncate the slot back to its context; None (prefill again) when the backend cannot
+    rewind that far (a sliding-window cache keeps only so many tokens past its window)."""
+    try:
+        backend.truncate(slot, position)
+        return loaded
+    except InputError:
+        return None
 
 
 Request = tuple[Sequence[int], Sequence[Sequence[int]]]  # (context ids, continuations' ids)

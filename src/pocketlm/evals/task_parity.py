@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketlm.common.errors import InputError
+from pocketlm.evals.task_metrics import aggregate
 
 
 def read_items(path: str | Path) -> dict[str, list[dict[str, Any]]]:
@@ -38,11 +39,15 @@ def task_parity(
     """One task's parity between two runs over the same items (in the same order)."""
     if [r["where"] for r in reference] != [r["where"] for r in variant]:
         raise InputError("the two runs scored different items: run both on the same task files")
+    # a metric some items lack (regex: only items with a pattern) is averaged over those that
+    # have it, as the task's own report does
+    ref = aggregate([r["scores"] for r in reference]) if reference else {}
+    var = aggregate([v["scores"] for v in variant]) if variant else {}
     metrics: dict[str, dict[str, float]] = {}
-    for name in reference[0]["scores"] if reference else ():
-        a = math.fsum(r["scores"][name] for r in reference) / len(reference)
-        b = math.fsum(r["scores"][name] for r in variant) / len(variant)
-        metrics[name] = {"reference": a, "variant": b, "difference": b - a}
+    for name in ref:
+        if name in var:
+            a, b = ref[name]["value"], var[name]["value"]
+            metrics[name] = {"reference": a, "variant": b, "difference": b - a}
     same = sum(r["got"] == v["got"] for r, v in zip(reference, variant, strict=True))
     out: dict[str, Any] = {
         "items": len(reference),

@@ -10,6 +10,7 @@ on its own does.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,9 +73,10 @@ def distill_draft(
         raise ConfigError("a draft is trained whole: drop --lora-rank")
     out = Path(out)
     init = out / INIT_DIR
-    if not _complete(init):
-        teacher_layers = check_model_dir(model_dir(teacher_dir)).config.n_layers
-        keep = layers or auto_layers(teacher_layers)
+    teacher = check_model_dir(model_dir(teacher_dir))
+    keep = layers or auto_layers(teacher.config.n_layers)
+    if not _cut_from(init, teacher.directory, keep):  # a rerun reuses the same cut only
+        teacher_layers = teacher.config.n_layers
         if keep >= teacher_layers:
             raise ConfigError(
                 f"a draft of {keep} layers is not smaller than the teacher ({teacher_layers}): "
@@ -90,9 +92,12 @@ def distill_draft(
     return DraftResult(run, Path(run.model_dir), Path(int4))
 
 
-def _complete(path: Path) -> bool:
+def _cut_from(init: Path, teacher_dir: Path, layers: int) -> bool:
+    """Whether `init` is already this teacher cut to `layers` layers (a finished cut)."""
     try:
-        read_manifest(path, kind="model")
-        return True
+        manifest = read_manifest(init, kind="model")
     except ArtifactError:
         return False
+    parents = [Path(p["path"]).resolve() for p in manifest.get("parents", [])]
+    config = json.loads((init / "model_config.json").read_text(encoding="utf-8"))
+    return teacher_dir.resolve() in parents and config.get("n_layers") == layers

@@ -30,7 +30,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pocketlm.common.errors import require
+from pocketlm.common.errors import InputError, require
 
 MODEL_NAME = "pocketlm"
 GENERATE_BATCH = 32  # prompts handed to the batching scheduler at once
@@ -152,6 +152,11 @@ def rolling(backend: Any, tokenizer: Any, text: str) -> float:
     from pocketlm.evals.loglikelihood import rolling_loglikelihood
 
     prefix = tokenizer.bos_id if tokenizer.add_bos else tokenizer.eos_id
+    if prefix is None:
+        raise InputError(
+            "loglikelihood_rolling scores the first token after <bos> (or <eos>), and this "
+            "tokenizer has neither"
+        )
     return rolling_loglikelihood(backend, tokenizer.encode(text), prefix)
 
 

@@ -368,7 +368,7 @@ def _report(
     ]
     for prompt, completion in samples:
         lines += ["```", prompt + completion, "```", ""]
-    if _complete(out / "compare", "compare"):
+    if config.variants and _complete(out / "compare", "compare"):  # not a stale one
         lines += variants_section(out / "compare")
     warning = load_warning(run_dir / LOAD_FILE)
     if warning:

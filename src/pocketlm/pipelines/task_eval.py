@@ -193,9 +193,12 @@ def _run_classifier(
             raise ConfigError(
                 f"{task.path}: labels {unknown} are not among the classifier's {list(labels)}"
             )
-    if settings.backend not in ("auto", "torch"):
+    from pocketlm.engine.exported import ONNX, exported_format
+
+    runtime = "onnx" if exported_format(model) == ONNX else "torch"
+    if settings.backend not in ("auto", runtime):
         raise ConfigError(
-            f"a classifier runs on the torch backend, not --backend {settings.backend}"
+            f"this classifier runs on the {runtime} backend, not --backend {settings.backend}"
         )
     classifier = open_classifier(
         model,
@@ -214,7 +217,7 @@ def _run_classifier(
             results.append(
                 score_classifier_task(task, predict, limit=settings.limit, progress=bar.update)
             )
-    return results, "torch"
+    return results, runtime
 
 
 def greedy_generator(backend, tokenizer, max_new_tokens: int):

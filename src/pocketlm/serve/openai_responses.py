@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pocketlm.engine.generation import TokenLogprob
-from pocketlm.tokenizer.token_bytes import BYTE_DECODER
+from pocketlm.tokenizer.token_bytes import id_bytes, is_byte_level
 from pocketlm.tokenizer.tokenizer import Tokenizer
 
 
@@ -45,18 +45,16 @@ class TokenTexts:
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
+        self._byte_level = is_byte_level(tokenizer)
         self._cache: dict[int, tuple[str, list[int]]] = {}
 
     def get(self, token_id: int) -> tuple[str, list[int]]:
-        """(text, bytes) of one token; text shows an incomplete UTF-8 piece as U+FFFD."""
+        """(text, bytes) of one token; text shows an incomplete UTF-8 piece as U+FFFD, the bytes
+        are exact (a byte-level or SentencePiece byte-fallback piece's own bytes)."""
         hit = self._cache.get(token_id)
         if hit is None:
             text = self.tokenizer.decode([token_id])
-            piece = self.tokenizer.backend.id_to_token(token_id) or ""
-            if token_id in self.tokenizer.special_ids or any(c not in BYTE_DECODER for c in piece):
-                raw = list(text.encode("utf-8"))
-            else:
-                raw = [BYTE_DECODER[c] for c in piece]
+            raw = list(id_bytes(self.tokenizer, token_id, self._byte_level))
             hit = self._cache[token_id] = (text, raw)
         return hit
 

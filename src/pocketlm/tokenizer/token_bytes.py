@@ -60,19 +60,22 @@ def is_byte_level(tokenizer: Tokenizer) -> bool:
     return any(isinstance(d, dict) and d.get("type") == "ByteLevel" for d in parts)
 
 
+def id_bytes(tokenizer: Tokenizer, token_id: int, byte_level: bool) -> bytes:
+    """The exact bytes of one id: a special token its text, another its vocabulary piece
+    (`byte_level`: is_byte_level(tokenizer), worked out once by the caller)."""
+    piece = tokenizer.backend.id_to_token(token_id)
+    raw = None
+    if piece is not None and token_id not in tokenizer.special_ids:
+        raw = piece_bytes(piece, byte_level)
+    if raw is None:
+        raw = tokenizer.decode([token_id]).encode("utf-8", "surrogatepass")
+    return raw
+
+
 def token_bytes_table(tokenizer: Tokenizer) -> list[bytes]:
     """(vocab,) the exact bytes of every id: special tokens their text, others their piece."""
     byte_level = is_byte_level(tokenizer)
-    table = []
-    for token_id in range(tokenizer.vocab_size):
-        piece = tokenizer.backend.id_to_token(token_id)
-        raw = None
-        if piece is not None and token_id not in tokenizer.special_ids:
-            raw = piece_bytes(piece, byte_level)
-        if raw is None:
-            raw = tokenizer.decode([token_id]).encode("utf-8", "surrogatepass")
-        table.append(raw)
-    return table
+    return [id_bytes(tokenizer, i, byte_level) for i in range(tokenizer.vocab_size)]
 
 
 @dataclass(frozen=True)

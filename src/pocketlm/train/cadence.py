@@ -52,7 +52,7 @@ def start_cadence(run: Run) -> None:
         last_ckpt_s=run.elapsed_s,
         # the next 1/N mark of the run after where it stands (a resumed run keeps its marks)
         next_ckpt=(math.floor(progress * per_run) + 1) / per_run if per_run else 2.0,
-        window_start=run.now(),
+        window_start=run.wall_now(),
         window_tokens=0,
     )
     (run.elapsed_s,) = agree([run.measure_elapsed()], run)
@@ -89,7 +89,7 @@ def after_step(run: Run, stats: StepStats, step_seconds: float) -> None:
             run.last_eval = _evaluate(run)
             run.schedule["next_eval"] = (math.floor(progress * EVALS_PER_RUN) + 1) / EVALS_PER_RUN
             row.update({k: round(v, 6) for k, v in run.last_eval.items()})
-            run.schedule["window_start"] = run.now()
+            run.schedule["window_start"] = run.wall_now()
         if run.metrics is not None:
             run.metrics.write(row)
         if run.bar is not None:
@@ -117,8 +117,9 @@ def after_step(run: Run, stats: StepStats, step_seconds: float) -> None:
 
 
 def _row(run: Run, stats: StepStats) -> dict[str, Any]:
-    """A metrics row for the step just taken; tokens/s over the window since the last row."""
-    now = run.now()
+    """A metrics row for the step just taken; tokens/s over the wall-clock window since the last
+    row (elapsed_s is the budget's clock: CPU seconds for a 'cpu' budget)."""
+    now = run.wall_now()
     tps = run.schedule["window_tokens"] / max(1e-9, now - run.schedule["window_start"])
     run.schedule.update(window_start=now, window_tokens=0)
     row: dict[str, Any] = {

@@ -124,6 +124,7 @@ def finish(run: Run) -> RunResult:
         "tokens": run.tokens,
         "train_seconds": round(run.elapsed_s, 2),
         "tokens_per_s": round(mean_tps, 1),
+        **({"budget_clock": "cpu"} if run.clock.budget.cpu else {}),  # the two above: CPU time
         "precision": run.ctx.precision,
         "world_size": run.ctx.dist.world_size,
         **run.last_eval,

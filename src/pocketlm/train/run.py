@@ -44,8 +44,10 @@ class Run:
     params: list[torch.Tensor]  # trainable, each once
     names: dict[int, str]  # id(parameter) -> name
     clock: RunClock
-    now: Callable[[], float]  # seconds, monotonic; injectable for exact budget tests
+    now: Callable[[], float]  # the budget's seconds (wall or CPU); injectable for exact tests
     command: Sequence[str] | None
+    # the wall clock, for the logged tokens/s and MFU whatever clock the budget counts
+    wall_now: Callable[[], float] = time.perf_counter
     step: int = 0
     tokens: int = 0
     elapsed_s: float = 0.0  # training time so far, agreed by all ranks after each step

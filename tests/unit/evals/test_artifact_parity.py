@@ -100,3 +100,22 @@ def test_parity_report_is_against_the_first_variant_and_renders():
     assert lines[3] == "| onnx | onnx | 75.0% | 50.0% | 0.5000 | -0.5000 | 50.0% |"
     assert parity_report([ref]) is None  # nothing to compare with
     assert parity_report([clf, ref]) is None  # the reference measured nothing
+
+
+def test_a_metric_only_some_items_have_is_averaged_over_those_items():
+    """regex is scored only on items with a pattern: parity must neither crash nor drop it."""
+    from pocketlm.evals.task_parity import task_parity
+
+    def items(gots, regex):
+        out = []
+        for i, (got, r) in enumerate(zip(gots, regex, strict=True)):
+            scores = {"exact_match": float(got == "a")} | ({} if r is None else {"regex": r})
+            out.append({"where": f"t:{i + 1}", "got": got, "scores": scores})
+        return out
+
+    reference = items(["a", "a", "b"], [None, 1.0, 0.0])
+    variant = items(["a", "b", "b"], [None, 0.0, 0.0])
+    got = task_parity(reference, variant)
+    assert got["metrics"]["regex"] == {"reference": 0.5, "variant": 0.0, "difference": -0.5}
+    assert got["metrics"]["exact_match"]["difference"] == pytest.approx(-1 / 3)
+    assert got["same_answer"] == pytest.approx(2 / 3)

@@ -40,6 +40,12 @@ def test_a_draft_is_cut_from_its_teacher_distilled_and_quantized(
     assert load_model(result.model_dir).config.n_layers == 1
     assert read_quantization(result.int4_dir)["scheme"] == "int4"
     assert result.run.steps == 3
+    # a rerun reuses this cut only for the same teacher and depth
+    from pocketlm.pipelines.draft import _cut_from
+
+    assert _cut_from(tmp_path / "draft" / "draft-init", teacher.directory, 1)
+    assert not _cut_from(tmp_path / "draft" / "draft-init", teacher.directory, 2)
+    assert not _cut_from(tmp_path / "draft" / "draft-init", tmp_path, 1)
 
     params = SamplingParams(temperature=0.0, max_new_tokens=24)
     alone = load_engine(tiny_model_dir, backend="torch").complete("ab", params).token_ids

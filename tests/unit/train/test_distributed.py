@@ -4,6 +4,7 @@ and FSDP2, and an FSDP2 run resumes at another world size (2 -> 1 -> 2) with the
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -84,9 +85,20 @@ def _pretrain(
         "train.schedule.warmup_steps=2",
     ] + (["--resume"] if resume else [])
     env = {**os.environ, "POCKETLM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count(str(out / "model")) == 1  # only the main rank reports
+    # A session of its own: on a timeout the launcher AND its workers die (subprocess.run's kill
+    # would leave the workers holding the pipes, and the test would wait for them forever).
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{parallel} run timed out after 300 s: {stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+    assert stdout.count(str(out / "model")) == 1  # only the main rank reports
     return {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl")}
 
 
