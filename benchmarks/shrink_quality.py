@@ -39,15 +39,17 @@ M_SHAPE = dict(dim=512, layers=8, heads=8, kv_heads=4, ffn_dim=1536)
 COMMON = ["--set", "train.threads=1", "--batch-size", "16", "--ctx", "256"]
 
 
-def _cli(*args: str, log: Path) -> float:
-    """Run one pocketlm command (stdout+stderr to log); its wall seconds."""
+def _cli(*args: str, log: Path) -> tuple[float, float]:
+    """Run one pocketlm command (stdout+stderr to log); its (wall, CPU) seconds."""
     start = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "POCKETLM_NO_PROGRESS": "1"}
     with log.open("w") as out:
-        rc = subprocess.call(["pocketlm", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(["pocketlm", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time (lanes run at once)
+    rc = os.waitstatus_to_exitcode(status)
     if rc:
         sys.exit(f"failed ({rc}): pocketlm {' '.join(args)} - see {log}")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 
 def _step(work: Path, name: str, *args: str) -> dict:
@@ -55,8 +57,9 @@ def _step(work: Path, name: str, *args: str) -> dict:
     done = work / f"{name}.done.json"
     if done.exists():
         return json.loads(done.read_text())
-    seconds = _cli(*args, log=work / f"{name}.log")
-    record = {"name": name, "wall_s": round(seconds, 1), "command": "pocketlm " + " ".join(args)}
+    wall, cpu = _cli(*args, log=work / f"{name}.log")
+    record = {"name": name, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+              "command": "pocketlm " + " ".join(args)}  # fmt: skip
     done.write_text(json.dumps(record))
     return record
 
