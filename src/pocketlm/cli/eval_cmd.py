@@ -84,9 +84,16 @@ def register(subparsers) -> None:
         "llama.cpp; auto: onnx or llamacpp by the path, else the native CPU kernels when they "
         "run the model, else torch",
     )
-    task.add_argument("--threads", type=int, default=0, help="native backend threads (0: auto)")
+    task.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads of the native, onnx or llamacpp backend (0: auto)",
+    )
     add_precision_option(task, "precision of the torch backend", "auto")
-    task.add_argument("--out", metavar="DIR", help="write report.json and report.md here")
+    task.add_argument(
+        "--out", metavar="DIR", help="write report.json, report.md and items.jsonl here"
+    )
     task.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
