@@ -7,11 +7,10 @@ from pathlib import Path
 
 from pocketlm.common.errors import ArtifactError
 from pocketlm.common.manifest import MANIFEST_NAME, read_manifest
+from pocketlm.interop.onnx_files import ONNX_CONFIG_FILE, ONNX_FILE
 from pocketlm.interop.open_model import ONNX_KIND
 
 ONNX, GGUF = "onnx", "gguf"
-ONNX_FILE = "model.onnx"  # interop/onnx_export.py writes these (it imports torch; this may not)
-ONNX_CONFIG_FILE = "onnx_config.json"
 
 
 def exported_format(path: str | Path) -> str | None:

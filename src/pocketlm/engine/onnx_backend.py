@@ -27,11 +27,9 @@ from pocketlm.checkpoint.json_files import read_json_object
 from pocketlm.common.errors import ArtifactError, ConfigError, require
 from pocketlm.common.manifest import check_listed_file, read_manifest
 from pocketlm.engine.backend import check_append, check_decode, check_slot_count, check_slots
-from pocketlm.engine.exported import ONNX_CONFIG_FILE, ONNX_FILE
+from pocketlm.interop.onnx_files import ONNX_CONFIG_FILE, ONNX_FILE, TEXT_GENERATION
 from pocketlm.interop.open_model import ONNX_KIND
 from pocketlm.tokenizer.tokenizer import TOKENIZER_FILE
-
-TEXT_GENERATION = "text-generation"
 
 
 def read_onnx_config(directory: Path) -> dict[str, Any]:

@@ -14,8 +14,7 @@ import torch
 
 from pocketlm.common.errors import ConfigError
 from pocketlm.engine.onnx_backend import onnx_session, read_onnx_config
-
-TEXT_CLASSIFICATION = "text-classification"
+from pocketlm.interop.onnx_files import TEXT_CLASSIFICATION
 
 
 @dataclass(frozen=True)

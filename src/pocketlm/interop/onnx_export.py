@@ -36,6 +36,13 @@ from pocketlm.checkpoint.model_io import load_model
 from pocketlm.common.errors import ArtifactError, ConfigError, PocketLMError, require
 from pocketlm.common.manifest import ArtifactWriter, parent_ref
 from pocketlm.interop import onnx_graph
+from pocketlm.interop.onnx_files import (
+    ONNX_CONFIG_FILE,
+    ONNX_DATA_FILE,
+    ONNX_FILE,
+    TEXT_CLASSIFICATION,
+    TEXT_GENERATION,
+)
 from pocketlm.interop.open_model import ONNX_KIND
 from pocketlm.interop.open_model import model_dir as resolve_model
 from pocketlm.model.config import ModelConfig
@@ -43,15 +50,11 @@ from pocketlm.model.quantized import dequantize_modules, is_quantized
 from pocketlm.model.transformer import CausalLM
 from pocketlm.tokenizer.tokenizer import TOKENIZER_FILE, TOKENIZER_FILES, Tokenizer
 
-ONNX_FILE = "model.onnx"
-ONNX_DATA_FILE = "model.onnx.data"  # the weights, beside the graph, when they are large
 # Weights over this many bytes go to ONNX_DATA_FILE: a protobuf holds at most 2 GiB, and the
 # graph's nodes need room beside the initializers
 EXTERNAL_DATA_BYTES = 1_800_000_000
-ONNX_CONFIG_FILE = "onnx_config.json"
 PRECISIONS = ("fp32", "int8")
 OPSET = onnx_graph.OPSET
-TEXT_GENERATION, TEXT_CLASSIFICATION = "text-generation", "text-classification"
 
 
 def export_onnx(
