@@ -98,13 +98,18 @@ def token_logprob(
     scores = process_logits(logits, params, previous_ids).astype(np.float64)  # (V,)
     peak = scores.max()
     logsm = scores - (peak + np.log(np.exp(scores - peak).sum()))  # (V,) log-probabilities
-    best: tuple[tuple[int, float], ...] = ()
-    if top > 0:
-        k = min(top, logsm.shape[0])
-        idx = np.argpartition(-logsm, k - 1)[:k]  # (k,) unordered
-        idx = idx[np.lexsort((idx, -logsm[idx]))]  # most likely first, ties by lower id
-        best = tuple((int(i), float(logsm[i])) for i in idx if np.isfinite(logsm[i]))
-    return TokenLogprob(int(token), float(logsm[token]), best)
+    return TokenLogprob(int(token), float(logsm[token]), _top_entries(logsm, top))
+
+
+def _top_entries(logsm: np.ndarray, top: int) -> tuple[tuple[int, float], ...]:
+    """The `top` most likely finite (id, log-prob) of one row (V,): most likely first, ties by
+    the lower id."""
+    if top <= 0:
+        return ()
+    k = min(top, logsm.shape[0])
+    idx = np.argpartition(-logsm, k - 1)[:k]  # (k,) unordered
+    idx = idx[np.lexsort((idx, -logsm[idx]))]
+    return tuple((int(i), float(logsm[i])) for i in idx if np.isfinite(logsm[i]))
 
 
 def prompt_logprobs(logits: np.ndarray, token_ids: Sequence[int], top: int) -> list[TokenLogprob]:
@@ -113,16 +118,10 @@ def prompt_logprobs(logits: np.ndarray, token_ids: Sequence[int], top: int) -> l
     rows = np.asarray(logits, dtype=np.float64)  # (n, V)
     peak = rows.max(axis=-1, keepdims=True)  # (n, 1)
     logsm = rows - (peak + np.log(np.exp(rows - peak).sum(axis=-1, keepdims=True)))  # (n, V)
-    out = []
-    for row, token in zip(logsm, token_ids, strict=True):
-        best: tuple[tuple[int, float], ...] = ()
-        if top > 0:
-            k = min(top, row.shape[0])
-            idx = np.argpartition(-row, k - 1)[:k]  # (k,) unordered
-            idx = idx[np.lexsort((idx, -row[idx]))]  # most likely first, ties by lower id
-            best = tuple((int(i), float(row[i])) for i in idx if np.isfinite(row[i]))
-        out.append(TokenLogprob(int(token), float(row[token]), best))
-    return out
+    return [
+        TokenLogprob(int(token), float(row[token]), _top_entries(row, top))
+        for row, token in zip(logsm, token_ids, strict=True)
+    ]
 
 
 def _check_logits(logits: np.ndarray) -> None:
