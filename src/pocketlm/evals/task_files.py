@@ -163,7 +163,7 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if path.suffix.lower() in (".csv", ".tsv"):
         yield from _csv_records(path)
         return
-    with path.open("r", encoding="utf-8") as fh:
+    with path.open("r", encoding="utf-8-sig") as fh:
         for number, text in enumerate(fh, start=1):
             if not text.strip():
                 continue
@@ -183,7 +183,7 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def _csv_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """CSV/TSV rows as records; `choices`, `answer` lists and `stop` lists may be JSON arrays."""
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open("r", encoding="utf-8", newline="") as fh:
+    with path.open("r", encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
         start = 2  # the header is line 1
         for row in reader:

@@ -56,6 +56,19 @@ def test_csv_cells_may_hold_json_lists(tmp_path):
     assert task.items[1].where.endswith("mc.csv:3")
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path, suffix):
+    """Excel and Notepad write UTF-8 with a BOM: the first column is still 'question'."""
+    path = tmp_path / f"bom{suffix}"
+    text = (
+        'question,choices,answer\nQ,"[""a"", ""b""]",a\n'
+        if suffix == ".csv"
+        else json.dumps({"question": "Q", "choices": ["a", "b"], "answer": "a"}) + "\n"
+    )
+    path.write_text(text, encoding="utf-8-sig")
+    assert read_task(path).items[0].choices == ("a", "b")
+
+
 @pytest.mark.parametrize(
     ("record", "message"),
     [
