@@ -178,12 +178,21 @@ def _score_group(backend: Any, requests: Sequence[Request]) -> list[list[Scored]
             logits = lasts[s][None, :]  # (1, V)
             if s in rows:
                 logits = np.concatenate([logits, rows[s]])  # (n, V)
-                backend.truncate(s, len(requests[s][0]))
+                if j + 1 < len(requests[s][1]):  # the last one is released, not rewound
+                    _back_to_context(backend, s, requests[s][0])
             logprobs, greedy = token_logprobs(logits, cont)
             out[s].append(Scored(float(logprobs.sum()), greedy, len(cont)))
     for slot in range(len(requests)):
         backend.release(slot)
     return out
+
+
+def _back_to_context(backend: Any, slot: int, context: Sequence[int]) -> None:
+    """Truncate the slot back to its context, or prefill the context again where the backend
+    cannot rewind that far (a sliding-window cache)."""
+    if _rewind(backend, slot, len(context), list(context)) is None:
+        backend.release(slot)
+        backend.extend_many([slot], [list(context)], every=False)
 
 
 def _fit(context: list[int], cont: list[int], room: int) -> list[int]:

@@ -168,3 +168,37 @@ def test_extend_many_is_each_extend(model_dir, kind):
     np.testing.assert_allclose(lasts[0], one.prefill(0, [3, 3]), atol=1e-5)
     np.testing.assert_allclose(lasts[1], one.prefill(2, [5]), atol=1e-5)
     assert [many.position(s) for s in range(4)] == [one.position(s) for s in range(4)]
+
+
+class _NoRewind:
+    """A backend whose cache cannot rewind (as a sliding-window cache past its spare tokens):
+    every truncate below the current position raises, as NativeBackend's does there."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def truncate(self, slot, position):
+        from pocketlm.common.errors import InputError
+
+        if position < self.inner.position(slot):
+            raise InputError("cannot rewind this far")
+        self.inner.truncate(slot, position)
+
+
+def test_a_backend_that_cannot_rewind_scores_the_same(model_dir):
+    """Both paths prefill the context again instead of failing when truncate cannot rewind."""
+    plain, tok = open_backend(model_dir, slots=3, backend="torch", device="cpu", precision="fp32")
+    stiff, _ = open_backend(model_dir, slots=3, backend="torch", device="cpu", precision="fp32")
+    requests = [encode_pairs(tok, t, [" ran far", " to the big park"]) for t in ("The dog", "Mom")]
+    want = score_many(plain, requests)
+    for got in (
+        score_many(_NoRewind(stiff), requests),  # batched: extend_many over the slots
+        [score_continuations(_NoRewind(stiff), ctx, conts) for ctx, conts in requests],
+    ):
+        for g, w in zip(got, want, strict=True):
+            assert [a.loglikelihood for a in g] == pytest.approx(
+                [b.loglikelihood for b in w], abs=1e-5
+            )
