@@ -17,6 +17,14 @@
 #define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,avx2,f16c")))
 #define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 
+/* Decode streams each weight matrix once from memory. The hardware prefetchers alone left one core
+ * at 15-25 GB/s on a 31 GB/s machine (they stop at page edges and lose short, interleaved rows);
+ * asking for the line this many bytes ahead of each row's read point brought int8 from 17 to
+ * 28-31 GB/s and every other format a few GB/s (measured 4-32 KiB: 8-16 KiB best everywhere).
+ * A prefetch past a matrix's end is harmless (it never faults). */
+#define PF_AHEAD 12288
+#define PF(p) _mm_prefetch((const char *)(p) + PF_AHEAD, _MM_HINT_T0)
+
 /* ---- portable helpers ----------------------------------------------------------------------- */
 float plm_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
@@ -70,11 +78,15 @@ void plm_quantize_vec(const float *x, int n, plm_qvec *out) {
 /* The lane-expanded and reordered views the VNNI kernels read (see plm_qvec). */
 static void quantize_tables(plm_qvec *out) {
     const int n = out->n;
-    for (int b = 0; b < n / 32; b++)
+    float ssum = 0.f;
+    for (int b = 0; b < n / 32; b++) {
         for (int i = 0; i < 8; i++) {
             out->scale8[8 * b + i] = out->scale[b];
             out->ssum8[8 * b + i] = out->scale[b] * (float)out->bsum[b];
         }
+        ssum += out->scale[b] * (float)out->bsum[b];
+    }
+    out->ssum = ssum;
     for (int c = 0; c + 64 <= n; c += 64) { /* the int4 kernel's order, see plm_qvec */
         const int8_t *q = out->q + c;
         int8_t *qp = out->qp + c;
@@ -178,6 +190,28 @@ static void gemm_f32_scalar(const float *wf, int ldw, const float *x, int ldx, f
         for (int t = 0; t < n_tok; t++) y[(size_t)t * ldy + r] = dot_scalar(wf + (size_t)r * ldw, x + (size_t)t * ldx, cols);
 }
 
+static void scores_scalar(const float *q, const float *k, size_t ldk, int n, int hd, float scale, float *out) {
+    for (int i = 0; i < n; i++) out[i] = dot_scalar(q, k + (size_t)i * ldk, hd) * scale;
+}
+
+static float exp_sum_scalar(float *x, int n, float mx) {
+    float sum = 0.f;
+    for (int i = 0; i < n; i++) sum += (x[i] = expf(x[i] - mx));
+    return sum;
+}
+
+static void wsum_scalar(const float *p, const float *v, size_t ldv, int n, int hd, float *out) {
+    for (int i = 0; i < n; i++) axpy_scalar(out, v + (size_t)i * ldv, p[i], hd);
+}
+
+/* exp(x) as Cephes' expf (range reduction by ln 2 in two parts, degree-6 polynomial): within
+ * 2 ulp of expf for x in [-87, 88]; below that (only x - max of a softmax gets here) it flushes
+ * towards 0, as expf does. */
+#define EXP_POLY(P, R, MUL, ADD)                                                                 \
+    P = ADD(MUL(P, R), 1.3981999507E-3f); P = ADD(MUL(P, R), 8.3334519073E-3f);                 \
+    P = ADD(MUL(P, R), 4.1665795894E-2f); P = ADD(MUL(P, R), 1.6666665459E-1f);                 \
+    P = ADD(MUL(P, R), 5.0000001201E-1f)
+
 #ifdef PLM_X86
 /* ---- AVX2 ------------------------------------------------------------------------------------ */
 TARGET_AVX2 static inline float hsum256(__m256 v) {
@@ -207,7 +241,20 @@ TARGET_AVX2 static void axpy_avx2(float *y, const float *x, float a, int n) {
 }
 
 TARGET_AVX2 static void gemv_f32_avx2(const plm_matrix *w, const float *x, float *y, int r0, int r1) {
-    for (int r = r0; r < r1; r++) y[r] = dot_avx2((const float *)w->data + (size_t)r * w->cols, x, w->cols);
+    const int n = w->cols;
+    for (int r = r0; r < r1; r++) {
+        const float *a = (const float *)w->data + (size_t)r * n;
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+        int c = 0;
+        for (; c + 16 <= n; c += 16) {
+            PF(a + c);
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(x + c), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c + 8), _mm256_loadu_ps(x + c + 8), s1);
+        }
+        float v = hsum256(_mm256_add_ps(s0, s1));
+        for (; c < n; c++) v += a[c] * x[c];
+        y[r] = v;
+    }
 }
 
 TARGET_AVX2 static void gemv_bf16_avx2(const plm_matrix *w, const float *x, float *y, int r0, int r1) {
@@ -217,6 +264,7 @@ TARGET_AVX2 static void gemv_bf16_avx2(const plm_matrix *w, const float *x, floa
         __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
         int c = 0;
         for (; c + 16 <= n; c += 16) {
+            if (!(c & 31)) PF(row + c);
             __m256i raw = _mm256_loadu_si256((const __m256i *)(row + c));
             __m256 lo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(raw)), 16));
             __m256 hi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(raw, 1)), 16));
@@ -242,6 +290,7 @@ TARGET_AVX2 static void gemv_i8_avx2(const plm_matrix *w, const plm_qvec *x, flo
         const int8_t *row = (const int8_t *)w->data + (size_t)r * w->cols;
         __m256 acc = _mm256_setzero_ps();
         for (int b = 0; b < blocks; b++) {
+            if (!(b & 1)) PF(row + 32 * b);
             __m256i d = dot_i8_32_avx2(_mm256_loadu_si256((const __m256i *)(row + 32 * b)), _mm256_loadu_si256((const __m256i *)(x->q + 32 * b)));
             acc = _mm256_fmadd_ps(_mm256_set1_ps(x->scale[b]), _mm256_cvtepi32_ps(d), acc);
         }
@@ -259,6 +308,7 @@ TARGET_AVX2 static void gemv_i4_avx2(const plm_matrix *w, const plm_qvec *x, flo
         __m256 acc = _mm256_setzero_ps();
         float corr = 0.f;
         for (int b = 0; b < blocks; b++) {
+            if (!(b & 3)) PF(row + 16 * b);
             __m128i packed = _mm_loadu_si128((const __m128i *)(row + 16 * b));
             __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), _mm_and_si128(packed, mask)); /* values 0..31 in order, 0..15 */
             __m256i xq = _mm256_loadu_si256((const __m256i *)(x->q + 32 * b));
@@ -268,6 +318,76 @@ TARGET_AVX2 static void gemv_i4_avx2(const plm_matrix *w, const plm_qvec *x, flo
             corr += ds * 8.f * (float)x->bsum[b]; /* (q - 8): subtract 8 * sum(x) */
         }
         y[r] = hsum256(acc) - corr;
+    }
+}
+
+/* Four 8-lane accumulators -> their four sums, in order. */
+TARGET_AVX2 static inline __m128 reduce4_256(__m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+TARGET_AVX2 static void scores_avx2(const float *q, const float *k, size_t ldk, int n, int hd, float scale, float *out) {
+    int i = 0;
+    if (hd % 8 == 0) /* four keys at a time: each q load feeds four FMAs */
+        for (; i + 4 <= n; i += 4) {
+            const float *k0 = k + (size_t)i * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int d = 0; d < hd; d += 8) {
+                const __m256 vq = _mm256_loadu_ps(q + d);
+                a0 = _mm256_fmadd_ps(vq, _mm256_loadu_ps(k0 + d), a0);
+                a1 = _mm256_fmadd_ps(vq, _mm256_loadu_ps(k1 + d), a1);
+                a2 = _mm256_fmadd_ps(vq, _mm256_loadu_ps(k2 + d), a2);
+                a3 = _mm256_fmadd_ps(vq, _mm256_loadu_ps(k3 + d), a3);
+            }
+            _mm_storeu_ps(out + i, _mm_mul_ps(reduce4_256(a0, a1, a2, a3), _mm_set1_ps(scale)));
+        }
+    for (; i < n; i++) out[i] = dot_avx2(q, k + (size_t)i * ldk, hd) * scale;
+}
+
+#define MUL256(a, b) _mm256_mul_ps(a, b)
+#define ADD256(a, c) _mm256_add_ps(a, _mm256_set1_ps(c))
+TARGET_AVX2 static inline __m256 exp256(__m256 x) {
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-87.3365447504f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+    EXP_POLY(p, r, MUL256, ADD256);
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23); /* 2^n, n >= -126 */
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+TARGET_AVX2 static float exp_sum_avx2(float *x, int n, float mx) {
+    const __m256 vm = _mm256_set1_ps(mx);
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+        _mm256_storeu_ps(x + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = hsum256(acc);
+    for (; i < n; i++) sum += (x[i] = expf(x[i] - mx));
+    return sum;
+}
+
+TARGET_AVX2 static void wsum_avx2(const float *p, const float *v, size_t ldv, int n, int hd, float *out) {
+    if (hd % 8) {
+        for (int i = 0; i < n; i++) axpy_avx2(out, v + (size_t)i * ldv, p[i], hd);
+        return;
+    }
+    for (int d0 = 0; d0 < hd; d0 += 32) { /* up to four 8-lane accumulators per pass over the keys */
+        const int nv = hd - d0 >= 32 ? 4 : (hd - d0) / 8;
+        __m256 acc[4];
+        for (int j = 0; j < nv; j++) acc[j] = _mm256_loadu_ps(out + d0 + 8 * j);
+        for (int i = 0; i < n; i++) {
+            const __m256 w = _mm256_set1_ps(p[i]);
+            const float *vi = v + (size_t)i * ldv + d0;
+            for (int j = 0; j < nv; j++) acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vi + 8 * j), acc[j]);
+        }
+        for (int j = 0; j < nv; j++) _mm256_storeu_ps(out + d0 + 8 * j, acc[j]);
     }
 }
 
@@ -307,6 +427,7 @@ TARGET_AVX512 static void gemv_f32_avx512(const plm_matrix *w, const float *x, f
         __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
         int c = 0;
         for (; c + 32 <= n; c += 32) {
+            PF(a + c); PF(a + c + 16); PF(b + c); PF(b + c + 16);
             __m512 x0 = _mm512_loadu_ps(x + c), x1 = _mm512_loadu_ps(x + c + 16);
             s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + c), x0, s0);
             s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + c + 16), x1, s1);
@@ -328,6 +449,7 @@ TARGET_AVX512 static void gemv_bf16_avx512(const plm_matrix *w, const float *x, 
         __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
         int c = 0;
         for (; c + 32 <= n; c += 32) {
+            PF(row + c);
             __m512i raw = _mm512_loadu_si512((const void *)(row + c));
             __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(raw)), 16));
             __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(raw, 1)), 16));
@@ -340,40 +462,50 @@ TARGET_AVX512 static void gemv_bf16_avx512(const plm_matrix *w, const float *x, 
     }
 }
 
+/* One row's dot product over 32 trailing values (n % 64 == 32): 256-bit VNNI, no masked load
+ * (byte-masked loads run several times slower than plain ones on some CPUs: measured 2.3x on Zen 5). */
+TARGET_AVX512 static inline float i8_tail32(const int8_t *w, const plm_qvec *x, int c) {
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + c)), flip),
+                                    _mm256_loadu_si256((const __m256i *)(x->q + c)));
+    return x->scale[c / 32] * hsum256(_mm256_cvtepi32_ps(d));
+}
+
 TARGET_AVX512 static void gemv_i8_avx512(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1) {
-    const int n = w->cols;
-    const plm_qvec *t = x;
+    const int n = w->cols, n64 = n & ~63;
     /* w is the unsigned operand: (w ^ 0x80) = w + 128, corrected by 128 * sum_b scale_b * bsum_b. */
-    float corr = 0.f;
-    for (int b = 0; b < n / 32; b++) corr += x->scale[b] * (float)x->bsum[b];
-    corr *= 128.f;
+    const float corr = 128.f * x->ssum;
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     int r = r0;
     for (; r + 2 <= r1; r += 2) {
         const int8_t *a = (const int8_t *)w->data + (size_t)r * n, *b = a + n;
         __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-        for (int c = 0; c < n; c += 64) {
-            const __mmask64 m = c + 64 <= n ? ~(__mmask64)0 : (__mmask64)0xffffffffu; /* a trailing 32-value block */
-            __m512i xq = _mm512_maskz_loadu_epi8(m, (const void *)(x->q + c));
-            __m512 sc = _mm512_loadu_ps(t->scale8 + c / 4);
-            __m512i da = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, (const void *)(a + c)), flip), xq);
-            __m512i db = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, (const void *)(b + c)), flip), xq);
+        for (int c = 0; c < n64; c += 64) {
+            PF(a + c); PF(b + c);
+            const __m512i xq = _mm512_loadu_si512((const void *)(x->q + c));
+            const __m512 sc = _mm512_loadu_ps(x->scale8 + c / 4);
+            __m512i da = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_loadu_si512((const void *)(a + c)), flip), xq);
+            __m512i db = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_loadu_si512((const void *)(b + c)), flip), xq);
             acc0 = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(da), acc0);
             acc1 = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(db), acc1);
         }
-        y[r] = (_mm512_reduce_add_ps(acc0) - corr) * w->scale_f32[r];
-        y[r + 1] = (_mm512_reduce_add_ps(acc1) - corr) * w->scale_f32[r + 1];
+        float ya = _mm512_reduce_add_ps(acc0), yb = _mm512_reduce_add_ps(acc1);
+        if (n64 < n) { ya += i8_tail32(a, x, n64); yb += i8_tail32(b, x, n64); }
+        y[r] = (ya - corr) * w->scale_f32[r];
+        y[r + 1] = (yb - corr) * w->scale_f32[r + 1];
     }
     for (; r < r1; r++) {
         const int8_t *a = (const int8_t *)w->data + (size_t)r * n;
         __m512 acc0 = _mm512_setzero_ps();
-        for (int c = 0; c < n; c += 64) {
-            const __mmask64 m = c + 64 <= n ? ~(__mmask64)0 : (__mmask64)0xffffffffu;
-            __m512i xq = _mm512_maskz_loadu_epi8(m, (const void *)(x->q + c));
-            __m512i da = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, (const void *)(a + c)), flip), xq);
-            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(t->scale8 + c / 4), _mm512_cvtepi32_ps(da), acc0);
+        for (int c = 0; c < n64; c += 64) {
+            PF(a + c);
+            __m512i da = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_loadu_si512((const void *)(a + c)), flip),
+                                             _mm512_loadu_si512((const void *)(x->q + c)));
+            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(x->scale8 + c / 4), _mm512_cvtepi32_ps(da), acc0);
         }
-        y[r] = (_mm512_reduce_add_ps(acc0) - corr) * w->scale_f32[r];
+        float ya = _mm512_reduce_add_ps(acc0);
+        if (n64 < n) ya += i8_tail32(a, x, n64);
+        y[r] = (ya - corr) * w->scale_f32[r];
     }
 }
 
@@ -412,6 +544,7 @@ TARGET_AVX512 static void gemv_i4_avx512(const plm_matrix *w, const plm_qvec *x,
             const int b = c / 32;
             const __m512i xq = _mm512_loadu_si512((const void *)(x->qp + c));
             const __m512 s8 = _mm512_loadu_ps(x->scale8p + c / 4), ss8 = _mm512_loadu_ps(x->ssum8p + c / 4);
+            PF(ra + c / 2); PF(rb + c / 2);
             __m512i da = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_q4x64(ra + c / 2), xq);
             __m512i db = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_q4x64(rb + c / 2), xq);
             /* d * (scale * dot - scale * bsum): over a block's 8 lanes, d * scale * (dot - 8 * bsum) */
@@ -437,6 +570,7 @@ TARGET_AVX512 static void gemv_i4_avx512(const plm_matrix *w, const plm_qvec *x,
         const uint16_t *sa = w->scale_f16 + (size_t)r * row_scales;
         __m512 acc = _mm512_setzero_ps();
         for (int c = 0; c < n64; c += 64) {
+            PF(ra + c / 2);
             __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_q4x64(ra + c / 2), _mm512_loadu_si512((const void *)(x->qp + c)));
             acc = _mm512_fmadd_ps(q4_scales(sa, c / 32, per_group), _mm512_fmsub_ps(_mm512_loadu_ps(x->scale8p + c / 4), _mm512_cvtepi32_ps(d), _mm512_loadu_ps(x->ssum8p + c / 4)), acc);
         }
@@ -481,6 +615,69 @@ TARGET_AVX512 static inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 
     __m256 ab = _mm256_hadd_ps(a8, b8), cd = _mm256_hadd_ps(c8, d8);
     __m256 abcd = _mm256_hadd_ps(ab, cd); /* per 128-bit lane: [a, b, c, d] partial sums */
     return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+TARGET_AVX512 static void scores_avx512(const float *q, const float *k, size_t ldk, int n, int hd, float scale, float *out) {
+    int i = 0;
+    if (hd % 16 == 0) /* four keys at a time: each q load feeds four FMAs, one reduction tree for four */
+        for (; i + 4 <= n; i += 4) {
+            const float *k0 = k + (size_t)i * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int d = 0; d < hd; d += 16) {
+                const __m512 vq = _mm512_loadu_ps(q + d);
+                a0 = _mm512_fmadd_ps(vq, _mm512_loadu_ps(k0 + d), a0);
+                a1 = _mm512_fmadd_ps(vq, _mm512_loadu_ps(k1 + d), a1);
+                a2 = _mm512_fmadd_ps(vq, _mm512_loadu_ps(k2 + d), a2);
+                a3 = _mm512_fmadd_ps(vq, _mm512_loadu_ps(k3 + d), a3);
+            }
+            _mm_storeu_ps(out + i, _mm_mul_ps(reduce4(a0, a1, a2, a3), _mm_set1_ps(scale)));
+        }
+    for (; i < n; i++) out[i] = dot_avx512(q, k + (size_t)i * ldk, hd) * scale;
+}
+
+#define MUL512(a, b) _mm512_mul_ps(a, b)
+#define ADD512(a, c) _mm512_add_ps(a, _mm512_set1_ps(c))
+TARGET_AVX512 static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.3762626647949f)), _mm512_set1_ps(-87.3365447504f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+    EXP_POLY(p, r, MUL512, ADD512);
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+TARGET_AVX512 static float exp_sum_avx512(float *x, int n, float mx) {
+    const __m512 vm = _mm512_set1_ps(mx);
+    __m512 acc = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
+        _mm512_storeu_ps(x + i, e);
+        acc = _mm512_add_ps(acc, e);
+    }
+    float sum = _mm512_reduce_add_ps(acc);
+    for (; i < n; i++) sum += (x[i] = expf(x[i] - mx));
+    return sum;
+}
+
+TARGET_AVX512 static void wsum_avx512(const float *p, const float *v, size_t ldv, int n, int hd, float *out) {
+    if (hd % 16) {
+        for (int i = 0; i < n; i++) axpy_avx512(out, v + (size_t)i * ldv, p[i], hd);
+        return;
+    }
+    for (int d0 = 0; d0 < hd; d0 += 64) { /* up to four 16-lane accumulators per pass over the keys */
+        const int nv = hd - d0 >= 64 ? 4 : (hd - d0) / 16;
+        __m512 acc[4];
+        for (int j = 0; j < nv; j++) acc[j] = _mm512_loadu_ps(out + d0 + 16 * j);
+        for (int i = 0; i < n; i++) {
+            const __m512 w = _mm512_set1_ps(p[i]);
+            const float *vi = v + (size_t)i * ldv + d0;
+            for (int j = 0; j < nv; j++) acc[j] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vi + 16 * j), acc[j]);
+        }
+        for (int j = 0; j < nv; j++) _mm512_storeu_ps(out + d0 + 16 * j, acc[j]);
+    }
 }
 
 /* 4 tokens x 4 rows register tile: 16 accumulators, 8 loads per 16 FMAs, then a reduction tree
@@ -560,14 +757,14 @@ void plm_select_kernels(plm_kernels *k, const char *force) {
         else if (!strcmp(force, "avx2")) { avx512 = 0; }
     }
     if (avx512) {
-        *k = (plm_kernels){"avx512-vnni", gemv_f32_avx512, gemv_bf16_avx512, gemv_i8_avx512, gemv_i4_avx512, gemm_f32_avx512, dot_avx512, quantize_avx512, axpy_avx512};
+        *k = (plm_kernels){"avx512-vnni", gemv_f32_avx512, gemv_bf16_avx512, gemv_i8_avx512, gemv_i4_avx512, gemm_f32_avx512, dot_avx512, quantize_avx512, axpy_avx512, scores_avx512, exp_sum_avx512, wsum_avx512};
     } else if (avx2) {
-        *k = (plm_kernels){"avx2", gemv_f32_avx2, gemv_bf16_avx2, gemv_i8_avx2, gemv_i4_avx2, gemm_f32_avx2, dot_avx2, plm_quantize_vec, axpy_avx2};
+        *k = (plm_kernels){"avx2", gemv_f32_avx2, gemv_bf16_avx2, gemv_i8_avx2, gemv_i4_avx2, gemm_f32_avx2, dot_avx2, plm_quantize_vec, axpy_avx2, scores_avx2, exp_sum_avx2, wsum_avx2};
     } else {
-        *k = (plm_kernels){"portable", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, dot_scalar, plm_quantize_vec, axpy_scalar};
+        *k = (plm_kernels){"portable", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, dot_scalar, plm_quantize_vec, axpy_scalar, scores_scalar, exp_sum_scalar, wsum_scalar};
     }
 #else
     (void)force;
-    *k = (plm_kernels){"portable", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, dot_scalar, plm_quantize_vec, axpy_scalar};
+    *k = (plm_kernels){"portable", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, dot_scalar, plm_quantize_vec, axpy_scalar, scores_scalar, exp_sum_scalar, wsum_scalar};
 #endif
 }

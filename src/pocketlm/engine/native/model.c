@@ -107,10 +107,11 @@ typedef struct {
                  each chunk as it is done; FUSE_ACT: act(y + b0) on job 0's chunks */
     int act;  /* PLM_ACT_* */
     const float *b0, *b1; /* biases of the fused jobs, or NULL */
-    /* The next chunk of rows to take. Threads take chunks until none is left, so a thread that
-       lost its core to another program does less of the work instead of holding everyone up
-       (each row's arithmetic is the same whoever computes it: the same results). */
-    atomic_int next_chunk;
+    /* The chunks of rows left, a contiguous range per thread (see plm_range): a thread that lost
+       its core to another program does less of the work instead of holding everyone up (each
+       row's arithmetic is the same whoever computes it: the same results). */
+    int n_ranges;
+    plm_range ranges[PLM_MAX_THREADS];
 } mm_task;
 
 /* y rows [r0, r1) of one job on the GEMV path: blocks of 8 rows, each block read from memory
@@ -176,17 +177,24 @@ static void fused_epilogue(const mm_task *t, int r0, int r1) {
 /* Chunks of rows are taken dynamically: chunk c of every job laid end to end, or, fused with
    SwiGLU, chunk c of gate and up together, then silu(gate) * up on it while it is in cache.
    Chunk edges do not depend on the thread count: the same results with any number of threads. */
+static int chunk_rows(const mm_task *t) { return t->n_tok <= GEMV_MAX ? GEMV_CHUNK : GEMM_CHUNK; }
+
+static int task_chunks(const mm_task *t) {
+    const int size = chunk_rows(t);
+    int chunks = 0;
+    for (int j = 0; j < (t->fuse != FUSE_NONE ? 1 : t->n_jobs); j++) chunks += (t->jobs[j].w->rows + size - 1) / size;
+    return chunks;
+}
+
 static void mm_worker(void *p, int ith, int nth) {
     mm_task *t = (mm_task *)p;
     plm_model *m = t->m;
     const int gemv = t->n_tok <= GEMV_MAX;
-    const int size = gemv ? GEMV_CHUNK : GEMM_CHUNK;
+    const int size = chunk_rows(t);
     (void)nth;
     const int paired = t->fuse == FUSE_GATED, one = t->fuse != FUSE_NONE;
     const int swiglu = paired && t->act == PLM_ACT_SILU && !t->b0 && !t->b1; /* Llama's: the plain loop */
-    int chunks = 0;
-    for (int j = 0; j < (one ? 1 : t->n_jobs); j++) chunks += (t->jobs[j].w->rows + size - 1) / size;
-    for (int c; (c = atomic_fetch_add_explicit(&t->next_chunk, 1, memory_order_relaxed)) < chunks;) {
+    for (int c; (c = plm_ranges_next(t->ranges, t->n_ranges, ith)) >= 0;) {
         int j = 0, first = c;
         while (!one && first >= (t->jobs[j].w->rows + size - 1) / size) {
             first -= (t->jobs[j].w->rows + size - 1) / size;
@@ -212,8 +220,9 @@ static void mm_worker(void *p, int ith, int nth) {
 
 static void matmul_ex(plm_model *m, int n_tok, int n_jobs, mm_job *jobs, int fuse, int act, const float *b0, const float *b1) {
     mm_task t = {.m = m, .n_jobs = n_jobs, .n_tok = n_tok, .fuse = fuse, .act = act, .b0 = b0, .b1 = b1};
-    atomic_init(&t.next_chunk, 0);
     for (int j = 0; j < n_jobs; j++) t.jobs[j] = jobs[j];
+    t.n_ranges = plm_pool_size(m->pool);
+    plm_ranges_init(t.ranges, t.n_ranges, task_chunks(&t));
     plm_pool_run(m->pool, mm_worker, &t);
 }
 
@@ -260,34 +269,21 @@ static void att_worker(void *p, int ith, int nth) {
         const float *kc = m->k_cache + cache_offset(m, m->slot[tok], t->layer, 0) + (size_t)kvh * hd;
         const float *vc = m->v_cache + cache_offset(m, m->slot[tok], t->layer, 0) + (size_t)kvh * hd;
         const float *q = m->q + (size_t)tok * qd + (size_t)h * hd;
-        float mx = -INFINITY;
         for (int run = 0; run < 2; run++) {
             const int i0 = run ? run1 : 0, i1 = run ? n_keys : run1, row = run ? -run1 : start; /* key i: row + i */
-            if (cap > 0.f) { /* Gemma 2: cap * tanh(score / cap) */
-                for (int i = i0; i < i1; i++) {
-                    float s = tanhf(m->k.dot(q, kc + (size_t)(row + i) * kvd, hd) * inv / cap) * cap;
-                    scores[i] = s;
-                    if (s > mx) mx = s;
-                }
-            } else {
-                for (int i = i0; i < i1; i++) {
-                    float s = m->k.dot(q, kc + (size_t)(row + i) * kvd, hd) * inv;
-                    scores[i] = s;
-                    if (s > mx) mx = s;
-                }
-            }
+            if (i1 > i0) m->k.scores(q, kc + (size_t)(row + i0) * kvd, kvd, i1 - i0, hd, inv, scores + i0);
         }
-        float sum = 0.f;
-        for (int i = 0; i < n_keys; i++) {
-            scores[i] = expf(scores[i] - mx);
-            sum += scores[i];
-        }
+        float mx = -INFINITY;
+        if (cap > 0.f) /* Gemma 2: cap * tanh(score / cap) */
+            for (int i = 0; i < n_keys; i++) scores[i] = tanhf(scores[i] / cap) * cap;
+        for (int i = 0; i < n_keys; i++) mx = scores[i] > mx ? scores[i] : mx;
+        const float norm = 1.0f / m->k.exp_sum(scores, n_keys, mx);
+        for (int i = 0; i < n_keys; i++) scores[i] *= norm;
         float *out = m->att + (size_t)tok * qd + (size_t)h * hd;
         memset(out, 0, sizeof(float) * (size_t)hd);
-        const float norm = 1.0f / sum;
         for (int run = 0; run < 2; run++) {
             const int i0 = run ? run1 : 0, i1 = run ? n_keys : run1, row = run ? -run1 : start;
-            for (int i = i0; i < i1; i++) m->k.axpy(out, vc + (size_t)(row + i) * kvd, scores[i] * norm, hd);
+            if (i1 > i0) m->k.wsum(scores + i0, vc + (size_t)(row + i0) * kvd, kvd, i1 - i0, hd, out);
         }
     }
 }

@@ -59,6 +59,7 @@ typedef struct {
      * block b+1 values 0-15, block b values 16-31, block b+1 values 16-31]. */
     int8_t *qp;
     float *scale8p, *ssum8p;
+    float ssum; /* sum over blocks of scale * bsum */
     int n;
 } plm_qvec;
 
@@ -76,6 +77,10 @@ typedef struct {
     float (*dot)(const float *a, const float *b, int n);
     void (*quantize)(const float *x, int n, plm_qvec *out); /* plm_quantize_vec, vectorised */
     void (*axpy)(float *y, const float *x, float a, int n); /* y += a * x */
+    /* attention over one head: out[i] = scale * dot(q, k + i * ldk) for i < n (head_dim hd) */
+    void (*scores)(const float *q, const float *k, size_t ldk, int n, int hd, float scale, float *out);
+    float (*exp_sum)(float *x, int n, float mx); /* x[i] = exp(x[i] - mx) in place; returns their sum */
+    void (*wsum)(const float *p, const float *v, size_t ldv, int n, int hd, float *out); /* out += sum_i p[i] * v_i */
 } plm_kernels;
 
 void plm_select_kernels(plm_kernels *k, const char *force);
@@ -92,6 +97,17 @@ void plm_pool_release(plm_pool *pool);
 void plm_pool_run(plm_pool *pool, plm_task_fn fn, void *arg);
 int plm_pool_size(const plm_pool *pool);
 void plm_pool_destroy(plm_pool *pool);
+
+/* Work split for a pool task: chunks [0, total) in one contiguous range per thread (each thread
+ * streams its own part of a matrix: interleaving chunks between threads cost the hardware
+ * prefetchers up to half the bandwidth), and a thread whose range is done takes chunks from the
+ * back of the others' (a thread that lost its core to another program cannot stall a step). */
+#define PLM_MAX_THREADS 64
+typedef struct {
+    _Alignas(64) _Atomic uint64_t front_back; /* (front << 32) | back: the chunks [front, back) left */
+} plm_range;
+void plm_ranges_init(plm_range *ranges, int n_ranges, int total);
+int plm_ranges_next(plm_range *ranges, int n_ranges, int ith); /* a chunk index, or -1 when all are taken */
 
 /* ---- model ---------------------------------------------------------------------------------- */
 enum { PLM_NORM_RMS = 0, PLM_NORM_LAYER = 1 };

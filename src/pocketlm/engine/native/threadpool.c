@@ -79,10 +79,36 @@ static void *worker(void *p) {
     }
 }
 
+void plm_ranges_init(plm_range *ranges, int n_ranges, int total) {
+    for (int i = 0; i < n_ranges; i++) {
+        const uint64_t front = (uint64_t)((long long)total * i / n_ranges), back = (uint64_t)((long long)total * (i + 1) / n_ranges);
+        atomic_init(&ranges[i].front_back, front << 32 | back);
+    }
+}
+
+/* Take from the front of range `i` (its owner) or from its back (a thief). */
+static int take(plm_range *r, int from_front) {
+    uint64_t v = atomic_load_explicit(&r->front_back, memory_order_relaxed);
+    for (;;) {
+        const uint32_t front = (uint32_t)(v >> 32), back = (uint32_t)v;
+        if (front >= back) return -1;
+        const uint64_t next = from_front ? (uint64_t)(front + 1) << 32 | back : (uint64_t)front << 32 | (back - 1);
+        if (atomic_compare_exchange_weak_explicit(&r->front_back, &v, next, memory_order_relaxed, memory_order_relaxed))
+            return (int)(from_front ? front : back - 1);
+    }
+}
+
+int plm_ranges_next(plm_range *ranges, int n_ranges, int ith) {
+    const int own = ith % n_ranges;
+    int c = take(&ranges[own], 1);
+    for (int k = 1; c < 0 && k < n_ranges; k++) c = take(&ranges[(own + k) % n_ranges], 0);
+    return c;
+}
+
 plm_pool *plm_pool_create(int n_threads) {
     plm_pool *pool = (plm_pool *)calloc(1, sizeof(plm_pool));
     if (!pool) return NULL;
-    pool->n = n_threads < 1 ? 1 : n_threads;
+    pool->n = n_threads < 1 ? 1 : (n_threads > PLM_MAX_THREADS ? PLM_MAX_THREADS : n_threads);
     atomic_init(&pool->generation, 0);
     atomic_init(&pool->active, 0);
     atomic_init(&pool->closed, 0);
@@ -134,7 +160,7 @@ static plm_pool *shared[SHARED_MAX];
 static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
 
 plm_pool *plm_pool_acquire(int n_threads) {
-    const int n = n_threads < 1 ? 1 : n_threads;
+    const int n = n_threads < 1 ? 1 : (n_threads > PLM_MAX_THREADS ? PLM_MAX_THREADS : n_threads);
     plm_pool *found = NULL;
     pthread_mutex_lock(&shared_lock);
     for (int i = 0; i < SHARED_MAX && !found; i++)
