@@ -206,8 +206,13 @@ def tiny_model_dir(synthetic_pipeline, tmp_path_factory: pytest.TempPathFactory)
 
 
 # The native engine's kernel sets by ISA cap level (POCKETLM_ISA), and what each level reports
-# (no bf16 kernels in the engine yet: its best set runs under the avx512 cap).
-ENGINE_KERNELS = {"portable": "portable", "avx2": "avx2", "avx512": "avx512-vnni"}
+# (avx512bf16 adds the vdpbf16ps prefill GEMM to the avx512 set).
+ENGINE_KERNELS = {
+    "portable": "portable",
+    "avx2": "avx2",
+    "avx512": "avx512-vnni",
+    "avx512bf16": "avx512-bf16",
+}
 
 
 def engine_isa_params() -> list:
@@ -224,7 +229,11 @@ def engine_isa_params() -> list:
         if best is None:
             mark = pytest.mark.skip(reason="the native extension is not built")
         elif ISA_LEVELS.index(level) > ISA_LEVELS.index(best):
-            need = "AVX-512 F/BW/VL/DQ + VNNI" if level == "avx512" else "AVX2 + FMA + F16C"
+            need = {
+                "avx2": "AVX2 + FMA + F16C",
+                "avx512": "AVX-512 F/BW/VL/DQ + VNNI",
+                "avx512bf16": "AVX512-BF16",
+            }[level]
             mark = pytest.mark.skip(reason=f"this CPU lacks {need}: its best kernels are {best}")
         else:
             mark = ()

@@ -25,6 +25,18 @@ from pocketlm.engine.native_backend import NativeBackend  # noqa: E402
 # int8/int4 kernels also quantise activations to int8 per 32 values (as llama.cpp's Q8_0 dot does).
 # The int8 activation error grows with how peaked attention is; trained models stay well inside this.
 TOLERANCE = {"fp32": 2e-4, "bf16": 2e-4, "int8": 0.02, "int4": 0.02}  # x max|logit|
+# Prefill on the avx512bf16 kernels rounds the inputs of bf16 / int8 / int4 matmuls to bf16
+# (vdpbf16ps, as bf16 autocast and llama.cpp's BF16 do): bf16-level error, not fp32's.
+BF16_PREFILL_TOLERANCE = 5e-3
+
+
+def _tolerances(scheme: str, isa: str, ref: np.ndarray) -> tuple[float, float]:
+    """(prefill, decode) tolerances for logits `ref` of a model of `scheme` run at `isa`."""
+    scale = float(np.abs(ref).max())
+    prefill = TOLERANCE[scheme]
+    if isa == "avx512bf16" and scheme != "fp32":
+        prefill = max(prefill, BF16_PREFILL_TOLERANCE)
+    return prefill * scale, TOLERANCE[scheme] * scale
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +85,8 @@ def test_native_logits_match_pytorch(variant_dirs, scheme, isa):
     backend = NativeBackend(d, ModelConfig.load(d / CONFIG_FILE), threads=2, isa=isa)
     assert backend.isa == ENGINE_KERNELS[isa]
     full = backend.extend(0, ids)  # prefill path (GEMM kernels), logits after every token
-    tol = TOLERANCE[scheme] * float(np.abs(ref).max())
-    assert np.abs(full - ref).max() <= tol
+    prefill_tol, tol = _tolerances(scheme, isa, ref)
+    assert np.abs(full - ref).max() <= prefill_tol
     backend.release(0)
     steps = [backend.prefill(0, ids[:10])] + [
         backend.decode([0], [t])[0] for t in ids[10:]
@@ -172,8 +184,8 @@ def test_biases_and_a_q_dim_wider_than_dim_and_ffn_match_pytorch(wide_variant_di
     ids = list(range(3, 43))
     ref = _torch_logits(d, ids)
     backend = NativeBackend(d, ModelConfig.load(d / CONFIG_FILE), threads=2, isa=isa)
-    tol = TOLERANCE[scheme] * float(np.abs(ref).max())
-    assert np.abs(backend.extend(0, ids) - ref).max() <= tol
+    prefill_tol, tol = _tolerances(scheme, isa, ref)
+    assert np.abs(backend.extend(0, ids) - ref).max() <= prefill_tol
     backend.release(0)
     steps = [backend.prefill(0, ids[:10])] + [backend.decode([0], [t])[0] for t in ids[10:]]
     assert np.abs(np.stack(steps) - ref[9:]).max() <= tol

@@ -27,8 +27,12 @@ from pocketlm.engine.native_backend import NATIVE_FEATURES, NativeBackend  # noq
 # at unit scale: sandwich norms, embedding scales, decisive routers) amplify past what a Llama-init
 # model shows; so the torch reference rounds its activations the same way (`_emulate_gemv`). What
 # remains is a rare activation that lands on a rounding tie and goes the other way on one side.
+# On the avx512bf16 kernels a call of more than GEMV_MAX vectors meets bf16 / int8 / int4 weights
+# in bf16 (vdpbf16ps: input and dequantised weights rounded to bf16), emulated likewise
+# (`_emulate_bf16_gemm`) for a second reference those ISA runs compare with.
 TOLERANCE = {"fp32": 2e-4, "bf16": 2e-4, "int8": 0.02, "int4": 0.02}  # x max|logit|
 GEMV_MAX = 16  # model.c: calls of up to this many tokens run the GEMV kernels
+BF16_GEMM = native.cpu_isa() == "avx512-bf16"  # this CPU runs the avx512bf16 level
 SCHEMES = ("fp32", "bf16", "int8", "int4")
 BASE = dict(
     vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, max_seq_len=96,
@@ -123,10 +127,47 @@ def _build_family_dirs(root, tokenizer, out) -> None:
         for scheme in SCHEMES[1:]:
             dirs[scheme], _ = quantize_model_dir(dirs["fp32"], root / f"{name}-{scheme}", scheme)
         for scheme, d in dirs.items():
-            ref, _ = open_backend(d, backend="torch", device="cpu", precision="fp32")
-            if scheme in ("int8", "int4"):
-                _emulate_gemv(ref.model)
-            out[name, scheme] = d, run_backend(ref)
+            for bf16_gemm in (False, True) if scheme != "fp32" and BF16_GEMM else (False,):
+                ref, _ = open_backend(d, backend="torch", device="cpu", precision="fp32")
+                if scheme in ("int8", "int4"):
+                    _emulate_gemv(ref.model)
+                if bf16_gemm:
+                    _emulate_bf16_gemm(ref.model)
+                out[(name, scheme, "bf16-gemm") if bf16_gemm else (name, scheme)] = (
+                    d,
+                    run_backend(ref),
+                )
+
+
+def _reference(family_dirs, group: str, scheme: str, isa: str) -> tuple:
+    """The torch results a native run at this ISA level computes."""
+    if isa == "avx512bf16" and scheme != "fp32":
+        return family_dirs[group, scheme, "bf16-gemm"]
+    return family_dirs[group, scheme]
+
+
+def _emulate_bf16_gemm(model: torch.nn.Module) -> None:
+    """Every matrix (not the router or the shared expert's gate: fp32 dot products natively) that
+    multiplies more than GEMV_MAX vectors does so in bf16, as the avx512bf16 prefill GEMM."""
+    from pocketlm.model.quantized import QuantizedLinear
+
+    def bf16(t: torch.Tensor) -> torch.Tensor:
+        return t.float().to(torch.bfloat16).float()
+
+    def in_bf16(module, args, out):
+        x = args[0]
+        if x.numel() // x.shape[-1] <= GEMV_MAX:
+            return None
+        quantized = isinstance(module, QuantizedLinear)
+        w = module.dequantized(torch.float32) if quantized else module.weight
+        bias = None if module.bias is None else module.bias.float()
+        return torch.nn.functional.linear(bf16(x), bf16(w), bias).to(out.dtype)
+
+    for name, module in model.named_modules():
+        if name.endswith((".gate", "shared_expert_gate")):
+            continue
+        if isinstance(module, (torch.nn.Linear, QuantizedLinear)):
+            module.register_forward_hook(in_bf16)
 
 
 def _emulate_gemv(model: torch.nn.Module) -> None:
@@ -153,17 +194,19 @@ def _emulate_gemv(model: torch.nn.Module) -> None:
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("group", list(GROUPS))
 def test_native_runs_the_family_options_as_torch(family_dirs, group, scheme, isa):
-    d, ref = family_dirs[group, scheme]
+    d, ref = _reference(family_dirs, group, scheme, isa)
     config = ModelConfig.load(d / CONFIG_FILE)
     assert set(config.family_features()) <= NATIVE_FEATURES
     backend = NativeBackend(d, config, threads=2, isa=isa)
     assert backend.isa == ENGINE_KERNELS[isa]
     got = run_backend(backend)
-    tol = TOLERANCE[scheme] * float(np.abs(ref["extend"]).max())
+    # bf16 in bf16 GEMMs: activations rounded as int8's are, with the same rare rounding-tie flips
+    rounded = scheme in ("int8", "int4") or (scheme == "bf16" and isa == "avx512bf16")
+    tol = TOLERANCE["int8" if rounded else scheme] * float(np.abs(ref["extend"]).max())
     assert np.abs(got["extend"] - ref["extend"]).max() <= tol
     assert np.abs(got["decode"] - ref["decode"]).max() <= tol
     tokens, ref_tokens = got["greedy"].argmax(1), ref["greedy"].argmax(1)  # (GREEDY,)
-    if scheme in ("fp32", "bf16"):
+    if not rounded:
         assert tokens.tolist() == ref_tokens.tolist()
         return
     # int8/int4: the same tokens up to the first near-tie the activation rounding may break

@@ -39,6 +39,8 @@ struct plm_model {
     int wide;                  /* the most columns of any matrix: max(dim, hidden, q_dim) */
     int hidden;                /* the widest MLP: ffn_dim, expert_ffn_dim, shared_ffn_dim */
     float *wscratch;           /* per thread: ROW_BLOCK * wide dequantised weights */
+    uint16_t *wscratch_bf16;   /* per thread: the same rounded to bf16 (prefill with gemm_bf16) */
+    uint16_t *x_bf16;          /* max_batch * wide: a prefill matmul's input rounded to bf16 */
     plm_qvec qv[2][GEMV_MAX];  /* quantised activations per token (two inputs live at once) */
     int profiling;
     double prof[PLM_PROF_N], prof_t;
@@ -97,6 +99,7 @@ typedef struct {
     const float *x;      /* (n_tok, w->cols) float input */
     const plm_qvec *xq;  /* GEMV path with integer weights: one quantised vector per token */
     float *y;            /* (n_tok, w->rows) */
+    const uint16_t *xb;  /* GEMM path on bf16 kernels: x rounded to bf16, or NULL (float GEMM) */
 } mm_job;
 
 typedef struct {
@@ -134,21 +137,30 @@ static void gemv_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0,
 }
 
 /* y rows [r0, r1) of one job on the prefill path: dequantise ROW_BLOCK rows at a time into this
-   thread's scratch, then one small GEMM over every token. */
+   thread's scratch, then one small GEMM over every token (bf16 weights need no copy on the bf16
+   kernels; fp32 weights always take the float GEMM). */
 static void gemm_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0, int r1, int ith) {
     const plm_matrix *w = job->w;
     const int cols = w->cols;
     float *scratch = m->wscratch + (size_t)ith * ROW_BLOCK * (size_t)m->wide;
+    if (job->xb && w->dtype == PLM_BF16) {
+        m->k.gemm_bf16((const uint16_t *)w->data + (size_t)r0 * cols, cols, job->xb, cols, job->y + r0, w->rows, t->n_tok, r1 - r0, cols);
+        return;
+    }
     for (int rb = r0; rb < r1; rb += ROW_BLOCK) {
         const int re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
-        const float *wf;
         if (w->dtype == PLM_F32) {
-            wf = (const float *)w->data + (size_t)rb * cols;
-        } else {
-            plm_dequant_rows(w, rb, re, scratch);
-            wf = scratch;
+            m->k.gemm_f32((const float *)w->data + (size_t)rb * cols, cols, job->x, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
+            continue;
         }
-        m->k.gemm_f32(wf, cols, job->x, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
+        plm_dequant_rows(w, rb, re, scratch);
+        if (job->xb) {
+            uint16_t *wb = m->wscratch_bf16 + (size_t)ith * ROW_BLOCK * (size_t)m->wide;
+            m->k.to_bf16(scratch, wb, (size_t)(re - rb) * cols);
+            m->k.gemm_bf16(wb, cols, job->xb, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
+        } else {
+            m->k.gemm_f32(scratch, cols, job->x, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
+        }
     }
 }
 
@@ -221,6 +233,17 @@ static void mm_worker(void *p, int ith, int nth) {
 static void matmul_ex(plm_model *m, int n_tok, int n_jobs, mm_job *jobs, int fuse, int act, const float *b0, const float *b1) {
     mm_task t = {.m = m, .n_jobs = n_jobs, .n_tok = n_tok, .fuse = fuse, .act = act, .b0 = b0, .b1 = b1};
     for (int j = 0; j < n_jobs; j++) t.jobs[j] = jobs[j];
+    /* Prefill on bf16 kernels: bf16 / int8 / int4 weights meet the input rounded to bf16 once
+       (the jobs of one call share their input). */
+    if (n_tok > GEMV_MAX && m->k.gemm_bf16) {
+        int converted = 0;
+        for (int j = 0; j < n_jobs; j++) {
+            if (t.jobs[j].w->dtype == PLM_F32 || t.jobs[j].x != jobs[0].x) continue;
+            if (!converted) m->k.to_bf16(jobs[0].x, m->x_bf16, (size_t)n_tok * jobs[0].w->cols);
+            converted = 1;
+            t.jobs[j].xb = m->x_bf16;
+        }
+    }
     t.n_ranges = plm_pool_size(m->pool);
     plm_ranges_init(t.ranges, t.n_ranges, task_chunks(&t));
     plm_pool_run(m->pool, mm_worker, &t);
@@ -603,8 +626,10 @@ plm_model *plm_model_create(const plm_config *cfg, const plm_matrix *embed, cons
     m->hb2 = (float *)xalloc(sizeof(float) * T * (size_t)hidden);
     m->scores = (float *)xalloc(sizeof(float) * (size_t)plm_pool_size(m->pool) * cfg->max_seq);
     m->wscratch = (float *)xalloc(sizeof(float) * (size_t)plm_pool_size(m->pool) * ROW_BLOCK * wide);
+    m->wscratch_bf16 = (uint16_t *)xalloc(sizeof(uint16_t) * (size_t)plm_pool_size(m->pool) * ROW_BLOCK * wide);
+    m->x_bf16 = (uint16_t *)xalloc(sizeof(uint16_t) * T * wide);
     ok = ok && m->k_cache && m->v_cache && m->x && m->xn && m->xb && m->xo && m->q && m->kk && m->vv && m->att && m->hb && m->hb2 &&
-         m->scores && m->wscratch;
+         m->scores && m->wscratch && m->wscratch_bf16 && m->x_bf16;
     if (cfg->n_experts) {
         const size_t tk = T * (size_t)cfg->top_k;
         m->xg = (float *)xalloc(sizeof(float) * T * dim);
@@ -650,7 +675,7 @@ void plm_model_destroy(plm_model *m) {
     free(m->k_cache); free(m->v_cache); free(m->ring_len); free(m->layer_off);
     for (int s = 0; s < PLM_ROPE_SETS; s++) { free(m->rope_cos[s]); free(m->rope_sin[s]); }
     free(m->x); free(m->xn); free(m->xb); free(m->xo); free(m->q); free(m->kk); free(m->vv); free(m->att); free(m->hb); free(m->hb2);
-    free(m->scores); free(m->wscratch);
+    free(m->scores); free(m->wscratch); free(m->wscratch_bf16); free(m->x_bf16);
     free(m->xg); free(m->weight_of); free(m->yd); free(m->route_w); free(m->route_e); free(m->tokens_of); free(m->probs);
     for (int i = 0; i < 2; i++)
         for (int t = 0; t < GEMV_MAX; t++) qvec_free(&m->qv[i][t]);

@@ -74,6 +74,10 @@ typedef struct {
     /* Y[t, r] = dot(Wf[r, :], X[t, :]) for a block of rows held as float (dequantised) weights:
      * rows [r0, r1) of a (n_rows_total, cols) float block `wf` whose row 0 is matrix row `wrow0`. */
     void (*gemm_f32)(const float *wf, int ldw, const float *x, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols);
+    /* The same over bf16 weights and bf16 activations (fp32 sums: vdpbf16ps), or NULL where the CPU
+     * lacks AVX512-BF16; then bf16 / int8 / int4 prefill dequantises to float for gemm_f32. */
+    void (*gemm_bf16)(const uint16_t *wb, int ldw, const uint16_t *xb, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols);
+    void (*to_bf16)(const float *x, uint16_t *out, size_t n); /* round to nearest even */
     float (*dot)(const float *a, const float *b, int n);
     void (*quantize)(const float *x, int n, plm_qvec *out); /* plm_quantize_vec, vectorised */
     void (*axpy)(float *y, const float *x, float a, int n); /* y += a * x */
