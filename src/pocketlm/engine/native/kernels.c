@@ -293,6 +293,7 @@ TARGET_AVX2 static inline __m256i dot_i8_32_avx2(__m256i w, __m256i xq) {
 }
 
 TARGET_AVX2 static void gemv_i8_avx2(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1) {
+    /* One row at a time: a two-row version ran 1.5x faster from L2 but 15% slower from memory. */
     const int blocks = w->cols / 32;
     for (int r = r0; r < r1; r++) {
         const int8_t *row = (const int8_t *)w->data + (size_t)r * w->cols;
@@ -306,26 +307,47 @@ TARGET_AVX2 static void gemv_i8_avx2(const plm_matrix *w, const plm_qvec *x, flo
     }
 }
 
+/* One row's int4 dot products over block b: 32 values 0..15 against the block's activations, as
+ * scale_x * (dot(q, x) - 8 * sum(x)) over 8 lanes once summed (each lane takes 1/8 of the
+ * -8 * scale_x * sum(x) offset: ssum8's lanes each hold scale_x * sum(x)). */
+TARGET_AVX2 static inline __m256 i4_block_avx2(const uint8_t *row, int b, __m256i xq, __m256 s8, __m256 ss8) {
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    const __m128i packed = _mm_loadu_si128((const __m128i *)(row + 16 * b));
+    const __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), _mm_and_si128(packed, mask));
+    const __m256i d32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xq), _mm256_set1_epi16(1));
+    return _mm256_fmsub_ps(s8, _mm256_cvtepi32_ps(d32), ss8);
+}
+
 TARGET_AVX2 static void gemv_i4_avx2(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1) {
     const int blocks = w->cols / 32, per_group = w->group / 32;
-    const __m128i mask = _mm_set1_epi8(0x0f);
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * (w->cols / 2);
-        const uint16_t *sc = w->scale_f16 + (size_t)r * (w->cols / w->group);
-        __m256 acc = _mm256_setzero_ps();
-        float corr = 0.f;
+    const size_t row_bytes = (size_t)w->cols / 2, row_scales = (size_t)(w->cols / w->group);
+    int r = r0;
+    /* Two rows at a time: the activations and their scale tables are loaded once for both. */
+    for (; r + 2 <= r1; r += 2) {
+        const uint8_t *ra = (const uint8_t *)w->data + (size_t)r * row_bytes, *rb = ra + row_bytes;
+        const uint16_t *sa = w->scale_f16 + (size_t)r * row_scales, *sb = sa + row_scales;
+        __m256 acc_a = _mm256_setzero_ps(), acc_b = _mm256_setzero_ps();
         for (int b = 0; b < blocks; b++) {
-            if (!(b & 3)) PF(row + 16 * b);
-            __m128i packed = _mm_loadu_si128((const __m128i *)(row + 16 * b));
-            __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), _mm_and_si128(packed, mask)); /* values 0..31 in order, 0..15 */
-            __m256i xq = _mm256_loadu_si256((const __m256i *)(x->q + 32 * b));
-            __m256i d32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xq), ones);
-            const float ds = _cvtsh_ss(sc[b / per_group]) * x->scale[b];
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(ds), _mm256_cvtepi32_ps(d32), acc);
-            corr += ds * 8.f * (float)x->bsum[b]; /* (q - 8): subtract 8 * sum(x) */
+            if (!(b & 3)) { PF(ra + 16 * b); PF(rb + 16 * b); }
+            const __m256i xq = _mm256_loadu_si256((const __m256i *)(x->q + 32 * b));
+            const __m256 s8 = _mm256_loadu_ps(x->scale8 + 8 * b), ss8 = _mm256_loadu_ps(x->ssum8 + 8 * b);
+            acc_a = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(sa[b / per_group])), i4_block_avx2(ra, b, xq, s8, ss8), acc_a);
+            acc_b = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(sb[b / per_group])), i4_block_avx2(rb, b, xq, s8, ss8), acc_b);
         }
-        y[r] = hsum256(acc) - corr;
+        y[r] = hsum256(acc_a);
+        y[r + 1] = hsum256(acc_b);
+    }
+    for (; r < r1; r++) {
+        const uint8_t *ra = (const uint8_t *)w->data + (size_t)r * row_bytes;
+        const uint16_t *sa = w->scale_f16 + (size_t)r * row_scales;
+        __m256 acc = _mm256_setzero_ps();
+        for (int b = 0; b < blocks; b++) {
+            if (!(b & 3)) PF(ra + 16 * b);
+            const __m256 s8 = _mm256_loadu_ps(x->scale8 + 8 * b), ss8 = _mm256_loadu_ps(x->ssum8 + 8 * b);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(sa[b / per_group])),
+                                  i4_block_avx2(ra, b, _mm256_loadu_si256((const __m256i *)(x->q + 32 * b)), s8, ss8), acc);
+        }
+        y[r] = hsum256(acc);
     }
 }
 
