@@ -10,8 +10,18 @@ setup(
     ext_modules=[
         Extension(
             "pocketlm.engine._native",
-            sources=[NATIVE + f for f in ("module.c", "model.c", "kernels.c", "threadpool.c")],
-            depends=[NATIVE + "plm.h"],
+            sources=[
+                NATIVE + f
+                for f in (
+                    "module.c",
+                    "model.c",
+                    "kernels.c",
+                    "kernels_avx2.c",
+                    "kernels_avx512.c",
+                    "threadpool.c",
+                )
+            ],
+            depends=[NATIVE + "plm.h", NATIVE + "kernels_simd.h"],
             extra_compile_args=[
                 "-O3",
                 "-std=gnu11",

@@ -28,7 +28,14 @@ from tests.unit.engine.model_variants import MANY, PARALLEL, TIED, WIDE, save_va
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 NATIVE = REPO / "src" / "pocketlm" / "engine" / "native"
-SOURCES = ("module.c", "model.c", "kernels.c", "threadpool.c")
+SOURCES = (
+    "module.c",
+    "model.c",
+    "kernels.c",
+    "kernels_avx2.c",
+    "kernels_avx512.c",
+    "threadpool.c",
+)
 
 pytestmark = pytest.mark.slow
 
