@@ -34,6 +34,7 @@ SOURCES = (
     "kernels.c",
     "kernels_avx2.c",
     "kernels_avx512.c",
+    "kernels_avx512_bf16.c",
     "threadpool.c",
 )
 

@@ -27,12 +27,14 @@ from pocketlm.engine.native_backend import NATIVE_FEATURES, NativeBackend  # noq
 # at unit scale: sandwich norms, embedding scales, decisive routers) amplify past what a Llama-init
 # model shows; so the torch reference rounds its activations the same way (`_emulate_gemv`). What
 # remains is a rare activation that lands on a rounding tie and goes the other way on one side.
-# On the avx512bf16 kernels a call of more than GEMV_MAX vectors meets bf16 / int8 / int4 weights
-# in bf16 (vdpbf16ps: input and dequantised weights rounded to bf16), emulated likewise
-# (`_emulate_bf16_gemm`) for a second reference those ISA runs compare with.
+# With AVX-512 VNNI the prefill GEMM over int8 weights rounds every call's input so too
+# (`_emulate_gemv(model, every_call=True)`), and on the avx512bf16 kernels a call of more than
+# GEMV_MAX vectors meets bf16 and int4 weights in bf16 (`_emulate_bf16_gemm`): second references
+# for those ISA levels.
 TOLERANCE = {"fp32": 2e-4, "bf16": 2e-4, "int8": 0.02, "int4": 0.02}  # x max|logit|
 GEMV_MAX = 16  # model.c: calls of up to this many tokens run the GEMV kernels
 BF16_GEMM = native.cpu_isa() == "avx512-bf16"  # this CPU runs the avx512bf16 level
+INT_GEMM = native.cpu_isa() in ("avx512-vnni", "avx512-bf16")  # the avx512 level
 SCHEMES = ("fp32", "bf16", "int8", "int4")
 BASE = dict(
     vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, max_seq_len=96,
@@ -127,28 +129,38 @@ def _build_family_dirs(root, tokenizer, out) -> None:
         for scheme in SCHEMES[1:]:
             dirs[scheme], _ = quantize_model_dir(dirs["fp32"], root / f"{name}-{scheme}", scheme)
         for scheme, d in dirs.items():
-            for bf16_gemm in (False, True) if scheme != "fp32" and BF16_GEMM else (False,):
+            for kind in _reference_kinds(scheme):
                 ref, _ = open_backend(d, backend="torch", device="cpu", precision="fp32")
                 if scheme in ("int8", "int4"):
-                    _emulate_gemv(ref.model)
-                if bf16_gemm:
+                    _emulate_gemv(ref.model, every_call=kind == "int-gemm")
+                if kind == "bf16-gemm":
                     _emulate_bf16_gemm(ref.model)
-                out[(name, scheme, "bf16-gemm") if bf16_gemm else (name, scheme)] = (
-                    d,
-                    run_backend(ref),
-                )
+                out[(name, scheme, kind) if kind else (name, scheme)] = d, run_backend(ref)
+
+
+def _reference_kinds(scheme: str) -> tuple[str, ...]:
+    """The torch references a scheme needs on this CPU: "" (portable / avx2 arithmetic), plus the
+    one of its AVX-512 levels."""
+    if scheme == "int8" and INT_GEMM:
+        return ("", "int-gemm")
+    if scheme in ("bf16", "int4") and BF16_GEMM:
+        return ("", "bf16-gemm")
+    return ("",)
 
 
 def _reference(family_dirs, group: str, scheme: str, isa: str) -> tuple:
     """The torch results a native run at this ISA level computes."""
-    if isa == "avx512bf16" and scheme != "fp32":
+    if isa in ("avx512", "avx512bf16") and scheme == "int8":
+        return family_dirs[group, scheme, "int-gemm"]
+    if isa == "avx512bf16" and scheme in ("bf16", "int4"):
         return family_dirs[group, scheme, "bf16-gemm"]
     return family_dirs[group, scheme]
 
 
 def _emulate_bf16_gemm(model: torch.nn.Module) -> None:
     """Every matrix (not the router or the shared expert's gate: fp32 dot products natively) that
-    multiplies more than GEMV_MAX vectors does so in bf16, as the avx512bf16 prefill GEMM."""
+    multiplies more than GEMV_MAX vectors does so in bf16 (input and dequantised weights rounded),
+    as the avx512bf16 prefill GEMM."""
     from pocketlm.model.quantized import QuantizedLinear
 
     def bf16(t: torch.Tensor) -> torch.Tensor:
@@ -170,14 +182,15 @@ def _emulate_bf16_gemm(model: torch.nn.Module) -> None:
             module.register_forward_hook(in_bf16)
 
 
-def _emulate_gemv(model: torch.nn.Module) -> None:
-    """Round the input of every quantized linear that multiplies at most GEMV_MAX vectors as the
-    native GEMV kernels do (int8 per block of 32, scale amax / 127, ties to even)."""
+def _emulate_gemv(model: torch.nn.Module, every_call: bool = False) -> None:
+    """Round the input of every quantized linear that multiplies at most GEMV_MAX vectors (or of
+    every call: the integer GEMMs) as the native kernels do (int8 per block of 32, scale
+    amax / 127, ties to even)."""
     from pocketlm.model.quantized import QuantizedLinear
 
     def rounded(_module, args):
         x = args[0]
-        if x.numel() // x.shape[-1] > GEMV_MAX:
+        if x.numel() // x.shape[-1] > GEMV_MAX and not every_call:
             return None
         blocks = x.float().reshape(-1, x.shape[-1] // 32, 32)  # (rows, blocks, 32)
         scale = blocks.abs().amax(-1, keepdim=True) / 127.0

@@ -56,8 +56,20 @@ TARGET_AVX2 static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* Four 16-lane accumulators -> one __m128 of their four sums, in order (hadd tree, no scalar). */
+TARGET_AVX512 static inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+    __m256 ab = _mm256_hadd_ps(a8, b8), cd = _mm256_hadd_ps(c8, d8);
+    __m256 abcd = _mm256_hadd_ps(ab, cd); /* per 128-bit lane: [a, b, c, d] partial sums */
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
 void plm_fill_avx2(plm_kernels *k);
 void plm_fill_avx512(plm_kernels *k, int bf16); /* bf16: add the AVX512-BF16 prefill GEMM */
+void plm_fill_avx512_bf16(plm_kernels *k);      /* that GEMM (kernels_avx512_bf16.c) */
 #endif
 
 #endif

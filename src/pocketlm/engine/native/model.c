@@ -41,6 +41,7 @@ struct plm_model {
     float *wscratch;           /* per thread: ROW_BLOCK * wide dequantised weights */
     uint16_t *wscratch_bf16;   /* per thread: the same rounded to bf16 (prefill with gemm_bf16) */
     uint16_t *x_bf16;          /* max_batch * wide: a prefill matmul's input rounded to bf16 */
+    plm_qvec *qx;              /* max_batch: a prefill matmul's input quantised per token (integer GEMMs) */
     plm_qvec qv[2][GEMV_MAX];  /* quantised activations per token (two inputs live at once) */
     int profiling;
     double prof[PLM_PROF_N], prof_t;
@@ -143,6 +144,10 @@ static void gemm_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0,
     const plm_matrix *w = job->w;
     const int cols = w->cols;
     float *scratch = m->wscratch + (size_t)ith * ROW_BLOCK * (size_t)m->wide;
+    if (job->xq) { /* int8 weights on the integer GEMM */
+        m->k.gemm_i8(w, r0, r1, job->xq, t->n_tok, job->y, w->rows);
+        return;
+    }
     if (job->xb && w->dtype == PLM_BF16) {
         m->k.gemm_bf16((const uint16_t *)w->data + (size_t)r0 * cols, cols, job->xb, cols, job->y + r0, w->rows, t->n_tok, r1 - r0, cols);
         return;
@@ -230,20 +235,35 @@ static void mm_worker(void *p, int ith, int nth) {
     }
 }
 
+/* Prefill inputs for the fast GEMMs, converted once per call (the jobs of one call share their
+   input): int8 weights meet it quantised per token as in decode (integer GEMM, VNNI); bf16 and
+   int4 weights (dequantised) meet it rounded to bf16 (vdpbf16ps) where the CPU has AVX512-BF16.
+   Measured on L, 128-token prompt: int8 1.43x and int4 1.34x the float GEMM. */
+static void prepare_gemm_inputs(plm_model *m, mm_task *t) {
+    const float *x = t->jobs[0].x;
+    const int cols = t->jobs[0].w->cols;
+    int quantised = 0, rounded = 0;
+    for (int j = 0; j < t->n_jobs; j++) {
+        mm_job *job = &t->jobs[j];
+        const plm_dtype dt = job->w->dtype;
+        if (job->x != x || dt == PLM_F32) continue;
+        if (dt == PLM_I8 && m->k.gemm_i8) {
+            if (!quantised)
+                for (int tok = 0; tok < t->n_tok; tok++) m->k.quantize(x + (size_t)tok * cols, cols, &m->qx[tok]);
+            quantised = 1;
+            job->xq = m->qx;
+        } else if (m->k.gemm_bf16) {
+            if (!rounded) m->k.to_bf16(x, m->x_bf16, (size_t)t->n_tok * cols);
+            rounded = 1;
+            job->xb = m->x_bf16;
+        }
+    }
+}
+
 static void matmul_ex(plm_model *m, int n_tok, int n_jobs, mm_job *jobs, int fuse, int act, const float *b0, const float *b1) {
     mm_task t = {.m = m, .n_jobs = n_jobs, .n_tok = n_tok, .fuse = fuse, .act = act, .b0 = b0, .b1 = b1};
     for (int j = 0; j < n_jobs; j++) t.jobs[j] = jobs[j];
-    /* Prefill on bf16 kernels: bf16 / int8 / int4 weights meet the input rounded to bf16 once
-       (the jobs of one call share their input). */
-    if (n_tok > GEMV_MAX && m->k.gemm_bf16) {
-        int converted = 0;
-        for (int j = 0; j < n_jobs; j++) {
-            if (t.jobs[j].w->dtype == PLM_F32 || t.jobs[j].x != jobs[0].x) continue;
-            if (!converted) m->k.to_bf16(jobs[0].x, m->x_bf16, (size_t)n_tok * jobs[0].w->cols);
-            converted = 1;
-            t.jobs[j].xb = m->x_bf16;
-        }
-    }
+    if (n_tok > GEMV_MAX) prepare_gemm_inputs(m, &t);
     t.n_ranges = plm_pool_size(m->pool);
     plm_ranges_init(t.ranges, t.n_ranges, task_chunks(&t));
     plm_pool_run(m->pool, mm_worker, &t);
@@ -643,6 +663,9 @@ plm_model *plm_model_create(const plm_config *cfg, const plm_matrix *embed, cons
     }
     for (int i = 0; ok && i < 2; i++)
         for (int t = 0; ok && t < GEMV_MAX; t++) ok = qvec_alloc(&m->qv[i][t], (int)wide);
+    m->qx = ok ? (plm_qvec *)calloc(T, sizeof(plm_qvec)) : NULL;
+    ok = ok && m->qx;
+    for (size_t t = 0; ok && t < T; t++) ok = qvec_alloc(&m->qx[t], (int)wide);
     if (!ok) {
         plm_model_destroy(m);
         return NULL;
@@ -679,5 +702,7 @@ void plm_model_destroy(plm_model *m) {
     free(m->xg); free(m->weight_of); free(m->yd); free(m->route_w); free(m->route_e); free(m->tokens_of); free(m->probs);
     for (int i = 0; i < 2; i++)
         for (int t = 0; t < GEMV_MAX; t++) qvec_free(&m->qv[i][t]);
+    for (int t = 0; m->qx && t < m->cfg.max_batch; t++) qvec_free(&m->qx[t]);
+    free(m->qx);
     free(m);
 }

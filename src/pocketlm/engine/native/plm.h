@@ -75,7 +75,7 @@ typedef struct {
      * rows [r0, r1) of a (n_rows_total, cols) float block `wf` whose row 0 is matrix row `wrow0`. */
     void (*gemm_f32)(const float *wf, int ldw, const float *x, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols);
     /* The same over bf16 weights and bf16 activations (fp32 sums: vdpbf16ps), or NULL where the CPU
-     * lacks AVX512-BF16; then bf16 / int8 / int4 prefill dequantises to float for gemm_f32. */
+     * lacks AVX512-BF16; then bf16 / int4 prefill dequantises to float for gemm_f32. */
     void (*gemm_bf16)(const uint16_t *wb, int ldw, const uint16_t *xb, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols);
     void (*to_bf16)(const float *x, uint16_t *out, size_t n); /* round to nearest even */
     float (*dot)(const float *a, const float *b, int n);
@@ -85,6 +85,9 @@ typedef struct {
     void (*scores)(const float *q, const float *k, size_t ldk, int n, int hd, float scale, float *out);
     float (*exp_sum)(float *x, int n, float mx); /* x[i] = exp(x[i] - mx) in place; returns their sum */
     void (*wsum)(const float *p, const float *v, size_t ldv, int n, int hd, float *out); /* out += sum_i p[i] * v_i */
+    /* Prefill over int8 weights with integer dot products, every token's input quantised as for
+     * decode (xq[t]): Y[t, r] for r in [r0, r1) at y + t * ldy + r; NULL without VNNI. */
+    void (*gemm_i8)(const plm_matrix *w, int r0, int r1, const plm_qvec *xq, int n_tok, float *y, int ldy);
 } plm_kernels;
 
 void plm_select_kernels(plm_kernels *k, const char *force);
