@@ -174,17 +174,30 @@ Send = Callable[[httpx.Client, int, int], dict]  # (client, worker, request numb
 
 
 def run_level(
-    url: str, clients: int, requests: int, max_tokens: int, send: Send | None = None
+    url: str,
+    clients: int,
+    requests: int,
+    max_tokens: int,
+    send: Send | None = None,
+    keep_alive: bool = True,
 ) -> dict:
-    """`clients` threads, each sending `requests` requests back to back (default: one_request)."""
+    """`clients` threads, each sending `requests` requests back to back (default: one_request),
+    on one kept-alive connection each, or a new connection per request. A failed request is
+    counted in the row's `errors` (its first message in `error`)."""
     send = send or (lambda client, w, r: one_request(client, max_tokens, seed=1000 * w + r))
+    limits = httpx.Limits(max_keepalive_connections=None if keep_alive else 0)
     results: list[dict] = []
     lock = threading.Lock()
 
     def worker(w: int) -> None:
-        with httpx.Client(base_url=url, timeout=600) as client:
+        with httpx.Client(base_url=url, timeout=600, limits=limits) as client:
             for r in range(requests):
-                out = send(client, w, r)
+                start = time.perf_counter()
+                try:
+                    out = send(client, w, r)
+                except (httpx.HTTPError, RuntimeError, ValueError) as exc:
+                    seconds = time.perf_counter() - start
+                    out = {"ttft_s": None, "tokens": 0, "seconds": seconds, "error": repr(exc)}
                 with lock:
                     results.append(out)
 
@@ -209,10 +222,15 @@ def summarise(results: list[dict], clients: int, wall: float) -> dict:
     """One level's row: total and per-client tokens/s, TTFT p50 / p95, from its requests."""
     ttfts = [r["ttft_s"] for r in results if r["ttft_s"] is not None]
     tokens = sum(r["tokens"] for r in results)
-    per_request = [r["tokens"] / r["seconds"] for r in results if r["seconds"] > 0]
+    per_request = [
+        r["tokens"] / r["seconds"] for r in results if r["seconds"] > 0 and "error" not in r
+    ]
+    errors = [r["error"] for r in results if "error" in r]
     return {
         "clients": clients,
         "requests": len(results),
+        "errors": len(errors),
+        "error": errors[0] if errors else None,
         "completion_tokens": tokens,
         "wall_s": wall,
         "tokens_per_s": tokens / wall if wall > 0 else 0.0,
