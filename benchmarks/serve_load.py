@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -65,46 +66,95 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_command(
+    model: Path, port: int, *, slots: int, backend: str, threads: int, max_len: int | None = None
+) -> list[str]:
+    """The `pocketlm serve` command line for one model on 127.0.0.1:port."""
+    cmd = [sys.executable, "-m", "pocketlm", "serve", "--model", str(model), "--port", str(port)]
+    cmd += ["--slots", str(slots), "--max-queue", "256", "--backend", backend]
+    cmd += ["--threads", str(threads)]
+    return cmd + (["--max-len", str(max_len)] if max_len else [])
+
+
+def launch(cmd: list[str], port: int, name: str, timeout_s: float = 300) -> subprocess.Popen:
+    """Start a server command, its log in a temp file; returns once /health answers."""
+    # the server's log goes to a file: a pipe nobody reads fills up and blocks the server
+    log_path = Path(tempfile.gettempdir()) / f"{name}-{port}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    return wait_healthy(proc, port, timeout_s, log_path)
+
+
 def start_server(args: argparse.Namespace, model: Path, port: int) -> subprocess.Popen:
     """`pocketlm serve` in a subprocess; returns once /health answers."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pocketlm",
-        "serve",
-        "--model",
-        str(model),
-        "--port",
-        str(port),
-        "--slots",
-        str(args.slots),
-        "--max-queue",
-        "256",
-        "--backend",
-        args.backend,
-        "--threads",
-        str(args.threads),
-    ]
-    # the server's log goes to a file: a pipe nobody reads fills up and blocks the server
-    log = open(Path(tempfile.gettempdir()) / f"serve_load-{port}.log", "w")  # noqa: SIM115
-    return wait_healthy(subprocess.Popen(cmd, stderr=log, text=True), port)
+    cmd = serve_command(model, port, slots=args.slots, backend=args.backend, threads=args.threads)
+    return launch(cmd, port, "serve_load")
 
 
-def wait_healthy(proc: subprocess.Popen, port: int, timeout_s: float = 300) -> subprocess.Popen:
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server, killing it if it does not exit within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def wait_healthy(
+    proc: subprocess.Popen, port: int, timeout_s: float = 300, log_path: Path | None = None
+) -> subprocess.Popen:
     """`proc` once the server on 127.0.0.1:port answers /health (SystemExit if it never does)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(
-                f"the server exited: {proc.stderr.read() if proc.stderr else 'see its log'}"
-            )
+            raise SystemExit(f"the server exited with code {proc.returncode}{_tail(log_path)}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc
         except httpx.TransportError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)  # also while it answers 503 (llama-server loading the model)
     proc.kill()
-    raise SystemExit(f"the server did not come up within {timeout_s:g} s")
+    raise SystemExit(f"the server did not come up within {timeout_s:g} s{_tail(log_path)}")
+
+
+def _tail(log_path: Path | None, lines: int = 5) -> str:
+    """': <the log's last lines> (in <log_path>)', or '' without a log."""
+    if log_path is None:
+        return ""
+    text = log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+    return ": " + "\n".join(text) + f"\n(the whole log: {log_path})"
+
+
+def stream_request(client: httpx.Client, path: str, body: dict) -> dict:
+    """POST one streaming request (chat or text completion) and read its server-sent events:
+    time to first text, completion tokens (the streamed usage, else the text chunks), prompt
+    tokens, finish reason, total seconds."""
+    start = time.perf_counter()
+    first, usage, chunks, finish = None, None, 0, None
+    with client.stream("POST", path, json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(f"{path}: the stream ended with an error: {chunk['error']}")
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices", ()):
+                text = choice.get("text") or choice.get("delta", {}).get("content")
+                if text:
+                    chunks += 1
+                    if first is None:
+                        first = time.perf_counter() - start
+                finish = choice.get("finish_reason") or finish
+    return {
+        "ttft_s": first,
+        "tokens": usage["completion_tokens"] if usage else chunks,
+        "prompt_tokens": usage.get("prompt_tokens") if usage else None,
+        "finish_reason": finish,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def one_request(client: httpx.Client, max_tokens: int, seed: int) -> dict:
@@ -117,31 +167,37 @@ def one_request(client: httpx.Client, max_tokens: int, seed: int) -> dict:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    start = time.perf_counter()
-    first, tokens = None, 0
-    with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            for choice in chunk.get("choices", ()):
-                if first is None and choice.get("delta", {}).get("content"):
-                    first = time.perf_counter() - start
-    return {"ttft_s": first, "tokens": tokens, "seconds": time.perf_counter() - start}
+    return stream_request(client, "/v1/chat/completions", body)
 
 
-def run_level(url: str, clients: int, requests: int, max_tokens: int) -> dict:
-    """`clients` threads, each sending `requests` requests back to back."""
+Send = Callable[[httpx.Client, int, int], dict]  # (client, worker, request number) -> result
+
+
+def run_level(
+    url: str,
+    clients: int,
+    requests: int,
+    max_tokens: int,
+    send: Send | None = None,
+    keep_alive: bool = True,
+) -> dict:
+    """`clients` threads, each sending `requests` requests back to back (default: one_request),
+    on one kept-alive connection each, or a new connection per request. A failed request is
+    counted in the row's `errors` (its first message in `error`)."""
+    send = send or (lambda client, w, r: one_request(client, max_tokens, seed=1000 * w + r))
+    limits = httpx.Limits(max_keepalive_connections=None if keep_alive else 0)
     results: list[dict] = []
     lock = threading.Lock()
 
     def worker(w: int) -> None:
-        with httpx.Client(base_url=url, timeout=600) as client:
+        with httpx.Client(base_url=url, timeout=600, limits=limits) as client:
             for r in range(requests):
-                out = one_request(client, max_tokens, seed=1000 * w + r)
+                start = time.perf_counter()
+                try:
+                    out = send(client, w, r)
+                except (httpx.HTTPError, RuntimeError, ValueError) as exc:
+                    seconds = time.perf_counter() - start
+                    out = {"ttft_s": None, "tokens": 0, "seconds": seconds, "error": repr(exc)}
                 with lock:
                     results.append(out)
 
@@ -151,25 +207,36 @@ def run_level(url: str, clients: int, requests: int, max_tokens: int) -> dict:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
-    ttfts = sorted(r["ttft_s"] for r in results if r["ttft_s"] is not None)
+    return summarise(results, clients, time.perf_counter() - start)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The nearest-rank q-quantile of `values` (None when empty)."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarise(results: list[dict], clients: int, wall: float) -> dict:
+    """One level's row: total and per-client tokens/s, TTFT p50 / p95, from its requests."""
+    ttfts = [r["ttft_s"] for r in results if r["ttft_s"] is not None]
     tokens = sum(r["tokens"] for r in results)
-
-    def pct(q: float) -> float | None:
-        if not ttfts:
-            return None
-        return ttfts[min(len(ttfts) - 1, round(q * (len(ttfts) - 1)))]
-
-    per_request = [r["tokens"] / r["seconds"] for r in results if r["seconds"] > 0]
+    per_request = [
+        r["tokens"] / r["seconds"] for r in results if r["seconds"] > 0 and "error" not in r
+    ]
+    errors = [r["error"] for r in results if "error" in r]
     return {
         "clients": clients,
         "requests": len(results),
+        "errors": len(errors),
+        "error": errors[0] if errors else None,
         "completion_tokens": tokens,
         "wall_s": wall,
         "tokens_per_s": tokens / wall if wall > 0 else 0.0,
         "per_client_tokens_per_s": statistics.median(per_request) if per_request else 0.0,
-        "ttft_p50_s": pct(0.50),
-        "ttft_p95_s": pct(0.95),
+        "ttft_p50_s": percentile(ttfts, 0.50),
+        "ttft_p95_s": percentile(ttfts, 0.95),
     }
 
 
@@ -222,11 +289,7 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
     print(
         f"\nserve load: {model} ({health.get('backend')}, {health.get('slots')} slots, context {health.get('context_length')}), "
