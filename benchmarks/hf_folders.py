@@ -1,8 +1,9 @@
 """Random-weight Hugging Face model folders in released models' shapes, for benchmarks that
 import them (speed does not depend on the values). Nothing is downloaded: transformers builds the
-model from a config; the tokenizer is PocketLM's own small one, saved in HF's format.
+model from a config; the tokenizer is PocketLM's own small one, saved in HF's format (its vocabulary
+may be smaller than the model's: the model keeps the released vocabulary size).
 
-    python benchmarks/hf_folders.py --out /tmp/hfbench smollm2-135m qwen2.5-0.5b
+    python benchmarks/hf_folders.py --out /tmp/hfbench smollm2-135m qwen2.5-0.5b llama3.2-1b
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import shutil
 from pathlib import Path
 
 SHAPES = {
-    # the released configs' shape fields (SmolLM2-135M and Qwen2.5-0.5B config.json)
+    # the released configs' shape fields (SmolLM2-135M, Qwen2.5-0.5B, Llama-3.2-1B config.json)
     "smollm2-135m": dict(
         architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=576,
         intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -25,6 +26,16 @@ SHAPES = {
         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0,
         max_position_embeddings=32768, rms_norm_eps=1e-6, bos_token_id=151643,
         eos_token_id=151643, sliding_window=None, use_sliding_window=False,
+    ),
+    "llama3.2-1b": dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=2048,
+        intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+        max_position_embeddings=131072, rms_norm_eps=1e-5, bos_token_id=128000,
+        eos_token_id=128001, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192},
     ),
 }  # fmt: skip
 

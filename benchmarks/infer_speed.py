@@ -1,34 +1,44 @@
 """Local inference speed on this machine: PocketLM's native engine vs llama.cpp vs transformers, at
-the S / M / L shapes and every precision, measured interleaved in one run.
+every shape and precision, measured interleaved in one run, with the machine it ran on.
 
-    python benchmarks/infer_speed.py                     # all shapes, 3 interleaved rounds
+    python benchmarks/infer_speed.py                     # S M L, 3 interleaved rounds
     python benchmarks/infer_speed.py --shapes S M --rounds 2 --json
+    python benchmarks/infer_speed.py --shapes qwen0.5b llama1b moe moe-dense --prepare-only
+    python benchmarks/infer_speed.py --shapes S --llama-bench /tmp/llama-build/bin/llama-bench
 
-Every measurement is a fresh process (cold start included): it loads the model, runs a 128-token
-prompt and 64 greedy decode steps a few times and reports medians, the time from process start to
-the first token, and its peak resident memory. llama.cpp runs through llama-cpp-python on the
-GGUF files PocketLM exports (F32 / BF16 / Q8_0 / Q4_0 next to PocketLM's fp32 / bf16 / int8 /
-int4); transformers runs LlamaForCausalLM from PocketLM's HF export with its KV cache.
-Models are random-initialised (speed does not depend on the values).
+Shapes (infer_shapes.py): S, M, L (default), `moe` (8 experts, top-2) and `moe-dense` (its active
+parameters, dense), `qwen0.5b` and `llama1b` (random weights in Qwen2.5-0.5B's and Llama-3.2-1B's
+shapes, imported through `pocketlm import`; bf16/int8/int4 only, no fp32). Every measurement is a
+fresh process (cold start included): it loads the model, runs a 128-token prompt and 64 greedy
+decode steps a few times and reports medians, the time from process start to the first token,
+and its peak resident memory. llama.cpp runs through llama-cpp-python on the GGUF files PocketLM
+exports (F32 / BF16 / Q8_0 / Q4_0 next to PocketLM's fp32 / bf16 / int8 / int4), and with
+--llama-bench through llama.cpp's own llama-bench at equal work (`pp 128`, `tg 64 @ d 128`);
+transformers runs the HF export (or an imported shape's HF source) with its KV cache; MoE
+shapes have no transformers rows (export hf writes LlamaForCausalLM, which has no experts).
+The machine (benchmarks/machine.py: CPU, flags, read bandwidth, matmul peak) is measured once per
+run; each decode rate is also given as GB/s of weights read (weight_traffic.py says what counts)
+and as a share of the measured read bandwidth at the run's thread count.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-SHAPES = {
-    "S": dict(dim=256, n_layers=8, n_heads=8, n_kv_heads=4, ffn_dim=1024, vocab_size=8192),
-    "M": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=4, ffn_dim=1536, vocab_size=8192),
-    "L": dict(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dim=1536, vocab_size=49152),
-}
-PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}  # ours -> llama.cpp
+sys.path.insert(0, str(Path(__file__).parent))
+from infer_shapes import SHAPES, precisions, prepare, shape_facts
+from llama_bench import run_llama_bench
+from weight_traffic import bytes_per_token, gguf_sizes, safetensors_sizes, weight_gbs
+
+DEFAULT_SHAPES = ["S", "M", "L"]
 ANCHORS = {  # the issue's llama.cpp / transformers decode tokens/s on this machine kind
     "S": {
         "f32": 526,
@@ -50,9 +60,6 @@ ANCHORS = {  # the issue's llama.cpp / transformers decode tokens/s on this mach
     },
     "L": {"f32": 41, "f16": 92, "bf16": 85, "q8_0": 108, "q4_0": 154, "hf_fp32": 15, "hf_bf16": 18},
 }
-DRAM_GBPS = (
-    33.0  # read bandwidth with 2 threads, from the issue's measurements on this machine kind
-)
 
 CHILD_POCKETLM = """
 import json, sys, time
@@ -63,7 +70,7 @@ def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would include the pa
 t_start = float(sys.argv[1])
 from pocketlm.engine.load import open_backend
 import numpy as np, resource, statistics
-backend, tok = open_backend(sys.argv[2], backend="native", threads=int(sys.argv[3]), max_len=256)
+backend, tok = open_backend(sys.argv[2], backend="native", threads=int(sys.argv[3]), max_len=max(256, int(sys.argv[4]) + int(sys.argv[5]) + 1))
 rng = np.random.default_rng(0)
 prompt = rng.integers(8, tok.vocab_size, size=int(sys.argv[4])).tolist()
 n_new, reps = int(sys.argv[5]), int(sys.argv[6])
@@ -89,7 +96,7 @@ def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would include the pa
             return int(line.split()[1]) / 1024
 t_start = float(sys.argv[1])
 import llama_cpp, numpy as np, resource, statistics
-llm = llama_cpp.Llama(model_path=sys.argv[2], n_ctx=256, n_batch=256, n_threads=int(sys.argv[3]), n_threads_batch=int(sys.argv[3]), verbose=False, logits_all=False)
+llm = llama_cpp.Llama(model_path=sys.argv[2], n_ctx=max(256, int(sys.argv[4]) + int(sys.argv[5]) + 1), n_batch=256, n_threads=int(sys.argv[3]), n_threads_batch=int(sys.argv[3]), verbose=False, logits_all=False)
 rng = np.random.default_rng(0)
 prompt = rng.integers(8, llm.n_vocab(), size=int(sys.argv[4])).tolist()
 def last_logits():
@@ -138,50 +145,7 @@ print(json.dumps({"prefill": prompt.shape[1] / statistics.median(pre), "decode":
 """
 
 
-def prepare(work: Path, shapes: list[str]) -> dict[str, dict[str, Path]]:
-    """Models (float + bf16/int8/int4), GGUF files and HF exports for each shape; reused when present."""
-    os.environ.setdefault("POCKETLM_NO_PROGRESS", "1")
-    from pocketlm.checkpoint.model_io import save_model
-    from pocketlm.compress.quantize import quantize_model_dir
-    from pocketlm.data.build import build_corpus
-    from pocketlm.interop.gguf_export import export_gguf
-    from pocketlm.interop.hf_export import export_hf
-    from pocketlm.model.config import ModelConfig
-    from pocketlm.model.transformer import build_model
-    from pocketlm.tokenizer.train import TokenizerConfig, train_tokenizer
-
-    work.mkdir(parents=True, exist_ok=True)
-    tok = work / "tokenizer"
-    if not (tok / "manifest.json").exists():
-        corpus = work / "corpus"
-        if not (corpus / "manifest.json").exists():
-            build_corpus(["stdlib"], corpus, overwrite=True)
-        train_tokenizer(corpus, tok, TokenizerConfig(vocab_size=8192), overwrite=True)
-    out: dict[str, dict[str, Path]] = {}
-    for shape in shapes:
-        d = work / shape
-        paths = {"fp32": d / "fp32", "hf": d / "hf"}
-        if not (paths["fp32"] / "manifest.json").exists():
-            save_model(
-                paths["fp32"],
-                build_model(
-                    ModelConfig(max_seq_len=2048, tie_embeddings=True, **SHAPES[shape]), seed=0
-                ),
-                tok,
-                overwrite=True,
-            )
-        for scheme in ("bf16", "int8", "int4"):
-            paths[scheme] = d / scheme
-            if not (paths[scheme] / "manifest.json").exists():
-                quantize_model_dir(paths["fp32"], paths[scheme], scheme, overwrite=True)
-        for kind in ("f32", "f16", "bf16", "q8_0", "q4_0"):
-            paths[f"gguf_{kind}"] = d / f"model-{kind}.gguf"
-            if not paths[f"gguf_{kind}"].exists():
-                export_gguf(paths["fp32"], paths[f"gguf_{kind}"], out_type=kind, overwrite=True)
-        if not (paths["hf"] / "manifest.json").exists():
-            export_hf(paths["fp32"], paths["hf"], overwrite=True)
-        out[shape] = paths
-    return out
+Job = tuple[str, str, Callable[[], dict], Callable[[], dict[str, int]]]  # shape, engine, run, sizes
 
 
 def run_child(code: str, *args: str) -> dict:
@@ -198,11 +162,117 @@ def run_child(code: str, *args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def build_jobs(args: argparse.Namespace, paths: dict, have_llama: bool) -> list[Job]:
+    """Every (shape, engine) measurement of the run, with where its weight sizes come from."""
+    common = [str(args.threads), str(args.prompt_tokens), str(args.new_tokens), str(args.reps)]
+    bench = dict(prompt=args.prompt_tokens, new=args.new_tokens, threads=args.threads, reps=args.reps)  # fmt: skip
+    jobs: list[Job] = []
+    for shape in args.shapes:
+        p = paths[shape]
+        for ours, theirs in [*precisions(shape).items(), (None, "f16")]:
+            gguf = p[f"gguf_{theirs}"]
+            if ours and "pocketlm" not in args.skip:
+                run = partial(run_child, CHILD_POCKETLM, str(p[ours]), *common)
+                jobs.append((shape, f"pocketlm {ours}", run, partial(safetensors_sizes, p[ours])))
+            if have_llama:
+                run = partial(run_child, CHILD_LLAMA, str(gguf), *common)
+                jobs.append((shape, f"llama.cpp {theirs.upper()}", run, partial(gguf_sizes, gguf)))
+            if args.llama_bench:
+                run = partial(run_llama_bench, args.llama_bench, gguf, **bench)
+                jobs.append((shape, f"llama-bench {theirs.upper()}", run, partial(gguf_sizes, gguf)))  # fmt: skip
+        if "hf" not in args.skip and "hf" in p:
+            for prec, itemsize in (("fp32", 4), ("bf16", 2)):
+                run = partial(run_child, CHILD_HF, str(p["hf"]), *common, prec)
+                sizes = partial(safetensors_sizes, p["hf"], itemsize)
+                jobs.append((shape, f"transformers {prec}", run, sizes))
+    return jobs
+
+
+def summarize(samples: dict[tuple[str, str], list[dict]]) -> dict[str, dict[str, dict]]:
+    """{shape: {engine: medians over rounds (or the last error)}}."""
+    table: dict[str, dict[str, dict]] = {}
+    for (shape, name), runs in samples.items():
+        ok = [x for x in runs if "error" not in x]
+        if not ok:
+            table.setdefault(shape, {})[name] = {"error": runs[-1]["error"]}
+            continue
+        keys = [k for k in ("prefill", "decode", "ttft", "rss_mb") if k in ok[0]]
+        med: dict = {k: statistics.median(x[k] for x in ok) for k in keys}
+        if "profile" in ok[0]:
+            med["profile"] = ok[0]["profile"]
+            med["isa"] = ok[0]["isa"]
+        table.setdefault(shape, {})[name] = med
+    return table
+
+
+def read_bandwidth(machine: dict, threads: int) -> float | None:
+    """The machine's measured read GB/s at `threads` threads (the best measured if not that)."""
+    if f"read_gbs_{threads}_threads" in machine:
+        return machine[f"read_gbs_{threads}_threads"]
+    if threads == 1:
+        return machine.get("read_gbs_1_thread")
+    return max((v for k, v in machine.items() if k.startswith("read_gbs_")), default=None)
+
+
+def add_traffic(table: dict, jobs: list[Job], read_gbs: float | None) -> None:
+    """Each measured row gets weight bytes per token, the GB/s they imply and % of read_gbs."""
+    for shape, name, _, sizes in jobs:
+        row = table.get(shape, {}).get(name, {})
+        if "decode" not in row:
+            continue
+        facts = shape_facts(shape)
+        n, k = facts["experts"]
+        row["weight_bytes_per_token"] = bytes_per_token(sizes(), facts["vocab_size"], n, k)
+        gbs, pct = weight_gbs(row["weight_bytes_per_token"], row["decode"], read_gbs)
+        row["weights_gbs"], row["pct_read_bw"] = round(gbs, 2), pct and round(pct, 1)
+
+
+def _num(row: dict, key: str, fmt: str, width: int) -> str:
+    return f"{row[key]:>{width}{fmt}}" if row.get(key) is not None else f"{'-':>{width}}"
+
+
+def print_report(report: dict) -> None:
+    """The machine, then per shape a row per engine and PocketLM's ratios."""
+    table, machine = report["results"], report["machine"]
+    print("machine: " + json.dumps(machine))
+    print(f"read bandwidth compared against: {report['meta']['read_gbs']} GB/s")
+    for shape, rows in table.items():
+        print(f"\n{shape}: {shape_facts(shape)['config']}")
+        head = (
+            f"  {'engine':<24}{'decode tok/s':>13}{'prefill tok/s':>15}{'ttft s':>8}{'peak MB':>9}"
+        )
+        print(head + f"{'MB/token':>10}{'GB/s':>7}{'% read':>8}")
+        for name, m in rows.items():
+            if "error" in m:
+                print(f"  {name:<24} error: {m['error']}")
+                continue
+            mb = {"mb": m["weight_bytes_per_token"] / 1e6} if "weight_bytes_per_token" in m else {}
+            print(
+                f"  {name:<24}{_num(m, 'decode', '.1f', 13)}{_num(m, 'prefill', '.1f', 15)}"
+                f"{_num(m, 'ttft', '.2f', 8)}{_num(m, 'rss_mb', '.0f', 9)}{_num(mb, 'mb', '.1f', 10)}"
+                f"{_num(m, 'weights_gbs', '.1f', 7)}{_num(m, 'pct_read_bw', '.0f', 8)}"
+            )
+        for ours, theirs in precisions(shape).items():
+            a = rows.get(f"pocketlm {ours}", {})
+            if "decode" not in a:
+                continue
+            others = [f"llama.cpp {theirs.upper()}", f"llama-bench {theirs.upper()}"]
+            others.append("transformers bf16" if ours == "bf16" else "transformers fp32")
+            ratios = [f"{a['decode'] / rows[o]['decode']:.2f}x {o}" for o in others if "decode" in rows.get(o, {})]  # fmt: skip
+            print(f"  {ours}: decode " + (", ".join(ratios) or "-"))
+    if "moe" in table and "moe-dense" in table:  # the issue's goal: MoE >= 0.8x its active dense
+        print("\nmoe / moe-dense decode (goal >= 0.8x):")
+        for name, m in table["moe"].items():
+            dense = table["moe-dense"].get(name, {})
+            if "decode" in m and "decode" in dense:
+                print(f"  {name:<24}{m['decode'] / dense['decode']:.2f}x")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--shapes", nargs="+", default=list(SHAPES))
+    p.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, choices=SHAPES)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument(
         "--reps", type=int, default=3, help="prompt+decode repetitions inside each process"
@@ -212,8 +282,19 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", default="/tmp/pocketlm-infer")
     p.add_argument("--skip", nargs="*", default=[], help="engines to skip: pocketlm llama hf")
+    p.add_argument(
+        "--llama-bench", type=Path, help="a llama-bench binary: llama.cpp rows from it too"
+    )
+    p.add_argument("--prepare-only", action="store_true", help="build the models, measure nothing")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    paths = prepare(Path(args.workdir), args.shapes)
+    if args.prepare_only:
+        for shape, files in paths.items():
+            print(shape, json.dumps({k: str(v) for k, v in files.items()}))
+        return
+    if args.llama_bench and not args.llama_bench.is_file():
+        p.error(f"--llama-bench {args.llama_bench}: no such file")
     try:
         import llama_cpp  # noqa: F401
 
@@ -224,59 +305,30 @@ def main() -> None:
             "llama-cpp-python is not installed: llama.cpp columns skipped (pip install llama-cpp-python)",
             file=sys.stderr,
         )
-    paths = prepare(Path(args.workdir), args.shapes)
-    common = [str(args.threads), str(args.prompt_tokens), str(args.new_tokens), str(args.reps)]
-    jobs = []
-    for shape in args.shapes:
-        for ours, theirs in PRECISIONS.items():
-            if "pocketlm" not in args.skip:
-                jobs.append((shape, f"pocketlm {ours}", CHILD_POCKETLM, [str(paths[shape][ours])]))
-            if have_llama:
-                jobs.append(
-                    (
-                        shape,
-                        f"llama.cpp {theirs.upper()}",
-                        CHILD_LLAMA,
-                        [str(paths[shape][f"gguf_{theirs}"])],
-                    )
-                )
-        if have_llama:
-            jobs.append((shape, "llama.cpp F16", CHILD_LLAMA, [str(paths[shape]["gguf_f16"])]))
-        if "hf" not in args.skip:
-            for prec in ("fp32", "bf16"):
-                jobs.append(
-                    (shape, f"transformers {prec}", CHILD_HF, [str(paths[shape]["hf"]), prec])
-                )
+    from machine import describe_machine
+
+    machine = describe_machine()  # before the runs, on an idle process: one measurement per run
+    print("machine: " + json.dumps(machine), file=sys.stderr, flush=True)
+    jobs = build_jobs(args, paths, have_llama)
     samples: dict[tuple[str, str], list[dict]] = {}
     for r in range(args.rounds):  # interleaved: every engine once per round
-        for shape, name, code, extra in jobs:
-            res = run_child(code, extra[0], *common, *extra[1:])
+        for shape, name, run, _ in jobs:
+            res = run()
             samples.setdefault((shape, name), []).append(res)
-            print(
-                f"round {r + 1} {shape:<2} {name:<22} {json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items() if k != 'profile'})}",
-                file=sys.stderr,
-                flush=True,
-            )
-    table = {}
-    for (shape, name), runs in samples.items():
-        ok = [x for x in runs if "error" not in x]
-        if not ok:
-            table.setdefault(shape, {})[name] = {"error": runs[-1]["error"]}
-            continue
-        med = {
-            k: statistics.median(x[k] for x in ok) for k in ("prefill", "decode", "ttft", "rss_mb")
-        }
-        if "profile" in ok[0]:
-            med["profile"] = ok[0]["profile"]
-            med["isa"] = ok[0]["isa"]
-        table.setdefault(shape, {})[name] = med
+            shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items() if k != "profile"}  # fmt: skip
+            print(f"round {r + 1} {shape:<2} {name:<22} {json.dumps(shown)}", file=sys.stderr, flush=True)  # fmt: skip
+    table = summarize(samples)
+    read_gbs = read_bandwidth(machine, args.threads)
+    add_traffic(table, jobs, read_gbs)
     report = {
+        "machine": machine,
         "meta": {
             "threads": args.threads,
             "prompt_tokens": args.prompt_tokens,
             "new_tokens": args.new_tokens,
             "rounds": args.rounds,
-            "cpus": os.cpu_count(),
+            "reps": args.reps,
+            "read_gbs": read_gbs,
         },
         "results": table,
     }
@@ -285,32 +337,8 @@ def main() -> None:
     (out / "infer_speed.json").write_text(json.dumps(report, indent=2))
     if args.json:
         print(json.dumps(report, indent=2))
-        return
-    for shape, rows in table.items():
-        print(f"\n{shape}: {SHAPES[shape]}")
-        print(
-            f"  {'engine':<24}{'decode tok/s':>13}{'prefill tok/s':>15}{'ttft s':>8}{'peak MB':>9}"
-        )
-        for name, m in rows.items():
-            if "error" in m:
-                print(f"  {name:<24} error: {m['error']}")
-                continue
-            print(
-                f"  {name:<24}{m['decode']:>13.1f}{m['prefill']:>15.1f}{m['ttft']:>8.2f}{m['rss_mb']:>9.0f}"
-            )
-        for ours, theirs in PRECISIONS.items():
-            a, b = rows.get(f"pocketlm {ours}"), rows.get(f"llama.cpp {theirs.upper()}")
-            hf = rows.get("transformers bf16" if ours == "bf16" else "transformers fp32")
-            if a and "decode" in a:
-                vs_llama = (
-                    f"{a['decode'] / b['decode']:.2f}x llama.cpp" if b and "decode" in b else "-"
-                )
-                vs_hf = (
-                    f"{a['decode'] / hf['decode']:.1f}x transformers"
-                    if hf and "decode" in hf
-                    else "-"
-                )
-                print(f"  {ours}: decode {vs_llama}, {vs_hf}")
+    else:
+        print_report(report)
 
 
 if __name__ == "__main__":
