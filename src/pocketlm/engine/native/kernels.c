@@ -186,9 +186,19 @@ static void wsum_scalar(const float *p, const float *v, size_t ldv, int n, int h
     for (int i = 0; i < n; i++) axpy_scalar(out, v + (size_t)i * ldv, p[i], hd);
 }
 
+float plm_activate(float v, int act) {
+    if (act == PLM_ACT_SILU) return v / (1.0f + expf(-v));
+    if (act == PLM_ACT_GELU_TANH) return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    return v * 0.5f * (1.0f + erff(v * 0.7071067811865476f)); /* exact gelu, as torch */
+}
+
+static void glu_scalar(float *g, const float *u, int n, int act) {
+    for (int i = 0; i < n; i++) g[i] = plm_activate(g[i], act) * (u ? u[i] : 1.0f);
+}
+
 void plm_select_kernels(plm_kernels *k, const char *force) {
     *k = (plm_kernels){"portable", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, NULL, NULL,
-                       dot_scalar, plm_quantize_vec, axpy_scalar, scores_scalar, exp_sum_scalar, wsum_scalar};
+                       dot_scalar, plm_quantize_vec, axpy_scalar, scores_scalar, exp_sum_scalar, wsum_scalar, NULL, glu_scalar};
 #ifdef PLM_X86
     __builtin_cpu_init();
     int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&

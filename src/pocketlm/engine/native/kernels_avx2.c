@@ -204,8 +204,27 @@ TARGET_AVX2 static void gemm_f32_avx2(const float *wf, int ldw, const float *x, 
         for (int t = 0; t < n_tok; t++) y[(size_t)t * ldy + r] = dot_avx2(wf + (size_t)r * ldw, x + (size_t)t * ldx, cols);
 }
 
+/* silu(g) = g * sigmoid(g); gelu_tanh(g) = g * sigmoid(2 * sqrt(2 / pi) * (g + 0.044715 g^3))
+ * (0.5 * (1 + tanh(z)) = sigmoid(2z)); exact GELU (erf) stays scalar. */
+TARGET_AVX2 static void glu_avx2(float *g, const float *u, int n, int act) {
+    int i = 0;
+    if (act != PLM_ACT_GELU) {
+        const __m256 one = _mm256_set1_ps(1.f), c1 = _mm256_set1_ps(2.f * 0.7978845608028654f), c3 = _mm256_set1_ps(0.044715f);
+        for (; i + 8 <= n; i += 8) {
+            const __m256 v = _mm256_loadu_ps(g + i);
+            __m256 z = v; /* sigmoid's argument */
+            if (act == PLM_ACT_GELU_TANH) z = _mm256_mul_ps(c1, _mm256_fmadd_ps(_mm256_mul_ps(c3, v), _mm256_mul_ps(v, v), v));
+            const __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), z))));
+            __m256 out = _mm256_mul_ps(v, sig);
+            if (u) out = _mm256_mul_ps(out, _mm256_loadu_ps(u + i));
+            _mm256_storeu_ps(g + i, out);
+        }
+    }
+    for (; i < n; i++) g[i] = plm_activate(g[i], act) * (u ? u[i] : 1.0f);
+}
+
 void plm_fill_avx2(plm_kernels *k) {
     *k = (plm_kernels){"avx2", gemv_f32_avx2, gemv_bf16_avx2, gemv_i8_avx2, gemv_i4_avx2, gemm_f32_avx2, NULL, NULL,
-                       dot_avx2, plm_quantize_vec, axpy_avx2, scores_avx2, exp_sum_avx2, wsum_avx2};
+                       dot_avx2, plm_quantize_vec, axpy_avx2, scores_avx2, exp_sum_avx2, wsum_avx2, NULL, glu_avx2};
 }
 #endif

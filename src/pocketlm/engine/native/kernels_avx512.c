@@ -382,9 +382,27 @@ TARGET_AVX512 static void gemm_f32_avx512(const float *wf, int ldw, const float 
 
 
 
+/* As glu_avx2, 16 lanes at a time. */
+TARGET_AVX512 static void glu_avx512(float *g, const float *u, int n, int act) {
+    int i = 0;
+    if (act != PLM_ACT_GELU) {
+        const __m512 one = _mm512_set1_ps(1.f), c1 = _mm512_set1_ps(2.f * 0.7978845608028654f), c3 = _mm512_set1_ps(0.044715f);
+        for (; i + 16 <= n; i += 16) {
+            const __m512 v = _mm512_loadu_ps(g + i);
+            __m512 z = v; /* sigmoid's argument */
+            if (act == PLM_ACT_GELU_TANH) z = _mm512_mul_ps(c1, _mm512_fmadd_ps(_mm512_mul_ps(c3, v), _mm512_mul_ps(v, v), v));
+            const __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), z))));
+            __m512 out = _mm512_mul_ps(v, sig);
+            if (u) out = _mm512_mul_ps(out, _mm512_loadu_ps(u + i));
+            _mm512_storeu_ps(g + i, out);
+        }
+    }
+    for (; i < n; i++) g[i] = plm_activate(g[i], act) * (u ? u[i] : 1.0f);
+}
+
 void plm_fill_avx512(plm_kernels *k, int bf16) {
     *k = (plm_kernels){"avx512-vnni", gemv_f32_avx512, gemv_bf16_avx512, gemv_i8_avx512, gemv_i4_avx512, gemm_f32_avx512, NULL, NULL,
-                       dot_avx512, quantize_avx512, axpy_avx512, scores_avx512, exp_sum_avx512, wsum_avx512, gemm_i8_avx512};
+                       dot_avx512, quantize_avx512, axpy_avx512, scores_avx512, exp_sum_avx512, wsum_avx512, gemm_i8_avx512, glu_avx512};
     if (bf16) plm_fill_avx512_bf16(k);
 }
 #endif

@@ -171,23 +171,20 @@ static void gemm_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0,
 
 enum { FUSE_NONE, FUSE_GATED, FUSE_ACT };
 
-static inline float activate(float v, int act) {
-    if (act == PLM_ACT_SILU) return v / (1.0f + expf(-v));
-    if (act == PLM_ACT_GELU_TANH) return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-    return v * 0.5f * (1.0f + erff(v * 0.7071067811865476f)); /* exact gelu, as torch */
-}
-
-/* The fused epilogue on rows [r0, r1) of every token, for the families' MLPs (biases, GELU, plain). */
-static void fused_epilogue(const mm_task *t, int r0, int r1) {
+/* The fused epilogue on rows [r0, r1) of every token: biases, then the activation (times up's
+   output when gated), vectorised (k.glu). */
+static void fused_epilogue(const plm_model *m, const mm_task *t, int r0, int r1) {
     const int rows = t->jobs[0].w->rows;
     for (int tok = 0; tok < t->n_tok; tok++) {
-        float *g = t->jobs[0].y + (size_t)tok * rows;
-        if (t->fuse == FUSE_ACT) {
-            for (int r = r0; r < r1; r++) g[r] = activate(t->b0 ? g[r] + t->b0[r] : g[r], t->act);
-            continue;
+        float *g = t->jobs[0].y + (size_t)tok * rows, *u = NULL;
+        if (t->b0)
+            for (int r = r0; r < r1; r++) g[r] += t->b0[r];
+        if (t->fuse == FUSE_GATED) {
+            u = t->jobs[1].y + (size_t)tok * rows;
+            if (t->b1)
+                for (int r = r0; r < r1; r++) u[r] += t->b1[r];
         }
-        const float *u = t->jobs[1].y + (size_t)tok * rows;
-        for (int r = r0; r < r1; r++) g[r] = activate(t->b0 ? g[r] + t->b0[r] : g[r], t->act) * (t->b1 ? u[r] + t->b1[r] : u[r]);
+        m->k.glu(g + r0, u ? u + r0 : NULL, r1 - r0, t->act);
     }
 }
 
@@ -210,7 +207,6 @@ static void mm_worker(void *p, int ith, int nth) {
     const int size = chunk_rows(t);
     (void)nth;
     const int paired = t->fuse == FUSE_GATED, one = t->fuse != FUSE_NONE;
-    const int swiglu = paired && t->act == PLM_ACT_SILU && !t->b0 && !t->b1; /* Llama's: the plain loop */
     for (int c; (c = plm_ranges_next(t->ranges, t->n_ranges, ith)) >= 0;) {
         int j = 0, first = c;
         while (!one && first >= (t->jobs[j].w->rows + size - 1) / size) {
@@ -223,15 +219,7 @@ static void mm_worker(void *p, int ith, int nth) {
             if (gemv) gemv_rows(m, t, &t->jobs[k], r0, r1);
             else gemm_rows(m, t, &t->jobs[k], r0, r1, ith);
         }
-        if (!one) continue;
-        if (!swiglu) {
-            fused_epilogue(t, r0, r1);
-            continue;
-        }
-        for (int tok = 0; tok < t->n_tok; tok++) {
-            float *g = t->jobs[0].y + (size_t)tok * rows, *u = t->jobs[1].y + (size_t)tok * rows;
-            for (int r = r0; r < r1; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
-        }
+        if (one) fused_epilogue(m, t, r0, r1);
     }
 }
 

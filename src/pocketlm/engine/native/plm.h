@@ -63,6 +63,8 @@ typedef struct {
     int n;
 } plm_qvec;
 
+enum { PLM_ACT_SILU = 0, PLM_ACT_GELU_TANH = 1, PLM_ACT_GELU = 2 };
+
 /* Kernel table filled at start-up for the best instruction set available. */
 typedef struct {
     const char *name;
@@ -88,9 +90,12 @@ typedef struct {
     /* Prefill over int8 weights with integer dot products, every token's input quantised as for
      * decode (xq[t]): Y[t, r] for r in [r0, r1) at y + t * ldy + r; NULL without VNNI. */
     void (*gemm_i8)(const plm_matrix *w, int r0, int r1, const plm_qvec *xq, int n_tok, float *y, int ldy);
+    /* g[i] = act(g[i]) * u[i] (u NULL: act(g[i])) for PLM_ACT_*: the MLP's activation, gated or not */
+    void (*glu)(float *g, const float *u, int n, int act);
 } plm_kernels;
 
 void plm_select_kernels(plm_kernels *k, const char *force);
+float plm_activate(float v, int act); /* PLM_ACT_* of one value, as torch computes it */
 void plm_quantize_vec(const float *x, int n, plm_qvec *out);
 void plm_dequant_rows(const plm_matrix *w, int r0, int r1, float *out); /* (r1 - r0, cols) */
 float plm_f16_to_f32(uint16_t h);
@@ -118,7 +123,6 @@ int plm_ranges_next(plm_range *ranges, int n_ranges, int ith); /* a chunk index,
 
 /* ---- model ---------------------------------------------------------------------------------- */
 enum { PLM_NORM_RMS = 0, PLM_NORM_LAYER = 1 };
-enum { PLM_ACT_SILU = 0, PLM_ACT_GELU_TANH = 1, PLM_ACT_GELU = 2 };
 enum { PLM_ROPE_GLOBAL = 0, PLM_ROPE_LOCAL = 1, PLM_ROPE_LONG = 2, PLM_ROPE_SETS = 3 };
 
 typedef struct {
