@@ -197,8 +197,9 @@ static void glu_scalar(float *g, const float *u, int n, int act) {
 }
 
 void plm_select_kernels(plm_kernels *k, const char *force) {
-    *k = (plm_kernels){"portable", gemv_f32_scalar, gemv_bf16_scalar, gemv_i8_scalar, gemv_i4_scalar, gemm_f32_scalar, NULL, NULL,
-                       dot_scalar, plm_quantize_vec, axpy_scalar, scores_scalar, exp_sum_scalar, wsum_scalar, NULL, glu_scalar};
+    *k = (plm_kernels){.name = "portable", .gemv_f32 = gemv_f32_scalar, .gemv_bf16 = gemv_bf16_scalar, .gemv_i8 = gemv_i8_scalar, .gemv_i4 = gemv_i4_scalar,
+                       .gemm_f32 = gemm_f32_scalar, .dot = dot_scalar, .quantize = plm_quantize_vec, .axpy = axpy_scalar, .scores = scores_scalar,
+                       .exp_sum = exp_sum_scalar, .wsum = wsum_scalar, .glu = glu_scalar};
 #ifdef PLM_X86
     __builtin_cpu_init();
     int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&

@@ -224,7 +224,8 @@ TARGET_AVX2 static void glu_avx2(float *g, const float *u, int n, int act) {
 }
 
 void plm_fill_avx2(plm_kernels *k) {
-    *k = (plm_kernels){"avx2", gemv_f32_avx2, gemv_bf16_avx2, gemv_i8_avx2, gemv_i4_avx2, gemm_f32_avx2, NULL, NULL,
-                       dot_avx2, plm_quantize_vec, axpy_avx2, scores_avx2, exp_sum_avx2, wsum_avx2, NULL, glu_avx2};
+    *k = (plm_kernels){.name = "avx2", .gemv_f32 = gemv_f32_avx2, .gemv_bf16 = gemv_bf16_avx2, .gemv_i8 = gemv_i8_avx2, .gemv_i4 = gemv_i4_avx2,
+                       .gemm_f32 = gemm_f32_avx2, .dot = dot_avx2, .quantize = plm_quantize_vec, .axpy = axpy_avx2, .scores = scores_avx2,
+                       .exp_sum = exp_sum_avx2, .wsum = wsum_avx2, .glu = glu_avx2};
 }
 #endif

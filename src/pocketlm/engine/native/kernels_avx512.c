@@ -401,8 +401,9 @@ TARGET_AVX512 static void glu_avx512(float *g, const float *u, int n, int act) {
 }
 
 void plm_fill_avx512(plm_kernels *k, int bf16) {
-    *k = (plm_kernels){"avx512-vnni", gemv_f32_avx512, gemv_bf16_avx512, gemv_i8_avx512, gemv_i4_avx512, gemm_f32_avx512, NULL, NULL,
-                       dot_avx512, quantize_avx512, axpy_avx512, scores_avx512, exp_sum_avx512, wsum_avx512, gemm_i8_avx512, glu_avx512};
+    *k = (plm_kernels){.name = "avx512-vnni", .gemv_f32 = gemv_f32_avx512, .gemv_bf16 = gemv_bf16_avx512, .gemv_i8 = gemv_i8_avx512, .gemv_i4 = gemv_i4_avx512,
+                       .gemm_f32 = gemm_f32_avx512, .dot = dot_avx512, .quantize = quantize_avx512, .axpy = axpy_avx512, .scores = scores_avx512,
+                       .exp_sum = exp_sum_avx512, .wsum = wsum_avx512, .glu = glu_avx512, .gemm_i8 = gemm_i8_avx512};
     if (bf16) plm_fill_avx512_bf16(k);
 }
 #endif

@@ -158,12 +158,17 @@ static void gemm_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0,
             m->k.gemm_f32((const float *)w->data + (size_t)rb * cols, cols, job->x, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
             continue;
         }
-        plm_dequant_rows(w, rb, re, scratch);
         if (job->xb) {
             uint16_t *wb = m->wscratch_bf16 + (size_t)ith * ROW_BLOCK * (size_t)m->wide;
-            m->k.to_bf16(scratch, wb, (size_t)(re - rb) * cols);
+            if (w->dtype == PLM_I4 && cols % 32 == 0) {
+                m->k.i4_to_bf16(w, rb, re, wb);
+            } else {
+                plm_dequant_rows(w, rb, re, scratch);
+                m->k.to_bf16(scratch, wb, (size_t)(re - rb) * cols);
+            }
             m->k.gemm_bf16(wb, cols, job->xb, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
         } else {
+            plm_dequant_rows(w, rb, re, scratch);
             m->k.gemm_f32(scratch, cols, job->x, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
         }
     }

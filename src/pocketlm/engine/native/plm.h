@@ -80,6 +80,7 @@ typedef struct {
      * lacks AVX512-BF16; then bf16 / int4 prefill dequantises to float for gemm_f32. */
     void (*gemm_bf16)(const uint16_t *wb, int ldw, const uint16_t *xb, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols);
     void (*to_bf16)(const float *x, uint16_t *out, size_t n); /* round to nearest even */
+    void (*i4_to_bf16)(const plm_matrix *w, int r0, int r1, uint16_t *out); /* int4 rows dequantised and rounded to bf16 */
     float (*dot)(const float *a, const float *b, int n);
     void (*quantize)(const float *x, int n, plm_qvec *out); /* plm_quantize_vec, vectorised */
     void (*axpy)(float *y, const float *x, float a, int n); /* y += a * x */
