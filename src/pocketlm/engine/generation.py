@@ -195,7 +195,7 @@ class SequenceState:
         return self._advance(token)
 
     def _advance(self, token: int) -> GenerationChunk:
-        if token in self.stop_ids:
+        if token in self.stop_ids and not self.params.ignore_eos:
             return self._finish(token, "stop", self.decoder.flush())
         text = self.pending + self.decoder.push(token)
         cut = self._first_stop(text)

@@ -31,6 +31,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1 = off
     seed: int | None = None  # None = a fresh random seed per generation
     stop: tuple[str, ...] = ()  # stop strings: the text ends right before the first one
+    ignore_eos: bool = False  # generate past eos / end-of-turn tokens (benchmarks at equal length)
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, minimum=1)

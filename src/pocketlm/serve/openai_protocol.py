@@ -93,6 +93,7 @@ class _Sampling(BaseModel):
     top_k: int | None = Field(None, ge=0, le=MAX_SEED)  # extension (vLLM, llama.cpp)
     min_p: float | None = Field(None, ge=0, lt=1, **_Float)  # extension
     repetition_penalty: float | None = Field(None, ge=0.01, le=100, **_Float)  # extension
+    ignore_eos: bool = False  # extension (vLLM, llama.cpp): only max_tokens or a stop string ends
     presence_penalty: float | None = Field(None, ge=-2, le=2, **_Float)
     frequency_penalty: float | None = Field(None, ge=-2, le=2, **_Float)
     logit_bias: dict[str, Any] | None = None
@@ -163,6 +164,7 @@ class _Sampling(BaseModel):
                 repetition_penalty=values["repetition_penalty"],
                 seed=seed,
                 stop=self.stop_list(),
+                ignore_eos=self.ignore_eos,
             )
         except ConfigError as exc:  # a range pydantic did not cover: still the client's fault
             name = str(exc).split(" ", 1)[0].removeprefix("sampling.")

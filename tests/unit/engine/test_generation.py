@@ -144,6 +144,14 @@ def test_eos_and_end_of_turn_stop(tok):
         assert len(chunks) == len(tok.encode("the dog")) + 1
 
 
+def test_ignore_eos_generates_past_the_stop_tokens_to_the_length(tok):
+    script = [*tok.encode("the dog"), tok.eos_id, *tok.encode(" ran far away today")]
+    params = SamplingParams(temperature=0, max_new_tokens=len(script) - 1, ignore_eos=True)
+    chunks, _ = stream(scripted(tok, script), params=params)
+    assert [t for c in chunks for t in c.token_ids] == script[:-1]
+    assert chunks[-1].finish_reason == "length"
+
+
 def test_max_new_tokens_gives_length(tok):
     engine = scripted(tok, tok.encode("the big red dog ran to the park"))
     chunks, _ = stream(engine, params=SamplingParams(temperature=0, max_new_tokens=3))

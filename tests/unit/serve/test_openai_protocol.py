@@ -55,6 +55,14 @@ def test_a_valid_chat_request_becomes_sampling_params():
     assert req.template_messages() == [{"role": "user", "content": "hi"}]
 
 
+def test_ignore_eos_is_taken_and_off_by_default():
+    assert (
+        parse_request(ChatCompletionRequest, _chat(ignore_eos=True)).sampling_params(5).ignore_eos
+    )
+    assert not parse_request(ChatCompletionRequest, _chat()).sampling_params(5).ignore_eos
+    assert _error(ChatCompletionRequest, _chat(ignore_eos="yes")).param == "ignore_eos"
+
+
 def test_defaults_and_tiny_temperatures():
     req = parse_request(ChatCompletionRequest, _chat())
     assert req.sampling_params(5).temperature == 1.0 and req.token_limit() is None
