@@ -51,7 +51,7 @@ from pathlib import Path
 
 import httpx
 
-from infer_speed import PRECISIONS  # ours -> llama.cpp's type, as in the speed benchmark
+from infer_shapes import PRECISIONS  # ours -> llama.cpp's type, as in the speed benchmark
 from serve_load import (
     PROMPT,
     build_random_model,

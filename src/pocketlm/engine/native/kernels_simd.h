@@ -46,7 +46,9 @@ void plm_quantize_tables(plm_qvec *out); /* the lane-expanded views of plm_qvec 
  * asking for the line this many bytes ahead of each row's read point brought int8 from 17 to
  * 28-31 GB/s and every other format a few GB/s (measured 4-32 KiB: 8-16 KiB best everywhere).
  * A prefetch past a matrix's end is harmless (it never faults). */
+#ifndef PF_AHEAD /* -DPF_AHEAD=N to sweep it (benchmarks/native/gemv_bench.c) */
 #define PF_AHEAD 12288
+#endif
 #define PF(p) _mm_prefetch((const char *)(p) + PF_AHEAD, _MM_HINT_T0)
 
 TARGET_AVX2 static inline float hsum256(__m256 v) {
