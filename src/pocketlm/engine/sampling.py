@@ -4,6 +4,9 @@ Order of operations (as in `transformers`): repetition penalty, then greedy argm
 temperature is 0, else temperature, top-k, top-p, min-p, and one draw from the remaining
 distribution with an explicit `numpy.random.Generator`. Every function takes numpy float32
 logits of any leading batch shape and never modifies its input; nothing here imports torch.
+The filters below (`top_k_filter`, `top_p_filter`, `min_p_filter`) define the semantics over the
+whole vocabulary; `process_logits` and `sample_next` get the same kept tokens from
+`kept_tokens.py` without sorting or normalising a 150k vocabulary (tested against them).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pocketlm.common.errors import ConfigError
+from pocketlm.engine.kept_tokens import draw_from, kept_ids
 
 _NEG_INF = np.float32(-np.inf)
 
@@ -152,14 +156,27 @@ def process_logits(
     previous_ids: np.ndarray | Sequence[int] = (),
 ) -> np.ndarray:
     """Float32 logits after penalty, temperature and filters (greedy: after the penalty only)."""
-    out = np.asarray(logits, dtype=np.float32)
-    out = apply_repetition_penalty(out, previous_ids, params.repetition_penalty)
+    out = _tempered(logits, params, previous_ids)
     if params.greedy:
         return out
-    out = apply_temperature(out, params.temperature)
-    out = top_k_filter(out, params.top_k)
-    out = top_p_filter(out, params.top_p)
-    return min_p_filter(out, params.min_p)
+    rows = out.reshape(-1, out.shape[-1])  # (rows, V)
+    filtered = np.full_like(rows, _NEG_INF)
+    for row, dst in zip(rows, filtered, strict=True):
+        ids = kept_ids(row, params.top_k, params.top_p, params.min_p)
+        if ids is None:
+            dst[:] = row
+        else:
+            dst[ids] = row[ids]
+    return filtered.reshape(out.shape)
+
+
+def _tempered(
+    logits: np.ndarray, params: SamplingParams, previous_ids: np.ndarray | Sequence[int]
+) -> np.ndarray:
+    """Float32 logits after the repetition penalty and (unless greedy) the temperature."""
+    out = np.asarray(logits, dtype=np.float32)
+    out = apply_repetition_penalty(out, previous_ids, params.repetition_penalty)
+    return out if params.greedy else apply_temperature(out, params.temperature)
 
 
 def sample_next(
@@ -172,18 +189,16 @@ def sample_next(
 
     Raises ValueError when the processed logits give no valid distribution (NaN or +inf).
     """
-    scores = process_logits(logits, params, previous_ids)
+    scores = _tempered(logits, params, previous_ids)
     if params.greedy:
         return np.asarray(scores.argmax(axis=-1), dtype=np.int64)  # the first max wins
-    probs = _softmax64(scores).reshape(-1, scores.shape[-1])  # (rows, V)
-    if not np.isfinite(probs).all():
-        raise ValueError("the logits give no valid probability distribution (NaN or inf)")
+    rows = scores.reshape(-1, scores.shape[-1])  # (rows, V)
     rng = generator if generator is not None else np.random.default_rng()
-    cumulative = np.cumsum(probs, axis=-1)  # (rows, V), non-decreasing
-    u = rng.random(probs.shape[0])[:, None] * cumulative[:, -1:]  # (rows, 1) in [0, total)
-    drawn = (cumulative <= u).sum(axis=-1)  # (rows,): first index whose cumulative mass > u
-    last_possible = probs.shape[-1] - 1 - (probs[:, ::-1] > 0).argmax(axis=-1)  # (rows,)
-    drawn = np.minimum(drawn, last_possible)  # guards rounding at the top end
+    u = rng.random(rows.shape[0])  # (rows,) in [0, 1): one call, whatever the filters
+    drawn = np.empty(rows.shape[0], dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids = kept_ids(row, params.top_k, params.top_p, params.min_p)
+        drawn[i] = draw_from(row, ids, float(u[i]))
     return drawn.reshape(scores.shape[:-1])
 
 
