@@ -35,6 +35,19 @@ TARGET_AVX512 static void axpy_avx512(float *y, const float *x, float a, int n) 
 TARGET_AVX512 static void gemv_f32_avx512(const plm_matrix *w, const float *x, float *y, int r0, int r1) {
     const int n = w->cols;
     int r = r0;
+    for (; r + 4 <= r1 && n % 16 == 0; r += 4) { /* four rows: four streams in flight */
+        const float *a0 = (const float *)w->data + (size_t)r * n, *a1 = a0 + n, *a2 = a1 + n, *a3 = a2 + n;
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (int c = 0; c < n; c += 16) {
+            PF(a0 + c); PF(a1 + c); PF(a2 + c); PF(a3 + c);
+            const __m512 xv = _mm512_loadu_ps(x + c);
+            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a0 + c), xv, s0);
+            s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a1 + c), xv, s1);
+            s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a2 + c), xv, s2);
+            s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a3 + c), xv, s3);
+        }
+        _mm_storeu_ps(y + r, reduce4(s0, s1, s2, s3));
+    }
     /* Two rows at a time: each x load feeds two FMAs. */
     for (; r + 2 <= r1; r += 2) {
         const float *a = (const float *)w->data + (size_t)r * n, *b = a + n;
