@@ -30,17 +30,18 @@ NATIVE = {
 }
 IMPORTED = {"qwen0.5b": "qwen2.5-0.5b", "llama1b": "llama3.2-1b"}  # shape -> hf_folders name
 SHAPES = [*NATIVE, *IMPORTED]
-# ours -> the GGUF type llama.cpp runs for it; imported shapes start from bf16 (no fp32 model)
+# ours -> the GGUF type llama.cpp runs for it; imported shapes start from bf16, fp32 is its upcast
 PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}
 # bytes a parameter takes on disk over everything an imported shape writes: HF bf16 source,
-# bf16 + int8 + int4 models, GGUF bf16 + f16 + q8_0 + q4_0
-_IMPORTED_BYTES_PER_PARAM = 2 + 2 + 1.07 + 0.57 + 2 + 2 + 1.07 + 0.57
+# bf16 + fp32 + int8 + int4 models, GGUF bf16 + f16 + f32 + q8_0 + q4_0
+_IMPORTED_BYTES_PER_PARAM = 2 + 2 + 4 + 1.07 + 0.57 + 2 + 2 + 4 + 1.07 + 0.57
 _DISK_MARGIN = 5e9
 
 
 def precisions(shape: str) -> dict[str, str]:
-    """PocketLM precision -> GGUF type measured for `shape`."""
-    return {k: v for k, v in PRECISIONS.items() if not (shape in IMPORTED and k == "fp32")}
+    """PocketLM precision -> GGUF type measured for `shape` (every one, for every shape)."""
+    del shape
+    return dict(PRECISIONS)
 
 
 def shape_facts(shape: str) -> dict:
@@ -128,6 +129,17 @@ def _base_model(shape: str, d: Path, tok: Path, t0: float) -> tuple[Path, Path |
     return base, (hf if (hf / "config.json").exists() else None)
 
 
+def _upcast_fp32(base: Path, d: Path, t0: float) -> Path:
+    """An imported (bf16) model's fp32 twin: the same values, 4 bytes each (the fp32 rows)."""
+    from pocketlm.checkpoint.model_io import load_model, save_model
+
+    fp32 = d / "fp32"
+    if not _done(fp32):
+        _log(t0, f"{d.name}: fp32 upcast of {base} -> {fp32}")
+        save_model(fp32, load_model(base).model.float(), base, overwrite=True)
+    return fp32
+
+
 def prepare(work: Path, shapes: list[str]) -> dict[str, dict[str, Path]]:
     """{shape: {precision or gguf_<type> or "hf": path}} for each shape, built when missing."""
     from pocketlm.compress.quantize import quantize_model_dir
@@ -143,6 +155,8 @@ def prepare(work: Path, shapes: list[str]) -> dict[str, dict[str, Path]]:
         d.mkdir(exist_ok=True)
         base, hf = _base_model(shape, d, tok, t0)
         paths = {base.name: base, **({"hf": hf} if hf else {})}
+        if shape in IMPORTED:
+            paths["fp32"] = _upcast_fp32(base, d, t0)
         for scheme in ("bf16", "int8", "int4"):
             paths[scheme] = d / scheme
             if not _done(paths[scheme]):

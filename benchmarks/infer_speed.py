@@ -8,7 +8,7 @@ every shape and precision, measured interleaved in one run, with the machine it 
 
 Shapes (infer_shapes.py): S, M, L (default), `moe` (8 experts, top-2) and `moe-dense` (its active
 parameters, dense), `qwen0.5b` and `llama1b` (random weights in Qwen2.5-0.5B's and Llama-3.2-1B's
-shapes, imported through `pocketlm import`; bf16/int8/int4 only, no fp32). Every measurement is a
+shapes, imported through `pocketlm import` from bf16 folders; their fp32 is the bf16 upcast). Every measurement is a
 fresh process (cold start included): it loads the model, runs a 128-token prompt and 64 greedy
 decode steps a few times and reports medians, the time from process start to the first token,
 and its peak resident memory. llama.cpp runs through llama-cpp-python on the GGUF files PocketLM

@@ -20,8 +20,8 @@ def test_hf_params_counts_the_matrices_of_a_transformers_model():
         assert hf_params(fields) == matrices
 
 
-def test_imported_shapes_have_no_fp32_and_the_moe_pair_the_same_active_ffn():
-    assert "fp32" not in precisions("qwen0.5b") and precisions("S")["fp32"] == "f32"
+def test_every_shape_has_every_precision_and_the_moe_pair_the_same_active_ffn():
+    assert precisions("qwen0.5b")["fp32"] == "f32" and precisions("S")["fp32"] == "f32"
     assert shape_facts("llama1b")["vocab_size"] == 128256 and "llama1b" in IMPORTED
     moe, dense = NATIVE["moe"], NATIVE["moe-dense"]
     assert moe["n_experts_per_token"] * moe["expert_ffn_dim"] == dense["ffn_dim"]
