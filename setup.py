@@ -15,6 +15,8 @@ setup(
                 for f in (
                     "module.c",
                     "model.c",
+                    "matmul.c",
+                    "attend.c",
                     "kernels.c",
                     "kernels_avx2.c",
                     "kernels_avx512.c",
@@ -22,7 +24,7 @@ setup(
                     "threadpool.c",
                 )
             ],
-            depends=[NATIVE + "plm.h", NATIVE + "kernels_simd.h"],
+            depends=[NATIVE + "plm.h", NATIVE + "kernels_simd.h", NATIVE + "model_internal.h"],
             extra_compile_args=[
                 "-O3",
                 "-std=gnu11",

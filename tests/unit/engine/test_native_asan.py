@@ -31,6 +31,8 @@ NATIVE = REPO / "src" / "pocketlm" / "engine" / "native"
 SOURCES = (
     "module.c",
     "model.c",
+    "matmul.c",
+    "attend.c",
     "kernels.c",
     "kernels_avx2.c",
     "kernels_avx512.c",

@@ -8,44 +8,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "plm.h"
+#include "model_internal.h"
 
-#define ROW_BLOCK 16 /* rows dequantised at a time for prefill GEMMs */
-#define GEMV_MAX 16  /* up to this many tokens per call (decode, batched decode) run the GEMV kernels:
-                        exactly the arithmetic of a single sequence's decode, weights read once */
-#define GEMV_CHUNK 32 /* rows a thread takes at a time on the GEMV path (a multiple of 8) */
-#define GEMM_CHUNK 64 /* and on the prefill path (a multiple of ROW_BLOCK) */
-
-struct plm_model {
-    plm_config cfg;
-    plm_matrix embed, lm_head;
-    plm_norm final_norm;
-    const float *lm_head_bias;
-    plm_layer *layers;
-    plm_matrix *expert_mats; /* every layer's expert matrices (the layers point into it) */
-    plm_kernels k;
-    plm_pool *pool;
-    /* runtime state */
-    float *k_cache, *v_cache; /* per slot, per layer: ring_len[l] positions of kv_dim values */
-    int *ring_len;            /* (n_layers,) max_seq, or fewer for a sliding layer: a rolling cache */
-    size_t *layer_off;        /* (n_layers,) where each layer's positions start within a slot */
-    size_t slot_len;          /* values one slot holds */
-    const int32_t *pos, *slot; /* of the tokens in the current call */
-    int rope_long;             /* this call rotates PLM_ROPE_GLOBAL layers with the long set */
-    float *rope_cos[PLM_ROPE_SETS], *rope_sin[PLM_ROPE_SETS]; /* (max_seq, rotary_dim / 2) each */
-    float *x, *xn, *xb, *xo, *q, *kk, *vv, *att, *hb, *hb2, *scores; /* activations for max_batch tokens */
-    float *xg, *yd, *route_w, *weight_of, *probs; /* mixture of experts: gathered inputs, expert outputs, routing */
-    int32_t *route_e, *tokens_of;
-    int wide;                  /* the most columns of any matrix: max(dim, hidden, q_dim) */
-    int hidden;                /* the widest MLP: ffn_dim, expert_ffn_dim, shared_ffn_dim */
-    float *wscratch;           /* per thread: ROW_BLOCK * wide dequantised weights */
-    uint16_t *wscratch_bf16;   /* per thread: the same rounded to bf16 (prefill with gemm_bf16) */
-    uint16_t *x_bf16;          /* max_batch * wide: a prefill matmul's input rounded to bf16 */
-    plm_qvec *qx;              /* max_batch: a prefill matmul's input quantised per token (integer GEMMs) */
-    plm_qvec qv[2][GEMV_MAX];  /* quantised activations per token (two inputs live at once) */
-    int profiling;
-    double prof[PLM_PROF_N], prof_t;
-};
 
 static double now_s(void) {
     struct timespec ts;
@@ -67,8 +31,6 @@ void plm_model_profile(plm_model *m, int enable, double *out) {
     m->profiling = enable;
 }
 
-static size_t kv_dim(const plm_config *c) { return (size_t)c->n_kv_heads * c->head_dim; }
-static size_t q_dim(const plm_config *c) { return (size_t)c->n_heads * c->head_dim; }
 
 static void *xalloc(size_t n) {
     void *p = aligned_alloc(64, (n + 63) / 64 * 64);
@@ -92,236 +54,6 @@ static int qvec_alloc(plm_qvec *v, int n) {
 static void qvec_free(plm_qvec *v) {
     free(v->q); free(v->scale); free(v->bsum); free(v->scale8); free(v->ssum8);
     free(v->qp); free(v->scale8p); free(v->ssum8p);
-}
-
-/* ---- matrix products over the pool -------------------------------------------------------- */
-typedef struct {
-    const plm_matrix *w;
-    const float *x;      /* (n_tok, w->cols) float input */
-    const plm_qvec *xq;  /* GEMV path with integer weights: one quantised vector per token */
-    float *y;            /* (n_tok, w->rows) */
-    const uint16_t *xb;  /* GEMM path on bf16 kernels: x rounded to bf16, or NULL (float GEMM) */
-} mm_job;
-
-typedef struct {
-    plm_model *m;
-    mm_job jobs[3];
-    int n_jobs, n_tok;
-    int fuse; /* FUSE_GATED: jobs 0 and 1 are gate and up, act(gate + b0) * (up + b1) is applied to
-                 each chunk as it is done; FUSE_ACT: act(y + b0) on job 0's chunks */
-    int act;  /* PLM_ACT_* */
-    const float *b0, *b1; /* biases of the fused jobs, or NULL */
-    /* The chunks of rows left, a contiguous range per thread (see plm_range): a thread that lost
-       its core to another program does less of the work instead of holding everyone up (each
-       row's arithmetic is the same whoever computes it: the same results). */
-    int n_ranges;
-    plm_range ranges[PLM_MAX_THREADS];
-} mm_task;
-
-/* y rows [r0, r1) of one job on the GEMV path: blocks of 8 rows, each block read from memory
-   once and kept in L1 for every token. */
-static void gemv_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0, int r1) {
-    const plm_matrix *w = job->w;
-    for (int rb = r0; rb < r1; rb += 8) {
-        const int re = rb + 8 < r1 ? rb + 8 : r1;
-        for (int tok = 0; tok < t->n_tok; tok++) {
-            const float *x = job->x + (size_t)tok * w->cols;
-            float *y = job->y + (size_t)tok * w->rows;
-            switch (w->dtype) {
-                case PLM_F32: m->k.gemv_f32(w, x, y, rb, re); break;
-                case PLM_BF16: m->k.gemv_bf16(w, x, y, rb, re); break;
-                case PLM_I8: m->k.gemv_i8(w, &job->xq[tok], y, rb, re); break;
-                case PLM_I4: m->k.gemv_i4(w, &job->xq[tok], y, rb, re); break;
-            }
-        }
-    }
-}
-
-/* y rows [r0, r1) of one job on the prefill path: dequantise ROW_BLOCK rows at a time into this
-   thread's scratch, then one small GEMM over every token (bf16 weights need no copy on the bf16
-   kernels; fp32 weights always take the float GEMM). */
-static void gemm_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0, int r1, int ith) {
-    const plm_matrix *w = job->w;
-    const int cols = w->cols;
-    float *scratch = m->wscratch + (size_t)ith * ROW_BLOCK * (size_t)m->wide;
-    if (job->xq) { /* int8 weights on the integer GEMM */
-        m->k.gemm_i8(w, r0, r1, job->xq, t->n_tok, job->y, w->rows);
-        return;
-    }
-    if (job->xb && w->dtype == PLM_BF16) {
-        m->k.gemm_bf16((const uint16_t *)w->data + (size_t)r0 * cols, cols, job->xb, cols, job->y + r0, w->rows, t->n_tok, r1 - r0, cols);
-        return;
-    }
-    for (int rb = r0; rb < r1; rb += ROW_BLOCK) {
-        const int re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
-        if (w->dtype == PLM_F32) {
-            m->k.gemm_f32((const float *)w->data + (size_t)rb * cols, cols, job->x, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
-            continue;
-        }
-        if (job->xb) {
-            uint16_t *wb = m->wscratch_bf16 + (size_t)ith * ROW_BLOCK * (size_t)m->wide;
-            if (w->dtype == PLM_I4 && cols % 32 == 0) {
-                m->k.i4_to_bf16(w, rb, re, wb);
-            } else {
-                plm_dequant_rows(w, rb, re, scratch);
-                m->k.to_bf16(scratch, wb, (size_t)(re - rb) * cols);
-            }
-            m->k.gemm_bf16(wb, cols, job->xb, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
-        } else {
-            plm_dequant_rows(w, rb, re, scratch);
-            m->k.gemm_f32(scratch, cols, job->x, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
-        }
-    }
-}
-
-enum { FUSE_NONE, FUSE_GATED, FUSE_ACT };
-
-/* The fused epilogue on rows [r0, r1) of every token: biases, then the activation (times up's
-   output when gated), vectorised (k.glu). */
-static void fused_epilogue(const plm_model *m, const mm_task *t, int r0, int r1) {
-    const int rows = t->jobs[0].w->rows;
-    for (int tok = 0; tok < t->n_tok; tok++) {
-        float *g = t->jobs[0].y + (size_t)tok * rows, *u = NULL;
-        if (t->b0)
-            for (int r = r0; r < r1; r++) g[r] += t->b0[r];
-        if (t->fuse == FUSE_GATED) {
-            u = t->jobs[1].y + (size_t)tok * rows;
-            if (t->b1)
-                for (int r = r0; r < r1; r++) u[r] += t->b1[r];
-        }
-        m->k.glu(g + r0, u ? u + r0 : NULL, r1 - r0, t->act);
-    }
-}
-
-/* Chunks of rows are taken dynamically: chunk c of every job laid end to end, or, fused with
-   SwiGLU, chunk c of gate and up together, then silu(gate) * up on it while it is in cache.
-   Chunk edges do not depend on the thread count: the same results with any number of threads. */
-static int chunk_rows(const mm_task *t) { return t->n_tok <= GEMV_MAX ? GEMV_CHUNK : GEMM_CHUNK; }
-
-static int task_chunks(const mm_task *t) {
-    const int size = chunk_rows(t);
-    int chunks = 0;
-    for (int j = 0; j < (t->fuse != FUSE_NONE ? 1 : t->n_jobs); j++) chunks += (t->jobs[j].w->rows + size - 1) / size;
-    return chunks;
-}
-
-static void mm_worker(void *p, int ith, int nth) {
-    mm_task *t = (mm_task *)p;
-    plm_model *m = t->m;
-    const int gemv = t->n_tok <= GEMV_MAX;
-    const int size = chunk_rows(t);
-    (void)nth;
-    const int paired = t->fuse == FUSE_GATED, one = t->fuse != FUSE_NONE;
-    for (int c; (c = plm_ranges_next(t->ranges, t->n_ranges, ith)) >= 0;) {
-        int j = 0, first = c;
-        while (!one && first >= (t->jobs[j].w->rows + size - 1) / size) {
-            first -= (t->jobs[j].w->rows + size - 1) / size;
-            j++;
-        }
-        const int rows = t->jobs[j].w->rows;
-        const int r0 = first * size, r1 = r0 + size < rows ? r0 + size : rows;
-        for (int k = j; k < (paired ? 2 : j + 1); k++) {
-            if (gemv) gemv_rows(m, t, &t->jobs[k], r0, r1);
-            else gemm_rows(m, t, &t->jobs[k], r0, r1, ith);
-        }
-        if (one) fused_epilogue(m, t, r0, r1);
-    }
-}
-
-/* Prefill inputs for the fast GEMMs, converted once per call (the jobs of one call share their
-   input): int8 weights meet it quantised per token as in decode (integer GEMM, VNNI); bf16 and
-   int4 weights (dequantised) meet it rounded to bf16 (vdpbf16ps) where the CPU has AVX512-BF16.
-   Measured on L, 128-token prompt: int8 1.43x and int4 1.34x the float GEMM. */
-static void prepare_gemm_inputs(plm_model *m, mm_task *t) {
-    const float *x = t->jobs[0].x;
-    const int cols = t->jobs[0].w->cols;
-    int quantised = 0, rounded = 0;
-    for (int j = 0; j < t->n_jobs; j++) {
-        mm_job *job = &t->jobs[j];
-        const plm_dtype dt = job->w->dtype;
-        if (job->x != x || dt == PLM_F32) continue;
-        if (dt == PLM_I8 && m->k.gemm_i8) {
-            if (!quantised)
-                for (int tok = 0; tok < t->n_tok; tok++) m->k.quantize(x + (size_t)tok * cols, cols, &m->qx[tok]);
-            quantised = 1;
-            job->xq = m->qx;
-        } else if (m->k.gemm_bf16) {
-            if (!rounded) m->k.to_bf16(x, m->x_bf16, (size_t)t->n_tok * cols);
-            rounded = 1;
-            job->xb = m->x_bf16;
-        }
-    }
-}
-
-static void matmul_ex(plm_model *m, int n_tok, int n_jobs, mm_job *jobs, int fuse, int act, const float *b0, const float *b1) {
-    mm_task t = {.m = m, .n_jobs = n_jobs, .n_tok = n_tok, .fuse = fuse, .act = act, .b0 = b0, .b1 = b1};
-    for (int j = 0; j < n_jobs; j++) t.jobs[j] = jobs[j];
-    if (n_tok > GEMV_MAX) prepare_gemm_inputs(m, &t);
-    t.n_ranges = plm_pool_size(m->pool);
-    plm_ranges_init(t.ranges, t.n_ranges, task_chunks(&t));
-    plm_pool_run(m->pool, mm_worker, &t);
-}
-
-static void matmul(plm_model *m, int n_tok, int n_jobs, mm_job *jobs) { matmul_ex(m, n_tok, n_jobs, jobs, FUSE_NONE, 0, NULL, NULL); }
-
-/* On the GEMV path with integer weights each token's input is quantised once, shared by every row. */
-static const plm_qvec *maybe_quantize(plm_model *m, const plm_matrix *w, const float *x, int slot, int n_tok) {
-    if (n_tok > GEMV_MAX || (w->dtype != PLM_I8 && w->dtype != PLM_I4)) return NULL;
-    for (int t = 0; t < n_tok; t++) m->k.quantize(x + (size_t)t * w->cols, w->cols, &m->qv[slot][t]);
-    return m->qv[slot];
-}
-
-/* ---- attention ------------------------------------------------------------------------------ */
-typedef struct {
-    plm_model *m;
-    int layer, n_tok;
-    atomic_int next_job; /* (token, head) pairs are taken one at a time, as the matmuls' chunks */
-} att_task;
-
-/* Position pos of a layer's cache: a sliding layer's rolling cache holds position p at p % ring_len
- * (ring_len covers the window, a call's max_batch tokens and kv_rewind: every key a query reads). */
-static size_t cache_offset(const plm_model *m, int slot, int layer, int pos) {
-    return (size_t)slot * m->slot_len + m->layer_off[layer] + (size_t)(pos % m->ring_len[layer]) * kv_dim(&m->cfg);
-}
-
-static void att_worker(void *p, int ith, int nth) {
-    att_task *t = (att_task *)p;
-    plm_model *m = t->m;
-    const plm_config *c = &m->cfg;
-    const int hd = c->head_dim, group = c->n_heads / c->n_kv_heads, window = m->layers[t->layer].window;
-    const size_t kvd = kv_dim(c), qd = q_dim(c);
-    const float inv = c->attn_scale > 0.f ? c->attn_scale : 1.0f / sqrtf((float)hd), cap = c->attn_softcap;
-    const int total = t->n_tok * c->n_heads;
-    float *scores = m->scores + (size_t)ith * c->max_seq;
-    (void)nth;
-    for (int job; (job = atomic_fetch_add_explicit(&t->next_job, 1, memory_order_relaxed)) < total;) {
-        const int tok = job / c->n_heads, h = job % c->n_heads, kvh = h / group;
-        const int pos = m->pos[tok]; /* attends to keys first..pos of its own sequence */
-        const int first = window && pos >= window ? pos - window + 1 : 0; /* a sliding layer: the last `window` */
-        const int n_keys = pos - first + 1;
-        /* Key i (position first + i) sits at ring row start + i, wrapping to row i - run1 after
-           the ring's end: two contiguous runs (one for a full cache, whose ring is max_seq long). */
-        const int ring = m->ring_len[t->layer], start = first % ring, run1 = n_keys < ring - start ? n_keys : ring - start;
-        const float *kc = m->k_cache + cache_offset(m, m->slot[tok], t->layer, 0) + (size_t)kvh * hd;
-        const float *vc = m->v_cache + cache_offset(m, m->slot[tok], t->layer, 0) + (size_t)kvh * hd;
-        const float *q = m->q + (size_t)tok * qd + (size_t)h * hd;
-        for (int run = 0; run < 2; run++) {
-            const int i0 = run ? run1 : 0, i1 = run ? n_keys : run1, row = run ? -run1 : start; /* key i: row + i */
-            if (i1 > i0) m->k.scores(q, kc + (size_t)(row + i0) * kvd, kvd, i1 - i0, hd, inv, scores + i0);
-        }
-        float mx = -INFINITY;
-        if (cap > 0.f) /* Gemma 2: cap * tanh(score / cap) */
-            for (int i = 0; i < n_keys; i++) scores[i] = tanhf(scores[i] / cap) * cap;
-        for (int i = 0; i < n_keys; i++) mx = scores[i] > mx ? scores[i] : mx;
-        const float norm = 1.0f / m->k.exp_sum(scores, n_keys, mx);
-        for (int i = 0; i < n_keys; i++) scores[i] *= norm;
-        float *out = m->att + (size_t)tok * qd + (size_t)h * hd;
-        memset(out, 0, sizeof(float) * (size_t)hd);
-        for (int run = 0; run < 2; run++) {
-            const int i0 = run ? run1 : 0, i1 = run ? n_keys : run1, row = run ? -run1 : start;
-            if (i1 > i0) m->k.wsum(scores + i0, vc + (size_t)(row + i0) * kvd, kvd, i1 - i0, hd, out);
-        }
-    }
 }
 
 /* ---- elementwise ------------------------------------------------------------------------------ */
@@ -377,9 +109,9 @@ static void attention_block(plm_model *m, int l, int n) {
     const plm_config *c = &m->cfg;
     const plm_layer *L = &m->layers[l];
     const size_t kvd = kv_dim(c), qd = q_dim(c);
-    const plm_qvec *xq = maybe_quantize(m, &L->wq, m->xn, 0, n);
+    const plm_qvec *xq = plm_maybe_quantize(m, &L->wq, m->xn, 0, n);
     mm_job qkv[3] = {{&L->wq, m->xn, xq, m->q}, {&L->wk, m->xn, xq, m->kk}, {&L->wv, m->xn, xq, m->vv}};
-    matmul(m, n, 3, qkv);
+    plm_matmul(m, n, 3, qkv);
     mark(m, PLM_PROF_QKV);
     const int set = L->rope_set == PLM_ROPE_GLOBAL && m->rope_long ? PLM_ROPE_LONG : L->rope_set;
     for (int t = 0; t < n; t++) {
@@ -397,31 +129,29 @@ static void attention_block(plm_model *m, int l, int n) {
         memcpy(m->v_cache + cache_offset(m, m->slot[t], l, m->pos[t]), v, sizeof(float) * kvd);
     }
     mark(m, PLM_PROF_ROPE_CACHE);
-    att_task at = {.m = m, .layer = l, .n_tok = n};
-    atomic_init(&at.next_job, 0);
-    plm_pool_run(m->pool, att_worker, &at);
+    plm_attend(m, l, n);
     mark(m, PLM_PROF_ATTENTION);
-    const plm_qvec *aq = maybe_quantize(m, &L->wo, m->att, 0, n);
+    const plm_qvec *aq = plm_maybe_quantize(m, &L->wo, m->att, 0, n);
     mm_job o = {&L->wo, m->att, aq, m->xb};
-    matmul(m, n, 1, &o);
+    plm_matmul(m, n, 1, &o);
     add_bias(m->xb, L->bo, n, c->dim);
 }
 
 /* y (n, dim) = down(act(gate(x) + bg) * (up(x) + bu)) + bd, or down(act(up(x) + bu)) + bd without a gate. */
 static void ffn(plm_model *m, const plm_matrix *gate, const plm_matrix *up, const plm_matrix *down, const float *bg, const float *bu,
                 const float *bd, const float *x, int n, float *y) {
-    const plm_qvec *xq = maybe_quantize(m, up, x, 0, n);
+    const plm_qvec *xq = plm_maybe_quantize(m, up, x, 0, n);
     if (gate) {
         mm_job gu[2] = {{gate, x, xq, m->hb}, {up, x, xq, m->hb2}};
-        matmul_ex(m, n, 2, gu, FUSE_GATED, m->cfg.activation, bg, bu); /* hb = act(gate) * up, fused into the workers */
+        plm_matmul_ex(m, n, 2, gu, FUSE_GATED, m->cfg.activation, bg, bu); /* hb = act(gate) * up, fused into the workers */
     } else {
         mm_job u = {up, x, xq, m->hb};
-        matmul_ex(m, n, 1, &u, FUSE_ACT, m->cfg.activation, bu, NULL);
+        plm_matmul_ex(m, n, 1, &u, FUSE_ACT, m->cfg.activation, bu, NULL);
     }
     mark(m, PLM_PROF_FFN_UP);
-    const plm_qvec *dq = maybe_quantize(m, down, m->hb, 1, n);
+    const plm_qvec *dq = plm_maybe_quantize(m, down, m->hb, 1, n);
     mm_job d = {down, m->hb, dq, y};
-    matmul(m, n, 1, &d);
+    plm_matmul(m, n, 1, &d);
     add_bias(y, bd, n, m->cfg.dim);
     mark(m, PLM_PROF_FFN_DOWN);
 }
@@ -532,8 +262,8 @@ static void forward_chunk(plm_model *m, const int32_t *tokens, const int32_t *po
     if (!need_logits) return;
     const int rows = all_logits ? n : 1;
     norm_rows(m, m->xn, m->x + (all_logits ? 0 : (size_t)(n - 1) * dim), m->final_norm, rows, dim);
-    mm_job head = {&m->lm_head, m->xn, maybe_quantize(m, &m->lm_head, m->xn, 0, rows), logits};
-    matmul(m, rows, 1, &head);
+    mm_job head = {&m->lm_head, m->xn, plm_maybe_quantize(m, &m->lm_head, m->xn, 0, rows), logits};
+    plm_matmul(m, rows, 1, &head);
     add_bias(logits, m->lm_head_bias, rows, c->vocab);
     if (c->final_softcap > 0.f) {
         const float cap = c->final_softcap;
