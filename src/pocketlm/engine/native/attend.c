@@ -6,13 +6,11 @@
 
 #include "model_internal.h"
 
-/* ---- attention ------------------------------------------------------------------------------ */
 typedef struct {
     plm_model *m;
     int layer, n_tok;
     atomic_int next_job; /* (token, head) pairs are taken one at a time, as the matmuls' chunks */
 } att_task;
-
 
 static void att_worker(void *p, int ith, int nth) {
     att_task *t = (att_task *)p;
@@ -53,7 +51,6 @@ static void att_worker(void *p, int ith, int nth) {
         }
     }
 }
-
 
 void plm_attend(plm_model *m, int layer, int n) {
     att_task at = {.m = m, .layer = layer, .n_tok = n};

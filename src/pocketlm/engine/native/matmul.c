@@ -6,7 +6,6 @@
 
 #include "model_internal.h"
 
-
 typedef struct {
     plm_model *m;
     mm_job jobs[3];
@@ -77,7 +76,6 @@ static void gemm_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0,
         }
     }
 }
-
 
 /* The fused epilogue on rows [r0, r1) of every token: biases, then the activation (times up's
    output when gated), vectorised (k.glu). */

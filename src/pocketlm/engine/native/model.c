@@ -10,7 +10,6 @@
 
 #include "model_internal.h"
 
-
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -30,7 +29,6 @@ void plm_model_profile(plm_model *m, int enable, double *out) {
     memset(m->prof, 0, sizeof(m->prof));
     m->profiling = enable;
 }
-
 
 static void *xalloc(size_t n) {
     void *p = aligned_alloc(64, (n + 63) / 64 * 64);
