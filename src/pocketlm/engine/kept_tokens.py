@@ -19,11 +19,11 @@ import numpy as np
 FIRST_NUCLEUS_CANDIDATES = 64  # grown 8x at a time until the nucleus fits
 
 
-def softmax64(values: np.ndarray) -> np.ndarray:
-    """Float64 probabilities of a 1-D array of logits (-inf gets 0)."""
-    x = values.astype(np.float64)
-    exp = np.exp(x - x.max())
-    return exp / exp.sum()
+def softmax64(logits: np.ndarray) -> np.ndarray:
+    """Float64 probabilities (..., V) of float logits, computed in float64; -inf gets 0."""
+    x = logits.astype(np.float64)
+    exp = np.exp(x - x.max(axis=-1, keepdims=True))  # (..., V), max 1
+    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def top_k_ids(row: np.ndarray, k: int) -> np.ndarray:

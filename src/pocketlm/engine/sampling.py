@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pocketlm.common.errors import ConfigError
-from pocketlm.engine.kept_tokens import draw_from, kept_ids
+from pocketlm.engine.kept_tokens import draw_from, kept_ids, softmax64
 
 _NEG_INF = np.float32(-np.inf)
 
@@ -74,16 +74,9 @@ def _check_float(name: str, value: object, in_range: bool, expected: str) -> Non
         raise ConfigError(f"sampling.{name} must be a finite number {expected}, got {value}")
 
 
-def _softmax64(logits: np.ndarray) -> np.ndarray:
-    """Float64 probabilities (..., V), computed in float64; -inf logits get probability 0."""
-    x = logits.astype(np.float64)
-    exp = np.exp(x - x.max(axis=-1, keepdims=True))  # (..., V), max 1
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
 def _probs32(logits: np.ndarray) -> np.ndarray:
     """Float32 probabilities (..., V), correctly rounded from a float64 softmax."""
-    return _softmax64(logits).astype(np.float32)
+    return softmax64(logits).astype(np.float32)
 
 
 def apply_repetition_penalty(
