@@ -63,9 +63,9 @@ static void gemm_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0,
         }
         if (job->xb) {
             uint16_t *wb = m->wscratch_bf16 + (size_t)ith * ROW_BLOCK * (size_t)m->wide;
-            if (w->dtype == PLM_I4 && cols % 32 == 0) {
+            if (w->dtype == PLM_I4) { /* rows are whole 32-value blocks (the int4 format) */
                 m->k.i4_to_bf16(w, rb, re, wb);
-            } else {
+            } else { /* int8 where a CPU has bf16 but no integer GEMM (none today) */
                 plm_dequant_rows(w, rb, re, scratch);
                 m->k.to_bf16(scratch, wb, (size_t)(re - rb) * cols);
             }

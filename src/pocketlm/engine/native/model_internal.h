@@ -56,7 +56,7 @@ static inline size_t cache_offset(const plm_model *m, int slot, int layer, int p
 typedef struct {
     const plm_matrix *w;
     const float *x;      /* (n_tok, w->cols) float input */
-    const plm_qvec *xq;  /* GEMV path with integer weights: one quantised vector per token */
+    const plm_qvec *xq;  /* integer weights on the GEMV path, or int8 on the integer GEMM: x quantised per token */
     float *y;            /* (n_tok, w->rows) */
     const uint16_t *xb;  /* GEMM path on bf16 kernels: x rounded to bf16, or NULL (float GEMM) */
 } mm_job;
