@@ -2,9 +2,10 @@
 `pocketlm eval --task` (evals/loglikelihood on the engine's backends).
 
 lm_eval (0.4.x) finds models only in its own registry, which it fills from its own modules: no
-entry point or plug-in path adds one. So the model is registered by importing this module's
-`register()`, and the command line comes through this module, which registers it and then runs
-lm_eval's own CLI with the same arguments:
+entry point or plug-in path adds one. The installed start-up hook (pipelines/lm_eval_hook.py,
+`pocketlm-lm-eval.pth`) registers `PocketLMEval` lazily when lm_eval fills its registry, so
+`lm_eval --model pocketlm ...` works as typed; without the hook (a source checkout on
+PYTHONPATH), this module registers it and runs lm_eval's own CLI with the same arguments:
 
     python -m pocketlm.pipelines.lm_eval_model run --model pocketlm \\
         --model_args pretrained=runs/pretrain,backend=native --tasks my_task --include_path tasks/
@@ -119,9 +120,19 @@ def usable_device(device: str) -> str:
     return device
 
 
+def __getattr__(name: str) -> Any:
+    """`PocketLMEval`, the class, built on first use: the "module:attribute" target that the
+    installed lm_eval hook (pipelines/lm_eval_hook.py) registers."""
+    if name == "PocketLMEval":
+        return model_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def register() -> type:
-    """Register the `pocketlm` model in lm_eval's registry (once); the class."""
+    """Register the `pocketlm` model in lm_eval's registry (once, beside lm_eval's own models);
+    the class."""
     cls = model_class()
+    import lm_eval.models  # noqa: F401 (fills the registry: get_model skips that when not empty)
     from lm_eval.api.registry import model_registry
 
     if MODEL_NAME not in model_registry:

@@ -150,6 +150,71 @@ def test_without_lm_eval_the_error_says_what_to_install(monkeypatch):
         model_class.cache_clear()
 
 
+HOOK_PROBE = """
+import site, sys
+site.addpackage(sys.argv[1], "pocketlm-lm-eval.pth", set())  # as Python's start-up reads it
+from lm_eval.api.registry import get_model, model_registry
+assert "pocketlm.pipelines.lm_eval_model" not in sys.modules  # registered lazily
+cls = get_model("pocketlm")
+assert "hf" in model_registry and "local-completions" in model_registry, "lm_eval's own models"
+from lm_eval.api.model import LM
+from pocketlm.pipelines.lm_eval_model import model_class
+assert cls is model_class() and issubclass(cls, LM)
+print("ok", cls.__name__)
+"""
+
+
+def test_the_start_up_hook_registers_pocketlm_beside_lm_evals_own_models():
+    """packaging/pocketlm-lm-eval.pth (installed at the top of site-packages) makes lm_eval's
+    registry know `pocketlm` when lm_eval fills it, without importing the adapter before then."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    packaging = Path(__file__).resolve().parents[3] / "packaging"
+    proc = subprocess.run(
+        [sys.executable, "-c", HOOK_PROBE, str(packaging)], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["ok", "PocketLMEval"]
+
+
+def test_register_keeps_lm_evals_own_models():
+    """get_model fills the registry only when it is empty: register() must fill it first."""
+    from lm_eval.api.registry import get_model
+
+    register()
+    assert get_model(MODEL_NAME) is register()
+    assert get_model("dummy").__name__ == "DummyLM"
+
+
+@pytest.mark.slow
+def test_lm_eval_as_typed_runs_the_pocketlm_model(tiny_model_dir, task_dir, tmp_path):
+    """`lm_eval --model pocketlm ...` as the issue types it: lm_eval's own command, the hook
+    installed with the package (pip install -e ".[lmeval]")."""
+    import os
+    import site
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    hooks = [Path(d, "pocketlm-lm-eval.pth") for d in site.getsitepackages()]
+    assert any(h.exists() for h in hooks), f"not installed: reinstall PocketLM ({hooks})"
+    lm_eval_cli = Path(sys.executable).with_name("lm_eval")
+    out = tmp_path / "results"
+    cmd = [
+        str(lm_eval_cli), "--model", MODEL_NAME, "--model_args",
+        f"pretrained={tiny_model_dir},backend=torch", "--tasks", "pocketlm_quiz",
+        "--include_path", str(task_dir), "--output_path", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = out.rglob("results_*.json")
+    assert "pocketlm_quiz" in json.loads(result.read_text())["results"]
+
+
 @pytest.mark.slow
 def test_the_lm_eval_command_line_runs_the_pocketlm_model(tiny_model_dir, task_dir, tmp_path):
     """`python -m pocketlm.pipelines.lm_eval_model run --model pocketlm ...` (lm_eval's CLI)."""
