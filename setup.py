@@ -25,6 +25,7 @@ class BuildPyWithPth(build_py):
             root = self.get_finalized_command("install").install_lib
         self.copy_file(PTH, os.path.join(root, os.path.basename(PTH)))
 
+
 setup(
     cmdclass={"build_py": BuildPyWithPth},
     ext_modules=[
@@ -62,5 +63,5 @@ setup(
             extra_link_args=["-pthread", "-fopenmp"],
             optional=True,
         ),
-    ]
+    ],
 )
