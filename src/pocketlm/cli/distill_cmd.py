@@ -42,6 +42,7 @@ _CACHE_FLAGS = {
     "batch_size": "batch_size",
     "shard_windows": "shard_windows",
     "max_tokens": "max_tokens",
+    "passes": "passes",
     "device": "device",
     "precision": "precision",
 }
@@ -114,6 +115,12 @@ several students on one teacher).
 Cost: k * (2 + 2) bytes per token (uint16 ids for vocabularies up to 65,536, fp16 log-probs):
 128 bytes at --top-k 32, so 1M tokens take 128 MB. The windows are the student's: window j is
 tokens j*ctx .. j*ctx+ctx, so --ctx here is the --ctx students train with.
+
+Several epochs: a live-teacher run shifts its windows by a random offset every epoch, so a
+student sees each token at many positions; a one-pass cache repeats the same windows every
+epoch (measured: 0.04 bits/byte worse than live over four epochs). --passes N caches the split
+N times, pass p shifted by p*ctx/N tokens; the student reads pass e mod N in its epoch e. Give
+it about as many passes as the student will run epochs (N times the teacher time and size).
 
 Streaming and resumable: shards of --shard-windows windows are written atomically as they are
 done, with a progress marker; after a kill, run the same command again and it continues from
@@ -247,7 +254,8 @@ def _register_cache(sub) -> None:
         description=_CACHE_DESCRIPTION,
         examples=(
             "  pocketlm distill cache --teacher runs/big --tokens runs/tokens --ctx 256 --out runs/cache\n"
-            "  pocketlm distill cache --teacher runs/big --tokens runs/tokens --max-tokens 20M --top-k 16 --out runs/cache16"
+            "  pocketlm distill cache --teacher runs/big --tokens runs/tokens --max-tokens 20M --top-k 16 --out runs/cache16\n"
+            "  pocketlm distill cache --teacher runs/big --tokens runs/tokens --passes 4 --out runs/cache4   # a 4-epoch student"
         ),
     )
     c.add_argument("--teacher", required=True, help=f"the teacher: {MODEL_HELP}")
@@ -264,6 +272,11 @@ def _register_cache(sub) -> None:
     c.add_argument(
         "--max-tokens", help="cache only the first N tokens of the split, e.g. 20M (default: all)"
     )
+    c.add_argument(
+        "--passes", type=int,
+        help="passes over the split, each shifted by ctx/N tokens: a student's epoch e reads "
+        "pass e mod N (default: 1)",
+    )  # fmt: skip
     c.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
     add_precision_option(c, "the teacher's autocast precision", None)
     add_config_options(c)

@@ -9,10 +9,15 @@ A cache directory (manifest kind "teacher_cache"):
     tokenizer/                the teacher's tokenizer files (a student made from the cache
                               carries them)
 
-Window j of the split is tokens[j * ctx : j * ctx + ctx + 1], exactly the window j the
-student's loader reads without its per-epoch shift (data/loader.BatchLoader(shift=False));
-its row t holds the teacher's top-k for the token after input t, computed from inputs
-0..t of that window, as the student sees them. Shard s holds windows s * shard_windows onwards.
+A cache of one pass: window j of the split is tokens[j * ctx : j * ctx + ctx + 1], exactly the
+window j the student's loader reads without its per-epoch shift (data/loader.BatchLoader(
+shift=False)); its row t holds the teacher's top-k for the token after input t, computed from
+inputs 0..t of that window, as the student sees them. A cache of P passes holds P copies of the
+split's windows, pass p shifted by p * ctx // P tokens (window_starts): a student reads pass
+e mod P in its epoch e, so over several epochs it sees the tokens at different positions as a
+live-teacher run does (whose windows move by a random offset each epoch), not the same windows
+again. Cache window i is window i mod W of pass i // W (W windows a pass); shard s holds cache
+windows s * shard_windows onwards.
 At k = 32 and a vocabulary up to 65,536 a position costs k * (2 + 2) = 128 bytes (plus the .npy
 headers, amortised over a shard): the token ids themselves are read from the tokens artifact.
 
@@ -47,6 +52,19 @@ TOKENIZER_DIR = "tokenizer"
 def id_dtype(vocab_size: int) -> np.dtype:
     """The narrowest unsigned integer holding every token id of the vocabulary."""
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def pass_windows(split_tokens: int, ctx: int, passes: int) -> int:
+    """Windows W of each pass: window W - 1 of the most shifted pass still has its ctx + 1
+    tokens."""
+    return (split_tokens - 1 - (passes - 1) * ctx // passes) // ctx
+
+
+def window_starts(windows: np.ndarray, per_pass: int, ctx: int, passes: int) -> np.ndarray:
+    """First token of each cache window (n,): window i is window i mod W of pass i // W, which
+    starts at (i mod W) * ctx + (i // W) * ctx // passes."""
+    passes_of, j = np.divmod(np.asarray(windows, dtype=np.int64), per_pass)
+    return j * ctx + passes_of * ctx // passes
 
 
 def shard_names(split: str, index: int) -> tuple[str, str]:
@@ -157,7 +175,9 @@ class TeacherCache:
         self.ctx: int = c["ctx"]
         self.top_k: int = c["top_k"]
         self.vocab_size: int = c["vocab_size"]
-        self.num_windows: int = c["num_windows"]
+        self.num_windows: int = c["num_windows"]  # over all passes
+        self.passes: int = c.get("passes", 1)  # caches made before passes existed hold one
+        self.pass_windows: int = c.get("pass_windows", self.num_windows)
         self.shard_windows: int = c["shard_windows"]
         self.tokens: dict[str, Any] = c["tokens"]  # path + sha256 of the tokens' manifest
         self.teacher: dict[str, Any] = c["teacher"]
@@ -208,7 +228,8 @@ class TeacherCache:
 
 class CachedBatches:
     """Resumable micro-batches of the cached windows for one rank: the student's windows
-    (inputs, targets) and the teacher's top-k at each of their positions, aligned by window."""
+    (inputs, targets) and the teacher's top-k at each of their positions, aligned by window;
+    epoch e reads pass e mod P of a cache of P passes."""
 
     def __init__(
         self,
@@ -223,23 +244,33 @@ class CachedBatches:
         self.cache = cache
         self.loader = BatchLoader(
             split, batch_size, cache.ctx, seed=seed, rank=rank, world_size=world_size,
-            shift=False, max_windows=cache.num_windows,
+            shift=False, max_windows=cache.pass_windows,
         )  # fmt: skip
-        if self.loader.num_windows != cache.num_windows:
+        if self.loader.num_windows != cache.pass_windows:
             raise InputError(
                 f"the {split.name} split holds {self.loader.num_windows} windows of {cache.ctx} "
-                f"tokens but the cache {cache.directory} has {cache.num_windows}: the tokens "
-                "changed since the cache was made"
+                f"tokens but the cache {cache.directory} has {cache.pass_windows} a pass: the "
+                "tokens changed since the cache was made"
             )
+        self._offsets = np.arange(cache.ctx + 1, dtype=np.int64)
 
     def batch_at(self, consumed: int) -> dict[str, np.ndarray]:
         """This rank's micro-batch after `consumed` windows: input_ids, targets (B, ctx) and
         teacher_ids, teacher_logprobs (B, ctx, k)."""
-        loader = self.loader
+        loader, cache = self.loader, self.cache
         first = consumed + loader.rank * loader.batch_size
-        windows = loader.starts_at(first, loader.batch_size) // loader.ctx  # (B,)
-        inputs, targets = loader.windows_at(first, loader.batch_size)
-        ids, logprobs = self.cache.rows(windows)
+        counters = first + np.arange(loader.batch_size, dtype=np.int64)  # (B,) global counters
+        passes_of = (counters // loader.num_windows) % cache.passes  # (B,) epoch e: pass e mod P
+        windows = (
+            passes_of * cache.pass_windows
+            + loader.starts_at(first, loader.batch_size) // loader.ctx
+        )
+        starts = window_starts(windows, cache.pass_windows, cache.ctx, cache.passes)  # (B,)
+        rows = np.asarray(
+            loader.split.tokens[starts[:, None] + self._offsets[None, :]], dtype=np.int64
+        )  # (B, ctx+1)
+        inputs, targets = rows[:, :-1], rows[:, 1:]
+        ids, logprobs = cache.rows(windows)
         return {"input_ids": inputs, "targets": targets, "teacher_ids": ids,
                 "teacher_logprobs": logprobs}  # fmt: skip
 

@@ -9,7 +9,14 @@ import pytest
 
 from pocketlm.common.errors import ArtifactError
 from pocketlm.data.loader import BatchLoader
-from pocketlm.data.teacher_cache import CacheWriter, TeacherCache, partial_dir, shard_names
+from pocketlm.data.teacher_cache import (
+    CacheWriter,
+    TeacherCache,
+    partial_dir,
+    pass_windows,
+    shard_names,
+    window_starts,
+)
 from pocketlm.data.token_shards import TokenSplit
 
 SETTINGS = {
@@ -31,6 +38,22 @@ def test_unshifted_windows_start_at_multiples_of_ctx_in_every_epoch():
     inputs, targets = loader.windows_at(0, 3)
     assert np.array_equal(inputs[:, 0], starts[:3]) and np.array_equal(targets, inputs + 1)
     assert set(BatchLoader(_split(41), 3, 4, seed=1).starts_at(0, 30) % 4) != {0}  # shifted
+
+
+@pytest.mark.parametrize("n_tokens", [41, 42, 44, 45, 200])
+@pytest.mark.parametrize("passes", [1, 2, 3, 4])
+def test_passes_shift_the_windows_and_every_window_fits(n_tokens, passes):
+    ctx = 4
+    per_pass = pass_windows(n_tokens, ctx, passes)
+    starts = window_starts(np.arange(per_pass * passes), per_pass, ctx, passes)
+    assert starts.max() + ctx + 1 <= n_tokens  # the last window of the last pass fits
+    last_pass = starts[(passes - 1) * per_pass :]
+    assert last_pass.max() + ctx + ctx + 1 > n_tokens  # one more window would not
+    for p in range(passes):  # pass p: W windows ctx apart, shifted by p * ctx // passes
+        mine = starts[p * per_pass : (p + 1) * per_pass]
+        assert np.array_equal(mine, np.arange(per_pass) * ctx + p * ctx // passes)
+    if passes == 1:
+        assert per_pass == (n_tokens - 1) // ctx  # one pass: the unshifted loader's windows
 
 
 def _shard(windows: int, fill: int) -> tuple[np.ndarray, np.ndarray]:

@@ -117,6 +117,35 @@ def test_the_cached_top_k_is_the_live_teachers_for_the_students_batch(
     assert list(starts % 16) == [0] * 4  # windows at multiples of ctx, in both epochs
 
 
+def test_a_cache_of_passes_serves_epoch_e_from_pass_e_mod_p(
+    tiny_model_dir, synthetic_pipeline, tmp_path
+):
+    three = CacheConfig(**{**SETTINGS.__dict__, "passes": 3, "max_tokens": 40 * 16})
+    opened = TeacherCache(cache_teacher(tiny_model_dir, synthetic_pipeline["tokens"],
+                                        tmp_path / "cache", three))  # fmt: skip
+    per_pass = opened.pass_windows
+    assert opened.passes == 3 and per_pass == 40 and opened.num_windows == 120
+    split = TokenShards(synthetic_pipeline["tokens"]).split("train")
+    batches = CachedBatches(opened, split, 4, seed=3)
+    teacher = load_model(tiny_model_dir).model
+    shifts = set()
+    for epoch in range(4):
+        consumed = epoch * per_pass + 6
+        batch = batches.batch_at(consumed)
+        starts = batches.loader.starts_at(consumed, 4) + (epoch % 3) * 16 // 3  # (4,)
+        shifts |= set(starts % 16)
+        expected = np.stack([split.tokens[s : s + 17] for s in starts]).astype(np.int64)
+        assert np.array_equal(batch["input_ids"], expected[:, :-1])
+        assert np.array_equal(batch["targets"], expected[:, 1:])
+        with torch.no_grad():
+            ids, logprobs = top_k_logprobs(teacher(torch.from_numpy(batch["input_ids"])), 32)
+        assert (torch.from_numpy(batch["teacher_ids"]) == ids).float().mean() >= 0.999
+        torch.testing.assert_close(
+            torch.from_numpy(batch["teacher_logprobs"]), logprobs, atol=1e-3, rtol=1e-3
+        )
+    assert shifts == {0, 5, 10}  # the three passes' offsets, epoch 3 back at pass 0
+
+
 def test_training_from_the_cache_is_training_with_the_live_top_k_teacher(
     cache, tiny_model_dir, synthetic_pipeline, tmp_path
 ):
