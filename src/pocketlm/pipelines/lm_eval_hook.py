@@ -42,6 +42,9 @@ class _RegisteringLoader:
     def create_module(self, spec: ModuleSpec) -> types.ModuleType | None:
         return self.inner.create_module(spec)
 
+    def __getattr__(self, name: str) -> object:  # resource readers etc.: the real loader's
+        return getattr(self.inner, name)
+
     def exec_module(self, module: types.ModuleType) -> None:
         self.inner.exec_module(module)
         try:
@@ -57,7 +60,8 @@ class LmEvalFinder:
     def find_spec(self, name: str, path: object = None, target: object = None) -> ModuleSpec | None:
         if name != WATCHED:
             return None
-        sys.meta_path.remove(self)  # one shot: the real finders answer from here on
+        if self in sys.meta_path:  # one shot: the real finders answer from here on
+            sys.meta_path.remove(self)
         for finder in sys.meta_path:
             spec = getattr(finder, "find_spec", lambda *a: None)(name, path, target)
             if spec is not None:
