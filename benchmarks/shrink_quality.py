@@ -9,8 +9,9 @@ the same compute however busy the shared machine is, and the pairs see the same 
 
 kd:    a student with 1/4 of the teacher's non-embedding parameters, from one initialisation:
        (a) hard labels (`pocketlm pretrain` of its shape), (b) distilled from the live teacher,
-       (c) distilled from a top-32 cache of the teacher over the tokens (b) saw, with a token
-       budget equal to (b)'s (its wall time is then the comparison).
+       side by side; then a top-32 cache of the teacher with as many shifted passes as (a) ran
+       epochs, and side by side (c) a student from the cache with a token budget equal to (b)'s
+       (its wall time is then the comparison), (d) one with (a)'s CPU budget.
 prune: the M shape (dim 512, 8 layers, ffn 1536) trained on the same tokens, pruned to 60% of its
        non-embedding parameters, healed by distillation from a cache of its logits, against the
        pruned shape trained from scratch for the same budget; decode tokens/s of both on the
@@ -112,88 +113,53 @@ def _fresh_student(teacher: Path, out: Path, dim: int, layers: int, heads: int) 
 
 
 def kd(args, work: Path) -> dict:
+    """Hard labels against the live teacher (a pair), then a cache of as many passes as the
+    hard-label run's epochs and two cached students (a pair): one at the live run's tokens (the
+    wall-time comparison), one at the same CPU budget."""
     teacher = Path(args.teacher)
     student0 = work / "kd-student-init"
     _fresh_student(teacher, student0, dim=112, layers=4, heads=4)
     shape = ["--layers", "4", "--dim", "112", "--heads", "4", "--kv-heads", "4"]
-    lr = ["--lr", "0.003"]
-    hard, live = (
-        _step(
-            work,
-            "kd-hard",
-            "pretrain",
-            "--tokens",
-            args.tokens,
-            "--out",
-            str(work / "kd-hard"),
-            *shape,
-            *COMMON,
-            *lr,
-            "--budget",
-            args.budget,
-            "--overwrite",
-        ),
-        _step(
-            work,
-            "kd-live",
-            "distill",
-            "--teacher",
-            str(teacher),
-            "--student",
-            str(student0),
-            "--tokens",
-            args.tokens,
-            "--out",
-            str(work / "kd-live"),
-            *COMMON,
-            *lr,
-            "--budget",
-            args.budget,
-            "--overwrite",
-        ),
-    )
+    train = [*COMMON, "--lr", "0.003", "--overwrite"]
+    student = ["--student", str(student0)]
+    hard, live = _pair(
+        lambda: _step(work, "kd-hard", "pretrain", "--tokens", args.tokens, "--out",
+                      str(work / "kd-hard"), *shape, *train, "--budget", args.budget),
+        lambda: _step(work, "kd-live", "distill", "--teacher", str(teacher), *student,
+                      "--tokens", args.tokens, "--out", str(work / "kd-live"), *train,
+                      "--budget", args.budget),
+    )  # fmt: skip
     live_tokens = _summary(work / "kd-live")["tokens"]
-    cache = _step(
-        work,
-        "kd-cache",
-        "distill",
-        "cache",
-        "--teacher",
-        str(teacher),
-        "--tokens",
-        args.tokens,
-        "--out",
-        str(work / "kd-cache"),
-        "--max-tokens",
-        str(live_tokens + 256 * 16),
-    )
-    cached = _step(
-        work,
-        "kd-cached",
-        "distill",
-        "--cache",
-        str(work / "kd-cache"),
-        "--student",
-        str(student0),
-        "--out",
-        str(work / "kd-cached"),
-        *COMMON,
-        *lr,
-        "--max-tokens",
-        str(live_tokens),
-        "--overwrite",
-    )
+    train_tokens = _train_tokens(args.tokens)
+    passes = max(1, -(-_summary(work / "kd-hard")["tokens"] // train_tokens))
+    cache = _step(work, "kd-cache", "distill", "cache", "--teacher", str(teacher), "--tokens",
+                  args.tokens, "--out", str(work / "kd-cache"), "--passes", str(passes),
+                  "--overwrite")  # fmt: skip
+    from_cache = [*student, "--cache", str(work / "kd-cache"), *train]
+    cached, cached_budget = _pair(
+        lambda: _step(work, "kd-cached", "distill", *from_cache, "--out",
+                      str(work / "kd-cached"), "--max-tokens", str(live_tokens)),
+        lambda: _step(work, "kd-cached-budget", "distill", *from_cache, "--out",
+                      str(work / "kd-cached-budget"), "--budget", args.budget),
+    )  # fmt: skip
     rows = {}
-    for name, rec in [("hard", hard), ("live", live), ("cached", cached)]:
+    runs = [("hard", hard), ("live", live), ("cached", cached), ("cached-budget", cached_budget)]
+    for name, rec in runs:
         run = work / f"kd-{name}"
         rows[name] = {**rec, **_summary(run), "val_bpb": _bpb(run / "model", args.tokens)}
-    rows["cache_build"] = cache
+    rows["cache_build"] = {**cache, "passes": passes, "train_tokens": train_tokens}
     return {
         "teacher_bpb": _bpb(teacher, args.tokens),
         "teacher_non_embedding": _non_embedding(teacher),
         "student_non_embedding": _non_embedding(student0),
         "runs": rows,
     }
+
+
+def _train_tokens(tokens: str) -> int:
+    from pocketlm.data.token_shards import TokenShards
+
+    return len(TokenShards(tokens).split("train"))
 
 
 def m_teacher(args, work: Path) -> dict:
