@@ -170,6 +170,8 @@ def build_jobs(args: argparse.Namespace, paths: dict, have_llama: bool) -> list[
     for shape in args.shapes:
         p = paths[shape]
         for ours, theirs in [*precisions(shape).items(), (None, "f16")]:
+            if (ours or theirs) not in args.precisions:
+                continue
             gguf = p[f"gguf_{theirs}"]
             if ours and "pocketlm" not in args.skip:
                 run = partial(run_child, CHILD_POCKETLM, str(p[ours]), *common)
@@ -280,6 +282,12 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--precisions", nargs="+", default=["fp32", "bf16", "int8", "int4", "f16"],
+        choices=["fp32", "bf16", "int8", "int4", "f16"],
+        help="PocketLM precisions measured, each against its llama.cpp type (f16: llama.cpp's "
+        "F16 row alone); default: all",
+    )  # fmt: skip
     p.add_argument("--workdir", default="/tmp/pocketlm-infer")
     p.add_argument("--skip", nargs="*", default=[], help="engines to skip: pocketlm llama hf")
     p.add_argument(
