@@ -187,8 +187,11 @@ class CausalLM(nn.Module):
         doc_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        output_hidden: bool = False,
     ) -> torch.Tensor:
-        """Logits for every position, or only at output_positions (B,) -> (B, vocab).
+        """Logits for every position, or only at output_positions (B,) -> (B, vocab);
+        output_hidden: the final hidden states (B, T, dim) the head reads instead (a loss fused
+        with the head, as train/linear_sparse_kl's, takes them).
 
         A classifier (config.labels) returns (B, n_labels) class logits instead: each row is
         pooled at its last (or first) real token; attention_mask (B, T), true on real tokens,
@@ -288,6 +291,8 @@ class CausalLM(nn.Module):
             x = x[torch.arange(batch, device=x.device), output_positions]  # (B, dim)
         if targets is not None:
             return self._loss(self.model.norm(x), targets, reduction)
+        if output_hidden:
+            return self.model.norm(x)
         return self._head(self.model.norm(x))
 
     def _rope(

@@ -21,7 +21,12 @@ from pocketlm.data.token_shards import TokenShards
 from pocketlm.train.distill_cache import CacheConfig, cache_teacher
 from pocketlm.train.distill_loss import top_k_logprobs
 from pocketlm.train.task import RunContext
-from pocketlm.train.tasks.distill_lm import batch_to_device, distill, distill_factory
+from pocketlm.train.tasks.distill_lm import (
+    batch_to_device,
+    distill,
+    distill_factory,
+    position_losses,
+)
 
 CPU = RunContext(torch.device("cpu"), "fp32", DistEnv(), "none", 1, 0)
 SETTINGS = CacheConfig(top_k=32, ctx=16, batch_size=8, shard_windows=64, device="cpu",
@@ -162,6 +167,11 @@ def test_training_from_the_cache_is_training_with_the_live_top_k_teacher(
     from_teacher, n_live = live.loss(live.model, plain)
     assert int(n_cache) == int(n_live) == 4 * 16
     torch.testing.assert_close(from_cache.detach(), from_teacher.detach(), rtol=1e-5, atol=1e-5)
+    # the task fuses the head with the loss (linear_sparse_kl): the loss on full logits
+    logits = cached.model(batch["input_ids"]).reshape(-1, cached.model.config.vocab_size)
+    view = (batch["teacher_ids"].reshape(-1, 32), batch["teacher_logprobs"].reshape(-1, 32))
+    full = position_losses(logits, view, batch["targets"].reshape(-1), config).sum()
+    torch.testing.assert_close(from_cache.detach(), full.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_a_student_trains_from_the_cache_without_its_teacher(

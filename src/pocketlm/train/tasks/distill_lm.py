@@ -55,6 +55,7 @@ from pocketlm.train.distill_pair import (
     teacher_logits,
 )
 from pocketlm.train.distributed import unwrap
+from pocketlm.train.linear_sparse_kl import linear_sparse_kl, plain_head_weight
 from pocketlm.train.loop import RunResult, train
 from pocketlm.train.on_policy import OnPolicyBatches, SampleRequest, sample_rows
 from pocketlm.train.roles import roles_by_structure
@@ -335,6 +336,10 @@ def _task(
         )[mask]  # (N, vocab)
         return top_k_logprobs(logits, config.top_k) if sparse else logits
 
+    # the head fused with the sparse KL (no (B, T, vocab) logits); one process: a weight used
+    # outside the forward would escape DDP's gradient hooks
+    head = plain_head_weight(student) if sparse and ctx.dist.world_size == 1 else None
+
     def loss(m: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(batch, SampleRequest):
             ids, mask = sample_rows(unwrap(m), batch, ctx.device)  # (B, L) each
@@ -343,9 +348,17 @@ def _task(
             ids, targets = batch["input_ids"], batch["targets"]
             mask = targets != IGNORE_INDEX  # (B, T)
             labels = targets[mask]  # (N,)
-        logits = m(ids, positions=batch.get("positions"), doc_ids=batch.get("doc_ids"))
-        per_position = position_losses(logits[mask], teacher_view(batch, ids, mask), labels, config)
-        return per_position.sum(), mask.sum()
+        where = {"positions": batch.get("positions"), "doc_ids": batch.get("doc_ids")}
+        view = teacher_view(batch, ids, mask)
+        if head is not None and labels is not None and isinstance(view, tuple) and len(view) == 2:
+            hidden = m(ids, **where, output_hidden=True)[mask]  # (N, dim)
+            total = linear_sparse_kl(
+                hidden, head, *view, labels,
+                temperature=config.temperature, hard_weight=config.hard_weight,
+            )  # fmt: skip
+            return total, mask.sum()
+        logits = m(ids, **where)
+        return position_losses(logits[mask], view, labels, config).sum(), mask.sum()
 
     def finish(m: nn.Module, run_ctx: RunContext) -> dict[str, float]:
         if teacher is None or data.evaluate is None:
