@@ -185,7 +185,8 @@ def test_register_keeps_lm_evals_own_models():
     from lm_eval.api.registry import get_model
 
     register()
-    assert get_model(MODEL_NAME) is register()
+    # (another test rebuilds the class: compare by name, not identity)
+    assert get_model(MODEL_NAME).__qualname__ == register().__qualname__
     assert get_model("dummy").__name__ == "DummyLM"
 
 
