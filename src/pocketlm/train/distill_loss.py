@@ -1,5 +1,6 @@
 """Distillation losses: how far a student's next-token (or class) distribution is from a
-teacher's, per position. Pure functions of logits; the tasks choose what to sum and mix.
+teacher's, per position. Pure functions of logits; position_losses mixes one with the hard
+labels' cross-entropy as `pocketlm distill` asks, the tasks choose what to sum.
 
     forward_kl   KL(teacher || student): the student covers every mode the teacher has
                  (Hinton et al. 2015; scaled by T² so gradients keep their size as T grows)
@@ -16,6 +17,8 @@ renormalised away: mass the teacher did not list is still mass the student must 
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -114,3 +117,36 @@ def hidden_cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tenso
             "the cosine loss needs a student as wide as its teacher"
         )
     return 1.0 - F.cosine_similarity(student_hidden.float(), teacher_hidden.float(), dim=-1)
+
+
+def position_losses(
+    student_logits: torch.Tensor,
+    teacher: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    labels: torch.Tensor | None,
+    settings: Any,
+) -> torch.Tensor:
+    """Per-position loss (N,) from the student's logits (N, V), the teacher's logits (N, V) or
+    top-k (ids (N, k), log-probs (N, k)[, valid (N,)]), and the labels (N,) (None: on-policy
+    positions, the divergence alone); settings: loss, temperature, beta, hard_weight (a
+    DistillConfig)."""
+    valid = None  # (N,) where a stored teacher has a target (absent: everywhere)
+    if isinstance(teacher, tuple):
+        ids, logprobs, *rest = teacher
+        valid = rest[0] if rest else None
+        divergence = sparse_forward_kl(
+            student_logits, ids, logprobs, temperature=settings.temperature
+        )
+    else:
+        divergence = distill_loss(
+            student_logits, teacher, settings.loss,
+            temperature=settings.temperature, beta=settings.beta,
+        )  # fmt: skip
+    if labels is None:
+        return divergence
+    h = settings.hard_weight
+    loss = (1.0 - h) * divergence if h < 1.0 else torch.zeros_like(divergence)
+    if h > 0.0 or valid is not None:
+        ce = F.cross_entropy(student_logits.float(), labels, reduction="none")
+        loss = loss + h * ce if h > 0.0 else loss
+        loss = loss if valid is None else torch.where(valid, loss, ce)  # no target: CE alone
+    return loss

@@ -13,7 +13,8 @@ listed probabilities p_k (P = Σ p_k, rest t = 1 - P) and the student's S = Σ s
     d loss / d u_j = T² [s_j (P - a S) + Σ_{k: id_k = j} (a s_k - p_k)],   a = t / r
 
 plus, with a hard-label weight h, (1 - h) times that and h times the cross-entropy of the
-untempered logits. Same numbers as position_losses on full logits to float rounding.
+untempered logits. Same numbers as distill_loss.position_losses on full logits to float
+rounding.
 """
 
 from __future__ import annotations

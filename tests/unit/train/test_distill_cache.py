@@ -19,14 +19,9 @@ from pocketlm.common.manifest import read_manifest
 from pocketlm.data.teacher_cache import CachedBatches, TeacherCache, partial_dir
 from pocketlm.data.token_shards import TokenShards
 from pocketlm.train.distill_cache import CacheConfig, cache_teacher
-from pocketlm.train.distill_loss import top_k_logprobs
+from pocketlm.train.distill_loss import position_losses, top_k_logprobs
 from pocketlm.train.task import RunContext
-from pocketlm.train.tasks.distill_lm import (
-    batch_to_device,
-    distill,
-    distill_factory,
-    position_losses,
-)
+from pocketlm.train.tasks.distill_lm import batch_to_device, distill, distill_factory
 
 CPU = RunContext(torch.device("cpu"), "fp32", DistEnv(), "none", 1, 0)
 SETTINGS = CacheConfig(top_k=32, ctx=16, batch_size=8, shard_windows=64, device="cpu",

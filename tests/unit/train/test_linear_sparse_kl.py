@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pocketlm.train.distill_loss import top_k_logprobs
+from pocketlm.train.distill_loss import position_losses, top_k_logprobs
 from pocketlm.train.linear_sparse_kl import linear_sparse_kl
-from pocketlm.train.tasks.distill_lm import DistillConfig, position_losses
+from pocketlm.train.tasks.distill_lm import DistillConfig
 
 N, DIM, VOCAB, K = 37, 16, 50, 6
 

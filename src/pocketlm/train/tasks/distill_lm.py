@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pocketlm.checkpoint.model_check import CheckedModel
@@ -47,7 +46,7 @@ from pocketlm.model.summary import describe as describe_shape
 from pocketlm.model.transformer import build_model
 from pocketlm.tokenizer.tokenizer import Tokenizer
 from pocketlm.train.config import TrainConfig
-from pocketlm.train.distill_loss import KINDS, distill_loss, sparse_forward_kl, top_k_logprobs
+from pocketlm.train.distill_loss import KINDS, position_losses, top_k_logprobs
 from pocketlm.train.distill_pair import (
     StudentSource,
     open_language_model,
@@ -108,38 +107,6 @@ class DistillConfig:
             raise ConfigError(f"on_policy must be a share in [0, 1], got {self.on_policy}")
         if self.top_k < 0 or self.prompt_tokens < 0:
             raise ConfigError("top_k and prompt_tokens must be >= 0")
-
-
-def position_losses(
-    student_logits: torch.Tensor,
-    teacher: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
-    labels: torch.Tensor | None,
-    settings: DistillConfig,
-) -> torch.Tensor:
-    """Per-position loss (N,) from the student's logits (N, V), the teacher's logits (N, V) or
-    top-k (ids (N, k), log-probs (N, k)), and the labels (N,) (None: on-policy positions, the
-    divergence alone)."""
-    valid = None  # (N,) where a stored teacher has a target (absent: everywhere)
-    if isinstance(teacher, tuple):
-        ids, logprobs, *rest = teacher
-        valid = rest[0] if rest else None
-        divergence = sparse_forward_kl(
-            student_logits, ids, logprobs, temperature=settings.temperature
-        )
-    else:
-        divergence = distill_loss(
-            student_logits, teacher, settings.loss,
-            temperature=settings.temperature, beta=settings.beta,
-        )  # fmt: skip
-    if labels is None:
-        return divergence
-    h = settings.hard_weight
-    loss = (1.0 - h) * divergence if h < 1.0 else torch.zeros_like(divergence)
-    if h > 0.0 or valid is not None:
-        ce = F.cross_entropy(student_logits.float(), labels, reduction="none")
-        loss = loss + h * ce if h > 0.0 else loss
-        loss = loss if valid is None else torch.where(valid, loss, ce)  # no target: CE alone
-    return loss
 
 
 def distill_factory(
