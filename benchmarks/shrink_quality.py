@@ -12,7 +12,8 @@ kd:    a student with 1/4 of the teacher's non-embedding parameters, from one in
        side by side; then a top-32 cache of the teacher with as many shifted passes as (a) ran
        epochs, and side by side (c) a student from the cache with a token budget equal to (b)'s
        (its wall time is then the comparison), (d) one with (a)'s CPU budget and a share of
-       hard labels (--kd-hard-weight).
+       hard labels (--kd-hard-weight); then cached students with half and with 45% of the live
+       run's wall time as their CPU budget, without and with the hard-label share.
 prune: the M shape (dim 512, 8 layers, ffn 1536) trained on the same tokens, pruned to 60% of its
        non-embedding parameters, healed by distillation from a cache of its logits, against the
        pruned shape trained from scratch for the same budget; decode tokens/s of both on the
@@ -144,8 +145,28 @@ def kd(args, work: Path) -> dict:
                       str(work / "kd-cached-budget"), "--budget", args.budget,
                       "--hard-weight", str(args.kd_hard_weight)),
     )  # fmt: skip
+    # at half the live run's wall time: is a cached student as good as the live one by then?
+    half = f"{int(live['wall_s'] // 2)}s cpu"  # a cached run's wall is its CPU time (above)
+    half_plain, half_mixed = _pair(
+        lambda: _step(work, "kd-half", "distill", *from_cache, "--out", str(work / "kd-half"),
+                      "--budget", half),
+        lambda: _step(work, "kd-half-mixed", "distill", *from_cache, "--out",
+                      str(work / "kd-half-mixed"), "--budget", half,
+                      "--hard-weight", str(args.kd_hard_weight)),
+    )  # fmt: skip
+    # 45%: with the start-up and the final evaluation on top, under half the live wall time
+    short = f"{int(live['wall_s'] * 0.45)}s cpu"
+    short_plain, short_mixed = _pair(
+        lambda: _step(work, "kd-45", "distill", *from_cache, "--out", str(work / "kd-45"),
+                      "--budget", short),
+        lambda: _step(work, "kd-45-mixed", "distill", *from_cache, "--out",
+                      str(work / "kd-45-mixed"), "--budget", short,
+                      "--hard-weight", str(args.kd_hard_weight)),
+    )  # fmt: skip
     rows = {}
-    runs = [("hard", hard), ("live", live), ("cached", cached), ("cached-budget", cached_budget)]
+    runs = [("hard", hard), ("live", live), ("cached", cached), ("cached-budget", cached_budget),
+            ("half", half_plain), ("half-mixed", half_mixed), ("45", short_plain),
+            ("45-mixed", short_mixed)]  # fmt: skip
     for name, rec in runs:
         run = work / f"kd-{name}"
         rows[name] = {**rec, **_summary(run), "val_bpb": _bpb(run / "model", args.tokens)}
