@@ -42,6 +42,7 @@ setup(
                     "kernels_avx2.c",
                     "kernels_avx512.c",
                     "kernels_avx512_bf16.c",
+                    "gemm_xt_avx512.c",
                     "threadpool.c",
                 )
             ],

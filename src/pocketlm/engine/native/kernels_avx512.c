@@ -335,66 +335,6 @@ TARGET_AVX512 static void gemm_i8_avx512(const plm_matrix *w, int r0, int r1, co
 }
 
 
-/* 4 tokens x 4 rows register tile: 16 accumulators, 8 loads per 16 FMAs, then a reduction tree
- * that leaves each token's 4 outputs in one vector (stored contiguously). */
-TARGET_AVX512 static void gemm_f32_avx512(const float *wf, int ldw, const float *x, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols) {
-    const int c16 = cols & ~15;
-    const __mmask16 tail = (__mmask16)((1u << (cols - c16)) - 1);
-    int r = 0;
-    for (; r + 4 <= n_rows; r += 4) {
-        const float *w0 = wf + (size_t)r * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
-        int t = 0;
-        for (; t + 4 <= n_tok; t += 4) {
-            const float *x0 = x + (size_t)t * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
-            __m512 a[16]; /* a[4 * token + row] */
-            for (int i = 0; i < 16; i++) a[i] = _mm512_setzero_ps();
-            for (int c = 0; c < cols; c += 16) {
-                const __mmask16 m = c < c16 ? (__mmask16)0xffff : tail;
-                __m512 vw0 = _mm512_maskz_loadu_ps(m, w0 + c), vw1 = _mm512_maskz_loadu_ps(m, w1 + c);
-                __m512 vw2 = _mm512_maskz_loadu_ps(m, w2 + c), vw3 = _mm512_maskz_loadu_ps(m, w3 + c);
-                __m512 vx0 = _mm512_maskz_loadu_ps(m, x0 + c), vx1 = _mm512_maskz_loadu_ps(m, x1 + c);
-                __m512 vx2 = _mm512_maskz_loadu_ps(m, x2 + c), vx3 = _mm512_maskz_loadu_ps(m, x3 + c);
-                a[0] = _mm512_fmadd_ps(vx0, vw0, a[0]); a[1] = _mm512_fmadd_ps(vx0, vw1, a[1]);
-                a[2] = _mm512_fmadd_ps(vx0, vw2, a[2]); a[3] = _mm512_fmadd_ps(vx0, vw3, a[3]);
-                a[4] = _mm512_fmadd_ps(vx1, vw0, a[4]); a[5] = _mm512_fmadd_ps(vx1, vw1, a[5]);
-                a[6] = _mm512_fmadd_ps(vx1, vw2, a[6]); a[7] = _mm512_fmadd_ps(vx1, vw3, a[7]);
-                a[8] = _mm512_fmadd_ps(vx2, vw0, a[8]); a[9] = _mm512_fmadd_ps(vx2, vw1, a[9]);
-                a[10] = _mm512_fmadd_ps(vx2, vw2, a[10]); a[11] = _mm512_fmadd_ps(vx2, vw3, a[11]);
-                a[12] = _mm512_fmadd_ps(vx3, vw0, a[12]); a[13] = _mm512_fmadd_ps(vx3, vw1, a[13]);
-                a[14] = _mm512_fmadd_ps(vx3, vw2, a[14]); a[15] = _mm512_fmadd_ps(vx3, vw3, a[15]);
-            }
-            for (int j = 0; j < 4; j++) _mm_storeu_ps(y + (size_t)(t + j) * ldy + r, reduce4(a[4 * j], a[4 * j + 1], a[4 * j + 2], a[4 * j + 3]));
-        }
-        for (; t < n_tok; t++) { /* a lone token: the same accumulation order as in the tile */
-            const float *x0 = x + (size_t)t * ldx;
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (int c = 0; c < cols; c += 16) {
-                const __mmask16 m = c < c16 ? (__mmask16)0xffff : tail;
-                __m512 vx = _mm512_maskz_loadu_ps(m, x0 + c);
-                a0 = _mm512_fmadd_ps(vx, _mm512_maskz_loadu_ps(m, w0 + c), a0);
-                a1 = _mm512_fmadd_ps(vx, _mm512_maskz_loadu_ps(m, w1 + c), a1);
-                a2 = _mm512_fmadd_ps(vx, _mm512_maskz_loadu_ps(m, w2 + c), a2);
-                a3 = _mm512_fmadd_ps(vx, _mm512_maskz_loadu_ps(m, w3 + c), a3);
-            }
-            _mm_storeu_ps(y + (size_t)t * ldy + r, reduce4(a0, a1, a2, a3));
-        }
-    }
-    for (; r < n_rows; r++) { /* trailing rows: one accumulator each, reduced the same way */
-        const float *w0 = wf + (size_t)r * ldw;
-        for (int t = 0; t < n_tok; t++) {
-            const float *x0 = x + (size_t)t * ldx;
-            __m512 a0 = _mm512_setzero_ps(), z = _mm512_setzero_ps();
-            for (int c = 0; c < cols; c += 16) {
-                const __mmask16 m = c < c16 ? (__mmask16)0xffff : tail;
-                a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x0 + c), _mm512_maskz_loadu_ps(m, w0 + c), a0);
-            }
-            y[(size_t)t * ldy + r] = _mm_cvtss_f32(reduce4(a0, z, z, z));
-        }
-    }
-}
-
-
-
 /* As glu_avx2, 16 lanes at a time. */
 TARGET_AVX512 static void glu_avx512(float *g, const float *u, int n, int act) {
     int i = 0;
@@ -415,8 +355,9 @@ TARGET_AVX512 static void glu_avx512(float *g, const float *u, int n, int act) {
 
 void plm_fill_avx512(plm_kernels *k, int bf16) {
     *k = (plm_kernels){.name = "avx512-vnni", .gemv_f32 = gemv_f32_avx512, .gemv_bf16 = gemv_bf16_avx512, .gemv_i8 = gemv_i8_avx512, .gemv_i4 = gemv_i4_avx512,
-                       .gemm_f32 = gemm_f32_avx512, .dot = dot_avx512, .quantize = quantize_avx512, .axpy = axpy_avx512, .scores = scores_avx512,
+                       .dot = dot_avx512, .quantize = quantize_avx512, .axpy = axpy_avx512, .scores = scores_avx512,
                        .exp_sum = exp_sum_avx512, .wsum = wsum_avx512, .glu = glu_avx512, .gemm_i8 = gemm_i8_avx512};
+    plm_fill_avx512_xt(k);
     if (bf16) plm_fill_avx512_bf16(k);
 }
 #endif

@@ -40,39 +40,43 @@ static void gemv_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0,
     }
 }
 
-/* y rows [r0, r1) of one job on the prefill path: dequantise ROW_BLOCK rows at a time into this
-   thread's scratch, then one small GEMM over every token (bf16 weights need no copy on the bf16
-   kernels; fp32 weights always take the float GEMM). */
+/* y rows [r0, r1) of one job on the prefill path. Integer GEMM for int8 (VNNI); bf16 and fp32
+   weights straight into the packed-input GEMMs; int4 (and int8 without VNNI) dequantised ROW_BLOCK
+   rows at a time into this thread's scratch first, as bf16 where the CPU has the bf16 GEMM, as
+   float otherwise. CPUs without AVX-512 take the row-major float GEMM. */
 static void gemm_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0, int r1, int ith) {
     const plm_matrix *w = job->w;
-    const int cols = w->cols;
+    const int cols = w->cols, n = t->n_tok;
     float *scratch = m->wscratch + (size_t)ith * ROW_BLOCK * (size_t)m->wide;
+    uint16_t *scratch_bf16 = m->wscratch_bf16 + (size_t)ith * ROW_BLOCK * (size_t)m->wide;
     if (job->xq) { /* int8 weights on the integer GEMM */
-        m->k.gemm_i8(w, r0, r1, job->xq, t->n_tok, job->y, w->rows);
+        m->k.gemm_i8(w, r0, r1, job->xq, n, job->y, w->rows);
         return;
     }
-    if (job->xb && w->dtype == PLM_BF16) {
-        m->k.gemm_bf16((const uint16_t *)w->data + (size_t)r0 * cols, cols, job->xb, cols, job->y + r0, w->rows, t->n_tok, r1 - r0, cols);
+    if (job->xpb && w->dtype == PLM_BF16) {
+        m->k.gemm_bf16_xt((const uint16_t *)w->data + (size_t)r0 * cols, cols, job->xpb, n, cols, job->y + r0, w->rows, r1 - r0);
+        return;
+    }
+    if (job->xpf && w->dtype == PLM_F32) {
+        m->k.gemm_f32_xt((const float *)w->data + (size_t)r0 * cols, cols, job->xpf, n, cols, job->y + r0, w->rows, r1 - r0);
         return;
     }
     for (int rb = r0; rb < r1; rb += ROW_BLOCK) {
         const int re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
-        if (w->dtype == PLM_F32) {
-            m->k.gemm_f32((const float *)w->data + (size_t)rb * cols, cols, job->x, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
-            continue;
-        }
-        if (job->xb) {
-            uint16_t *wb = m->wscratch_bf16 + (size_t)ith * ROW_BLOCK * (size_t)m->wide;
+        if (w->dtype == PLM_F32) { /* no packed GEMM on this CPU */
+            m->k.gemm_f32((const float *)w->data + (size_t)rb * cols, cols, job->x, cols, job->y + rb, w->rows, n, re - rb, cols);
+        } else if (job->xpb) {
             if (w->dtype == PLM_I4) { /* rows are whole 32-value blocks (the int4 format) */
-                m->k.i4_to_bf16(w, rb, re, wb);
+                m->k.i4_to_bf16(w, rb, re, scratch_bf16);
             } else { /* int8 where a CPU has bf16 but no integer GEMM (none today) */
                 plm_dequant_rows(w, rb, re, scratch);
-                m->k.to_bf16(scratch, wb, (size_t)(re - rb) * cols);
+                m->k.to_bf16(scratch, scratch_bf16, (size_t)(re - rb) * cols);
             }
-            m->k.gemm_bf16(wb, cols, job->xb, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
+            m->k.gemm_bf16_xt(scratch_bf16, cols, job->xpb, n, cols, job->y + rb, w->rows, re - rb);
         } else {
             plm_dequant_rows(w, rb, re, scratch);
-            m->k.gemm_f32(scratch, cols, job->x, cols, job->y + rb, w->rows, t->n_tok, re - rb, cols);
+            if (job->xpf) m->k.gemm_f32_xt(scratch, cols, job->xpf, n, cols, job->y + rb, w->rows, re - rb);
+            else m->k.gemm_f32(scratch, cols, job->x, cols, job->y + rb, w->rows, n, re - rb, cols);
         }
     }
 }
@@ -129,27 +133,31 @@ static void mm_worker(void *p, int ith, int nth) {
     }
 }
 
-/* Prefill inputs for the fast GEMMs, converted once per call (the jobs of one call share their
+/* Prefill inputs for the fast GEMMs, prepared once per call (the jobs of one call share their
    input): int8 weights meet it quantised per token as in decode (integer GEMM, VNNI); bf16 and
-   int4 weights (dequantised) meet it rounded to bf16 (vdpbf16ps) where the CPU has AVX512-BF16.
-   Measured on L, 128-token prompt: int8 1.43x and int4 1.34x the float GEMM. */
+   int4 weights meet it packed as bf16 pairs (vdpbf16ps) where the CPU has AVX512-BF16; the rest
+   meet it packed as floats where the CPU has AVX-512 (gemm_xt_avx512.c). Measured on L, 128-token
+   prompt: int8 1.43x and int4 1.34x the float GEMM. */
 static void prepare_gemm_inputs(plm_model *m, mm_task *t) {
     const float *x = t->jobs[0].x;
     const int cols = t->jobs[0].w->cols;
-    int quantised = 0, rounded = 0;
+    int quantised = 0, paired = 0, packed = 0;
     for (int j = 0; j < t->n_jobs; j++) {
         mm_job *job = &t->jobs[j];
         const plm_dtype dt = job->w->dtype;
-        if (job->x != x || dt == PLM_F32) continue;
         if (dt == PLM_I8 && m->k.gemm_i8) {
             if (!quantised)
                 for (int tok = 0; tok < t->n_tok; tok++) m->k.quantize(x + (size_t)tok * cols, cols, &m->qx[tok]);
             quantised = 1;
             job->xq = m->qx;
-        } else if (m->k.gemm_bf16) {
-            if (!rounded) m->k.to_bf16(x, m->x_bf16, (size_t)t->n_tok * cols);
-            rounded = 1;
-            job->xb = m->x_bf16;
+        } else if (dt != PLM_F32 && m->k.gemm_bf16_xt && cols % 2 == 0) { /* vdpbf16ps takes pairs */
+            if (!paired) m->k.pack_x_bf16(x, t->n_tok, cols, m->xp_bf16);
+            paired = 1;
+            job->xpb = m->xp_bf16;
+        } else if (m->k.gemm_f32_xt) {
+            if (!packed) m->k.pack_x_f32(x, t->n_tok, cols, m->xp_f32);
+            packed = 1;
+            job->xpf = m->xp_f32;
         }
     }
 }

@@ -36,7 +36,8 @@ struct plm_model {
     int hidden;                /* the widest MLP: ffn_dim, expert_ffn_dim, shared_ffn_dim */
     float *wscratch;           /* per thread: ROW_BLOCK * wide dequantised weights */
     uint16_t *wscratch_bf16;   /* per thread: the same rounded to bf16 (prefill with gemm_bf16) */
-    uint16_t *x_bf16;          /* max_batch * wide: a prefill matmul's input rounded to bf16 */
+    uint32_t *xp_bf16;         /* round16(max_batch) * wide / 2: a prefill matmul's input packed as bf16 pairs */
+    float *xp_f32;             /* round16(max_batch) * wide: the same packed as floats (gemm_xt_avx512.c) */
     plm_qvec *qx;              /* max_batch: a prefill matmul's input quantised per token (integer GEMMs) */
     plm_qvec qv[2][GEMV_MAX];  /* quantised activations per token (two inputs live at once) */
     int profiling;
@@ -58,7 +59,8 @@ typedef struct {
     const float *x;      /* (n_tok, w->cols) float input */
     const plm_qvec *xq;  /* integer weights on the GEMV path, or int8 on the integer GEMM: x quantised per token */
     float *y;            /* (n_tok, w->rows) */
-    const uint16_t *xb;  /* GEMM path on bf16 kernels: x rounded to bf16, or NULL (float GEMM) */
+    const uint32_t *xpb; /* GEMM path: x packed as bf16 pairs for gemm_bf16_xt, or NULL */
+    const float *xpf;    /* GEMM path: x packed as floats for gemm_f32_xt, or NULL */
 } mm_job;
 
 enum { FUSE_NONE, FUSE_GATED, FUSE_ACT };

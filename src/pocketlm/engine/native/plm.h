@@ -73,12 +73,17 @@ typedef struct {
     void (*gemv_bf16)(const plm_matrix *w, const float *x, float *y, int r0, int r1);
     void (*gemv_i8)(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1);
     void (*gemv_i4)(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1);
-    /* Y[t, r] = dot(Wf[r, :], X[t, :]) for a block of rows held as float (dequantised) weights:
-     * rows [r0, r1) of a (n_rows_total, cols) float block `wf` whose row 0 is matrix row `wrow0`. */
+    /* Y[t, r] = dot(Wf[r, :], X[t, :]) for a block of rows held as float (dequantised) weights,
+     * row-major input: the prefill GEMM of CPUs without AVX-512 (NULL where gemm_f32_xt is set). */
     void (*gemm_f32)(const float *wf, int ldw, const float *x, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols);
-    /* The same over bf16 weights and bf16 activations (fp32 sums: vdpbf16ps), or NULL where the CPU
-     * lacks AVX512-BF16; then bf16 / int4 prefill dequantises to float for gemm_f32. */
-    void (*gemm_bf16)(const uint16_t *wb, int ldw, const uint16_t *xb, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols);
+    /* The prefill GEMMs of AVX-512 (gemm_xt_avx512.c), over an input packed once per call as
+     * 16-token columns: Y[t, r] = dot(W[r, :], x[t, :]) for rows [0, n_rows) of the row-major w
+     * (ldw); pack_x_*: the (n_tok, cols) float input -> round16(n_tok) x cols packed values. The
+     * bf16 pair (vdpbf16ps, cols even) is NULL where the CPU lacks AVX512-BF16. */
+    void (*pack_x_f32)(const float *x, int n_tok, int cols, float *xp);
+    void (*gemm_f32_xt)(const float *w, int ldw, const float *xp, int n_tok, int cols, float *y, int ldy, int n_rows);
+    void (*pack_x_bf16)(const float *x, int n_tok, int cols, uint32_t *xp);
+    void (*gemm_bf16_xt)(const uint16_t *w, int ldw, const uint32_t *xp, int n_tok, int cols, float *y, int ldy, int n_rows);
     void (*to_bf16)(const float *x, uint16_t *out, size_t n); /* round to nearest even */
     void (*i4_to_bf16)(const plm_matrix *w, int r0, int r1, uint16_t *out); /* int4 rows dequantised and rounded to bf16 */
     float (*dot)(const float *a, const float *b, int n);
