@@ -2,7 +2,7 @@
  * kernel set this CPU runs (the ISA caps), shapes that leave every edge (rows not a multiple of a
  * register tile, tokens not a multiple of 16, columns over several blocks, odd columns), outputs
  * written only inside (n_tok, n_rows) of y, and the same bits whether the rows are computed at
- * once or in the engine's chunks. Prints one line per failure; exit status 1 if any. */
+ * once or in the engine's chunks; and the row-major product (gemm_f32_ab) stored and added. Prints one line per failure; exit status 1 if any. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,6 +100,46 @@ done:
     free(wf); free(x); free(wb); free(y); free(y1);
 }
 
+/* C (+)= A B for the attention's probabilities x values: row-major A (m, k), B (k, n), C (m, n),
+ * each with a wider leading dimension whose extra columns must stay untouched. */
+static void check_ab(const char *isa, int m, int n, int k, int add) {
+    plm_kernels kt;
+    plm_select_kernels(&kt, isa);
+    if (!kt.gemm_f32_ab) return;
+    const int lda = k + 5, ldb = n + 7, ldc = n + 3;
+    float *a = malloc(sizeof(float) * (size_t)m * lda), *b = malloc(sizeof(float) * (size_t)k * ldb), *c = malloc(sizeof(float) * (size_t)(m + 1) * ldc);
+    for (size_t i = 0; i < (size_t)m * lda; i++) a[i] = uniform();
+    for (size_t i = 0; i < (size_t)k * ldb; i++) b[i] = uniform();
+    for (size_t i = 0; i < (size_t)(m + 1) * ldc; i++) c[i] = (size_t)(i % ldc) < (size_t)n && i / ldc < (size_t)m ? uniform() : SENTINEL;
+    float *before = malloc(sizeof(float) * (size_t)(m + 1) * ldc);
+    memcpy(before, c, sizeof(float) * (size_t)(m + 1) * ldc);
+    kt.gemm_f32_ab(a, lda, b, ldb, n, k, c, ldc, m, add);
+    for (int r = 0; r < m + 1; r++)
+        for (int j = 0; j < ldc; j++) {
+            const size_t i = (size_t)r * ldc + j;
+            if (r == m || j >= n) {
+                if (c[i] != SENTINEL) {
+                    printf("%s ab %dx%dx%d add %d: wrote outside C at row %d column %d\n", kt.name, m, n, k, add, r, j);
+                    failures++;
+                    goto done;
+                }
+                continue;
+            }
+            double ref = add ? before[i] : 0, mag = add ? fabs(before[i]) : 0;
+            for (int q = 0; q < k; q++) {
+                ref += (double)a[(size_t)r * lda + q] * b[(size_t)q * ldb + j];
+                mag += fabs((double)a[(size_t)r * lda + q] * b[(size_t)q * ldb + j]);
+            }
+            if (fabs(c[i] - ref) > 1e-5 * (mag + 1e-30)) {
+                printf("%s ab %dx%dx%d add %d: C[%d][%d] = %g, expected %g\n", kt.name, m, n, k, add, r, j, c[i], ref);
+                failures++;
+                goto done;
+            }
+        }
+done:
+    free(a); free(b); free(c); free(before);
+}
+
 int main(int argc, char **argv) {
     static const int shapes[][3] = {
         {1, 2, 17}, {5, 30, 17}, {7, 34, 31}, {17, 64, 32}, {70, 96, 33}, {130, 40, 64}, {64, 1030, 65},
@@ -112,6 +152,10 @@ int main(int argc, char **argv) {
                 if (bf16 && cols % 2) continue; /* the engine pairs columns only when cols is even */
                 check(argv[a], bf16, shapes[s][0], cols, shapes[s][2]);
             }
+    static const int ab[][3] = {{1, 16, 1}, {7, 64, 33}, {64, 128, 700}, {70, 16, 5}, {13, 48, 1030}};
+    for (int a = 1; a < argc; a++)
+        for (size_t s = 0; s < sizeof ab / sizeof ab[0]; s++)
+            for (int add = 0; add < 2; add++) check_ab(argv[a], ab[s][0], ab[s][1], ab[s][2], add);
     printf("%d failures\n", failures);
     return failures ? 1 : 0;
 }

@@ -231,6 +231,21 @@ def test_native_runs_the_family_options_as_torch(family_dirs, group, scheme, isa
 
 @pytest.mark.parametrize("isa", engine_isa_params())
 @pytest.mark.parametrize("group", ["gemma2", "mistral-qwen3"])
+def test_prompt_chunks_attend_across_the_rolling_cache_edge(family_dirs, group, isa):
+    """Prompt chunks of 17 tokens (past GEMV_MAX: attention as two GEMMs per block of queries on
+    AVX-512) in rolling caches of 8 + 17 positions (no rewind): the second chunk's keys wrap the ring's end,
+    so scores and values run in two pieces each; the logits are the full cache's."""
+    d, ref = family_dirs[group, "fp32"]
+    config = ModelConfig.load(d / CONFIG_FILE)
+    backend = NativeBackend(d, config, threads=2, isa=isa, max_batch=17, kv_rewind=0)
+    got = run_backend(backend)
+    tol = TOLERANCE["fp32"] * float(np.abs(ref["extend"]).max())
+    for key in ("extend", "decode", "greedy"):
+        assert np.abs(got[key] - ref[key]).max() <= tol, key
+
+
+@pytest.mark.parametrize("isa", engine_isa_params())
+@pytest.mark.parametrize("group", ["gemma2", "mistral-qwen3"])
 def test_sliding_layers_roll_their_cache(family_dirs, group, isa):
     """Sliding layers keep window + kv_rewind + max_batch positions (8 + 2 + 4 here: the 40-token
     prompt and 32 greedy tokens wrap it many times) and compute what the full cache does; a

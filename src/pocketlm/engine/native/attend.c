@@ -1,5 +1,7 @@
-/* Attention over the KV cache: (token, head) pairs taken one at a time by the pool's threads;
- * causal, sliding windows (rolling caches), soft-caps. */
+/* Attention over the KV cache: causal, sliding windows (rolling caches), soft-caps. Decode and
+ * batched decode take (token, head) pairs one at a time; a prompt chunk (consecutive positions of
+ * one slot) takes (kv head, block of ATT_QB tokens) pairs as two GEMMs, scores and probabilities x
+ * values, every query head of the kv head at once. */
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -52,8 +54,82 @@ static void att_worker(void *p, int ith, int nth) {
     }
 }
 
+/* Keys first .. first + n_keys - 1 of a layer's cache as ring rows: key i at row `row` + i for i
+   in [i0, i1) of each of two runs (the second empty unless the ring wraps). */
+typedef struct {
+    int i0[2], i1[2], row[2];
+} key_runs;
+
+static key_runs ring_runs(const plm_model *m, int layer, int first, int n_keys) {
+    const int ring = m->ring_len[layer], start = first % ring, run1 = n_keys < ring - start ? n_keys : ring - start;
+    return (key_runs){.i0 = {0, run1}, .i1 = {run1, n_keys}, .row = {start, -run1}};
+}
+
+/* One (kv head, query block) job's softmax: row qv of s holds query qv % nq's scores against keys
+   first..; each row keeps the keys its position sees (causal, window), the rest become 0. */
+static void block_softmax(const plm_model *m, float *s, size_t lds, int n_qv, int nq, int p0, int first, int n_keys, int window) {
+    const float inv = m->cfg.attn_scale > 0.f ? m->cfg.attn_scale : 1.0f / sqrtf((float)m->cfg.head_dim), cap = m->cfg.attn_softcap;
+    for (int qv = 0; qv < n_qv; qv++) {
+        float *row = s + (size_t)qv * lds;
+        const int pos = p0 + qv % nq, lo = window && pos >= window ? pos - window + 1 - first : 0, hi = pos - first + 1;
+        float mx = -INFINITY;
+        for (int i = lo; i < hi; i++) {
+            row[i] *= inv;
+            if (cap > 0.f) row[i] = tanhf(row[i] / cap) * cap; /* Gemma 2 */
+            mx = row[i] > mx ? row[i] : mx;
+        }
+        const float norm = 1.0f / m->k.exp_sum(row + lo, hi - lo, mx);
+        for (int i = lo; i < hi; i++) row[i] *= norm;
+        memset(row, 0, sizeof(float) * (size_t)lo);
+        memset(row + hi, 0, sizeof(float) * (size_t)(n_keys - hi));
+    }
+}
+
+static void att_gemm_worker(void *p, int ith, int nth) {
+    att_task *t = (att_task *)p;
+    plm_model *m = t->m;
+    const plm_config *c = &m->cfg;
+    const int hd = c->head_dim, group = c->n_heads / c->n_kv_heads, window = m->layers[t->layer].window;
+    const size_t kvd = kv_dim(c), qd = q_dim(c), lds = (size_t)c->max_seq;
+    const int n_blocks = (t->n_tok + ATT_QB - 1) / ATT_QB, total = n_blocks * c->n_kv_heads;
+    float *qrows = m->att_q + (size_t)ith * 2 * ATT_QVS(group) * hd, *qpacked = qrows + (size_t)ATT_QVS(group) * hd;
+    float *s = m->att_s + (size_t)ith * group * ATT_QB * lds;
+    (void)nth;
+    for (int job; (job = atomic_fetch_add_explicit(&t->next_job, 1, memory_order_relaxed)) < total;) {
+        const int kvh = job % c->n_kv_heads, t0 = job / c->n_kv_heads * ATT_QB;
+        const int nq = t->n_tok - t0 < ATT_QB ? t->n_tok - t0 : ATT_QB, n_qv = group * nq, p0 = m->pos[t0];
+        const int first = window && p0 >= window ? p0 - window + 1 : 0, n_keys = p0 + nq - first;
+        const key_runs runs = ring_runs(m, t->layer, first, n_keys);
+        const float *kc = m->k_cache + cache_offset(m, m->slot[t0], t->layer, 0) + (size_t)kvh * hd;
+        const float *vc = m->v_cache + cache_offset(m, m->slot[t0], t->layer, 0) + (size_t)kvh * hd;
+        for (int hg = 0; hg < group; hg++) /* query vector hg * nq + i: head kvh * group + hg, token t0 + i */
+            for (int i = 0; i < nq; i++)
+                memcpy(qrows + (size_t)(hg * nq + i) * hd, m->q + (size_t)(t0 + i) * qd + (size_t)(kvh * group + hg) * hd, sizeof(float) * (size_t)hd);
+        m->k.pack_x_f32(qrows, n_qv, hd, qpacked);
+        for (int r = 0; r < 2; r++) /* scores: keys as the weight rows, the queries as the packed input */
+            if (runs.i1[r] > runs.i0[r])
+                m->k.gemm_f32_xt(kc + (ptrdiff_t)(runs.row[r] + runs.i0[r]) * (ptrdiff_t)kvd, (int)kvd, qpacked, n_qv, hd, s + runs.i0[r], (int)lds, runs.i1[r] - runs.i0[r]);
+        block_softmax(m, s, lds, n_qv, nq, p0, first, n_keys, window);
+        for (int hg = 0; hg < group; hg++) {
+            float *out = m->att + (size_t)t0 * qd + (size_t)(kvh * group + hg) * hd;
+            for (int r = 0; r < 2; r++)
+                if (runs.i1[r] > runs.i0[r])
+                    m->k.gemm_f32_ab(s + (size_t)hg * nq * lds + runs.i0[r], (int)lds, vc + (ptrdiff_t)(runs.row[r] + runs.i0[r]) * (ptrdiff_t)kvd, (int)kvd, hd,
+                                     runs.i1[r] - runs.i0[r], out, (int)qd, nq, r == 1);
+        }
+    }
+}
+
+/* A prompt chunk: n tokens at consecutive positions of one slot. */
+static int one_run(const plm_model *m, int n) {
+    for (int i = 1; i < n; i++)
+        if (m->slot[i] != m->slot[0] || m->pos[i] != m->pos[0] + i) return 0;
+    return 1;
+}
+
 void plm_attend(plm_model *m, int layer, int n) {
     att_task at = {.m = m, .layer = layer, .n_tok = n};
     atomic_init(&at.next_job, 0);
-    plm_pool_run(m->pool, att_worker, &at);
+    const int gemm = n > GEMV_MAX && m->k.gemm_f32_ab && m->cfg.head_dim % 16 == 0 && one_run(m, n);
+    plm_pool_run(m->pool, gemm ? att_gemm_worker : att_worker, &at);
 }

@@ -70,7 +70,7 @@ TARGET_AVX512 static void pack_x_f32_avx512(const float *x, int n_tok, int cols,
 }
 
 /* R rows x G groups of accumulators over columns [c0, c1), added to (or, first block, stored in) yt. */
-TARGET_AVX512 static inline __attribute__((always_inline)) void tile_f32(const float *w, int ldw, const float *xp, size_t gstride, int c0, int c1, float *yt, int first, const int R, const int G) {
+TARGET_AVX512 static inline __attribute__((always_inline)) void tile_f32(const float *w, int ldw, const float *xp, size_t gstride, size_t cstride, int c0, int c1, float *yt, int first, const int R, const int G) {
     __m512 acc[XT_ROWS][XT_GROUPS];
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++)
@@ -79,7 +79,7 @@ TARGET_AVX512 static inline __attribute__((always_inline)) void tile_f32(const f
     for (int c = c0; c < c1; c++) {
         __m512 xv[XT_GROUPS];
 #pragma GCC unroll 4
-        for (int g = 0; g < G; g++) xv[g] = _mm512_loadu_ps(xp + g * gstride + (size_t)c * 16);
+        for (int g = 0; g < G; g++) xv[g] = _mm512_loadu_ps(xp + g * gstride + (size_t)c * cstride);
 #pragma GCC unroll 6
         for (int r = 0; r < R; r++) {
             const __m512 wv = _mm512_set1_ps(w[(size_t)r * ldw + c]);
@@ -110,14 +110,28 @@ TARGET_AVX512 static inline __attribute__((always_inline)) void tile_f32(const f
                               case 2: TILE(__VA_ARGS__, 2, 1); break; default: TILE(__VA_ARGS__, 1, 1); } \
     }
 
-/* Y[t, r] = dot(W[r, :], x[t, :]) for rows [0, n_rows) of w (row-major, ldw) and the n_tok tokens
- * packed in xp (pack_x_f32). */
-TARGET_AVX512 static void gemm_f32_xt_avx512(const float *w, int ldw, const float *xp, int n_tok, int cols, float *y, int ldy, int n_rows) {
+/* yt (rows of XT_GROUPS * 16) -> y[r][t] (stored, or added to what y holds), tokens < n_tok. */
+TARGET_AVX512 static void store_rows(const float *yt, int n_rows, int n_tok, float *y, int ldy, int add) {
+    const __mmask16 tail = (__mmask16)((1u << (n_tok & 15)) - 1);
+    for (int r = 0; r < n_rows; r++)
+        for (int t = 0; t < n_tok; t += 16) {
+            const __mmask16 m = t + 16 <= n_tok ? (__mmask16)0xffff : tail;
+            __m512 v = _mm512_maskz_loadu_ps(m, yt + r * XT_GROUPS * 16 + t);
+            if (add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, y + (size_t)r * ldy + t));
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + t, m, v);
+        }
+}
+
+enum { OUT_TRANSPOSED, OUT_ROWS, OUT_ROWS_ADD };
+
+/* out[t][r] (OUT_TRANSPOSED) or out[r][t] (OUT_ROWS: stored; OUT_ROWS_ADD: added) = sum over c of
+ * W[r][c] * X(t, c), for rows [0, n_rows) of the row-major w and n_tok values of t, X(t, c) at
+ * x + (t / 16) * gstride + c * cstride + t % 16 (16 consecutive t at each (group, c)). */
+TARGET_AVX512 static void xt_f32(const float *w, int ldw, const float *x, size_t gstride, size_t cstride, int n_tok, int cols, float *y, int ldy, int n_rows, int out) {
     float yt[XT_BLOCK_ROWS * XT_GROUPS * 16];
-    const size_t gstride = (size_t)cols * 16;
     for (int t0 = 0; t0 < n_tok; t0 += XT_GROUPS * 16) {
         const int nt = n_tok - t0 < XT_GROUPS * 16 ? n_tok - t0 : XT_GROUPS * 16, G = round16(nt) / 16;
-        const float *xg = xp + (size_t)(t0 / 16) * gstride;
+        const float *xg = x + (size_t)(t0 / 16) * gstride;
         for (int rb = 0; rb < n_rows; rb += XT_BLOCK_ROWS) {
             const int nr = n_rows - rb < XT_BLOCK_ROWS ? n_rows - rb : XT_BLOCK_ROWS;
             for (int c0 = 0; c0 < cols; c0 += XT_KC) {
@@ -126,19 +140,32 @@ TARGET_AVX512 static void gemm_f32_xt_avx512(const float *w, int ldw, const floa
                     const int R = nr - r < XT_ROWS ? nr - r : XT_ROWS;
                     const float *wr = w + (size_t)(rb + r) * ldw;
                     float *ytr = yt + r * XT_GROUPS * 16;
-#define TILE_F32(R_, G_) tile_f32(wr, ldw, xg, gstride, c0, c1, ytr, c0 == 0, R_, G_)
-#define CALL_F32(dummy, R_, G_) TILE_F32(R_, G_)
+#define CALL_F32(dummy, R_, G_) tile_f32(wr, ldw, xg, gstride, cstride, c0, c1, ytr, c0 == 0, R_, G_)
                     XT_DISPATCH(CALL_F32, 0)
                 }
             }
-            untranspose(yt, nr, nt, y + (size_t)t0 * ldy + rb, ldy);
+            if (out == OUT_TRANSPOSED) untranspose(yt, nr, nt, y + (size_t)t0 * ldy + rb, ldy);
+            else store_rows(yt, nr, nt, y + (size_t)rb * ldy + t0, ldy, out == OUT_ROWS_ADD);
         }
     }
+}
+
+/* Y[t, r] = dot(W[r, :], x[t, :]) for rows [0, n_rows) of w (row-major, ldw) and the n_tok tokens
+ * packed in xp (pack_x_f32). */
+TARGET_AVX512 static void gemm_f32_xt_avx512(const float *w, int ldw, const float *xp, int n_tok, int cols, float *y, int ldy, int n_rows) {
+    xt_f32(w, ldw, xp, (size_t)cols * 16, 16, n_tok, cols, y, ldy, n_rows, OUT_TRANSPOSED);
+}
+
+/* C[r][j] (+)= sum_c A[r][c] * B[c][j] for rows r < m, j < n (a multiple of 16), c < k: row-major
+ * A (lda), B (ldb) and C (ldc). */
+TARGET_AVX512 static void gemm_f32_ab_avx512(const float *a, int lda, const float *b, int ldb, int n, int k, float *c, int ldc, int m, int add) {
+    xt_f32(a, lda, b, 16, (size_t)ldb, n, k, c, ldc, m, add ? OUT_ROWS_ADD : OUT_ROWS);
 }
 
 void plm_fill_avx512_xt(plm_kernels *k) {
     k->pack_x_f32 = pack_x_f32_avx512;
     k->gemm_f32_xt = gemm_f32_xt_avx512;
+    k->gemm_f32_ab = gemm_f32_ab_avx512;
 }
 
 /* ---- bf16 (vdpbf16ps): pairs of columns -------------------------------------------------------- */

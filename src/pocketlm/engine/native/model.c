@@ -366,13 +366,16 @@ plm_model *plm_model_create(const plm_config *cfg, const plm_matrix *embed, cons
     m->hb = (float *)xalloc(sizeof(float) * T * (size_t)hidden);
     m->hb2 = (float *)xalloc(sizeof(float) * T * (size_t)hidden);
     m->scores = (float *)xalloc(sizeof(float) * (size_t)plm_pool_size(m->pool) * cfg->max_seq);
+    const size_t group = (size_t)cfg->n_heads / (size_t)cfg->n_kv_heads, threads = (size_t)plm_pool_size(m->pool);
+    m->att_q = (float *)xalloc(sizeof(float) * threads * 2 * ATT_QVS(group) * (size_t)cfg->head_dim);
+    m->att_s = (float *)xalloc(sizeof(float) * threads * group * ATT_QB * (size_t)cfg->max_seq);
     m->wscratch = (float *)xalloc(sizeof(float) * (size_t)plm_pool_size(m->pool) * ROW_BLOCK * wide);
     m->wscratch_bf16 = (uint16_t *)xalloc(sizeof(uint16_t) * (size_t)plm_pool_size(m->pool) * ROW_BLOCK * wide);
     const size_t T16 = (T + 15) / 16 * 16; /* the packed inputs pad their last 16 tokens */
     m->xp_bf16 = (uint32_t *)xalloc(sizeof(uint32_t) * T16 * (wide / 2 + 1));
     m->xp_f32 = (float *)xalloc(sizeof(float) * T16 * wide);
     ok = ok && m->k_cache && m->v_cache && m->x && m->xn && m->xb && m->xo && m->q && m->kk && m->vv && m->att && m->hb && m->hb2 &&
-         m->scores && m->wscratch && m->wscratch_bf16 && m->xp_bf16 && m->xp_f32;
+         m->scores && m->att_q && m->att_s && m->wscratch && m->wscratch_bf16 && m->xp_bf16 && m->xp_f32;
     if (cfg->n_experts) {
         const size_t tk = T * (size_t)cfg->top_k;
         m->xg = (float *)xalloc(sizeof(float) * T * dim);
@@ -421,7 +424,7 @@ void plm_model_destroy(plm_model *m) {
     free(m->k_cache); free(m->v_cache); free(m->ring_len); free(m->layer_off);
     for (int s = 0; s < PLM_ROPE_SETS; s++) { free(m->rope_cos[s]); free(m->rope_sin[s]); }
     free(m->x); free(m->xn); free(m->xb); free(m->xo); free(m->q); free(m->kk); free(m->vv); free(m->att); free(m->hb); free(m->hb2);
-    free(m->scores); free(m->wscratch); free(m->wscratch_bf16); free(m->xp_bf16); free(m->xp_f32);
+    free(m->scores); free(m->att_q); free(m->att_s); free(m->wscratch); free(m->wscratch_bf16); free(m->xp_bf16); free(m->xp_f32);
     free(m->xg); free(m->weight_of); free(m->yd); free(m->route_w); free(m->route_e); free(m->tokens_of); free(m->probs);
     for (int i = 0; i < 2; i++)
         for (int t = 0; t < GEMV_MAX; t++) qvec_free(&m->qv[i][t]);

@@ -11,6 +11,8 @@
                         exactly the arithmetic of a single sequence's decode, weights read once */
 #define GEMV_CHUNK 32 /* rows a thread takes at a time on the GEMV path (a multiple of 8) */
 #define GEMM_CHUNK 64 /* and on the prefill path (a multiple of ROW_BLOCK) */
+#define ATT_QB 16 /* prompt tokens per attention job (attend.c), times every query head of a kv head */
+#define ATT_QVS(group) (((group) * ATT_QB + 15) / 16 * 16) /* its query vectors, rounded up to 16 */
 
 struct plm_model {
     plm_config cfg;
@@ -30,6 +32,7 @@ struct plm_model {
     int rope_long;             /* this call rotates PLM_ROPE_GLOBAL layers with the long set */
     float *rope_cos[PLM_ROPE_SETS], *rope_sin[PLM_ROPE_SETS]; /* (max_seq, rotary_dim / 2) each */
     float *x, *xn, *xb, *xo, *q, *kk, *vv, *att, *hb, *hb2, *scores; /* activations for max_batch tokens */
+    float *att_q, *att_s; /* per thread: a prompt attention job's query vectors (as rows, packed) and scores */
     float *xg, *yd, *route_w, *weight_of, *probs; /* mixture of experts: gathered inputs, expert outputs, routing */
     int32_t *route_e, *tokens_of;
     int wide;                  /* the most columns of any matrix: max(dim, hidden, q_dim) */

@@ -84,6 +84,9 @@ typedef struct {
     void (*gemm_f32_xt)(const float *w, int ldw, const float *xp, int n_tok, int cols, float *y, int ldy, int n_rows);
     void (*pack_x_bf16)(const float *x, int n_tok, int cols, uint32_t *xp);
     void (*gemm_bf16_xt)(const uint16_t *w, int ldw, const uint32_t *xp, int n_tok, int cols, float *y, int ldy, int n_rows);
+    /* C[r][j] (+= when add) sum_c A[r][c] * B[c][j], r < m, j < n (n % 16 == 0), c < k, all
+     * row-major: prefill attention's probabilities times values (NULL without AVX-512). */
+    void (*gemm_f32_ab)(const float *a, int lda, const float *b, int ldb, int n, int k, float *c, int ldc, int m, int add);
     void (*to_bf16)(const float *x, uint16_t *out, size_t n); /* round to nearest even */
     void (*i4_to_bf16)(const plm_matrix *w, int r0, int r1, uint16_t *out); /* int4 rows dequantised and rounded to bf16 */
     float (*dot)(const float *a, const float *b, int n);
