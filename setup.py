@@ -43,6 +43,7 @@ setup(
                     "kernels_avx512.c",
                     "kernels_avx512_bf16.c",
                     "gemm_xt_avx512.c",
+                    "gemm_xt_avx2.c",
                     "threadpool.c",
                 )
             ],

@@ -2,13 +2,13 @@
  * packed once, then chunks of 64 rows of a weight matrix against it (gemm_f32_xt / gemm_bf16_xt,
  * gemm_xt_avx512.c). Prints GMAC/s and the share of the instruction's own peak (24 independent
  * FMAs / vdpbf16ps on registers, measured here); correctness is test_native_gemm.py's job.
- * Round 2's row-major 4 x 4 dot-product kernels ran 47-101 (fp32) and 111-217 (bf16) GMAC/s on
- * the shapes below against the packed kernels' 88-115 and 184-220 (benchmarks/RESULTS.md).
+ * Round 2's row-major kernels ran 47-101 (AVX-512 fp32), 111-217 (bf16) and 14-18 (AVX2) GMAC/s
+ * on the shapes below against the packed kernels' 88-115, 184-220 and 50-56 (benchmarks/RESULTS.md).
  *
  *   N=src/pocketlm/engine/native
  *   gcc -O3 -std=gnu11 -pthread -I$N -o /tmp/gemm_bench benchmarks/native/gemm_bench.c \
  *       $N/kernels.c $N/kernels_avx2.c $N/kernels_avx512.c $N/kernels_avx512_bf16.c \
- *       $N/gemm_xt_avx512.c -lm
+ *       $N/gemm_xt_avx512.c $N/gemm_xt_avx2.c -lm
  *   /tmp/gemm_bench DTYPE ROWS COLS NTOK [ISA]     # DTYPE 0 fp32, 1 bf16
  *   /tmp/gemm_bench 1 4864 896 64                  # Qwen2.5-0.5B's gate, a 64-token chunk */
 #include <immintrin.h>
@@ -32,6 +32,25 @@ static double now(void) {
 static void *alloc(size_t n) { return aligned_alloc(64, (n + 63) / 64 * 64 + 64); }
 
 /* GMAC/s of 24 independent accumulators on registers: what the instruction can do on this core. */
+/* The same with 8-lane FMAs: the AVX2 kernels' ceiling. */
+__attribute__((target("avx2,fma"))) static double peak256(void) {
+    __m256 a[12];
+    for (int i = 0; i < 12; i++) a[i] = _mm256_setzero_ps();
+    __m256 xf = _mm256_set1_ps(1e-9f), wf = _mm256_set1_ps(1.f);
+    const long n = 40000000;
+    const double t0 = now();
+    for (long i = 0; i < n; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = _mm256_fmadd_ps(xf, wf, a[j]);
+        __asm__ volatile("" : "+v"(xf));
+    }
+    const double s = now() - t0;
+    float sum = 0;
+    for (int i = 0; i < 12; i++) sum += a[i][0];
+    if (sum == 12345.f) printf(" ");
+    return 12.0 * 8 * (double)n / s / 1e9;
+}
+
 __attribute__((target("avx512f,avx512bf16"))) static double peak(int bf16) {
     __m512 a[24];
     for (int i = 0; i < 24; i++) a[i] = _mm512_setzero_ps();
@@ -84,7 +103,7 @@ int main(int argc, char **argv) {
         const double s = now() - t0;
         if (s < best) best = s;
     }
-    const double gmacs = (double)rows * cols * n_tok / best / 1e9, top = peak(dt);
+    const double gmacs = (double)rows * cols * n_tok / best / 1e9, top = strcmp(k.name, "avx2") ? peak(dt) : peak256();
     printf("%s %s %d x %d, %d tokens: %.1f GMAC/s, %.0f%% of the instruction's %.1f on registers\n", k.name, dt ? "bf16" : "fp32", rows, cols,
            n_tok, gmacs, 100 * gmacs / top, top);
     return 0;

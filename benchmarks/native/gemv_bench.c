@@ -4,7 +4,8 @@
  *
  *   N=src/pocketlm/engine/native
  *   gcc -O3 -std=gnu11 -pthread -I$N -o /tmp/gemv_bench benchmarks/native/gemv_bench.c \
- *       $N/kernels.c $N/kernels_avx2.c $N/kernels_avx512.c $N/kernels_avx512_bf16.c $N/threadpool.c -lm
+ *       $N/kernels.c $N/kernels_avx2.c $N/kernels_avx512.c $N/kernels_avx512_bf16.c \
+ *       $N/gemm_xt_avx512.c $N/gemm_xt_avx2.c $N/threadpool.c -lm
  *   /tmp/gemv_bench DTYPE ROWS COLS MATRICES THREADS [ISA]     # DTYPE 0 fp32, 1 bf16, 2 int8, 3 int4
  *   /tmp/gemv_bench 3 1536 576 150 2                            # L's ffn matrices, 66 MB of int4
  *

@@ -233,7 +233,7 @@ def test_native_runs_the_family_options_as_torch(family_dirs, group, scheme, isa
 @pytest.mark.parametrize("group", ["gemma2", "mistral-qwen3"])
 def test_prompt_chunks_attend_across_the_rolling_cache_edge(family_dirs, group, isa):
     """Prompt chunks of 17 tokens (past GEMV_MAX: attention as two GEMMs per block of queries on
-    AVX-512) in rolling caches of 8 + 17 positions (no rewind): the second chunk's keys wrap the ring's end,
+    AVX2 and AVX-512) in rolling caches of 8 + 17 positions (no rewind): the second chunk's keys wrap the ring's end,
     so scores and values run in two pieces each; the logits are the full cache's."""
     d, ref = family_dirs[group, "fp32"]
     config = ModelConfig.load(d / CONFIG_FILE)

@@ -17,8 +17,8 @@ from tests.conftest import engine_isa_params
 
 HERE = Path(__file__).resolve().parent
 NATIVE = HERE.parents[2] / "src" / "pocketlm" / "engine" / "native"
-KERNELS = ("kernels.c", "kernels_avx2.c", "kernels_avx512.c", "kernels_avx512_bf16.c")
-KERNELS += ("gemm_xt_avx512.c",)
+# every kernel file: the tables (kernels*.c) and the GEMMs they point at (gemm_xt_*.c)
+KERNELS = sorted(p.name for p in (*NATIVE.glob("kernels*.c"), *NATIVE.glob("gemm_xt_*.c")))
 
 
 @pytest.fixture(scope="module")

@@ -199,11 +199,6 @@ TARGET_AVX2 static void wsum_avx2(const float *p, const float *v, size_t ldv, in
 }
 
 
-TARGET_AVX2 static void gemm_f32_avx2(const float *wf, int ldw, const float *x, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols) {
-    for (int r = 0; r < n_rows; r++)
-        for (int t = 0; t < n_tok; t++) y[(size_t)t * ldy + r] = dot_avx2(wf + (size_t)r * ldw, x + (size_t)t * ldx, cols);
-}
-
 /* silu(g) = g * sigmoid(g); gelu_tanh(g) = g * sigmoid(2 * sqrt(2 / pi) * (g + 0.044715 g^3))
  * (0.5 * (1 + tanh(z)) = sigmoid(2z)); exact GELU (erf) stays scalar. */
 TARGET_AVX2 static void glu_avx2(float *g, const float *u, int n, int act) {
@@ -225,7 +220,8 @@ TARGET_AVX2 static void glu_avx2(float *g, const float *u, int n, int act) {
 
 void plm_fill_avx2(plm_kernels *k) {
     *k = (plm_kernels){.name = "avx2", .gemv_f32 = gemv_f32_avx2, .gemv_bf16 = gemv_bf16_avx2, .gemv_i8 = gemv_i8_avx2, .gemv_i4 = gemv_i4_avx2,
-                       .gemm_f32 = gemm_f32_avx2, .dot = dot_avx2, .quantize = plm_quantize_vec, .axpy = axpy_avx2, .scores = scores_avx2,
+                       .dot = dot_avx2, .quantize = plm_quantize_vec, .axpy = axpy_avx2, .scores = scores_avx2,
                        .exp_sum = exp_sum_avx2, .wsum = wsum_avx2, .glu = glu_avx2};
+    plm_fill_avx2_xt(k);
 }
 #endif

@@ -43,7 +43,7 @@ static void gemv_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0,
 /* y rows [r0, r1) of one job on the prefill path. Integer GEMM for int8 (VNNI); bf16 and fp32
    weights straight into the packed-input GEMMs; int4 (and int8 without VNNI) dequantised ROW_BLOCK
    rows at a time into this thread's scratch first, as bf16 where the CPU has the bf16 GEMM, as
-   float otherwise. CPUs without AVX-512 take the row-major float GEMM. */
+   float otherwise. The portable kernels take the row-major float GEMM. */
 static void gemm_rows(plm_model *m, const mm_task *t, const mm_job *job, int r0, int r1, int ith) {
     const plm_matrix *w = job->w;
     const int cols = w->cols, n = t->n_tok;
@@ -136,7 +136,7 @@ static void mm_worker(void *p, int ith, int nth) {
 /* Prefill inputs for the fast GEMMs, prepared once per call (the jobs of one call share their
    input): int8 weights meet it quantised per token as in decode (integer GEMM, VNNI); bf16 and
    int4 weights meet it packed as bf16 pairs (vdpbf16ps) where the CPU has AVX512-BF16; the rest
-   meet it packed as floats where the CPU has AVX-512 (gemm_xt_avx512.c). Measured on L, 128-token
+   meet it packed as floats where the CPU has AVX2 or AVX-512 (gemm_xt_avx*.c). Measured on L, 128-token
    prompt: int8 1.43x and int4 1.34x the float GEMM. */
 static void prepare_gemm_inputs(plm_model *m, mm_task *t) {
     const float *x = t->jobs[0].x;

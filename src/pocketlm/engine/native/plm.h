@@ -74,9 +74,9 @@ typedef struct {
     void (*gemv_i8)(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1);
     void (*gemv_i4)(const plm_matrix *w, const plm_qvec *x, float *y, int r0, int r1);
     /* Y[t, r] = dot(Wf[r, :], X[t, :]) for a block of rows held as float (dequantised) weights,
-     * row-major input: the prefill GEMM of CPUs without AVX-512 (NULL where gemm_f32_xt is set). */
+     * row-major input: the portable kernels' prefill GEMM (NULL where gemm_f32_xt is set). */
     void (*gemm_f32)(const float *wf, int ldw, const float *x, int ldx, float *y, int ldy, int n_tok, int n_rows, int cols);
-    /* The prefill GEMMs of AVX-512 (gemm_xt_avx512.c), over an input packed once per call as
+    /* The prefill GEMMs of AVX2 / AVX-512 (gemm_xt_avx*.c), over an input packed once per call as
      * 16-token columns: Y[t, r] = dot(W[r, :], x[t, :]) for rows [0, n_rows) of the row-major w
      * (ldw); pack_x_*: the (n_tok, cols) float input -> round16(n_tok) x cols packed values. The
      * bf16 pair (vdpbf16ps, cols even) is NULL where the CPU lacks AVX512-BF16. */
@@ -85,7 +85,7 @@ typedef struct {
     void (*pack_x_bf16)(const float *x, int n_tok, int cols, uint32_t *xp);
     void (*gemm_bf16_xt)(const uint16_t *w, int ldw, const uint32_t *xp, int n_tok, int cols, float *y, int ldy, int n_rows);
     /* C[r][j] (+= when add) sum_c A[r][c] * B[c][j], r < m, j < n (n % 16 == 0), c < k, all
-     * row-major: prefill attention's probabilities times values (NULL without AVX-512). */
+     * row-major: prefill attention's probabilities times values (NULL on the portable kernels). */
     void (*gemm_f32_ab)(const float *a, int lda, const float *b, int ldb, int n, int k, float *c, int ldc, int m, int add);
     void (*to_bf16)(const float *x, uint16_t *out, size_t n); /* round to nearest even */
     void (*i4_to_bf16)(const plm_matrix *w, int r0, int r1, uint16_t *out); /* int4 rows dequantised and rounded to bf16 */
