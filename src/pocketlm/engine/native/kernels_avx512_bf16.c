@@ -14,21 +14,24 @@ TARGET_AVX512BF16 static void to_bf16_avx512(const float *x, uint16_t *out, size
 }
 
 /* Rows [r0, r1) of an int4 matrix as bf16 (r1 - r0, cols): (q - 8) * scale per 32-value block, as
- * plm_dequant_rows then to_bf16 (q * d - 8 * d is exact in fp32, then one rounding). */
+ * plm_dequant_rows then to_bf16. The 16 values a block can take, (q - 8) * d rounded once in fp32
+ * then to bf16 (what q * d - 8 * d gives too), form a table that one vpermw indexes with the
+ * nibbles; it is rebuilt only when the scale group changes. */
 TARGET_AVX512BF16 static void i4_to_bf16_avx512(const plm_matrix *w, int r0, int r1, uint16_t *out) {
     const int cols = w->cols, blocks = cols / 32, per_group = w->group / 32;
-    const __m128i mask = _mm_set1_epi8(0x0f);
+    const __m512 levels = _mm512_setr_ps(-8.f, -7.f, -6.f, -5.f, -4.f, -3.f, -2.f, -1.f, 0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
+    const __m256i mask = _mm256_set1_epi16(0x0f);
     for (int r = r0; r < r1; r++) {
         const uint8_t *src = (const uint8_t *)w->data + (size_t)r * (cols / 2);
         const uint16_t *sc = w->scale_f16 + (size_t)r * (cols / w->group);
         uint16_t *o = out + (size_t)(r - r0) * cols;
+        __m512i table = _mm512_setzero_si512();
         for (int b = 0; b < blocks; b++) {
-            const __m128i p = _mm_loadu_si128((const __m128i *)(src + 16 * b));
-            const __m512 d = _mm512_set1_ps(_cvtsh_ss(sc[b / per_group])), d8 = _mm512_mul_ps(d, _mm512_set1_ps(8.f));
-            const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(p, mask)));                    /* values 0-15 */
-            const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(p, 4), mask))); /* 16-31 */
-            const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_fmsub_ps(hi, d, d8), _mm512_fmsub_ps(lo, d, d8));
-            _mm512_storeu_si512((void *)(o + 32 * b), (__m512i)v);
+            if (b % per_group == 0) /* words 0-15: the bf16 of (q - 8) * d for q = 0..15 */
+                table = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(levels, _mm512_set1_ps(_cvtsh_ss(sc[b / per_group])))));
+            const __m256i q = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(src + 16 * b))); /* byte j -> word j */
+            const __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, mask)), _mm256_srli_epi16(q, 4), 1); /* values 0-15, 16-31 */
+            _mm512_storeu_si512((void *)(o + 32 * b), _mm512_permutexvar_epi16(idx, table));
         }
     }
 }
