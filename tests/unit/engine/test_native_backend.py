@@ -320,3 +320,27 @@ def test_the_c_side_refuses_any_buffer_or_dim_that_does_not_match(wide_variant_d
 def _assert_refused(cfg, w, rope):
     with pytest.raises(ValueError):
         _build(cfg, w, rope)
+
+
+@pytest.fixture(scope="module")
+def odd_bf16_dir(synthetic_pipeline, tmp_path_factory):
+    """A bf16 model whose FFN width is odd: the down projection has an odd number of columns."""
+    config = ModelConfig(
+        vocab_size=512, dim=48, n_layers=1, n_heads=3, n_kv_heads=1, ffn_dim=73, max_seq_len=64
+    )
+    root = tmp_path_factory.mktemp("odd")
+    return save_variants(root, "odd", config, synthetic_pipeline["tokenizer"], schemes=("bf16",))[
+        "bf16"
+    ]
+
+
+@pytest.mark.parametrize("isa", engine_isa_params())
+def test_odd_columns_of_bf16_weights_take_the_float_gemm(odd_bf16_dir, isa):
+    """vdpbf16ps multiplies column pairs, so a bf16 matrix with an odd number of columns runs its
+    prompt through the float GEMM on a dequantised copy instead; the logits are still torch's."""
+    ids = list(range(3, 43))
+    ref = _torch_logits(odd_bf16_dir, ids)
+    config = ModelConfig.load(odd_bf16_dir / CONFIG_FILE)
+    backend = NativeBackend(odd_bf16_dir, config, threads=2, isa=isa)
+    prefill_tol, _ = _tolerances("bf16", isa, ref)
+    assert np.abs(backend.extend(0, ids) - ref).max() <= prefill_tol
