@@ -6,7 +6,8 @@
  * columns, xp[(g * (cols / 2) + k) * 16 + i] = the two bf16 values x[16 g + i][2k, 2k + 1] (the
  * operand vdpbf16ps multiplies pairwise). Tokens past n_tok are zeros. Each output sums its
  * products in column order (one block of columns after another): the same result whichever
- * thread computes it and however the rows are split. */
+ * thread computes it and however the rows are split. The same tiles give the row-major product
+ * C = A B (gemm_f32_ab: prompt attention's probabilities x values), B read in place as if packed. */
 #include "kernels_simd.h"
 
 #ifdef PLM_X86
