@@ -344,3 +344,32 @@ def test_odd_columns_of_bf16_weights_take_the_float_gemm(odd_bf16_dir, isa):
     backend = NativeBackend(odd_bf16_dir, config, threads=2, isa=isa)
     prefill_tol, _ = _tolerances("bf16", isa, ref)
     assert np.abs(backend.extend(0, ids) - ref).max() <= prefill_tol
+
+
+@pytest.fixture(scope="module")
+def int4_group128_dir(synthetic_pipeline, tmp_path_factory):
+    """A model at int4 with one scale per 128 values (4 blocks share it; inputs of 128 and 256)."""
+    from pocketlm.compress.quantize import quantize_model_dir
+
+    config = ModelConfig(
+        vocab_size=512, dim=128, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=256, max_seq_len=64
+    )
+    root = tmp_path_factory.mktemp("g128")
+    fp32 = save_model(root / "fp32", build_model(config, seed=9), synthetic_pipeline["tokenizer"])
+    out, _ = quantize_model_dir(fp32, root / "int4", "int4", group_size=128)
+    return out
+
+
+@pytest.mark.parametrize("isa", engine_isa_params())
+def test_int4_scales_shared_by_several_blocks_match_pytorch(int4_group128_dir, isa):
+    """int4 groups wider than a 32-value block: decode reads each block's group scale, prefill's
+    dequantisation keeps one scale table per group (rebuilt when the group changes)."""
+    ids = list(range(5, 45))
+    ref = _torch_logits(int4_group128_dir, ids)
+    config = ModelConfig.load(int4_group128_dir / CONFIG_FILE)
+    backend = NativeBackend(int4_group128_dir, config, threads=2, isa=isa)
+    prefill_tol, tol = _tolerances("int4", isa, ref)
+    assert np.abs(backend.extend(0, ids) - ref).max() <= prefill_tol
+    backend.release(0)
+    steps = [backend.prefill(0, ids[:10])] + [backend.decode([0], [t])[0] for t in ids[10:]]
+    assert np.abs(np.stack(steps) - ref[9:]).max() <= tol
