@@ -14,48 +14,12 @@ typedef struct {
     atomic_int next_job; /* (token, head) pairs are taken one at a time, as the matmuls' chunks */
 } att_task;
 
-static void att_worker(void *p, int ith, int nth) {
-    att_task *t = (att_task *)p;
-    plm_model *m = t->m;
-    const plm_config *c = &m->cfg;
-    const int hd = c->head_dim, group = c->n_heads / c->n_kv_heads, window = m->layers[t->layer].window;
-    const size_t kvd = kv_dim(c), qd = q_dim(c);
-    const float inv = c->attn_scale > 0.f ? c->attn_scale : 1.0f / sqrtf((float)hd), cap = c->attn_softcap;
-    const int total = t->n_tok * c->n_heads;
-    float *scores = m->scores + (size_t)ith * c->max_seq;
-    (void)nth;
-    for (int job; (job = atomic_fetch_add_explicit(&t->next_job, 1, memory_order_relaxed)) < total;) {
-        const int tok = job / c->n_heads, h = job % c->n_heads, kvh = h / group;
-        const int pos = m->pos[tok]; /* attends to keys first..pos of its own sequence */
-        const int first = window && pos >= window ? pos - window + 1 : 0; /* a sliding layer: the last `window` */
-        const int n_keys = pos - first + 1;
-        /* Key i (position first + i) sits at ring row start + i, wrapping to row i - run1 after
-           the ring's end: two contiguous runs (one for a full cache, whose ring is max_seq long). */
-        const int ring = m->ring_len[t->layer], start = first % ring, run1 = n_keys < ring - start ? n_keys : ring - start;
-        const float *kc = m->k_cache + cache_offset(m, m->slot[tok], t->layer, 0) + (size_t)kvh * hd;
-        const float *vc = m->v_cache + cache_offset(m, m->slot[tok], t->layer, 0) + (size_t)kvh * hd;
-        const float *q = m->q + (size_t)tok * qd + (size_t)h * hd;
-        for (int run = 0; run < 2; run++) {
-            const int i0 = run ? run1 : 0, i1 = run ? n_keys : run1, row = run ? -run1 : start; /* key i: row + i */
-            if (i1 > i0) m->k.scores(q, kc + (size_t)(row + i0) * kvd, kvd, i1 - i0, hd, inv, scores + i0);
-        }
-        float mx = -INFINITY;
-        if (cap > 0.f) /* Gemma 2: cap * tanh(score / cap) */
-            for (int i = 0; i < n_keys; i++) scores[i] = tanhf(scores[i] / cap) * cap;
-        for (int i = 0; i < n_keys; i++) mx = scores[i] > mx ? scores[i] : mx;
-        const float norm = 1.0f / m->k.exp_sum(scores, n_keys, mx);
-        for (int i = 0; i < n_keys; i++) scores[i] *= norm;
-        float *out = m->att + (size_t)tok * qd + (size_t)h * hd;
-        memset(out, 0, sizeof(float) * (size_t)hd);
-        for (int run = 0; run < 2; run++) {
-            const int i0 = run ? run1 : 0, i1 = run ? n_keys : run1, row = run ? -run1 : start;
-            if (i1 > i0) m->k.wsum(scores + i0, vc + (size_t)(row + i0) * kvd, kvd, i1 - i0, hd, out);
-        }
-    }
-}
+/* The first key a query at pos sees: the last `window` positions on a sliding layer. */
+static inline int first_key(int window, int pos) { return window && pos >= window ? pos - window + 1 : 0; }
 
 /* Keys first .. first + n_keys - 1 of a layer's cache as ring rows: key i at row `row` + i for i
-   in [i0, i1) of each of two runs (the second empty unless the ring wraps). */
+   in [i0, i1) of each of two runs (the second empty unless the ring wraps; a full cache's ring is
+   max_seq long). */
 typedef struct {
     int i0[2], i1[2], row[2];
 } key_runs;
@@ -65,21 +29,57 @@ static key_runs ring_runs(const plm_model *m, int layer, int first, int n_keys) 
     return (key_runs){.i0 = {0, run1}, .i1 = {run1, n_keys}, .row = {start, -run1}};
 }
 
-/* One (kv head, query block) job's softmax: row qv of s holds query qv % nq's scores against keys
-   first..; each row keeps the keys its position sees (causal, window), the rest become 0. */
+/* Scaled scores x[0..n) -> probabilities in place: Gemma 2's soft-cap, then a softmax. */
+static void softmax_scores(const plm_model *m, float *x, int n) {
+    const float cap = m->cfg.attn_softcap;
+    float mx = -INFINITY;
+    if (cap > 0.f) /* cap * tanh(score / cap) */
+        for (int i = 0; i < n; i++) x[i] = tanhf(x[i] / cap) * cap;
+    for (int i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    const float norm = 1.0f / m->k.exp_sum(x, n, mx);
+    for (int i = 0; i < n; i++) x[i] *= norm;
+}
+
+static float score_scale(const plm_config *c) { return c->attn_scale > 0.f ? c->attn_scale : 1.0f / sqrtf((float)c->head_dim); }
+
+static void att_worker(void *p, int ith, int nth) {
+    att_task *t = (att_task *)p;
+    plm_model *m = t->m;
+    const plm_config *c = &m->cfg;
+    const int hd = c->head_dim, group = c->n_heads / c->n_kv_heads, window = m->layers[t->layer].window;
+    const size_t kvd = kv_dim(c), qd = q_dim(c);
+    const float inv = score_scale(c);
+    const int total = t->n_tok * c->n_heads;
+    float *scores = m->scores + (size_t)ith * c->max_seq;
+    (void)nth;
+    for (int job; (job = atomic_fetch_add_explicit(&t->next_job, 1, memory_order_relaxed)) < total;) {
+        const int tok = job / c->n_heads, h = job % c->n_heads, kvh = h / group;
+        const int pos = m->pos[tok], first = first_key(window, pos), n_keys = pos - first + 1; /* keys first..pos of its sequence */
+        const key_runs runs = ring_runs(m, t->layer, first, n_keys);
+        const float *kc = m->k_cache + cache_offset(m, m->slot[tok], t->layer, 0) + (size_t)kvh * hd;
+        const float *vc = m->v_cache + cache_offset(m, m->slot[tok], t->layer, 0) + (size_t)kvh * hd;
+        const float *q = m->q + (size_t)tok * qd + (size_t)h * hd;
+        for (int r = 0; r < 2; r++)
+            if (runs.i1[r] > runs.i0[r])
+                m->k.scores(q, kc + (ptrdiff_t)(runs.row[r] + runs.i0[r]) * (ptrdiff_t)kvd, kvd, runs.i1[r] - runs.i0[r], hd, inv, scores + runs.i0[r]);
+        softmax_scores(m, scores, n_keys);
+        float *out = m->att + (size_t)tok * qd + (size_t)h * hd;
+        memset(out, 0, sizeof(float) * (size_t)hd);
+        for (int r = 0; r < 2; r++)
+            if (runs.i1[r] > runs.i0[r])
+                m->k.wsum(scores + runs.i0[r], vc + (ptrdiff_t)(runs.row[r] + runs.i0[r]) * (ptrdiff_t)kvd, kvd, runs.i1[r] - runs.i0[r], hd, out);
+    }
+}
+
+/* One (kv head, query block) job's probabilities: row qv of s holds query qv % nq's scores against
+   keys first..; each row keeps the keys its position sees (causal, window), the rest become 0. */
 static void block_softmax(const plm_model *m, float *s, size_t lds, int n_qv, int nq, int p0, int first, int n_keys, int window) {
-    const float inv = m->cfg.attn_scale > 0.f ? m->cfg.attn_scale : 1.0f / sqrtf((float)m->cfg.head_dim), cap = m->cfg.attn_softcap;
+    const float inv = score_scale(&m->cfg);
     for (int qv = 0; qv < n_qv; qv++) {
         float *row = s + (size_t)qv * lds;
-        const int pos = p0 + qv % nq, lo = window && pos >= window ? pos - window + 1 - first : 0, hi = pos - first + 1;
-        float mx = -INFINITY;
-        for (int i = lo; i < hi; i++) {
-            row[i] *= inv;
-            if (cap > 0.f) row[i] = tanhf(row[i] / cap) * cap; /* Gemma 2 */
-            mx = row[i] > mx ? row[i] : mx;
-        }
-        const float norm = 1.0f / m->k.exp_sum(row + lo, hi - lo, mx);
-        for (int i = lo; i < hi; i++) row[i] *= norm;
+        const int pos = p0 + qv % nq, lo = first_key(window, pos) - first, hi = pos - first + 1;
+        for (int i = lo; i < hi; i++) row[i] *= inv;
+        softmax_scores(m, row + lo, hi - lo);
         memset(row, 0, sizeof(float) * (size_t)lo);
         memset(row + hi, 0, sizeof(float) * (size_t)(n_keys - hi));
     }
@@ -98,7 +98,7 @@ static void att_gemm_worker(void *p, int ith, int nth) {
     for (int job; (job = atomic_fetch_add_explicit(&t->next_job, 1, memory_order_relaxed)) < total;) {
         const int kvh = job % c->n_kv_heads, t0 = job / c->n_kv_heads * ATT_QB;
         const int nq = t->n_tok - t0 < ATT_QB ? t->n_tok - t0 : ATT_QB, n_qv = group * nq, p0 = m->pos[t0];
-        const int first = window && p0 >= window ? p0 - window + 1 : 0, n_keys = p0 + nq - first;
+        const int first = first_key(window, p0), n_keys = p0 + nq - first;
         const key_runs runs = ring_runs(m, t->layer, first, n_keys);
         const float *kc = m->k_cache + cache_offset(m, m->slot[t0], t->layer, 0) + (size_t)kvh * hd;
         const float *vc = m->v_cache + cache_offset(m, m->slot[t0], t->layer, 0) + (size_t)kvh * hd;

@@ -44,7 +44,7 @@ TARGET_AVX2 static inline __attribute__((always_inline)) void tile_avx2(const fl
     }
 }
 
-/* As gemm_xt_avx512.c's xt_f32, one 16-token group at a time: out[t][r] (transposed) or out[r][t]
+/* As gemm_xt_avx512.c's xt_blocks, one 16-token group at a time: out[t][r] (transposed) or out[r][t]
  * (stored, or added when add) for X(t, c) at x + (t / 16) * gstride + c * cstride + t % 16. */
 TARGET_AVX2 static void xt_f32_avx2(const float *w, int ldw, const float *x, size_t gstride, size_t cstride, int n_tok, int cols, float *y, int ldy, int n_rows, int transposed, int add) {
     float yt[X2_BLOCK_ROWS * 16];

@@ -6,8 +6,9 @@
  * columns, xp[(g * (cols / 2) + k) * 16 + i] = the two bf16 values x[16 g + i][2k, 2k + 1] (the
  * operand vdpbf16ps multiplies pairwise). Tokens past n_tok are zeros. Each output sums its
  * products in column order (one block of columns after another): the same result whichever
- * thread computes it and however the rows are split. The same tiles give the row-major product
- * C = A B (gemm_f32_ab: prompt attention's probabilities x values), B read in place as if packed. */
+ * thread computes it and however the rows are split. The same blocking (xt_blocks) gives the
+ * row-major product C = A B (gemm_f32_ab: prompt attention's probabilities x values), B read in
+ * place as if packed. */
 #include "kernels_simd.h"
 
 #ifdef PLM_X86
@@ -125,24 +126,33 @@ TARGET_AVX512 static void store_rows(const float *yt, int n_rows, int n_tok, flo
 
 enum { OUT_TRANSPOSED, OUT_ROWS, OUT_ROWS_ADD };
 
-/* out[t][r] (OUT_TRANSPOSED) or out[r][t] (OUT_ROWS: stored; OUT_ROWS_ADD: added) = sum over c of
- * W[r][c] * X(t, c), for rows [0, n_rows) of the row-major w and n_tok values of t, X(t, c) at
- * x + (t / 16) * gstride + c * cstride + t % 16 (16 consecutive t at each (group, c)). */
-TARGET_AVX512 static void xt_f32(const float *w, int ldw, const float *x, size_t gstride, size_t cstride, int n_tok, int cols, float *y, int ldy, int n_rows, int out) {
+/* One register tile of R rows x G groups at w (a row pointer) over packed columns [k0, k1) of xg
+   (groups gstride apart, columns cstride apart, in 4-byte units), into ytr (stored when first). */
+typedef void (*xt_tiles)(const void *w, int ldw, const void *xg, size_t gstride, size_t cstride, int k0, int k1, float *ytr, int first, int R, int G);
+
+TARGET_AVX512 static void tiles_f32(const void *w, int ldw, const void *xg, size_t gstride, size_t cstride, int k0, int k1, float *ytr, int first, int R, int G) {
+#define CALL_F32(dummy, R_, G_) tile_f32((const float *)w, ldw, (const float *)xg, gstride, cstride, k0, k1, ytr, first, R_, G_)
+    XT_DISPATCH(CALL_F32, 0)
+}
+
+/* The blocking every packed GEMM shares, over weights of w_bytes per value: out[t][r]
+ * (OUT_TRANSPOSED) or out[r][t] (OUT_ROWS: stored; OUT_ROWS_ADD: added) = sum over the n_inner
+ * packed columns c of W[r][c] X(t, c), for rows [0, n_rows) of the row-major w and n_tok values
+ * of t, X(t, c) at x + (t / 16) * gstride + c * cstride + t % 16 (16 consecutive t at each
+ * (group, c), 4-byte units). Tokens in groups of XT_GROUPS * 16, rows in blocks of XT_BLOCK_ROWS
+ * waiting in yt, columns in blocks of XT_KC. */
+TARGET_AVX512 static void xt_blocks(xt_tiles tiles, size_t w_bytes, const void *w, int ldw, const void *x, size_t gstride, size_t cstride, int n_tok, int n_inner, float *y, int ldy, int n_rows, int out) {
     float yt[XT_BLOCK_ROWS * XT_GROUPS * 16];
     for (int t0 = 0; t0 < n_tok; t0 += XT_GROUPS * 16) {
         const int nt = n_tok - t0 < XT_GROUPS * 16 ? n_tok - t0 : XT_GROUPS * 16, G = round16(nt) / 16;
-        const float *xg = x + (size_t)(t0 / 16) * gstride;
+        const void *xg = (const uint32_t *)x + (size_t)(t0 / 16) * gstride;
         for (int rb = 0; rb < n_rows; rb += XT_BLOCK_ROWS) {
             const int nr = n_rows - rb < XT_BLOCK_ROWS ? n_rows - rb : XT_BLOCK_ROWS;
-            for (int c0 = 0; c0 < cols; c0 += XT_KC) {
-                const int c1 = c0 + XT_KC < cols ? c0 + XT_KC : cols;
+            for (int k0 = 0; k0 < n_inner; k0 += XT_KC) {
+                const int k1 = k0 + XT_KC < n_inner ? k0 + XT_KC : n_inner;
                 for (int r = 0; r < nr; r += XT_ROWS) {
                     const int R = nr - r < XT_ROWS ? nr - r : XT_ROWS;
-                    const float *wr = w + (size_t)(rb + r) * ldw;
-                    float *ytr = yt + r * XT_GROUPS * 16;
-#define CALL_F32(dummy, R_, G_) tile_f32(wr, ldw, xg, gstride, cstride, c0, c1, ytr, c0 == 0, R_, G_)
-                    XT_DISPATCH(CALL_F32, 0)
+                    tiles((const char *)w + (size_t)(rb + r) * ldw * w_bytes, ldw, xg, gstride, cstride, k0, k1, yt + r * XT_GROUPS * 16, k0 == 0, R, G);
                 }
             }
             if (out == OUT_TRANSPOSED) untranspose(yt, nr, nt, y + (size_t)t0 * ldy + rb, ldy);
@@ -154,13 +164,13 @@ TARGET_AVX512 static void xt_f32(const float *w, int ldw, const float *x, size_t
 /* Y[t, r] = dot(W[r, :], x[t, :]) for rows [0, n_rows) of w (row-major, ldw) and the n_tok tokens
  * packed in xp (pack_x_f32). */
 TARGET_AVX512 static void gemm_f32_xt_avx512(const float *w, int ldw, const float *xp, int n_tok, int cols, float *y, int ldy, int n_rows) {
-    xt_f32(w, ldw, xp, (size_t)cols * 16, 16, n_tok, cols, y, ldy, n_rows, OUT_TRANSPOSED);
+    xt_blocks(tiles_f32, sizeof(float), w, ldw, xp, (size_t)cols * 16, 16, n_tok, cols, y, ldy, n_rows, OUT_TRANSPOSED);
 }
 
 /* C[r][j] (+)= sum_c A[r][c] * B[c][j] for rows r < m, j < n (a multiple of 16), c < k: row-major
  * A (lda), B (ldb) and C (ldc). */
 TARGET_AVX512 static void gemm_f32_ab_avx512(const float *a, int lda, const float *b, int ldb, int n, int k, float *c, int ldc, int m, int add) {
-    xt_f32(a, lda, b, 16, (size_t)ldb, n, k, c, ldc, m, add ? OUT_ROWS_ADD : OUT_ROWS);
+    xt_blocks(tiles_f32, sizeof(float), a, lda, b, 16, (size_t)ldb, n, k, c, ldc, m, add ? OUT_ROWS_ADD : OUT_ROWS);
 }
 
 void plm_fill_avx512_xt(plm_kernels *k) {
@@ -219,29 +229,15 @@ TARGET_AVX512BF16 static inline __attribute__((always_inline)) void tile_bf16(co
         for (int g = 0; g < G; g++) _mm512_storeu_ps(yt + r * XT_GROUPS * 16 + 16 * g, acc[r][g]);
 }
 
+TARGET_AVX512BF16 static void tiles_bf16(const void *w, int ldw, const void *xg, size_t gstride, size_t cstride, int k0, int k1, float *ytr, int first, int R, int G) {
+    (void)cstride; /* pairs are always packed 16 to a column */
+#define CALL_BF16(dummy, R_, G_) tile_bf16((const uint16_t *)w, ldw, (const uint32_t *)xg, gstride, k0, k1, ytr, first, R_, G_)
+    XT_DISPATCH(CALL_BF16, 0)
+}
+
 /* As gemm_f32_xt over bf16 weights (cols even) and an input packed by pack_x_bf16. */
 TARGET_AVX512BF16 static void gemm_bf16_xt_avx512(const uint16_t *w, int ldw, const uint32_t *xp, int n_tok, int cols, float *y, int ldy, int n_rows) {
-    float yt[XT_BLOCK_ROWS * XT_GROUPS * 16];
-    const int np = cols / 2;
-    const size_t gstride = (size_t)np * 16;
-    for (int t0 = 0; t0 < n_tok; t0 += XT_GROUPS * 16) {
-        const int nt = n_tok - t0 < XT_GROUPS * 16 ? n_tok - t0 : XT_GROUPS * 16, G = round16(nt) / 16;
-        const uint32_t *xg = xp + (size_t)(t0 / 16) * gstride;
-        for (int rb = 0; rb < n_rows; rb += XT_BLOCK_ROWS) {
-            const int nr = n_rows - rb < XT_BLOCK_ROWS ? n_rows - rb : XT_BLOCK_ROWS;
-            for (int k0 = 0; k0 < np; k0 += XT_KC) {
-                const int k1 = k0 + XT_KC < np ? k0 + XT_KC : np;
-                for (int r = 0; r < nr; r += XT_ROWS) {
-                    const int R = nr - r < XT_ROWS ? nr - r : XT_ROWS;
-                    const uint16_t *wr = w + (size_t)(rb + r) * ldw;
-                    float *ytr = yt + r * XT_GROUPS * 16;
-#define CALL_BF16(dummy, R_, G_) tile_bf16(wr, ldw, xg, gstride, k0, k1, ytr, k0 == 0, R_, G_)
-                    XT_DISPATCH(CALL_BF16, 0)
-                }
-            }
-            untranspose(yt, nr, nt, y + (size_t)t0 * ldy + rb, ldy);
-        }
-    }
+    xt_blocks(tiles_bf16, sizeof(uint16_t), w, ldw, xp, (size_t)cols / 2 * 16, 16, n_tok, cols / 2, y, ldy, n_rows, OUT_TRANSPOSED);
 }
 
 void plm_fill_avx512_bf16_xt(plm_kernels *k) {
