@@ -21,7 +21,12 @@ from __future__ import annotations
 
 import torch
 
-from pocketlm.model.linear_cross_entropy import _autocast_dtype, chunk_rows
+from pocketlm.model.linear_cross_entropy import (
+    _autocast_dtype,
+    chunk_rows,
+    chunked_head,
+    stored_grads,
+)
 
 _REST_FLOOR = 1e-12  # the student's rest is clamped here, as sparse_forward_kl clamps it
 
@@ -40,36 +45,16 @@ class _LinearSparseKL(torch.autograd.Function):
         settings: tuple[float, float, torch.dtype, int, bool],
     ) -> torch.Tensor:
         temperature, hard_weight, compute_dtype, rows, grad_enabled = settings
-        needs_h = grad_enabled and ctx.needs_input_grad[0]
-        needs_w = grad_enabled and ctx.needs_input_grad[1]
-        w_c = weight.to(compute_dtype)  # (vocab, dim)
-        grad_h = torch.empty_like(hidden) if needs_h else None
-        grad_w = (
-            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-            if needs_w
-            else None
-        )
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.shape[0], rows):
-            stop = min(start + rows, hidden.shape[0])
-            h_c = hidden[start:stop].to(compute_dtype)  # (c, dim)
-            loss, g_logits = _chunk(
-                (h_c @ w_c.t()).float(), teacher_ids[start:stop].long(),
-                teacher_logprobs[start:stop].float(), labels[start:stop], temperature,
-                hard_weight, grad_h is not None or grad_w is not None,
+
+        def chunk(start: int, stop: int, logits: torch.Tensor, want_grad: bool):
+            return _chunk(
+                logits, teacher_ids[start:stop].long(), teacher_logprobs[start:stop].float(),
+                labels[start:stop], temperature, hard_weight, want_grad,
             )  # fmt: skip
-            total += loss
-            if g_logits is None:
-                continue
-            g_c = g_logits.to(compute_dtype)  # (c, vocab)
-            if grad_h is not None:
-                grad_h[start:stop] = g_c @ w_c  # (c, dim)
-            if grad_w is not None:
-                grad_w.add_((g_c.t() @ h_c).float())  # (vocab, dim)
-        ctx.save_for_backward(
-            grad_h if grad_h is not None else torch.empty(0),
-            grad_w.to(weight.dtype) if grad_w is not None else torch.empty(0),
-        )
+
+        needs = (grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1])
+        total, grad_h, grad_w = chunked_head(hidden, weight, compute_dtype, rows, needs, chunk)
+        ctx.save_for_backward(grad_h, grad_w)
         return total
 
     @staticmethod
@@ -77,16 +62,7 @@ class _LinearSparseKL(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        grad_h, grad_w = ctx.saved_tensors  # type: ignore[attr-defined]
-        need = ctx.needs_input_grad  # type: ignore[attr-defined]
-        return (
-            grad_h * grad_loss if need[0] else None,
-            grad_w * grad_loss if need[1] else None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return stored_grads(ctx, grad_loss, 6)
 
 
 def _chunk(
