@@ -145,28 +145,22 @@ def kd(args, work: Path) -> dict:
                       str(work / "kd-cached-budget"), "--budget", args.budget,
                       "--hard-weight", str(args.kd_hard_weight)),
     )  # fmt: skip
-    # at half the live run's wall time: is a cached student as good as the live one by then?
-    half = f"{int(live['wall_s'] // 2)}s cpu"  # a cached run's wall is its CPU time (above)
-    half_plain, half_mixed = _pair(
-        lambda: _step(work, "kd-half", "distill", *from_cache, "--out", str(work / "kd-half"),
-                      "--budget", half),
-        lambda: _step(work, "kd-half-mixed", "distill", *from_cache, "--out",
-                      str(work / "kd-half-mixed"), "--budget", half,
-                      "--hard-weight", str(args.kd_hard_weight)),
-    )  # fmt: skip
-    # 45%: with the start-up and the final evaluation on top, under half the live wall time
-    short = f"{int(live['wall_s'] * 0.45)}s cpu"
-    short_plain, short_mixed = _pair(
-        lambda: _step(work, "kd-45", "distill", *from_cache, "--out", str(work / "kd-45"),
-                      "--budget", short),
-        lambda: _step(work, "kd-45-mixed", "distill", *from_cache, "--out",
-                      str(work / "kd-45-mixed"), "--budget", short,
-                      "--hard-weight", str(args.kd_hard_weight)),
-    )  # fmt: skip
+    # at half and 45% of the live run's wall time (45%: the start-up and the final evaluation on
+    # top stay under half): is a cached student as good as the live one by then?
+    short = {}
+    for tag, share in (("half", 0.5), ("45", 0.45)):
+        # a CPU budget: a cached run's wall time is its CPU time (above)
+        budget = f"{int(live['wall_s'] * share)}s cpu"
+        short[tag], short[f"{tag}-mixed"] = _pair(
+            lambda tag=tag, budget=budget: _step(work, f"kd-{tag}", "distill", *from_cache, "--out",
+                                                 str(work / f"kd-{tag}"), "--budget", budget),
+            lambda tag=tag, budget=budget: _step(work, f"kd-{tag}-mixed", "distill", *from_cache,
+                                                 "--out", str(work / f"kd-{tag}-mixed"), "--budget",
+                                                 budget, "--hard-weight", str(args.kd_hard_weight)),
+        )  # fmt: skip
     rows = {}
     runs = [("hard", hard), ("live", live), ("cached", cached), ("cached-budget", cached_budget),
-            ("half", half_plain), ("half-mixed", half_mixed), ("45", short_plain),
-            ("45-mixed", short_mixed)]  # fmt: skip
+            *short.items()]  # fmt: skip
     for name, rec in runs:
         run = work / f"kd-{name}"
         rows[name] = {**rec, **_summary(run), "val_bpb": _bpb(run / "model", args.tokens)}

@@ -78,20 +78,24 @@ def _torch_logits(model_dir, ids):
 @pytest.mark.parametrize("scheme", ["fp32", "bf16", "int8", "int4"])
 def test_native_logits_match_pytorch(variant_dirs, scheme, isa):
     """Every kernel family (GEMV and GEMM per weight format) at every ISA level this CPU runs."""
-    rng = np.random.default_rng(0)
-    ids = rng.integers(3, 512, size=40).tolist()
-    ref = _torch_logits(variant_dirs[scheme], ids)
-    d = variant_dirs[scheme]
-    backend = NativeBackend(d, ModelConfig.load(d / CONFIG_FILE), threads=2, isa=isa)
+    ids = np.random.default_rng(0).integers(3, 512, size=40).tolist()
+    backend = _assert_matches_torch(variant_dirs[scheme], scheme, isa, ids)
     assert backend.isa == ENGINE_KERNELS[isa]
-    full = backend.extend(0, ids)  # prefill path (GEMM kernels), logits after every token
+
+
+def _assert_matches_torch(d, scheme: str, isa: str, ids: list[int], decode: bool = True):
+    """The native engine's logits for ids equal torch's within the scheme's tolerances: through
+    the prefill path (GEMM kernels, logits after every token) and, with decode, a 10-token
+    prefill then decode steps (GEMV kernels). Returns the backend."""
+    ref = _torch_logits(d, ids)
+    backend = NativeBackend(d, ModelConfig.load(d / CONFIG_FILE), threads=2, isa=isa)
     prefill_tol, tol = _tolerances(scheme, isa, ref)
-    assert np.abs(full - ref).max() <= prefill_tol
-    backend.release(0)
-    steps = [backend.prefill(0, ids[:10])] + [
-        backend.decode([0], [t])[0] for t in ids[10:]
-    ]  # decode path (GEMV kernels)
-    assert np.abs(np.stack(steps) - ref[9:]).max() <= tol
+    assert np.abs(backend.extend(0, ids) - ref).max() <= prefill_tol
+    if decode:
+        backend.release(0)
+        steps = [backend.prefill(0, ids[:10])] + [backend.decode([0], [t])[0] for t in ids[10:]]
+        assert np.abs(np.stack(steps) - ref[9:]).max() <= tol
+    return backend
 
 
 @pytest.mark.parametrize("scheme", ["fp32", "bf16", "int8", "int4"])
@@ -338,12 +342,7 @@ def odd_bf16_dir(synthetic_pipeline, tmp_path_factory):
 def test_odd_columns_of_bf16_weights_take_the_float_gemm(odd_bf16_dir, isa):
     """vdpbf16ps multiplies column pairs, so a bf16 matrix with an odd number of columns runs its
     prompt through the float GEMM on a dequantised copy instead; the logits are still torch's."""
-    ids = list(range(3, 43))
-    ref = _torch_logits(odd_bf16_dir, ids)
-    config = ModelConfig.load(odd_bf16_dir / CONFIG_FILE)
-    backend = NativeBackend(odd_bf16_dir, config, threads=2, isa=isa)
-    prefill_tol, _ = _tolerances("bf16", isa, ref)
-    assert np.abs(backend.extend(0, ids) - ref).max() <= prefill_tol
+    _assert_matches_torch(odd_bf16_dir, "bf16", isa, list(range(3, 43)), decode=False)
 
 
 @pytest.fixture(scope="module")
@@ -364,12 +363,4 @@ def int4_group128_dir(synthetic_pipeline, tmp_path_factory):
 def test_int4_scales_shared_by_several_blocks_match_pytorch(int4_group128_dir, isa):
     """int4 groups wider than a 32-value block: decode reads each block's group scale, prefill's
     dequantisation keeps one scale table per group (rebuilt when the group changes)."""
-    ids = list(range(5, 45))
-    ref = _torch_logits(int4_group128_dir, ids)
-    config = ModelConfig.load(int4_group128_dir / CONFIG_FILE)
-    backend = NativeBackend(int4_group128_dir, config, threads=2, isa=isa)
-    prefill_tol, tol = _tolerances("int4", isa, ref)
-    assert np.abs(backend.extend(0, ids) - ref).max() <= prefill_tol
-    backend.release(0)
-    steps = [backend.prefill(0, ids[:10])] + [backend.decode([0], [t])[0] for t in ids[10:]]
-    assert np.abs(np.stack(steps) - ref[9:]).max() <= tol
+    _assert_matches_torch(int4_group128_dir, "int4", isa, list(range(5, 45)))

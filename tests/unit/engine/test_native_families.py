@@ -229,6 +229,15 @@ def test_native_runs_the_family_options_as_torch(family_dirs, group, scheme, isa
         assert step.max() - step[tokens[differ[0]]] <= tol, f"greedy token {differ[0]}"
 
 
+def _assert_fp32_runs_match(backend, ref) -> float:
+    """run_backend's extend, decode and greedy logits equal the fp32 reference's; the tolerance."""
+    got = run_backend(backend)
+    tol = TOLERANCE["fp32"] * float(np.abs(ref["extend"]).max())
+    for key in ("extend", "decode", "greedy"):
+        assert np.abs(got[key] - ref[key]).max() <= tol, key
+    return tol
+
+
 @pytest.mark.parametrize("isa", engine_isa_params())
 @pytest.mark.parametrize("group", ["gemma2", "mistral-qwen3"])
 def test_prompt_chunks_attend_across_the_rolling_cache_edge(family_dirs, group, isa):
@@ -237,11 +246,9 @@ def test_prompt_chunks_attend_across_the_rolling_cache_edge(family_dirs, group, 
     so scores and values run in two pieces each; the logits are the full cache's."""
     d, ref = family_dirs[group, "fp32"]
     config = ModelConfig.load(d / CONFIG_FILE)
-    backend = NativeBackend(d, config, threads=2, isa=isa, max_batch=17, kv_rewind=0)
-    got = run_backend(backend)
-    tol = TOLERANCE["fp32"] * float(np.abs(ref["extend"]).max())
-    for key in ("extend", "decode", "greedy"):
-        assert np.abs(got[key] - ref[key]).max() <= tol, key
+    _assert_fp32_runs_match(
+        NativeBackend(d, config, threads=2, isa=isa, max_batch=17, kv_rewind=0), ref
+    )
 
 
 @pytest.mark.parametrize("isa", engine_isa_params())
@@ -253,10 +260,7 @@ def test_sliding_layers_roll_their_cache(family_dirs, group, isa):
     d, ref = family_dirs[group, "fp32"]
     config = ModelConfig.load(d / CONFIG_FILE)
     backend = NativeBackend(d, config, threads=2, isa=isa, max_batch=4, kv_rewind=2)
-    got = run_backend(backend)
-    tol = TOLERANCE["fp32"] * float(np.abs(ref["extend"]).max())
-    for key in ("extend", "decode", "greedy"):
-        assert np.abs(got[key] - ref[key]).max() <= tol, key
+    tol = _assert_fp32_runs_match(backend, ref)
     backend.release(0)
     backend.prefill(0, PROMPT[:30])
     backend.truncate(0, 28)  # as speculative decoding rejects two drafted tokens
