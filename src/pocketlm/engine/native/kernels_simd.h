@@ -71,10 +71,10 @@ TARGET_AVX512 static inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 
 
 void plm_fill_avx2(plm_kernels *k);
 void plm_fill_avx2_xt(plm_kernels *k);          /* its packed-input prefill GEMMs (gemm_xt_avx2.c) */
-void plm_fill_avx512(plm_kernels *k, int bf16); /* bf16: add the AVX512-BF16 prefill GEMM */
-void plm_fill_avx512_bf16(plm_kernels *k);      /* that GEMM (kernels_avx512_bf16.c) */
-void plm_fill_avx512_xt(plm_kernels *k);        /* the packed-input prefill GEMMs (gemm_xt_avx512.c) */
-void plm_fill_avx512_bf16_xt(plm_kernels *k);
+void plm_fill_avx512(plm_kernels *k, int bf16); /* bf16: add the AVX512-BF16 kernels */
+void plm_fill_avx512_bf16(plm_kernels *k);      /* bf16 rounding, int4 -> bf16 rows (kernels_avx512_bf16.c) */
+void plm_fill_avx512_xt(plm_kernels *k);        /* the packed-input fp32 GEMMs (gemm_xt_avx512.c) */
+void plm_fill_avx512_bf16_xt(plm_kernels *k);   /* and the vdpbf16ps one */
 #endif
 
 #endif

@@ -38,7 +38,7 @@ struct plm_model {
     int wide;                  /* the most columns of any matrix: max(dim, hidden, q_dim) */
     int hidden;                /* the widest MLP: ffn_dim, expert_ffn_dim, shared_ffn_dim */
     float *wscratch;           /* per thread: ROW_BLOCK * wide dequantised weights */
-    uint16_t *wscratch_bf16;   /* per thread: the same rounded to bf16 (prefill with gemm_bf16) */
+    uint16_t *wscratch_bf16;   /* per thread: the same rounded to bf16 (prefill with gemm_bf16_xt) */
     uint32_t *xp_bf16;         /* round16(max_batch) * wide / 2: a prefill matmul's input packed as bf16 pairs */
     float *xp_f32;             /* round16(max_batch) * wide: the same packed as floats (gemm_xt_avx512.c) */
     plm_qvec *qx;              /* max_batch: a prefill matmul's input quantised per token (integer GEMMs) */
